@@ -1,0 +1,88 @@
+"""Database, broker and channel layer.
+
+No DATABASE_URL / REDIS_URL: embedded mode (SQLite in WAL mode, an in-process Celery worker
+on kombu's in-memory transport, the in-memory channel layer). With them: PostgreSQL through
+psycopg 3, Redis as the Celery broker and the channels-redis layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from .core import VAR_DIR
+from .env import env_int, env_str, env_url
+
+DATABASE_URL = env_url("DATABASE_URL", schemes=("postgres", "postgresql", "sqlite"))
+REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss"))
+
+# Embedded mode runs the worker, scheduler and channel layer inside the web process.
+EMBEDDED = not REDIS_URL
+
+if DATABASE_URL:
+    try:
+        _db: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    if _db["ENGINE"] == "django.db.backends.postgresql":
+        _db["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
+        _db["CONN_HEALTH_CHECKS"] = True
+else:
+    VAR_DIR.mkdir(exist_ok=True)
+    _db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": env_str("SQLITE_PATH", str(VAR_DIR / "caliber.sqlite3")),
+    }
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["OPTIONS"] = {
+        # WAL lets the web thread read while the worker thread writes; IMMEDIATE takes the
+        # write lock at BEGIN, so two deciders serialise instead of failing on upgrade.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    _db.setdefault("TEST", {})["NAME"] = str(VAR_DIR / "test.sqlite3")
+DATABASES = {"default": _db}
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "caliber")},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Celery (read by config/celery.py with namespace="CELERY").
+CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "caliber")
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+# A task is acknowledged only after it ran, and re-delivered if its worker died: every task
+# is idempotent (it reloads by id and re-checks state under a lock), so at-least-once is safe.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300, minimum=10)
+CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 5
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = (
+    # Redis re-delivers an unacked task after the visibility timeout: keep it well above the
+    # task time limit or long tasks would run twice concurrently.
+    {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 4}
+    if REDIS_URL
+    # kombu's memory transport polls; its 1 s default makes the embedded demo sluggish.
+    else {"polling_interval": 0.005}
+)
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-runs": {"task": "workflows.tasks.reconcile_runs", "schedule": 15.0},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# How long a run may sit pending/running without progress before the reconciler re-enqueues it.
+RUN_STALL_SECONDS = env_int("RUN_STALL_SECONDS", 60, minimum=5)

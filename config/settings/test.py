@@ -1,0 +1,13 @@
+"""Test settings: the real local PostgreSQL and Redis unless DATABASE_URL / REDIS_URL say otherwise."""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/caliber")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
+os.environ.setdefault("SECRET_KEY", "test-only-not-secret")
+os.environ.setdefault("CELERY_QUEUE", f"caliber-test-{os.getpid()}")
+os.environ.setdefault("CHANNELS_PREFIX", f"caliber-test-{os.getpid()}")
+
+from .main import *  # noqa: E402, F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from . import views
+
+app_name = "review"
+urlpatterns = [
+    path("", views.queue, name="queue"),
+    path("<uuid:pk>/", views.detail, name="detail"),
+    path("<uuid:pk>/decide/", views.decide, name="decide"),
+]

@@ -1,0 +1,82 @@
+"""Run Caliber: everything in one process (embedded), or web + worker + beat via honcho."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from config.settings.env import env_int
+
+
+class Command(BaseCommand):
+    help = "Serve the app on PORT with its worker, scheduler and (optionally) the demo stream."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--rate", type=float, default=float(os.environ.get("SIMULATE_RATE", "0.2")),
+                            help="Demo tickets per second; 0 disables the stream.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        port = env_int("PORT", 8000, minimum=1)
+        if options["rate"] < 0:
+            raise CommandError("--rate must be 0 (off) or positive")
+        if not settings.EMBEDDED:
+            self._exec_honcho(port, options)
+        self._serve_embedded(options["host"], port, options["rate"])
+
+    def _exec_honcho(self, port: int, options: dict[str, Any]) -> None:
+        honcho = shutil.which("honcho", path=os.path.dirname(sys.executable)) or shutil.which("honcho")
+        if honcho is None:
+            raise CommandError("honcho is not installed; run `make run` to install it")
+        env = dict(os.environ, PORT=str(port), HOST=options["host"],
+                   SIMULATE_RATE=str(options["rate"]))
+        self.stdout.write(f"Scale-out mode: web, worker, beat{' and simulate' if options['rate'] else ''} "
+                          f"via honcho on http://{options['host']}:{port}/")
+        procfile = settings.BASE_DIR / "Procfile"
+        args = [honcho, "-f", str(procfile), "start", "web", "worker", "beat"]
+        if options["rate"]:
+            args.append("simulate")
+        os.execve(honcho, args, env)
+
+    def _serve_embedded(self, host: str, port: int, rate: float) -> None:
+        from daphne.endpoints import build_endpoint_description_strings
+        from daphne.server import Server
+
+        from config.asgi import application
+        from workflows.embedded import EmbeddedServices
+        from workflows.management.commands.simulate import run_simulation
+
+        services = EmbeddedServices()
+        services.start()
+        stop = threading.Event()
+        sim = None
+        if rate > 0:
+            sim = threading.Thread(
+                target=run_simulation,
+                kwargs={"rate": rate, "count": 0, "seed": None, "stop": stop},
+                name="simulate",
+                daemon=True,
+            )
+            sim.start()
+        url = f"http://{host}:{port}/"
+        self.stdout.write(self.style.SUCCESS(f"Caliber (embedded mode) on {url}  — Ctrl-C stops it"))
+        if rate:
+            self.stdout.write(f"Demo tickets arrive at {rate}/s.")
+        try:
+            Server(
+                application=application,
+                endpoints=build_endpoint_description_strings(host=host, port=port),
+                signal_handlers=True,
+            ).run()
+        finally:
+            stop.set()
+            services.stop()
+            if sim is not None:
+                sim.join(timeout=5)
+            self.stdout.write("Stopped.")

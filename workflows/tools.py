@@ -1,0 +1,95 @@
+"""The action types agents may propose, declared with what is at stake.
+
+Risk comes from this declaration, never from what the model says about its own action.
+The demo tools stand in for a CRM, a mail gateway and a ticket router: they compute the
+effect they would have and the engine records it in the effect ledger, exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class ToolError(Exception):
+    """The tool refused the payload; the action fails with this message."""
+
+
+@dataclass(frozen=True)
+class ActionType:
+    name: str
+    label: str
+    reversible: bool
+    customer_facing: bool
+    required_fields: tuple[str, ...]
+    execute: Callable[[dict[str, Any], str], dict[str, Any]]
+    amount_field: str | None = None
+
+    def validate(self, payload: object) -> dict[str, Any]:
+        if not isinstance(payload, dict):
+            raise ToolError(f"{self.name} needs a JSON object payload")
+        missing = [f for f in self.required_fields if f not in payload]
+        if missing:
+            raise ToolError(f"{self.name} payload is missing: {', '.join(missing)}")
+        return payload
+
+
+def _digest(payload: dict[str, Any], key: str) -> str:
+    raw = json.dumps(payload, sort_keys=True) + key
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def _update_crm(payload: dict[str, Any], key: str) -> dict[str, Any]:
+    fields = {k: v for k, v in payload.items() if k != "ticket_id"}
+    return {"crm_record": payload["ticket_id"], "updated_fields": sorted(fields)}
+
+
+def _send_reply(payload: dict[str, Any], key: str) -> dict[str, Any]:
+    if not str(payload.get("body", "")).strip():
+        raise ToolError("send_reply needs a non-empty body")
+    return {"message_id": f"msg-{_digest(payload, key)}", "to": payload["to"]}
+
+
+def _route_to_team(payload: dict[str, Any], key: str) -> dict[str, Any]:
+    return {"routed_to": payload["team"], "ticket_id": payload["ticket_id"]}
+
+
+ACTION_TYPES: dict[str, ActionType] = {
+    t.name: t
+    for t in (
+        ActionType(
+            name="update_crm",
+            label="Update CRM record",
+            reversible=True,
+            customer_facing=False,
+            required_fields=("ticket_id",),
+            execute=_update_crm,
+        ),
+        ActionType(
+            name="send_reply",
+            label="Send reply to customer",
+            reversible=False,
+            customer_facing=True,
+            required_fields=("ticket_id", "to", "body"),
+            execute=_send_reply,
+        ),
+        ActionType(
+            name="route_to_team",
+            label="Route ticket to a team",
+            reversible=True,
+            customer_facing=False,
+            required_fields=("ticket_id", "team"),
+            execute=_route_to_team,
+        ),
+    )
+}
+
+
+def get_action_type(name: str) -> ActionType:
+    try:
+        return ACTION_TYPES[name]
+    except KeyError:
+        raise ToolError(f"unknown action type {name!r}") from None
