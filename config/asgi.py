@@ -1,4 +1,7 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels (session auth, origin check)."""
+"""ASGI entry point: HTTP through Django, websockets through Channels.
+
+Websockets are session-authenticated and origin-checked against ALLOWED_HOSTS.
+"""
 
 import os
 
@@ -17,6 +20,8 @@ from review.routing import websocket_urlpatterns  # noqa: E402
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
     }
 )

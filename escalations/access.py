@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import QuerySet
 from django.http import Http404
 
@@ -12,7 +12,7 @@ from workflows.models import WorkflowRun
 
 from .models import Escalation
 
-AnyUser = AbstractBaseUser | AnonymousUser
+AnyUser = User | AnonymousUser
 
 
 def sees_everything(user: AnyUser) -> bool:
@@ -25,7 +25,8 @@ def team_ids_for(user: AnyUser) -> list[int] | None:
         return []
     if sees_everything(user):
         return None
-    return list(user.teams.values_list("pk", flat=True))  # type: ignore[union-attr]
+    assert isinstance(user, User)
+    return list(user.teams.values_list("pk", flat=True))
 
 
 def escalations_for(user: AnyUser) -> QuerySet[Escalation]:
@@ -37,9 +38,11 @@ def escalations_for(user: AnyUser) -> QuerySet[Escalation]:
 def get_escalation_for(user: AnyUser, pk: uuid.UUID | str) -> Escalation:
     """404, not 403, for another team's escalation: its existence is not the user's business."""
     try:
-        return escalations_for(user).select_related(
-            "action", "action__run", "action__agent", "team", "claimed_by"
-        ).get(pk=pk)
+        return (
+            escalations_for(user)
+            .select_related("action", "action__run", "action__agent", "team", "claimed_by")
+            .get(pk=pk)
+        )
     except (Escalation.DoesNotExist, ValueError):
         raise Http404("No such escalation") from None
 
@@ -49,9 +52,7 @@ def runs_for(user: AnyUser) -> QuerySet[WorkflowRun]:
     teams = team_ids_for(user)
     if teams is None:
         return qs
-    return qs.filter(agent__team_id__in=teams) | qs.filter(
-        actions__escalation__team_id__in=teams
-    )
+    return qs.filter(agent__team_id__in=teams) | qs.filter(actions__escalation__team_id__in=teams)
 
 
 def get_run_for(user: AnyUser, pk: uuid.UUID | str) -> WorkflowRun:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -30,9 +30,9 @@ class AlreadyDecided(Exception):
 
     def __init__(self, escalation: Escalation) -> None:
         self.escalation = escalation
-        decision = Decision.objects.filter(escalation=escalation).select_related(
-            "decided_by"
-        ).first()
+        decision = (
+            Decision.objects.filter(escalation=escalation).select_related("decided_by").first()
+        )
         self.decision = decision
         if decision is not None:
             msg = (
@@ -70,7 +70,7 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
 def decide_escalation(
     *,
     escalation_id: uuid.UUID | str,
-    user: AbstractBaseUser,
+    user: User,
     verdict: Verdict,
     via: Via,
     reason: str = "",
@@ -123,7 +123,9 @@ def decide_escalation(
         escalation.status = new_status
         escalation.decided_at = now
         action = escalation.action
-        action.status = ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
+        action.status = (
+            ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
+        )
         if verdict == Verdict.APPROVE and edited_payload is not None:
             action.approved_payload = edited_payload
         action.save(update_fields=["status", "approved_payload"])
@@ -135,8 +137,12 @@ def decide_escalation(
                 actor=user.get_username(),
                 message=f"{user.get_username()} {new_status} {action.action_type} via {via}"
                 + (f": {reason}" if reason else ""),
-                data={"escalation": str(escalation.pk), "verdict": verdict, "via": via,
-                      "edited": edited_payload is not None},
+                data={
+                    "escalation": str(escalation.pk),
+                    "verdict": verdict,
+                    "via": via,
+                    "edited": edited_payload is not None,
+                },
             )
             run_id = action.run.pk
             transaction.on_commit(lambda: enqueue_advance(run_id))

@@ -24,8 +24,17 @@ class AgentProfileAdmin(admin.ModelAdmin[AgentProfile]):
 @admin.register(AutonomyPolicy)
 class AutonomyPolicyAdmin(admin.ModelAdmin[AutonomyPolicy]):
     list_display = [
-        "name", "enabled", "priority", "workflow", "agent", "action_type", "outcome",
-        "min_confidence", "irreversible_requires_review", "team", "version",
+        "name",
+        "enabled",
+        "priority",
+        "workflow",
+        "agent",
+        "action_type",
+        "outcome",
+        "min_confidence",
+        "irreversible_requires_review",
+        "team",
+        "version",
     ]
     list_filter = ["enabled", "outcome", "action_type"]
     readonly_fields = ["version", "updated_at"]

@@ -61,4 +61,3 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
         count = open_escalations(user).count()
         parts.append(render_to_string("review/queue.html#count", {"open_count": count}))
         return "".join(parts)
-

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 from django.template.loader import render_to_string
 
-from escalations.access import escalations_for
+from escalations.access import AnyUser, escalations_for
 from escalations.models import UNDECIDED_STATUSES, Escalation
 
 QUEUE_LIMIT = 200
 
 
-def open_escalations(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Escalation]:
+def open_escalations(user: AnyUser) -> QuerySet[Escalation]:
     return (
         escalations_for(user)
         .filter(status__in=UNDECIDED_STATUSES)
@@ -25,7 +24,7 @@ def render_row(escalation: Escalation) -> str:
     return render_to_string("review/queue.html#row", {"esc": escalation})
 
 
-def render_snapshot(user: AbstractBaseUser | AnonymousUser) -> str:
+def render_snapshot(user: AnyUser) -> str:
     qs = open_escalations(user)
     rows = list(qs[:QUEUE_LIMIT])
     return render_to_string(

@@ -168,8 +168,12 @@ def execute_action(*, action: Action) -> Action:
             action.error = str(exc)
             action.save(update_fields=["status", "error"])
             if action.run is not None:
-                record_trace(run=action.run, kind=TraceKind.ERROR, step_name=action.step_name,
-                             message=f"{action.action_type} failed: {exc}")
+                record_trace(
+                    run=action.run,
+                    kind=TraceKind.ERROR,
+                    step_name=action.step_name,
+                    message=f"{action.action_type} failed: {exc}",
+                )
             return action
         try:
             with transaction.atomic():

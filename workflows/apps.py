@@ -1,4 +1,7 @@
+from importlib import import_module
+
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class WorkflowsConfig(AppConfig):
@@ -6,5 +9,7 @@ class WorkflowsConfig(AppConfig):
     verbose_name = "Workflows"
 
     def ready(self) -> None:
-        # Importing the specs registers them; the registry is code, versioned with it.
-        from . import triage  # noqa: F401
+        # Importing a spec module registers its workflows; the registry is code, versioned
+        # with it. WORKFLOW_MODULES lets a deployment add its own.
+        for module in settings.WORKFLOW_MODULES:
+            import_module(module)

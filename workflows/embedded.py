@@ -42,7 +42,9 @@ class EmbeddedServices:
         t = threading.Thread(target=self.worker.start, name="celery-worker", daemon=True)
         t.start()
         self._threads.append(t)
-        self.beat = EmbeddedService(app, thread=True, schedule_filename=settings.CELERY_BEAT_SCHEDULE_FILENAME)
+        self.beat = EmbeddedService(
+            app, thread=True, schedule_filename=settings.CELERY_BEAT_SCHEDULE_FILENAME
+        )
         self.beat.start()
 
     def stop(self) -> None:

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from .llm import ModelClient, get_model
 from .models import RunStatus, StepRun, StepStatus, TraceKind, WorkflowRun
-from .specs import Wait, get_spec
+from .specs import UnknownWorkflow, Wait, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,11 @@ def _advance_one_step(run_id: uuid.UUID) -> bool:
         run = WorkflowRun.objects.select_for_update().filter(pk=run_id).first()
         if run is None or run.is_terminal:
             return False
-        spec = get_spec(run.workflow, run.workflow_version)
+        try:
+            spec = get_spec(run.workflow, run.workflow_version)
+        except UnknownWorkflow as exc:
+            finish_run(run=run, status=RunStatus.FAILED, error=f"{exc} in this worker")
+            return False
         steps = {s.name: s for s in run.steps.all()}
         todo = next(
             (steps[s.name] for s in spec.steps if steps[s.name].status != StepStatus.SUCCEEDED),
@@ -78,8 +82,9 @@ def _advance_one_step(run_id: uuid.UUID) -> bool:
         resuming = todo.status == StepStatus.WAITING
         if run.status != RunStatus.RUNNING:
             if run.status == RunStatus.WAITING:
-                record_trace(run=run, kind=TraceKind.SYSTEM, message="run resumed",
-                             step_name=todo.name)
+                record_trace(
+                    run=run, kind=TraceKind.SYSTEM, message="run resumed", step_name=todo.name
+                )
             run.status = RunStatus.RUNNING
         run.updated_at = now
         run.save(update_fields=["status", "updated_at"])
@@ -98,28 +103,39 @@ def _advance_one_step(run_id: uuid.UUID) -> bool:
         except Exception as exc:
             log.exception("step %s of run %s failed", todo.name, run.pk)
             todo.error = f"{type(exc).__name__}: {exc}"
-            record_trace(run=run, kind=TraceKind.ERROR, step_name=todo.name,
-                         message=f"attempt {todo.attempts} failed: {todo.error}")
+            record_trace(
+                run=run,
+                kind=TraceKind.ERROR,
+                step_name=todo.name,
+                message=f"attempt {todo.attempts} failed: {todo.error}",
+            )
             if todo.attempts >= step_spec.max_attempts:
                 todo.status = StepStatus.FAILED
                 todo.finished_at = now
                 todo.save(update_fields=["status", "error", "finished_at"])
-                finish_run(run=run, status=RunStatus.FAILED,
-                           error=f"step {todo.name} failed after {todo.attempts} attempts: "
-                           f"{todo.error}")
+                finish_run(
+                    run=run,
+                    status=RunStatus.FAILED,
+                    error=f"step {todo.name} failed after {todo.attempts} attempts: {todo.error}",
+                )
             else:
                 todo.status = StepStatus.PENDING
                 todo.save(update_fields=["status", "error"])
-                _enqueue_after_commit(run.pk, countdown=2 ** todo.attempts)
+                _enqueue_after_commit(run.pk, countdown=2**todo.attempts)
             return False
 
         if isinstance(result, Wait):
             todo.status = StepStatus.WAITING
             todo.save(update_fields=["status"])
             run.status = RunStatus.WAITING
-            run.save(update_fields=["status"])
-            record_trace(run=run, kind=TraceKind.SYSTEM, step_name=todo.name,
-                         message=f"waiting: {result.reason}")
+            run.updated_at = timezone.now()
+            run.save(update_fields=["status", "updated_at"])
+            record_trace(
+                run=run,
+                kind=TraceKind.SYSTEM,
+                step_name=todo.name,
+                message=f"waiting: {result.reason}",
+            )
             return False
 
         todo.status = StepStatus.SUCCEEDED

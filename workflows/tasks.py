@@ -22,4 +22,4 @@ def reconcile_runs() -> int:
 
 def enqueue_advance(run_id: uuid.UUID | str, countdown: float = 0) -> None:
     """Send after commit only (callers use transaction.on_commit): the id, nothing else."""
-    advance_run.apply_async(args=[str(run_id)], countdown=countdown or None)
+    advance_run.apply_async(args=(str(run_id),), countdown=countdown)

@@ -53,7 +53,9 @@ def draft_reply(ctx: StepContext) -> StepResult:
     ticket = ctx.run.input
     category = ctx.output_of("classify")["category"]
     result = ctx.model.draft_reply(
-        subject=ticket["subject"], body=ticket["body"], customer=ticket["customer"],
+        subject=ticket["subject"],
+        body=ticket["body"],
+        customer=ticket["customer"],
         category=category,
     )
     ctx.trace(
@@ -73,8 +75,11 @@ def propose_actions(ctx: StepContext) -> StepResult:
     proposals: list[tuple[str, dict[str, Any], float, str]] = [
         (
             "update_crm",
-            {"ticket_id": ticket["ticket_id"], "category": cls["category"],
-             "urgency": cls["urgency"]},
+            {
+                "ticket_id": ticket["ticket_id"],
+                "category": cls["category"],
+                "urgency": cls["urgency"],
+            },
             cls["confidence"],
             "record the classification on the ticket",
         ),
@@ -94,8 +99,12 @@ def propose_actions(ctx: StepContext) -> StepResult:
     ids = []
     for action_type, payload, confidence, rationale in proposals:
         action = propose_action(
-            run=ctx.run, step_name=ctx.step.name, action_type=action_type, payload=payload,
-            confidence=confidence, rationale=rationale,
+            run=ctx.run,
+            step_name=ctx.step.name,
+            action_type=action_type,
+            payload=payload,
+            confidence=confidence,
+            rationale=rationale,
         )
         ids.append(str(action.pk))
     return {"actions": ids}
@@ -147,8 +156,9 @@ TRIAGE = register(
             StepSpec("read_ticket", "Read the ticket", read_ticket),
             StepSpec("classify", "Classify urgency and category", classify),
             StepSpec("draft_reply", "Draft a reply", draft_reply),
-            StepSpec("propose_actions", "Propose actions, each held against policy",
-                     propose_actions),
+            StepSpec(
+                "propose_actions", "Propose actions, each held against policy", propose_actions
+            ),
             StepSpec("act", "Execute what may run; wait for people", act),
             StepSpec("wrap_up", "Record the outcome and reviewer feedback", wrap_up),
         ),

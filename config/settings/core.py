@@ -109,8 +109,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
-        "celery": {"level": "WARNING"},
+        "celery": {"level": env_str("CELERY_LOG_LEVEL", "WARNING")},
         "daphne": {"level": "WARNING"},
         "django.channels.server": {"level": "WARNING"},
     },
 }
+
+# Modules whose import registers workflow specs (workflows.specs.register).
+WORKFLOW_MODULES = ["workflows.triage", *env_list("WORKFLOW_MODULES", [])]

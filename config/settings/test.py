@@ -1,4 +1,5 @@
-"""Test settings: the real local PostgreSQL and Redis unless DATABASE_URL / REDIS_URL say otherwise."""
+"""Test settings: the real local PostgreSQL and Redis, unless DATABASE_URL / REDIS_URL say
+otherwise."""
 
 import os
 
@@ -8,6 +9,9 @@ os.environ.setdefault("SECRET_KEY", "test-only-not-secret")
 os.environ.setdefault("CELERY_QUEUE", f"caliber-test-{os.getpid()}")
 os.environ.setdefault("CHANNELS_PREFIX", f"caliber-test-{os.getpid()}")
 
-from .main import *  # noqa: E402, F403
+from .main import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Workflows that exist only for tests, registered in every process (worker, daphne) too.
+WORKFLOW_MODULES = [*WORKFLOW_MODULES, "tests.workflows.specs_for_tests"]  # noqa: F405

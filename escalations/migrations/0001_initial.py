@@ -9,7 +9,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -18,76 +17,198 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='AgentProfile',
+            name="AgentProfile",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(max_length=100, unique=True)),
-                ('description', models.TextField(blank=True)),
-                ('trust_level', models.CharField(choices=[('probation', 'Probation'), ('standard', 'Standard'), ('trusted', 'Trusted')], default='standard', max_length=16)),
-                ('customer_facing', models.BooleanField(default=False)),
-                ('autonomy_paused', models.BooleanField(default=False, help_text='Kill switch: every action of this agent goes to review.')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.SlugField(max_length=100, unique=True)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "trust_level",
+                    models.CharField(
+                        choices=[
+                            ("probation", "Probation"),
+                            ("standard", "Standard"),
+                            ("trusted", "Trusted"),
+                        ],
+                        default="standard",
+                        max_length=16,
+                    ),
+                ),
+                ("customer_facing", models.BooleanField(default=False)),
+                (
+                    "autonomy_paused",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Kill switch: every action of this agent goes to review.",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Escalation',
+            name="Escalation",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('status', models.CharField(choices=[('open', 'Open'), ('claimed', 'Claimed'), ('approved', 'Approved'), ('rejected', 'Rejected'), ('expired', 'Expired'), ('cancelled', 'Cancelled')], default='open', max_length=16)),
-                ('reasons', models.JSONField(default=list)),
-                ('summary', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('decided_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("open", "Open"),
+                            ("claimed", "Claimed"),
+                            ("approved", "Approved"),
+                            ("rejected", "Rejected"),
+                            ("expired", "Expired"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="open",
+                        max_length=16,
+                    ),
+                ),
+                ("reasons", models.JSONField(default=list)),
+                ("summary", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("decided_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Team',
+            name="Team",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('slug', models.SlugField(unique=True)),
-                ('slack_channel', models.CharField(blank=True, max_length=100)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                ("slug", models.SlugField(unique=True)),
+                ("slack_channel", models.CharField(blank=True, max_length=100)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='AutonomyPolicy',
+            name="AutonomyPolicy",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('enabled', models.BooleanField(default=True)),
-                ('priority', models.IntegerField(default=100, help_text='Higher wins ties between policies.')),
-                ('workflow', models.CharField(blank=True, help_text='Blank: any workflow.', max_length=100)),
-                ('action_type', models.CharField(blank=True, help_text='Blank: any type.', max_length=100)),
-                ('outcome', models.CharField(choices=[('auto', 'Act alone'), ('review', 'Needs review'), ('block', 'Blocked')], max_length=8)),
-                ('min_confidence', models.FloatField(default=0.8, help_text="With outcome 'act alone': below this confidence the action goes to review.", validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)])),
-                ('irreversible_requires_review', models.BooleanField(default=True, help_text="With outcome 'act alone': irreversible actions go to review.")),
-                ('version', models.PositiveIntegerField(default=1, editable=False)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('agent', models.ForeignKey(blank=True, help_text='Blank: any.', null=True, on_delete=django.db.models.deletion.CASCADE, to='escalations.agentprofile')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("enabled", models.BooleanField(default=True)),
+                (
+                    "priority",
+                    models.IntegerField(
+                        default=100, help_text="Higher wins ties between policies."
+                    ),
+                ),
+                (
+                    "workflow",
+                    models.CharField(blank=True, help_text="Blank: any workflow.", max_length=100),
+                ),
+                (
+                    "action_type",
+                    models.CharField(blank=True, help_text="Blank: any type.", max_length=100),
+                ),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("auto", "Act alone"),
+                            ("review", "Needs review"),
+                            ("block", "Blocked"),
+                        ],
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "min_confidence",
+                    models.FloatField(
+                        default=0.8,
+                        help_text="With outcome 'act alone': below this confidence the action goes to review.",
+                        validators=[
+                            django.core.validators.MinValueValidator(0.0),
+                            django.core.validators.MaxValueValidator(1.0),
+                        ],
+                    ),
+                ),
+                (
+                    "irreversible_requires_review",
+                    models.BooleanField(
+                        default=True,
+                        help_text="With outcome 'act alone': irreversible actions go to review.",
+                    ),
+                ),
+                ("version", models.PositiveIntegerField(default=1, editable=False)),
+                (
+                    "updated_at",
+                    models.DateTimeField(default=django.utils.timezone.now, editable=False),
+                ),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="Blank: any.",
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        to="escalations.agentprofile",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'autonomy policies',
-                'ordering': ['-priority', 'name'],
+                "verbose_name_plural": "autonomy policies",
+                "ordering": ["-priority", "name"],
             },
         ),
         migrations.CreateModel(
-            name='Decision',
+            name="Decision",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('verdict', models.CharField(choices=[('approve', 'Approve'), ('reject', 'Reject')], max_length=8)),
-                ('via', models.CharField(choices=[('web', 'Web'), ('slack', 'Slack'), ('api', 'Api')], max_length=8)),
-                ('reason', models.TextField(blank=True)),
-                ('edited_payload', models.JSONField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('decided_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='decisions', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "verdict",
+                    models.CharField(
+                        choices=[("approve", "Approve"), ("reject", "Reject")], max_length=8
+                    ),
+                ),
+                (
+                    "via",
+                    models.CharField(
+                        choices=[("web", "Web"), ("slack", "Slack"), ("api", "Api")], max_length=8
+                    ),
+                ),
+                ("reason", models.TextField(blank=True)),
+                ("edited_payload", models.JSONField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "decided_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="decisions",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
     ]

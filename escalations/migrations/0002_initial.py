@@ -6,57 +6,88 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('escalations', '0001_initial'),
-        ('workflows', '0001_initial'),
+        ("escalations", "0001_initial"),
+        ("workflows", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='escalation',
-            name='action',
-            field=models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='escalation', to='workflows.action'),
+            model_name="escalation",
+            name="action",
+            field=models.OneToOneField(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="escalation",
+                to="workflows.action",
+            ),
         ),
         migrations.AddField(
-            model_name='escalation',
-            name='claimed_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="escalation",
+            name="claimed_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='decision',
-            name='escalation',
-            field=models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='decision', to='escalations.escalation'),
+            model_name="decision",
+            name="escalation",
+            field=models.OneToOneField(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="decision",
+                to="escalations.escalation",
+            ),
         ),
         migrations.AddField(
-            model_name='team',
-            name='members',
-            field=models.ManyToManyField(blank=True, related_name='teams', to=settings.AUTH_USER_MODEL),
+            model_name="team",
+            name="members",
+            field=models.ManyToManyField(
+                blank=True, related_name="teams", to=settings.AUTH_USER_MODEL
+            ),
         ),
         migrations.AddField(
-            model_name='escalation',
-            name='team',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='escalations', to='escalations.team'),
+            model_name="escalation",
+            name="team",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="escalations",
+                to="escalations.team",
+            ),
         ),
         migrations.AddField(
-            model_name='autonomypolicy',
-            name='team',
-            field=models.ForeignKey(blank=True, help_text="Who reviews what this policy escalates. Blank: the agent's team.", null=True, on_delete=django.db.models.deletion.PROTECT, to='escalations.team'),
+            model_name="autonomypolicy",
+            name="team",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="Who reviews what this policy escalates. Blank: the agent's team.",
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                to="escalations.team",
+            ),
         ),
         migrations.AddField(
-            model_name='agentprofile',
-            name='team',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='agents', to='escalations.team'),
+            model_name="agentprofile",
+            name="team",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="agents",
+                to="escalations.team",
+            ),
         ),
         migrations.AddIndex(
-            model_name='escalation',
-            index=models.Index(fields=['team', 'status', '-created_at'], name='esc_team_status_created'),
+            model_name="escalation",
+            index=models.Index(
+                fields=["team", "status", "-created_at"], name="esc_team_status_created"
+            ),
         ),
         migrations.AddIndex(
-            model_name='escalation',
-            index=models.Index(fields=['status', '-created_at'], name='esc_status_created'),
+            model_name="escalation",
+            index=models.Index(fields=["status", "-created_at"], name="esc_status_created"),
         ),
     ]

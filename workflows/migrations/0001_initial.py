@@ -7,116 +7,262 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('escalations', '0001_initial'),
+        ("escalations", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Action',
+            name="Action",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('step_name', models.CharField(blank=True, max_length=100)),
-                ('action_type', models.CharField(max_length=100)),
-                ('payload', models.JSONField(default=dict)),
-                ('confidence', models.FloatField()),
-                ('rationale', models.TextField(blank=True)),
-                ('status', models.CharField(choices=[('proposed', 'Proposed'), ('auto_approved', 'Auto Approved'), ('escalated', 'Escalated'), ('approved', 'Approved'), ('rejected', 'Rejected'), ('blocked', 'Blocked'), ('executed', 'Executed'), ('failed', 'Failed')], default='proposed', max_length=16)),
-                ('outcome', models.CharField(blank=True, choices=[('auto', 'Act alone'), ('review', 'Needs review'), ('block', 'Blocked')], max_length=8)),
-                ('reasons', models.JSONField(default=list)),
-                ('policy_version', models.PositiveIntegerField(blank=True, null=True)),
-                ('approved_payload', models.JSONField(blank=True, null=True)),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('idempotency_key', models.CharField(max_length=200, unique=True)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('executed_at', models.DateTimeField(blank=True, null=True)),
-                ('agent', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='escalations.agentprofile')),
-                ('policy', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to='escalations.autonomypolicy')),
+                (
+                    "id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("step_name", models.CharField(blank=True, max_length=100)),
+                ("action_type", models.CharField(max_length=100)),
+                ("payload", models.JSONField(default=dict)),
+                ("confidence", models.FloatField()),
+                ("rationale", models.TextField(blank=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("proposed", "Proposed"),
+                            ("auto_approved", "Auto Approved"),
+                            ("escalated", "Escalated"),
+                            ("approved", "Approved"),
+                            ("rejected", "Rejected"),
+                            ("blocked", "Blocked"),
+                            ("executed", "Executed"),
+                            ("failed", "Failed"),
+                        ],
+                        default="proposed",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "outcome",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("auto", "Act alone"),
+                            ("review", "Needs review"),
+                            ("block", "Blocked"),
+                        ],
+                        max_length=8,
+                    ),
+                ),
+                ("reasons", models.JSONField(default=list)),
+                ("policy_version", models.PositiveIntegerField(blank=True, null=True)),
+                ("approved_payload", models.JSONField(blank=True, null=True)),
+                ("result", models.JSONField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("idempotency_key", models.CharField(max_length=200, unique=True)),
+                (
+                    "created_at",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now),
+                ),
+                ("executed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to="escalations.agentprofile"
+                    ),
+                ),
+                (
+                    "policy",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to="escalations.autonomypolicy",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at'],
+                "ordering": ["created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Effect',
+            name="Effect",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=200, unique=True)),
-                ('result', models.JSONField(default=dict)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('action', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='effect', to='workflows.action')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("key", models.CharField(max_length=200, unique=True)),
+                ("result", models.JSONField(default=dict)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "action",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="effect",
+                        to="workflows.action",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='WorkflowRun',
+            name="WorkflowRun",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('workflow', models.CharField(max_length=100)),
-                ('workflow_version', models.PositiveIntegerField()),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('waiting', 'Waiting'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='pending', max_length=16)),
-                ('input', models.JSONField(default=dict)),
-                ('state', models.JSONField(default=dict)),
-                ('state_version', models.PositiveIntegerField(default=0)),
-                ('model_label', models.CharField(blank=True, max_length=200)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('agent', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='escalations.agentprofile')),
+                (
+                    "id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("workflow", models.CharField(max_length=100)),
+                ("workflow_version", models.PositiveIntegerField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("running", "Running"),
+                            ("waiting", "Waiting"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("input", models.JSONField(default=dict)),
+                ("state", models.JSONField(default=dict)),
+                ("state_version", models.PositiveIntegerField(default=0)),
+                ("model_label", models.CharField(blank=True, max_length=200)),
+                ("error", models.TextField(blank=True)),
+                (
+                    "created_at",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now),
+                ),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "agent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to="escalations.agentprofile"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='TraceEvent',
+            name="TraceEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('step_name', models.CharField(blank=True, max_length=100)),
-                ('kind', models.CharField(choices=[('observed', 'Observed'), ('decided', 'Decided'), ('policy', 'Policy'), ('escalated', 'Escalated'), ('human', 'Human'), ('executed', 'Executed'), ('skipped', 'Skipped'), ('state', 'State'), ('error', 'Error'), ('system', 'System')], max_length=16)),
-                ('message', models.TextField()),
-                ('data', models.JSONField(blank=True, default=dict)),
-                ('actor', models.CharField(blank=True, max_length=150)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='trace', to='workflows.workflowrun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("step_name", models.CharField(blank=True, max_length=100)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("observed", "Observed"),
+                            ("decided", "Decided"),
+                            ("policy", "Policy"),
+                            ("escalated", "Escalated"),
+                            ("human", "Human"),
+                            ("executed", "Executed"),
+                            ("skipped", "Skipped"),
+                            ("state", "State"),
+                            ("error", "Error"),
+                            ("system", "System"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("message", models.TextField()),
+                ("data", models.JSONField(blank=True, default=dict)),
+                ("actor", models.CharField(blank=True, max_length=150)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="trace",
+                        to="workflows.workflowrun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='StepRun',
+            name="StepRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('position', models.PositiveIntegerField()),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('waiting', 'Waiting'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], default='pending', max_length=16)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('output', models.JSONField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='workflows.workflowrun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("position", models.PositiveIntegerField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("running", "Running"),
+                            ("waiting", "Waiting"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("output", models.JSONField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="steps",
+                        to="workflows.workflowrun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['run', 'position'],
+                "ordering": ["run", "position"],
             },
         ),
         migrations.AddField(
-            model_name='action',
-            name='run',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='actions', to='workflows.workflowrun'),
+            model_name="action",
+            name="run",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="actions",
+                to="workflows.workflowrun",
+            ),
         ),
         migrations.AddIndex(
-            model_name='workflowrun',
-            index=models.Index(fields=['status', 'updated_at'], name='run_status_updated'),
+            model_name="workflowrun",
+            index=models.Index(fields=["status", "updated_at"], name="run_status_updated"),
         ),
         migrations.AddConstraint(
-            model_name='steprun',
-            constraint=models.UniqueConstraint(fields=('run', 'name'), name='one_step_per_name'),
+            model_name="steprun",
+            constraint=models.UniqueConstraint(fields=("run", "name"), name="one_step_per_name"),
         ),
     ]

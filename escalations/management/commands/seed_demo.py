@@ -1,4 +1,7 @@
-"""Demo teams, users, agents and policies. Passwords are generated fresh and printed, never stored."""
+"""Demo teams, users, agents and policies.
+
+Passwords are generated fresh on every run and printed, never stored in code.
+"""
 
 from __future__ import annotations
 

@@ -19,8 +19,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--rate", type=float, default=float(os.environ.get("SIMULATE_RATE", "0.2")),
-                            help="Demo tickets per second; 0 disables the stream.")
+        parser.add_argument(
+            "--rate",
+            type=float,
+            default=float(os.environ.get("SIMULATE_RATE", "0.2")),
+            help="Demo tickets per second; 0 disables the stream.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         port = env_int("PORT", 8000, minimum=1)
@@ -31,18 +35,23 @@ class Command(BaseCommand):
         self._serve_embedded(options["host"], port, options["rate"])
 
     def _exec_honcho(self, port: int, options: dict[str, Any]) -> None:
-        honcho = shutil.which("honcho", path=os.path.dirname(sys.executable)) or shutil.which("honcho")
+        honcho = shutil.which("honcho", path=os.path.dirname(sys.executable)) or shutil.which(
+            "honcho"
+        )
         if honcho is None:
             raise CommandError("honcho is not installed; run `make run` to install it")
-        env = dict(os.environ, PORT=str(port), HOST=options["host"],
-                   SIMULATE_RATE=str(options["rate"]))
-        self.stdout.write(f"Scale-out mode: web, worker, beat{' and simulate' if options['rate'] else ''} "
-                          f"via honcho on http://{options['host']}:{port}/")
+        env = dict(
+            os.environ, PORT=str(port), HOST=options["host"], SIMULATE_RATE=str(options["rate"])
+        )
+        self.stdout.write(
+            f"Scale-out mode: web, worker, beat{' and simulate' if options['rate'] else ''} "
+            f"via honcho on http://{options['host']}:{port}/"
+        )
         procfile = settings.BASE_DIR / "Procfile"
         args = [honcho, "-f", str(procfile), "start", "web", "worker", "beat"]
         if options["rate"]:
             args.append("simulate")
-        os.execve(honcho, args, env)
+        os.execve(honcho, args, env)  # noqa: S606 - replaces this process with the supervisor
 
     def _serve_embedded(self, host: str, port: int, rate: float) -> None:
         from daphne.endpoints import build_endpoint_description_strings
@@ -65,7 +74,9 @@ class Command(BaseCommand):
             )
             sim.start()
         url = f"http://{host}:{port}/"
-        self.stdout.write(self.style.SUCCESS(f"Caliber (embedded mode) on {url}  — Ctrl-C stops it"))
+        self.stdout.write(
+            self.style.SUCCESS(f"Caliber (embedded mode) on {url}  — Ctrl-C stops it")
+        )
         if rate:
             self.stdout.write(f"Demo tickets arrive at {rate}/s.")
         try:

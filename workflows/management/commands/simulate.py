@@ -30,9 +30,7 @@ class Command(BaseCommand):
         run_simulation(rate=rate, count=count, seed=options["seed"], stop=None, out=self.stdout)
 
 
-def run_simulation(
-    *, rate: float, count: int, seed: int | None, stop: Any, out: Any = None
-) -> int:
+def run_simulation(*, rate: float, count: int, seed: int | None, stop: Any, out: Any = None) -> int:
     rng = random.Random(seed)
     number = WorkflowRun.objects.count() + 1
     started = 0

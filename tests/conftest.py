@@ -1,0 +1,307 @@
+"""Shared fixtures: the people (alice and carol on Support, bob on Billing, an admin), the
+demo agent and policies, and real processes — a celery worker and a daphne server — pointed
+at the test database, for the tests that need the whole system."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+
+from escalations.models import AgentProfile, AutonomyPolicy, Team
+from workflows.models import PolicyOutcome, WorkflowRun
+
+ROOT = Path(__file__).resolve().parent.parent
+CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    missing = [
+        name
+        for name, url, port in (
+            ("PostgreSQL", os.environ["DATABASE_URL"], 5432),
+            ("Redis", os.environ["REDIS_URL"], 6379),
+        )
+        if not _reachable(url, port)
+    ]
+    if missing:
+        # Never a skip: a suite that silently tests less is worse than one that fails.
+        pytest.exit(
+            f"{' and '.join(missing)} not reachable (DATABASE_URL={os.environ['DATABASE_URL']}, "
+            f"REDIS_URL={os.environ['REDIS_URL']}); .ci/run starts them.",
+            returncode=3,
+        )
+
+
+# --- people and configuration -------------------------------------------------------------
+
+
+@pytest.fixture
+def support(db: None) -> Team:
+    return Team.objects.create(name="Support", slug="support")
+
+
+@pytest.fixture
+def billing(db: None) -> Team:
+    return Team.objects.create(name="Billing", slug="billing")
+
+
+def _user(username: str, team: Team | None = None, *, admin: bool = False) -> User:
+    user = User.objects.create_user(username=username, password="pw-" + username)
+    if admin:
+        user.is_staff = user.is_superuser = True
+        user.save()
+    if team is not None:
+        team.members.add(user)
+    return user
+
+
+@pytest.fixture
+def alice(support: Team) -> User:
+    """A reviewer on Support."""
+    return _user("alice", support)
+
+
+@pytest.fixture
+def carol(support: Team) -> User:
+    """Alice's teammate."""
+    return _user("carol", support)
+
+
+@pytest.fixture
+def bob(billing: Team) -> User:
+    """A reviewer on Billing: an outsider to Support's escalations."""
+    return _user("bob", billing)
+
+
+@pytest.fixture
+def admin_user(db: None) -> User:
+    return _user("root", admin=True)
+
+
+@pytest.fixture
+def agent(support: Team) -> AgentProfile:
+    return AgentProfile.objects.create(name="triage-agent", team=support, customer_facing=True)
+
+
+@pytest.fixture
+def policies(agent: AgentProfile, support: Team) -> list[AutonomyPolicy]:
+    """The demo's policies: CRM updates and routing act alone when confident, replies reviewed."""
+    return [
+        AutonomyPolicy.objects.create(
+            name="crm", action_type="update_crm", outcome=PolicyOutcome.AUTO, min_confidence=0.7
+        ),
+        AutonomyPolicy.objects.create(
+            name="replies",
+            action_type="send_reply",
+            outcome=PolicyOutcome.AUTO,
+            min_confidence=0.85,
+            irreversible_requires_review=True,
+            team=support,
+        ),
+        AutonomyPolicy.objects.create(
+            name="routing",
+            action_type="route_to_team",
+            outcome=PolicyOutcome.AUTO,
+            min_confidence=0.5,
+        ),
+    ]
+
+
+TICKET = {
+    "ticket_id": "T-000001",
+    "subject": "Charged twice for my subscription",
+    "body": "I was charged twice this month. Please fix the billing.",
+    "customer": "ada.1@example.com",
+}
+
+
+@pytest.fixture
+def ticket() -> dict[str, str]:
+    return dict(TICKET)
+
+
+# --- waiting -----------------------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+        time.sleep(interval)
+
+
+def wait_for_run(run: WorkflowRun, *statuses: str, timeout: float = 20.0) -> WorkflowRun:
+    def check() -> WorkflowRun | None:
+        run.refresh_from_db()
+        return run if run.status in statuses else None
+
+    try:
+        return wait_for(check, timeout)
+    except AssertionError:
+        raise AssertionError(
+            f"run stayed {run.status} (wanted {statuses}); trace: "
+            + " | ".join(run.trace.values_list("message", flat=True))
+        ) from None
+
+
+# --- real processes against the test database ---------------------------------------------
+
+
+def _test_database_url() -> str:
+    from django.db import connection
+
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    return urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
+
+
+def _service_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.test",
+        DATABASE_URL=_test_database_url(),
+        CELERY_QUEUE=settings.CELERY_TASK_DEFAULT_QUEUE,
+        CHANNELS_PREFIX=os.environ["CHANNELS_PREFIX"],
+        PYTHONUNBUFFERED="1",
+        CELERY_LOG_LEVEL="INFO",
+    )
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _purge_queue() -> None:
+    from config.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def worker_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("processes")
+
+
+@pytest.fixture(scope="session")
+def celery_worker(
+    django_db_setup: None, django_db_blocker: Any, worker_log_dir: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `celery worker` process (prefork, 2 children) on Redis and the test database."""
+    with django_db_blocker.unblock():
+        env = _service_env()
+    with contextlib.suppress(Exception):
+        _purge_queue()
+    log = open(worker_log_dir / "worker.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--pool=prefork",
+            "--concurrency=2",
+            "-Q",
+            env["CELERY_QUEUE"],
+            "--loglevel=INFO",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while b"ready." not in (worker_log_dir / "worker.log").read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(
+                "celery worker did not start:\n"
+                + (worker_log_dir / "worker.log").read_text()[-3000:]
+            )
+        time.sleep(0.1)
+    yield proc
+    _stop(proc)
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def live_server_url(
+    django_db_setup: None, django_db_blocker: Any, worker_log_dir: Path
+) -> Iterator[str]:
+    """Daphne serving the real ASGI app (HTTP and websockets) on the test database."""
+    with django_db_blocker.unblock():
+        env = _service_env()
+    port = _free_port()
+    log = open(worker_log_dir / "daphne.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "config.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "daphne did not start:\n" + (worker_log_dir / "daphne.log").read_text()[-3000:]
+                ) from None
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+    log.close()
