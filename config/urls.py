@@ -13,4 +13,6 @@ urlpatterns = [
     path("healthz", review_views.healthz, name="healthz"),
     path("review/", include("review.urls")),
     path("runs/", include("review.run_urls")),
+    path("slack/", include("escalations.slack.urls")),
+    path("api/v1/", include("api.urls")),
 ]

@@ -36,10 +36,12 @@ def register_server_loop(loop: asyncio.AbstractEventLoop) -> None:
         _server_loop = loop
 
 
-def announce_escalation(escalation: Escalation) -> None:
-    """On commit, tell the escalation's team and the admins' group that it changed."""
+def announce_escalation(escalation: Escalation, *, previous_team_id: int | None = None) -> None:
+    """On commit, tell the escalation's team(s) and the admins' group that it changed."""
     message = {"type": "escalation.changed", "id": str(escalation.pk)}
     groups = [team_group(escalation.team_id), ALL_TEAMS_GROUP]
+    if previous_team_id is not None and previous_team_id != escalation.team_id:
+        groups.append(team_group(previous_team_id))
     transaction.on_commit(lambda: send_to_groups(groups, message))
 
 

@@ -45,6 +45,8 @@ INSTALLED_APPS = [
     "workflows",
     "escalations",
     "review",
+    "escalations.slack",
+    "api",
 ]
 
 MIDDLEWARE = [

@@ -12,17 +12,17 @@ from django.utils import timezone
 
 from workflows.models import Action, ActionStatus, TraceKind
 
-from .access import get_escalation_for
-from .models import (
+from .. import notify
+from ..access import get_escalation_for
+from ..models import (
     UNDECIDED_STATUSES,
-    AutonomyPolicy,
     Decision,
     Escalation,
     EscalationStatus,
     Verdict,
     Via,
 )
-from .summary import summarise
+from ..summary import summarise
 
 
 class AlreadyDecided(Exception):
@@ -46,7 +46,6 @@ class AlreadyDecided(Exception):
 
 def escalate_action(*, action: Action, team_id: int) -> Escalation:
     """Open an escalation for `action` and announce it to the team's live queue after commit."""
-    from review.live import announce_escalation
     from workflows.actions import record_trace
 
     escalation = Escalation.objects.create(
@@ -63,7 +62,7 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
             message=f"{action.action_type} escalated to team {escalation.team.name}",
             data={"escalation": str(escalation.pk)},
         )
-    announce_escalation(escalation)
+    notify.escalation_opened(escalation)
     return escalation
 
 
@@ -82,7 +81,6 @@ def decide_escalation(
     AlreadyDecided (naming the winner) if it was decided first elsewhere. On commit, the
     run is re-enqueued and every open queue is told.
     """
-    from review.live import announce_escalation
     from workflows.actions import record_trace
     from workflows.tasks import enqueue_advance
 
@@ -146,16 +144,5 @@ def decide_escalation(
             )
             run_id = action.run.pk
             transaction.on_commit(lambda: enqueue_advance(run_id))
-        announce_escalation(escalation)
+        notify.escalation_changed(escalation)
     return decision
-
-
-def save_policy(*, policy: AutonomyPolicy, changed_fields: list[str]) -> AutonomyPolicy:
-    """Every change to a policy is a new version; actions keep the version they were held to."""
-    if policy.pk is not None and changed_fields:
-        policy.version = (
-            AutonomyPolicy.objects.filter(pk=policy.pk).values_list("version", flat=True).get() + 1
-        )
-    policy.updated_at = timezone.now()
-    policy.save()
-    return policy
