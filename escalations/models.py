@@ -128,6 +128,7 @@ class Escalation(models.Model):
     claimed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    claimed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     decided_at = models.DateTimeField(null=True, blank=True)
 
@@ -149,6 +150,9 @@ class Escalation(models.Model):
 class Verdict(models.TextChoices):
     APPROVE = "approve"
     REJECT = "reject"
+    # Answer the agent in free text instead of running its action (LangGraph's "respond"):
+    # the action does not run, the escalation ends rejected, the text reaches the agent.
+    RESPOND = "respond"
 
 
 class Via(models.TextChoices):

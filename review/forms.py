@@ -29,4 +29,6 @@ class DecisionForm(forms.Form):
         data = super().clean() or {}
         if data.get("verdict") == Verdict.REJECT and not data.get("reason", "").strip():
             self.add_error("reason", "Say why you reject it; the agent is told.")
+        if data.get("verdict") == Verdict.RESPOND and not data.get("reason", "").strip():
+            self.add_error("reason", "Write the answer the agent should get.")
         return data

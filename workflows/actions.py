@@ -14,6 +14,9 @@ from .models import (
     Action,
     ActionStatus,
     Effect,
+    Outcome,
+    OutcomeQuality,
+    OutcomeSource,
     PolicyOutcome,
     RunStatus,
     StepRun,
@@ -193,3 +196,42 @@ def execute_action(*, action: Action) -> Action:
             data={"action": str(action.pk), "result": result},
         )
     return action
+
+
+def record_outcome(
+    *,
+    metric: str,
+    quality: OutcomeQuality,
+    source: OutcomeSource,
+    action: Action | None = None,
+    run: WorkflowRun | None = None,
+    value: float | None = None,
+    note: str = "",
+    data: dict[str, Any] | None = None,
+    recorded_by: str = "",
+) -> Outcome:
+    """Attach what happened later to an action (and its run) or to a run."""
+    if action is None and run is None:
+        raise ValueError("an outcome needs an action or a run")
+    if action is not None and run is None:
+        run = action.run
+    outcome = Outcome.objects.create(
+        action=action,
+        run=run,
+        metric=metric,
+        quality=OutcomeQuality(quality),
+        source=OutcomeSource(source),
+        value=value,
+        note=note,
+        data=data or {},
+        recorded_by=recorded_by,
+    )
+    if run is not None:
+        record_trace(
+            run=run,
+            kind=TraceKind.OBSERVED,
+            message=f"outcome {metric}: {outcome.quality}" + (f" — {note}" if note else ""),
+            actor=recorded_by,
+            data={"outcome": outcome.pk, "source": outcome.source},
+        )
+    return outcome

@@ -183,3 +183,46 @@ class TraceEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message[:60]}"
+
+
+class OutcomeQuality(models.TextChoices):
+    GOOD = "good"
+    BAD = "bad"
+    NEUTRAL = "neutral"
+
+
+class OutcomeSource(models.TextChoices):
+    API = "api"
+    FOLLOW_UP = "follow_up", "Follow-up step"
+    REVIEWER = "reviewer"
+
+
+class Outcome(models.Model):
+    """What happened later, attached to an action or a run: the longitudinal quality signal."""
+
+    action = models.ForeignKey(
+        Action, on_delete=models.CASCADE, related_name="outcomes", null=True, blank=True
+    )
+    run = models.ForeignKey(
+        WorkflowRun, on_delete=models.CASCADE, related_name="outcomes", null=True, blank=True
+    )
+    metric = models.CharField(max_length=100, help_text="e.g. customer_replied, judged_correct")
+    quality = models.CharField(max_length=8, choices=OutcomeQuality.choices)
+    value = models.FloatField(null=True, blank=True)
+    source = models.CharField(max_length=16, choices=OutcomeSource.choices)
+    note = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    recorded_by = models.CharField(max_length=150, blank=True)
+    recorded_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-recorded_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(action__isnull=False) | models.Q(run__isnull=False),
+                name="outcome_has_a_subject",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric}: {self.quality}"

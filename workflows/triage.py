@@ -125,7 +125,13 @@ def act(ctx: StepContext) -> StepResult:
             skipped.append(action.action_type)
             decision = getattr(getattr(action, "escalation", None), "decision", None)
             if decision is not None and decision.reason:
-                feedback.append({"action_type": action.action_type, "reason": decision.reason})
+                feedback.append(
+                    {
+                        "action_type": action.action_type,
+                        "verdict": decision.verdict,
+                        "reason": decision.reason,
+                    }
+                )
     if waiting:
         return Wait(f"{waiting} action(s) awaiting a human decision")
     return {"executed": executed, "skipped": skipped, "feedback": feedback}
@@ -136,7 +142,8 @@ def wrap_up(ctx: StepContext) -> StepResult:
     for item in outcome.get("feedback", []):
         ctx.trace(
             TraceKind.OBSERVED,
-            f"reviewer rejected {item['action_type']}: “{item['reason']}” — noted for next time",
+            f"reviewer {'answered' if item.get('verdict') == 'respond' else 'rejected'} "
+            f"{item['action_type']}: “{item['reason']}” — noted for next time",
         )
     ctx.trace(
         TraceKind.DECIDED,

@@ -89,6 +89,8 @@ def decide_escalation(
     reason = reason.strip()
     if verdict == Verdict.REJECT and not reason:
         raise ValidationError({"reason": "Say why you reject it; the agent is told."})
+    if verdict == Verdict.RESPOND and not reason:
+        raise ValidationError({"reason": "Write the answer the agent should get."})
     if edited_payload is not None and not isinstance(edited_payload, dict):
         raise ValidationError({"edited_payload": "The edited payload must be a JSON object."})
 
@@ -133,7 +135,9 @@ def decide_escalation(
                 kind=TraceKind.HUMAN,
                 step_name=action.step_name,
                 actor=user.get_username(),
-                message=f"{user.get_username()} {new_status} {action.action_type} via {via}"
+                message=f"{user.get_username()} "
+                + ("answered instead of running" if verdict == Verdict.RESPOND else new_status)
+                + f" {action.action_type} via {via}"
                 + (f": {reason}" if reason else ""),
                 data={
                     "escalation": str(escalation.pk),

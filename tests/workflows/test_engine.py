@@ -78,7 +78,7 @@ def test_a_rejected_action_is_skipped_and_its_reason_reaches_the_agent(
     assert not Effect.objects.filter(action=reply).exists()
     run.refresh_from_db()
     assert run.state["act"]["feedback"] == [
-        {"action_type": "send_reply", "reason": "Never promise a refund"}
+        {"action_type": "send_reply", "verdict": "reject", "reason": "Never promise a refund"}
     ]
     assert run.trace.filter(
         message__contains="Never promise a refund", kind=TraceKind.OBSERVED
