@@ -130,6 +130,8 @@ class Escalation(models.Model):
     )
     claimed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # When a person should have decided by; a database timer scanned by beat, never a countdown.
+    sla_due_at = models.DateTimeField(null=True, blank=True, db_index=True)
     decided_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from workflows.models import PolicyOutcome
 from workflows.tools import get_action_type
@@ -45,7 +46,12 @@ def _verdict(
 
 
 def evaluate(
-    *, agent: AgentProfile, workflow: str, action_type: str, confidence: float
+    *,
+    agent: AgentProfile,
+    workflow: str,
+    action_type: str,
+    confidence: float,
+    payload: dict[str, Any] | None = None,
 ) -> PolicyDecision:
     """Most restrictive wins; the highest-priority policy giving that outcome is recorded."""
     policies = [

@@ -120,7 +120,11 @@ def propose_action(
         idempotency_key=key,
     )
     decision = evaluate(
-        agent=run.agent, workflow=run.workflow, action_type=tool.name, confidence=confidence
+        agent=run.agent,
+        workflow=run.workflow,
+        action_type=tool.name,
+        confidence=confidence,
+        payload=payload,
     )
     action.outcome = decision.outcome
     action.reasons = decision.reasons

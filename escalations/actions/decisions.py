@@ -44,6 +44,17 @@ class AlreadyDecided(Exception):
         super().__init__(msg)
 
 
+def payload_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What a reviewer changed: keys added, removed, and changed (with old and new values)."""
+    return {
+        "added": {k: after[k] for k in after.keys() - before.keys()},
+        "removed": {k: before[k] for k in before.keys() - after.keys()},
+        "changed": {
+            k: [before[k], after[k]] for k in before.keys() & after.keys() if before[k] != after[k]
+        },
+    }
+
+
 def escalate_action(*, action: Action, team_id: int) -> Escalation:
     """Open an escalation for `action` and announce it to the team's live queue after commit."""
     from workflows.actions import record_trace
@@ -140,6 +151,9 @@ def decide_escalation(
                 + f" {action.action_type} via {via}"
                 + (f": {reason}" if reason else ""),
                 data={
+                    "payload_diff": payload_diff(action.payload, edited_payload)
+                    if edited_payload is not None
+                    else None,
                     "escalation": str(escalation.pk),
                     "verdict": verdict,
                     "via": via,
