@@ -43,7 +43,8 @@ pytest: $(STAMP) chromium
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(PY) -m bench
+	scripts/ensure-services
+	$(PY) -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -62,6 +62,8 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "caliber")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
+# Only the benchmarks set one (to time a round trip); the app never waits on task results.
+CELERY_RESULT_BACKEND = env_url("CELERY_RESULT_BACKEND", schemes=("redis", "rediss")) or None
 # A task is acknowledged only after it ran, and re-delivered if its worker died: every task
 # is idempotent (it reloads by id and re-checks state under a lock), so at-least-once is safe.
 CELERY_TASK_ACKS_LATE = True
