@@ -33,12 +33,10 @@ def _start(n: int) -> float:
 def _latencies() -> list[float]:
     from workflows.models import RunStatus, WorkflowRun
 
-    return [
-        (finished - created).total_seconds()
-        for created, finished in WorkflowRun.objects.filter(status=RunStatus.SUCCEEDED).values_list(
-            "created_at", "finished_at"
-        )
-    ]
+    rows = WorkflowRun.objects.filter(status=RunStatus.SUCCEEDED).values_list(
+        "created_at", "finished_at"
+    )
+    return [(done - created).total_seconds() for created, done in rows if done is not None]
 
 
 def _done(n: int) -> bool:
