@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import uuid
 
+import re
+from typing import Any
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+from simple_history.models import HistoricalRecords
 
 from workflows.models import PolicyOutcome
 
@@ -33,15 +38,35 @@ class TrustLevel(models.TextChoices):
 
 class AgentProfile(models.Model):
     name = models.SlugField(max_length=100, unique=True)
+    agent_type = models.CharField(
+        max_length=100, blank=True, help_text="What kind of agent, e.g. 'support triage'."
+    )
     description = models.TextField(blank=True)
-    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="agents")
+    team = models.ForeignKey(
+        Team, on_delete=models.PROTECT, related_name="agents", help_text="The owner team."
+    )
     trust_level = models.CharField(
         max_length=16, choices=TrustLevel.choices, default=TrustLevel.STANDARD
     )
     customer_facing = models.BooleanField(default=False)
     autonomy_paused = models.BooleanField(
-        default=False, help_text="Kill switch: every action of this agent goes to review."
+        default=False,
+        help_text="Kill switch: every action of this agent goes to review, from the next "
+        "evaluation on; its approved-alone actions that have not run yet go to review too.",
     )
+    autonomy_paused_at = models.DateTimeField(null=True, blank=True, editable=False)
+    autonomy_paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="+",
+    )
+    autonomy_pause_reason = models.CharField(max_length=500, blank=True, editable=False)
+
+    # Every change (trust level, kill switch) is kept with who made it and why.
+    history = HistoricalRecords(excluded_fields=["description"])
 
     class Meta:
         ordering = ["name"]
@@ -50,41 +75,173 @@ class AgentProfile(models.Model):
         return self.name
 
 
-class AutonomyPolicy(models.Model):
-    """When an agent may act alone.
+POLICY_PRECEDENCE = """\
+Every enabled policy whose scope (workflow, agent, action type; blank = any) matches the action
+is evaluated, whatever its priority. The most restrictive outcome wins: BLOCK over REVIEW over
+AUTO. A policy gives BLOCK if its outcome is BLOCK or a block pattern matches the payload; REVIEW
+if its outcome is REVIEW, a review pattern matches, or (outcome AUTO) any condition fails:
+confidence under the bar for the agent's trust level, amount over the maximum, an irreversible
+action, or the rate cap reached. An action no policy covers goes to review; a paused agent
+(kill switch) never acts alone. Every reason from the policies giving the winning outcome is
+shown to reviewers. Among those policies the highest priority one (then the oldest) is
+recorded with its version and owns the escalation: its team (blank: the agent's team), SLA,
+escalation chain, expiry behaviour and approvals required.\
+"""
 
-    Precedence: every enabled policy whose scope matches the action is evaluated; the most
-    restrictive outcome wins (BLOCK over REVIEW over AUTO). Among policies giving the winning
-    outcome, the highest priority one is recorded and routes the escalation. An action that
-    no policy covers goes to review.
+
+class ExpiryBehaviour(models.TextChoices):
+    REJECT = "reject", "Reject the action"
+    APPROVE = "approve", "Approve the action"
+    REROUTE = "reroute", "Re-route to the expiry team (stays open, no further SLA)"
+
+
+def _validate_patterns(value: str) -> None:
+    for number, line in enumerate(value.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            re.compile(line.strip())
+        except re.error as exc:
+            raise ValidationError(f"line {number} is not a valid pattern: {exc}") from None
+
+
+class AutonomyPolicy(models.Model):
+    """When an agent may act alone, who reviews what it may not, and how fast.
+
+    See POLICY_PRECEDENCE for how several matching policies combine.
     """
 
     name = models.CharField(max_length=200)
     enabled = models.BooleanField(default=True)
-    priority = models.IntegerField(default=100, help_text="Higher wins ties between policies.")
+    priority = models.IntegerField(
+        default=100,
+        help_text="Never overrides a stricter outcome: among the policies giving the winning "
+        "outcome, the highest priority one is recorded and routes the escalation.",
+    )
+    # Scope.
     workflow = models.CharField(max_length=100, blank=True, help_text="Blank: any workflow.")
     agent = models.ForeignKey(
         AgentProfile, on_delete=models.CASCADE, null=True, blank=True, help_text="Blank: any."
     )
     action_type = models.CharField(max_length=100, blank=True, help_text="Blank: any type.")
-    outcome = models.CharField(max_length=8, choices=PolicyOutcome.choices)
+    outcome = models.CharField(
+        max_length=8,
+        choices=PolicyOutcome.choices,
+        help_text="'Act alone' still goes to review when a condition below fails.",
+    )
+    # Conditions to act alone.
     min_confidence = models.FloatField(
         default=0.8,
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
-        help_text="With outcome 'act alone': below this confidence the action goes to review.",
+        help_text="Below this confidence the action goes to review (trust 'standard', and any "
+        "trust level without its own bar below).",
+    )
+    min_confidence_probation = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="The bar for agents on probation. Blank: the minimum confidence above.",
+    )
+    min_confidence_trusted = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="The bar for trusted agents. Blank: the minimum confidence above.",
+    )
+    max_amount = models.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Above this amount/cost (read from the action type's declared amount field) "
+        "the action goes to review; a missing amount counts as over. Blank: no limit.",
     )
     irreversible_requires_review = models.BooleanField(
-        default=True, help_text="With outcome 'act alone': irreversible actions go to review."
+        default=True, help_text="Irreversible action types (as declared) go to review."
     )
+    irreversible_trusted_min_confidence = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Except when the agent is trusted and its confidence is at least this "
+        "stricter bar. Blank: no exception.",
+    )
+    review_patterns = models.TextField(
+        blank=True,
+        validators=[_validate_patterns],
+        help_text="One regular expression (or plain keyword) per line, matched "
+        "case-insensitively against every text value of the payload: a match sends the "
+        "action to review.",
+    )
+    block_patterns = models.TextField(
+        blank=True,
+        validators=[_validate_patterns],
+        help_text="Same, but a match blocks the action.",
+    )
+    rate_limit_count = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="At most this many actions in this policy's scope act alone per agent per "
+        "window; past it they go to review. Blank: no cap.",
+    )
+    rate_limit_window_minutes = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="The cap's window."
+    )
+    # Routing of what this policy escalates.
     team = models.ForeignKey(
         Team,
         on_delete=models.PROTECT,
         null=True,
         blank=True,
+        related_name="+",
         help_text="Who reviews what this policy escalates. Blank: the agent's team.",
+    )
+    sla_minutes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="How long each team in the chain has to decide. Blank: no SLA.",
+    )
+    escalation_chain = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Team slugs, comma-separated: who gets it next, in order, each time the SLA "
+        "passes undecided.",
+    )
+    expiry_behaviour = models.CharField(
+        max_length=8,
+        choices=ExpiryBehaviour.choices,
+        blank=True,
+        help_text="What happens when the SLA passes at the end of the chain. Required with an "
+        "SLA: never implicit.",
+    )
+    expiry_team = models.ForeignKey(
+        Team,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Where 're-route' sends it.",
+    )
+    approvals_required = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(10)],
+        help_text="Distinct reviewers who must approve (quorum); one rejection ends it.",
+    )
+    approvals_required_above = models.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Ask for that many approvals only when the amount is above this. Blank: "
+        "always.",
     )
     version = models.PositiveIntegerField(default=1, editable=False)
     updated_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    history = HistoricalRecords()
 
     class Meta:
         ordering = ["-priority", "name"]
@@ -93,6 +250,55 @@ class AutonomyPolicy(models.Model):
     def __str__(self) -> str:
         return f"{self.name} (v{self.version})"
 
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.action_type:
+            from workflows.tools import ACTION_TYPES
+
+            if self.action_type not in ACTION_TYPES:
+                errors["action_type"] = (
+                    f"Unknown action type; declared: {', '.join(sorted(ACTION_TYPES))}."
+                )
+        if (self.rate_limit_count is None) != (self.rate_limit_window_minutes is None):
+            errors["rate_limit_window_minutes"] = "A rate cap needs both a count and a window."
+        if self.sla_minutes and not self.expiry_behaviour:
+            errors["expiry_behaviour"] = (
+                "Say what happens when the SLA passes at the end of the chain."
+            )
+        if self.expiry_behaviour and not self.sla_minutes:
+            errors["sla_minutes"] = "An expiry behaviour needs an SLA to expire."
+        if self.expiry_behaviour == ExpiryBehaviour.REROUTE and self.expiry_team_id is None:
+            errors["expiry_team"] = "Re-route needs a team to re-route to."
+        if self.escalation_chain and not self.sla_minutes:
+            errors["escalation_chain"] = "A chain moves on when the SLA passes: set an SLA."
+        if self.escalation_chain:
+            missing = [s for s in self.chain_slugs if not Team.objects.filter(slug=s).exists()]
+            if missing:
+                errors["escalation_chain"] = f"No team with slug: {', '.join(missing)}."
+        trusted_bar = self.min_confidence_for(TrustLevel.TRUSTED)
+        if (
+            self.irreversible_trusted_min_confidence is not None
+            and self.irreversible_trusted_min_confidence < trusted_bar
+        ):
+            errors["irreversible_trusted_min_confidence"] = (
+                f"Must be stricter than the trusted bar ({trusted_bar:.2f})."
+            )
+        if self.approvals_required_above is not None and self.approvals_required < 2:
+            errors["approvals_required_above"] = "Only meaningful with 2 or more approvals."
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def chain_slugs(self) -> list[str]:
+        return [s.strip() for s in self.escalation_chain.split(",") if s.strip()]
+
+    def min_confidence_for(self, trust_level: str) -> float:
+        if trust_level == TrustLevel.PROBATION and self.min_confidence_probation is not None:
+            return self.min_confidence_probation
+        if trust_level == TrustLevel.TRUSTED and self.min_confidence_trusted is not None:
+            return self.min_confidence_trusted
+        return self.min_confidence
+
     def covers(self, *, workflow: str, agent_id: int, action_type: str) -> bool:
         return (
             self.enabled
@@ -100,6 +306,16 @@ class AutonomyPolicy(models.Model):
             and (self.agent_id is None or self.agent_id == agent_id)
             and (not self.action_type or self.action_type == action_type)
         )
+
+
+class PolicyCacheStamp(models.Model):
+    """One row whose `stamp` the database itself rewrites (triggers) whenever a policy or an
+    agent profile changes, by any route; every process compares it to its compiled cache."""
+
+    stamp = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return self.stamp
 
 
 class EscalationStatus(models.TextChoices):
@@ -133,6 +349,18 @@ class Escalation(models.Model):
     # When a person should have decided by; a database timer scanned by beat, never a countdown.
     sla_due_at = models.DateTimeField(null=True, blank=True, db_index=True)
     decided_at = models.DateTimeField(null=True, blank=True)
+    # Routing frozen from the policy version that escalated it: editing the policy later
+    # changes nothing already open.
+    sla_minutes = models.PositiveIntegerField(null=True, blank=True)
+    chain = models.JSONField(default=list, blank=True, help_text="Team ids, next first.")
+    hops = models.PositiveSmallIntegerField(
+        default=0, help_text="How many times the SLA passed and it moved on."
+    )
+    expiry_behaviour = models.CharField(max_length=8, choices=ExpiryBehaviour.choices, blank=True)
+    expiry_team = models.ForeignKey(
+        Team, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    approvals_required = models.PositiveSmallIntegerField(default=1)
 
     class Meta:
         ordering = ["-created_at"]
@@ -148,6 +376,26 @@ class Escalation(models.Model):
     def is_undecided(self) -> bool:
         return self.status in UNDECIDED_STATUSES
 
+    @property
+    def next_team_id(self) -> int | None:
+        """Who gets it when the SLA passes, or None at the end of the chain."""
+        return int(self.chain[self.hops]) if self.hops < len(self.chain) else None
+
+    @property
+    def needs_quorum(self) -> bool:
+        return self.approvals_required > 1
+
+    def approval_progress(self) -> dict[str, Any]:
+        """For reviewers: who approved so far and how many more are needed."""
+        names = list(
+            self.approvals.order_by("created_at").values_list("decided_by__username", flat=True)
+        )
+        return {
+            "required": self.approvals_required,
+            "approved_by": names,
+            "missing": max(self.approvals_required - len(names), 0),
+        }
+
 
 class Verdict(models.TextChoices):
     APPROVE = "approve"
@@ -161,6 +409,8 @@ class Via(models.TextChoices):
     WEB = "web"
     SLACK = "slack"
     API = "api"
+    # Caliber itself, applying a policy's declared expiry behaviour when the SLA ran out.
+    SYSTEM = "system"
 
 
 class Decision(models.Model):
@@ -178,3 +428,39 @@ class Decision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.verdict} by {self.decided_by} via {self.via}"
+
+    @property
+    def is_final(self) -> bool:
+        return True
+
+
+class Approval(models.Model):
+    """One reviewer's approval of a quorum escalation. Distinct reviewers by construction;
+    the Decision is written when the last approval needed arrives."""
+
+    escalation = models.ForeignKey(Escalation, on_delete=models.CASCADE, related_name="approvals")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="approvals"
+    )
+    via = models.CharField(max_length=8, choices=Via.choices)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["escalation", "decided_by"], name="one_approval_per_reviewer"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"approval by {self.decided_by} via {self.via}"
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.APPROVE
+
+    @property
+    def is_final(self) -> bool:
+        return False

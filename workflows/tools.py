@@ -26,6 +26,8 @@ class ActionType:
     customer_facing: bool
     required_fields: tuple[str, ...]
     execute: Callable[[dict[str, Any], str], dict[str, Any]]
+    # The payload field holding what is at stake in money (policies' maximum amount and
+    # quorum thresholds read it); None: the action moves no money.
     amount_field: str | None = None
 
     def validate(self, payload: object) -> dict[str, Any]:
@@ -57,6 +59,16 @@ def _route_to_team(payload: dict[str, Any], key: str) -> dict[str, Any]:
     return {"routed_to": payload["team"], "ticket_id": payload["ticket_id"]}
 
 
+def _issue_refund(payload: dict[str, Any], key: str) -> dict[str, Any]:
+    try:
+        amount = float(payload["amount"])
+    except (TypeError, ValueError):
+        raise ToolError("issue_refund needs a numeric amount") from None
+    if amount <= 0:
+        raise ToolError("issue_refund needs a positive amount")
+    return {"refund_id": f"rf-{_digest(payload, key)}", "amount": amount}
+
+
 ACTION_TYPES: dict[str, ActionType] = {
     t.name: t
     for t in (
@@ -83,6 +95,15 @@ ACTION_TYPES: dict[str, ActionType] = {
             customer_facing=False,
             required_fields=("ticket_id", "team"),
             execute=_route_to_team,
+        ),
+        ActionType(
+            name="issue_refund",
+            label="Refund the customer",
+            reversible=False,
+            customer_facing=True,
+            required_fields=("ticket_id", "amount"),
+            execute=_issue_refund,
+            amount_field="amount",
         ),
     )
 }
