@@ -14,7 +14,10 @@ def escalation_opened(escalation: Escalation) -> None:
     """A new escalation exists (or reached a new team). Called inside the creating transaction."""
     from review.live import announce_escalation
 
+    from .slack import transport as slack
+
     announce_escalation(escalation)
+    slack.escalation_opened(escalation)
 
 
 def escalation_changed(escalation: Escalation, *, previous_team_id: int | None = None) -> None:
@@ -24,4 +27,7 @@ def escalation_changed(escalation: Escalation, *, previous_team_id: int | None =
     """
     from review.live import announce_escalation
 
+    from .slack import transport as slack
+
     announce_escalation(escalation, previous_team_id=previous_team_id)
+    slack.escalation_changed(escalation, previous_team_id=previous_team_id)

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-from .env import env_str, env_url
+from .env import env_bool, env_int, env_str, env_url
 
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", schemes=("http", "https"))
 OPENAI_MODEL = env_str("OPENAI_MODEL", "gpt-4o-mini")
+# One HTTP call may take this long; all attempts of one model call (429s honouring
+# Retry-After, 5xx, timeouts) must fit in the budget, or the step fails with the reason.
+OPENAI_TIMEOUT = float(env_int("OPENAI_TIMEOUT", 30, minimum=1))
+OPENAI_MAX_ATTEMPTS = env_int("OPENAI_MAX_ATTEMPTS", 4, minimum=1)
+OPENAI_BUDGET_SECONDS = float(env_int("OPENAI_BUDGET_SECONDS", 90, minimum=1))
+OPENAI_LOGPROBS = env_bool("OPENAI_LOGPROBS", default=True)
+# USD per million tokens (input, output); a model not listed is recorded with no cost.
+MODEL_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "offline-rules-v1": (0.0, 0.0),
+}
 
 SLACK_BOT_TOKEN = env_str("SLACK_BOT_TOKEN")
 SLACK_SIGNING_SECRET = env_str("SLACK_SIGNING_SECRET")
 SLACK_API_URL = env_url("SLACK_API_URL", schemes=("http", "https"))
+# Blank: Slack deliveries share the default queue. Set it to give them their own workers, so
+# a queue full of agent steps never delays a message update.
+SLACK_CELERY_QUEUE = env_str("SLACK_CELERY_QUEUE")
 
 CALIBER_BASE_URL = env_url("CALIBER_BASE_URL", schemes=("http", "https")).rstrip("/")

@@ -83,6 +83,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = (
 )
 CELERY_BEAT_SCHEDULE = {
     "reconcile-runs": {"task": "workflows.tasks.reconcile_runs", "schedule": 15.0},
+    # Slack deliveries whose task was lost or whose retry is due; prunes replay nonces.
+    "slack-sweep": {"task": "slack.sweep", "schedule": 30.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 

@@ -1,4 +1,8 @@
-from django.urls import URLPattern
+from django.urls import path
+
+from . import views
 
 app_name = "slack"
-urlpatterns: list[URLPattern] = []
+urlpatterns = [
+    path("interactions/", views.interactions_view, name="interactions"),
+]

@@ -1,0 +1,44 @@
+"""Celery tasks for Slack: load by id, call delivery, own the retries."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+
+from . import conf, delivery
+
+
+@shared_task(name="slack.sync_message")
+def sync_message(message_id: int) -> None:
+    retry_in = delivery.sync_message(message_id=message_id)
+    if retry_in is not None:
+        enqueue_sync(message_id, countdown=retry_in)
+
+
+@shared_task(name="slack.post_ephemeral")
+def post_ephemeral(escalation_id: str | None, channel: str, user: str, text: str) -> None:
+    delivery.post_ephemeral(escalation_id=escalation_id, channel=channel, user=user, text=text)
+
+
+@shared_task(name="slack.sweep")
+def sweep() -> int:
+    """Beat: re-send deliveries whose task was lost or whose retry is due; prune nonces."""
+    delivery.prune_seen_requests()
+    if not conf.enabled():
+        return 0
+    ids = delivery.due_message_ids()
+    for pk in ids:
+        enqueue_sync(pk)
+    return len(ids)
+
+
+def _queue() -> str:
+    return conf.task_queue() or settings.CELERY_TASK_DEFAULT_QUEUE
+
+
+def enqueue_sync(message_id: int, *, countdown: float = 0) -> None:
+    sync_message.apply_async(args=(message_id,), countdown=countdown, queue=_queue())
+
+
+def enqueue_ephemeral(*, escalation_id: str | None, channel: str, user: str, text: str) -> None:
+    post_ephemeral.apply_async(args=(escalation_id, channel, user, text), queue=_queue())
