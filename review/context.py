@@ -1,7 +1,7 @@
 from django.http import HttpRequest
 
-from workflows.llm import get_model
+from workflows.llm import model_label
 
 
 def caliber(request: HttpRequest) -> dict[str, str]:
-    return {"model_label": get_model().label}
+    return {"model_label": model_label()}

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "channels",
     "simple_history",
     "workflows",
+    "workflows.prompts",
     "escalations",
     "review",
     "escalations.slack",
