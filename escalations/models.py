@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
-
 import re
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -235,8 +234,7 @@ class AutonomyPolicy(models.Model):
         null=True,
         blank=True,
         validators=[MinValueValidator(0)],
-        help_text="Ask for that many approvals only when the amount is above this. Blank: "
-        "always.",
+        help_text="Ask for that many approvals only when the amount is above this. Blank: always.",
     )
     version = models.PositiveIntegerField(default=1, editable=False)
     updated_at = models.DateTimeField(default=timezone.now, editable=False)

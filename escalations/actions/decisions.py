@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -11,17 +12,22 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from workflows.models import Action, ActionStatus, TraceKind
+from workflows.tools import get_action_type
 
 from .. import notify
 from ..access import get_escalation_for
 from ..models import (
     UNDECIDED_STATUSES,
+    Approval,
     Decision,
     Escalation,
     EscalationStatus,
+    ExpiryBehaviour,
+    Team,
     Verdict,
     Via,
 )
+from ..policy import amount_of, policy_as_evaluated
 from ..summary import summarise
 
 
@@ -55,22 +61,55 @@ def payload_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
     }
 
 
+def _chain_team_ids(slugs: tuple[str, ...]) -> list[int]:
+    by_slug = dict(Team.objects.filter(slug__in=slugs).values_list("slug", "pk"))
+    return [by_slug[s] for s in slugs if s in by_slug]
+
+
 def escalate_action(*, action: Action, team_id: int) -> Escalation:
-    """Open an escalation for `action` and announce it to the team's live queue after commit."""
+    """Open an escalation for `action` and announce it to the team's live queue after commit.
+
+    Its SLA, escalation chain, expiry behaviour and quorum are copied from the policy version
+    recorded on the action, so editing the policy afterwards changes nothing already open.
+    """
     from workflows.actions import record_trace
 
+    policy = policy_as_evaluated(action.policy_id, action.policy_version)
+    now = timezone.now()
+    routing: dict[str, Any] = {}
+    if policy is not None:
+        amount = amount_of(get_action_type(action.action_type), action.payload)
+        routing["approvals_required"] = policy.approvals_for(amount)
+        if policy.sla_minutes:
+            routing.update(
+                sla_minutes=policy.sla_minutes,
+                sla_due_at=now + timedelta(minutes=policy.sla_minutes),
+                chain=_chain_team_ids(policy.chain_slugs),
+                expiry_behaviour=policy.expiry_behaviour,
+                expiry_team_id=policy.expiry_team_id
+                if policy.expiry_behaviour == ExpiryBehaviour.REROUTE
+                else None,
+            )
     escalation = Escalation.objects.create(
         action=action,
         team_id=team_id,
         reasons=list(action.reasons),
         summary=summarise(action, list(action.reasons)),
+        created_at=now,
+        **routing,
     )
     if action.run is not None:
+        extras = []
+        if escalation.sla_minutes:
+            extras.append(f"SLA {escalation.sla_minutes} min")
+        if escalation.needs_quorum:
+            extras.append(f"needs {escalation.approvals_required} approvals")
         record_trace(
             run=action.run,
             kind=TraceKind.ESCALATED,
             step_name=action.step_name,
-            message=f"{action.action_type} escalated to team {escalation.team.name}",
+            message=f"{action.action_type} escalated to team {escalation.team.name}"
+            + (f" ({', '.join(extras)})" if extras else ""),
             data={"escalation": str(escalation.pk)},
         )
     notify.escalation_opened(escalation)
@@ -85,15 +124,17 @@ def decide_escalation(
     via: Via,
     reason: str = "",
     edited_payload: dict[str, Any] | None = None,
-) -> Decision:
+) -> Decision | Approval:
     """Record a person's verdict: exactly one wins, whatever channel and however many clicks.
 
     Raises Http404 if `user` may not see it, ValidationError for a bad verdict, and
     AlreadyDecided (naming the winner) if it was decided first elsewhere. On commit, the
     run is re-enqueued and every open queue is told.
+
+    An escalation needing several approvals (quorum) returns an `Approval` until the last
+    one needed arrives, which returns the `Decision`; the same reviewer approving again
+    counts once (their first Approval is returned). One rejection ends it at once.
     """
-    from workflows.actions import record_trace
-    from workflows.tasks import enqueue_advance
 
     verdict = Verdict(verdict)
     via = Via(via)
@@ -107,60 +148,156 @@ def decide_escalation(
 
     with transaction.atomic():
         escalation = get_escalation_for(user, escalation_id)
-        now = timezone.now()
+        if verdict == Verdict.APPROVE and escalation.needs_quorum:
+            if edited_payload is not None:
+                raise ValidationError(
+                    {
+                        "edited_payload": "This needs several approvals of the same action, so "
+                        "it cannot be edited: reject it and say what should change."
+                    }
+                )
+            return _approve_towards_quorum(escalation=escalation, user=user, via=via, reason=reason)
         new_status = (
             EscalationStatus.APPROVED if verdict == Verdict.APPROVE else EscalationStatus.REJECTED
         )
-        # The conditional UPDATE is the race's referee: its row count says who won.
-        won = Escalation.objects.filter(pk=escalation.pk, status__in=UNDECIDED_STATUSES).update(
-            status=new_status, decided_at=now
+        return finalise_decision(
+            escalation=escalation,
+            user=user,
+            verdict=verdict,
+            via=via,
+            reason=reason,
+            new_status=new_status,
+            edited_payload=edited_payload,
         )
-        if not won:
-            escalation.refresh_from_db()
-            raise AlreadyDecided(escalation)
-        try:
-            with transaction.atomic():
-                decision = Decision.objects.create(
-                    escalation=escalation,
-                    verdict=verdict,
-                    decided_by=user,
-                    via=via,
-                    reason=reason,
-                    edited_payload=edited_payload,
-                )
-        except IntegrityError:
-            escalation.refresh_from_db()
-            raise AlreadyDecided(escalation) from None
-        escalation.status = new_status
-        escalation.decided_at = now
-        action = escalation.action
-        action.status = (
-            ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
-        )
-        if verdict == Verdict.APPROVE and edited_payload is not None:
-            action.approved_payload = edited_payload
-        action.save(update_fields=["status", "approved_payload"])
-        if action.run is not None:
-            record_trace(
-                run=action.run,
-                kind=TraceKind.HUMAN,
-                step_name=action.step_name,
-                actor=user.get_username(),
-                message=f"{user.get_username()} "
+
+
+def finalise_decision(
+    *,
+    escalation: Escalation,
+    user: User,
+    verdict: Verdict,
+    via: Via,
+    reason: str,
+    new_status: EscalationStatus,
+    edited_payload: dict[str, Any] | None = None,
+    actor: str | None = None,
+    message: str | None = None,
+) -> Decision:
+    """Write the one Decision, move the action, re-enqueue the run. Inside a transaction.
+
+    Raises AlreadyDecided if the escalation is no longer undecided: whoever calls this —
+    a person, the last quorum approver, the SLA timer — races through the same conditional
+    UPDATE, so exactly one outcome is ever recorded.
+    """
+    from workflows.actions import record_trace
+    from workflows.tasks import enqueue_advance
+
+    now = timezone.now()
+    # The conditional UPDATE is the race's referee: its row count says who won.
+    won = Escalation.objects.filter(pk=escalation.pk, status__in=UNDECIDED_STATUSES).update(
+        status=new_status, decided_at=now
+    )
+    if not won:
+        escalation.refresh_from_db()
+        raise AlreadyDecided(escalation)
+    try:
+        with transaction.atomic():
+            decision = Decision.objects.create(
+                escalation=escalation,
+                verdict=verdict,
+                decided_by=user,
+                via=via,
+                reason=reason,
+                edited_payload=edited_payload,
+            )
+    except IntegrityError:
+        escalation.refresh_from_db()
+        raise AlreadyDecided(escalation) from None
+    escalation.status = new_status
+    escalation.decided_at = now
+    action = escalation.action
+    action.status = ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
+    if verdict == Verdict.APPROVE and edited_payload is not None:
+        action.approved_payload = edited_payload
+    action.save(update_fields=["status", "approved_payload"])
+    if action.run is not None:
+        record_trace(
+            run=action.run,
+            kind=TraceKind.HUMAN if via != Via.SYSTEM else TraceKind.SYSTEM,
+            step_name=action.step_name,
+            actor=actor if actor is not None else user.get_username(),
+            message=message
+            or (
+                f"{user.get_username()} "
                 + ("answered instead of running" if verdict == Verdict.RESPOND else new_status)
                 + f" {action.action_type} via {via}"
-                + (f": {reason}" if reason else ""),
-                data={
-                    "payload_diff": payload_diff(action.payload, edited_payload)
-                    if edited_payload is not None
-                    else None,
-                    "escalation": str(escalation.pk),
-                    "verdict": verdict,
-                    "via": via,
-                    "edited": edited_payload is not None,
-                },
-            )
-            run_id = action.run.pk
-            transaction.on_commit(lambda: enqueue_advance(run_id))
-        notify.escalation_changed(escalation)
+                + (f": {reason}" if reason else "")
+            ),
+            data={
+                "payload_diff": payload_diff(action.payload, edited_payload)
+                if edited_payload is not None
+                else None,
+                "escalation": str(escalation.pk),
+                "verdict": verdict,
+                "via": via,
+                "edited": edited_payload is not None,
+            },
+        )
+        run_id = action.run.pk
+        transaction.on_commit(lambda: enqueue_advance(run_id))
+    notify.escalation_changed(escalation)
     return decision
+
+
+def _approve_towards_quorum(
+    *, escalation: Escalation, user: User, via: Via, reason: str
+) -> Decision | Approval:
+    """One distinct reviewer's approval; the last one needed decides. Inside a transaction.
+
+    The escalation's row lock serialises approvers (and the SLA timer), so the count read
+    after inserting is the true count and exactly one approver completes the quorum.
+    """
+    from workflows.actions import record_trace
+
+    locked = Escalation.objects.select_for_update().filter(pk=escalation.pk).first()
+    if locked is None or not locked.is_undecided:
+        escalation.refresh_from_db()
+        raise AlreadyDecided(escalation)
+    escalation.status = locked.status
+    existing = Approval.objects.filter(escalation=escalation, decided_by=user).first()
+    if existing is not None:
+        return existing
+    approval = Approval.objects.create(
+        escalation=escalation, decided_by=user, via=via, reason=reason
+    )
+    approvers = list(
+        Approval.objects.filter(escalation=escalation)
+        .order_by("created_at", "pk")
+        .values_list("decided_by__username", flat=True)
+    )
+    required = escalation.approvals_required
+    action = escalation.action
+    if len(approvers) >= required:
+        return finalise_decision(
+            escalation=escalation,
+            user=user,
+            verdict=Verdict.APPROVE,
+            via=via,
+            reason=reason,
+            new_status=EscalationStatus.APPROVED,
+            message=f"{user.get_username()} approved {action.action_type} via {via}, "
+            f"completing the quorum ({', '.join(approvers)}: {len(approvers)} of {required})"
+            + (f": {reason}" if reason else ""),
+        )
+    if action.run is not None:
+        record_trace(
+            run=action.run,
+            kind=TraceKind.HUMAN,
+            step_name=action.step_name,
+            actor=user.get_username(),
+            message=f"{user.get_username()} approved {action.action_type} via {via} "
+            f"({len(approvers)} of {required} approvals)" + (f": {reason}" if reason else ""),
+            data={"escalation": str(escalation.pk), "verdict": Verdict.APPROVE, "via": via},
+        )
+    notify.escalation_changed(escalation)
+    return approval
