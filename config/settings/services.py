@@ -85,6 +85,8 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-runs": {"task": "workflows.tasks.reconcile_runs", "schedule": 15.0},
     # Slack deliveries whose task was lost or whose retry is due; prunes replay nonces.
     "slack-sweep": {"task": "slack.sweep", "schedule": 30.0},
+    # Escalations whose SLA passed: move down the chain or apply the declared expiry.
+    "escalation-slas": {"task": "escalations.tasks.check_slas", "schedule": 10.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
