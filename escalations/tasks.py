@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from .actions import expire_due_escalations
+from .actions.sla import expire_due_escalations
 
 
 @shared_task(name="escalations.tasks.check_slas")
