@@ -4,7 +4,24 @@ Everyone — views, the websocket consumer, the Slack endpoint, the API, tasks, 
 tests — imports from here.
 """
 
+from .agents import set_autonomy_paused
+from .claims import AlreadyClaimed, claim_escalation, reassign_escalation, release_escalation
 from .decisions import AlreadyDecided, decide_escalation, escalate_action
-from .policies import save_policy
+from .policies import restore_policy_version, save_policy
+from .sla import expire_due_escalations, handle_sla_breach, system_user
 
-__all__ = ["AlreadyDecided", "decide_escalation", "escalate_action", "save_policy"]
+__all__ = [
+    "AlreadyClaimed",
+    "AlreadyDecided",
+    "claim_escalation",
+    "decide_escalation",
+    "escalate_action",
+    "expire_due_escalations",
+    "handle_sla_breach",
+    "reassign_escalation",
+    "release_escalation",
+    "restore_policy_version",
+    "save_policy",
+    "set_autonomy_paused",
+    "system_user",
+]
