@@ -1,3 +1,5 @@
+"""The decision form (approve, edit then approve, reject, respond) and reassignment."""
+
 from __future__ import annotations
 
 import json
@@ -5,30 +7,153 @@ from typing import Any
 
 from django import forms
 
-from escalations.models import Verdict
+from escalations.models import Team, Verdict
+from workflows.tools import ActionType, ToolError
+
+EDIT = "edit"
+_SCALARS = (str, int, float, bool, type(None))
+_LONG_TEXT = 80
+
+
+def _editable_as_fields(payload: dict[str, Any]) -> bool:
+    return all(isinstance(v, _SCALARS) for v in payload.values())
 
 
 class DecisionForm(forms.Form):
-    verdict = forms.ChoiceField(choices=Verdict.choices)
-    reason = forms.CharField(required=False, max_length=2000, widget=forms.Textarea)
-    edited_payload = forms.CharField(required=False, max_length=20000, widget=forms.Textarea)
+    """One form, four buttons. "edit" approves the reviewer's version of the payload.
 
-    def clean_edited_payload(self) -> dict[str, Any] | None:
-        raw = self.cleaned_data.get("edited_payload", "").strip()
-        if not raw:
-            return None
+    A payload of plain values is edited field by field, keeping each value's type; one with
+    nested values is edited as JSON. Either way the tool's declaration validates the result
+    before anything is recorded, and the edited version is what executes.
+    """
+
+    verdict = forms.ChoiceField(choices=[*Verdict.choices, (EDIT, "Approve edited")])
+    reason = forms.CharField(required=False, max_length=2000, widget=forms.Textarea)
+    edited_payload = forms.CharField(
+        required=False,
+        max_length=20000,
+        widget=forms.Textarea(attrs={"rows": 10, "class": "mono", "spellcheck": "false"}),
+    )
+
+    def __init__(
+        self, *args: Any, payload: dict[str, Any], tool: ActionType, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.payload = payload
+        self.tool = tool
+        self.as_fields = _editable_as_fields(payload)
+        self.payload_keys: list[tuple[str, str]] = []
+        if self.as_fields:
+            del self.fields["edited_payload"]
+            for i, (key, value) in enumerate(payload.items()):
+                name = f"p_{i}"
+                self.payload_keys.append((name, key))
+                self.fields[name] = self._field_for(key, value)
+        else:
+            self.fields["edited_payload"].initial = json.dumps(
+                payload, indent=2, ensure_ascii=False
+            )
+
+    def _field_for(self, key: str, value: Any) -> forms.Field:
+        required = key in self.tool.required_fields
+        field: forms.Field
+        if isinstance(value, bool):
+            field = forms.BooleanField(required=False)
+        elif isinstance(value, int):
+            field = forms.IntegerField(required=False)
+        elif isinstance(value, float):
+            field = forms.FloatField(required=False)
+        elif isinstance(value, str) and (len(value) > _LONG_TEXT or "\n" in value):
+            field = forms.CharField(
+                required=False, max_length=20000, widget=forms.Textarea(attrs={"rows": 6})
+            )
+        else:
+            field = forms.CharField(required=False, max_length=2000)
+        field.label = key
+        field.initial = value
+        field.widget.attrs["data-required"] = "1" if required else ""
+        return field
+
+    @property
+    def payload_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name, _ in self.payload_keys]
+
+    def _edited_from_fields(self, data: dict[str, Any]) -> dict[str, Any]:
+        edited: dict[str, Any] = {}
+        for name, key in self.payload_keys:
+            value = data.get(name)
+            original = self.payload[key]
+            if isinstance(original, str) and value is None:
+                value = ""
+            if original is None and value == "":
+                value = None
+            if (
+                value is None
+                and isinstance(original, (int, float))
+                and key in self.tool.required_fields
+            ):
+                self.add_error(name, f"{key} is required.")
+            if isinstance(value, str) and not value.strip() and key in self.tool.required_fields:
+                self.add_error(name, f"{key} cannot be empty.")
+            edited[key] = value
+        return edited
+
+    def _edited_from_json(self, raw: str) -> dict[str, Any] | None:
         try:
             value = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno})") from None
+            self.add_error(
+                "edited_payload", f"Not valid JSON: {exc.msg} (line {exc.lineno}, col {exc.colno})"
+            )
+            return None
         if not isinstance(value, dict):
-            raise forms.ValidationError("The payload must be a JSON object.")
+            self.add_error("edited_payload", "The payload must be a JSON object.")
+            return None
         return value
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if data.get("verdict") == Verdict.REJECT and not data.get("reason", "").strip():
+        verdict = data.get("verdict")
+        reason = data.get("reason", "").strip()
+        data["edited"] = None
+        if verdict == Verdict.REJECT and not reason:
             self.add_error("reason", "Say why you reject it; the agent is told.")
-        if data.get("verdict") == Verdict.RESPOND and not data.get("reason", "").strip():
+        if verdict == Verdict.RESPOND and not reason:
             self.add_error("reason", "Write the answer the agent should get.")
+        if verdict == EDIT:
+            edited: dict[str, Any] | None
+            if self.as_fields:
+                edited = self._edited_from_fields(data)
+            else:
+                edited = self._edited_from_json(data.get("edited_payload", "").strip())
+            if edited is not None and not self.errors:
+                try:
+                    self.tool.validate(edited)
+                except ToolError as exc:
+                    self.add_error(None, str(exc))
+                # An unchanged "edit" is a plain approval: nothing to diff, nothing to record.
+                data["edited"] = edited if edited != self.payload else None
+            data["verdict"] = Verdict.APPROVE
+        elif verdict:
+            data["verdict"] = Verdict(verdict)
         return data
+
+    def success_message(self) -> str:
+        verdict = self.cleaned_data["verdict"]
+        if verdict == Verdict.APPROVE:
+            edited = " with your edits" if self.cleaned_data["edited"] is not None else ""
+            return f"Approved{edited}; the run resumes."
+        if verdict == Verdict.RESPOND:
+            return "Answer sent to the agent; the run resumes."
+        return "Rejected; the agent is told why and the run resumes."
+
+
+class ReassignForm(forms.Form):
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), empty_label="Choose a team…")
+    note = forms.CharField(required=False, max_length=500)
+
+    def __init__(self, *args: Any, exclude_team_id: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["team"]
+        assert isinstance(field, forms.ModelChoiceField)
+        field.queryset = Team.objects.exclude(pk=exclude_team_id)

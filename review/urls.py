@@ -7,4 +7,7 @@ urlpatterns = [
     path("", views.queue, name="queue"),
     path("<uuid:pk>/", views.detail, name="detail"),
     path("<uuid:pk>/decide/", views.decide, name="decide"),
+    path("<uuid:pk>/claim/", views.claim, name="claim"),
+    path("<uuid:pk>/release/", views.release, name="release"),
+    path("<uuid:pk>/reassign/", views.reassign, name="reassign"),
 ]

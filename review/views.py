@@ -10,61 +10,102 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from escalations.access import get_escalation_for, get_run_for, runs_for
-from escalations.actions import AlreadyDecided, decide_escalation
-from escalations.models import Decision, Via
+from escalations.access import AnyUser, get_escalation_for, get_run_for, runs_for
+from escalations.actions import (
+    AlreadyClaimed,
+    AlreadyDecided,
+    claim_escalation,
+    decide_escalation,
+    reassign_escalation,
+    release_escalation,
+)
+from escalations.actions.decisions import payload_diff
+from escalations.models import Decision, Escalation, Via
 from workflows.models import RunStatus
 from workflows.tools import get_action_type
 
-from .forms import DecisionForm
-from .queue import QUEUE_LIMIT, open_escalations
+from .forms import DecisionForm, ReassignForm
+from .queue import QueueFilters, queue_context, risk_of
+
+
+def _is_htmx(request: HttpRequest) -> bool:
+    return bool(getattr(request, "htmx", False))
+
+
+def _queue_template(request: HttpRequest) -> str:
+    # An htmx filter click swaps only the queue section; a history restore wants the page.
+    if _is_htmx(request) and not request.htmx.history_restore_request:  # type: ignore[attr-defined]
+        return "review/queue.html#queue"
+    return "review/queue.html"
 
 
 @login_required
 @require_GET
 def queue(request: HttpRequest) -> HttpResponse:
-    qs = open_escalations(request.user)
-    return render(
-        request,
-        "review/queue.html",
-        {"escalations": qs[:QUEUE_LIMIT], "open_count": qs.count()},
-    )
+    filters = QueueFilters.from_params(request.GET)
+    response = render(request, _queue_template(request), queue_context(request.user, filters))
+    patch_vary_headers(response, ("HX-Request",))
+    return response
+
+
+def decision_panel_context(user: AnyUser, pk: uuid.UUID | str | None) -> dict[str, object]:
+    """What the decision panel's live parts need: shared by the page and the consumer."""
+    if pk is None:
+        raise Http404("No such escalation")
+    esc = get_escalation_for(user, pk)
+    decision = Decision.objects.filter(escalation=esc).select_related("decided_by").first()
+    return {"esc": esc, "decision": decision, "user": user, **_decision_extras(esc, decision)}
+
+
+def _decision_extras(esc: Escalation, decision: Decision | None) -> dict[str, object]:
+    diff = None
+    if decision is not None and decision.edited_payload is not None:
+        diff = payload_diff(esc.action.payload, decision.edited_payload)
+    return {"diff": diff}
 
 
 def _detail_context(request: HttpRequest, pk: uuid.UUID) -> dict[str, object]:
-    esc = get_escalation_for(request.user, pk)
+    ctx = decision_panel_context(request.user, pk)
+    esc = ctx["esc"]
+    assert isinstance(esc, Escalation)
     action = esc.action
-    decision = Decision.objects.filter(escalation=esc).select_related("decided_by").first()
+    tool = get_action_type(action.action_type)
     run = action.run
+    amount = action.payload.get(tool.amount_field) if tool.amount_field else None
     return {
-        "esc": esc,
+        **ctx,
         "action": action,
-        "tool": get_action_type(action.action_type),
+        "tool": tool,
+        "risk": risk_of(action.action_type),
+        "amount": amount,
         "run": run,
-        "decision": decision,
         "payload_json": json.dumps(action.payload, indent=2, ensure_ascii=False),
         "trace": list(run.trace.all()) if run is not None else [],
+        "steps": list(run.steps.all()) if run is not None else [],
+        "state_json": json.dumps(run.state, indent=2, ensure_ascii=False) if run else "",
+        "form": DecisionForm(payload=action.payload, tool=tool),
+        "reassign_form": ReassignForm(exclude_team_id=esc.team_id),
     }
 
 
 @login_required
 @require_GET
 def detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
-    ctx = _detail_context(request, pk)
-    ctx["form"] = DecisionForm()
-    return render(request, "review/detail.html", ctx)
+    return render(request, "review/detail.html", _detail_context(request, pk))
 
 
 @login_required
 @require_POST
 def decide(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     esc = get_escalation_for(request.user, pk)
-    form = DecisionForm(request.POST)
+    tool = get_action_type(esc.action.action_type)
+    form = DecisionForm(request.POST, payload=esc.action.payload, tool=tool)
     if form.is_valid():
         try:
             decide_escalation(
@@ -73,22 +114,81 @@ def decide(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
                 verdict=form.cleaned_data["verdict"],
                 via=Via.WEB,
                 reason=form.cleaned_data["reason"],
-                edited_payload=form.cleaned_data["edited_payload"],
+                edited_payload=form.cleaned_data["edited"],
             )
         except AlreadyDecided as exc:
-            messages.info(request, f"This escalation was {exc}.")
+            messages.info(request, f"Nothing changed: this escalation was {exc}.")
+            return redirect("review:detail", pk=esc.pk)
         except ValidationError as exc:
             for field, errors in exc.message_dict.items():
                 for error in errors:
                     form.add_error(field if field in form.fields else None, error)
         else:
-            messages.success(request, "Decision recorded; the run resumes.")
+            messages.success(request, form.success_message())
             return redirect("review:queue")
-    if form.errors:
-        ctx = _detail_context(request, pk)
-        ctx["form"] = form
-        return render(request, "review/detail.html", ctx, status=400)
-    return redirect("review:detail", pk=esc.pk)
+    ctx = _detail_context(request, pk)
+    ctx["form"] = form
+    return render(request, "review/detail.html", ctx, status=400)
+
+
+def _claim_response(request: HttpRequest, pk: uuid.UUID, note: str = "") -> HttpResponse:
+    if _is_htmx(request):
+        ctx = decision_panel_context(request.user, pk)
+        # Swapped out of band, like the consumer's push of the same change.
+        return render(request, "review/detail.html#pushed", {**ctx, "note": note, "oob": True})
+    if note:
+        messages.info(request, note)
+    return redirect("review:detail", pk=pk)
+
+
+@login_required
+@require_POST
+def claim(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    try:
+        claim_escalation(escalation_id=pk, user=request.user)  # type: ignore[arg-type]
+    except (AlreadyClaimed, AlreadyDecided) as exc:
+        return _claim_response(request, pk, f"Not claimed: this escalation was {exc}.")
+    return _claim_response(request, pk)
+
+
+@login_required
+@require_POST
+def release(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    try:
+        release_escalation(escalation_id=pk, user=request.user)  # type: ignore[arg-type]
+    except (AlreadyClaimed, AlreadyDecided) as exc:
+        return _claim_response(request, pk, f"Not released: this escalation was {exc}.")
+    return _claim_response(request, pk)
+
+
+@login_required
+@require_POST
+def reassign(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    esc = get_escalation_for(request.user, pk)
+    form = ReassignForm(request.POST, exclude_team_id=esc.team_id)
+    if form.is_valid():
+        team = form.cleaned_data["team"]
+        try:
+            reassign_escalation(
+                escalation_id=esc.pk,
+                user=request.user,  # type: ignore[arg-type]
+                team_id=team.pk,
+                note=form.cleaned_data["note"],
+            )
+        except AlreadyDecided as exc:
+            messages.info(request, f"Nothing changed: this escalation was {exc}.")
+            return redirect("review:detail", pk=esc.pk)
+        except ValidationError as exc:
+            for error in exc.messages:
+                form.add_error(None, error)
+        else:
+            messages.success(
+                request, f"Handed to {team.name}; it left your queue if you are not on it."
+            )
+            return redirect("review:queue")
+    ctx = _detail_context(request, pk)
+    ctx["reassign_form"] = form
+    return render(request, "review/detail.html", ctx, status=400)
 
 
 @login_required

@@ -1,44 +1,162 @@
-// Keyboard flow for reviewers. No inline script anywhere: the CSP forbids it.
+// The reviewer's keyboard flow, SLA countdowns and the live connection's state.
+// No inline script or style anywhere: the CSP forbids both, so everything lives here.
 (function () {
   "use strict";
+
+  var SELECTED_KEY = "caliber.queue.index";
+  var selectedId = null;
+  var selectedIndex = -1;
+
   function typing(e) {
     var t = e.target;
     return t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable);
   }
   function rows() { return Array.prototype.slice.call(document.querySelectorAll("#queue-rows .row")); }
+
+  function select(row, scroll) {
+    rows().forEach(function (r) { if (r !== row) r.classList.remove("selected"); });
+    if (!row) { selectedId = null; selectedIndex = -1; return; }
+    row.classList.add("selected");
+    selectedId = row.id;
+    selectedIndex = rows().indexOf(row);
+    if (scroll) row.scrollIntoView({ block: "nearest" });
+  }
+
+  // Rows are replaced and removed under the reviewer's cursor; keep the cursor where it was:
+  // on the same row if it is still there, else on whatever now sits at the same position.
+  function restoreSelection() {
+    if (selectedId === null && selectedIndex < 0) return;
+    var row = selectedId && document.getElementById(selectedId);
+    if (row && row.classList.contains("row")) { select(row, false); return; }
+    var all = rows();
+    if (!all.length) { selectedId = null; return; }
+    select(all[Math.min(selectedIndex, all.length - 1)], false);
+  }
+
   function move(delta) {
     var all = rows();
     if (!all.length) return;
-    var i = all.findIndex(function (r) { return r.classList.contains("selected"); });
-    if (i >= 0) all[i].classList.remove("selected");
-    i = Math.max(0, Math.min(all.length - 1, (i < 0 ? (delta > 0 ? -1 : all.length) : i) + delta));
-    all[i].classList.add("selected");
-    all[i].scrollIntoView({ block: "nearest" });
+    var i = selectedId ? all.findIndex(function (r) { return r.id === selectedId; }) : -1;
+    i = i < 0 ? (delta > 0 ? 0 : all.length - 1) : Math.max(0, Math.min(all.length - 1, i + delta));
+    select(all[i], true);
   }
-  document.addEventListener("keydown", function (e) {
-    if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.altKey || typing(e)) return;
-    if (e.key === "j") { move(1); e.preventDefault(); }
-    else if (e.key === "k") { move(-1); e.preventDefault(); }
-    else if (e.key === "Enter") {
-      var sel = document.querySelector("#queue-rows .row.selected a");
-      if (sel) { sel.click(); e.preventDefault(); }
-    } else if (e.key === "a" || e.key === "r") {
-      var btn = document.querySelector('.decision-form button[data-key="' + e.key + '"]');
-      if (!btn) return;
-      e.preventDefault();
-      if (e.key === "r") {
-        var reason = document.getElementById("id_reason");
-        if (reason && !reason.value.trim()) { reason.focus(); return; }
-      }
-      btn.click();
+
+  function selectedRow() { return selectedId ? document.getElementById(selectedId) : null; }
+
+  function click(selector) {
+    var el = document.querySelector(selector);
+    if (el) { el.click(); return true; }
+    return false;
+  }
+
+  function queueKey(e) {
+    if (e.key === "j") { move(1); return true; }
+    if (e.key === "k") { move(-1); return true; }
+    if (e.key === "Enter" || e.key === "o") {
+      var row = selectedRow();
+      if (!row) return false;
+      try { sessionStorage.setItem(SELECTED_KEY, String(rows().indexOf(row))); } catch (err) { /* private mode */ }
+      row.querySelector("a").click();
+      return true;
     }
+    if (e.key === "m") return click(".facet-mine");
+    if (e.key === "c") {
+      var sel = selectedRow();
+      if (!sel || !window.htmx) return false;
+      window.htmx.ajax("POST", "/review/" + sel.dataset.id + "/claim/", { source: sel, swap: "none" });
+      return true;
+    }
+    return false;
+  }
+
+  function detailKey(e) {
+    var form = document.getElementById("decision-form");
+    if (e.key === "u") return click('.crumbs a[data-key="u"]');
+    if (e.key === "c") return click('#live-state button[data-key="c"]');
+    if (!form || form.offsetParent === null) return false;
+    var edit = document.getElementById("edit-panel");
+    if (e.key === "a") {
+      if (edit && edit.open) return click("[data-edit-approve]");
+      return click('.decision-form button[data-key="a"]');
+    }
+    if (e.key === "e") {
+      if (!edit) return false;
+      edit.open = true;
+      var first = edit.querySelector("input, textarea");
+      if (first) first.focus();
+      return true;
+    }
+    if (e.key === "r" || e.key === "s") {
+      var reason = document.getElementById("id_reason");
+      // The reason reaches the agent: never submit an empty one, ask for it instead.
+      if (reason && !reason.value.trim()) { reason.focus(); return true; }
+      return click('.decision-form button[data-key="' + e.key + '"]');
+    }
+    return false;
+  }
+
+  document.addEventListener("keydown", function (e) {
+    if (e.key === "Escape" && typing(e)) { e.target.blur(); return; }
+    if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.altKey || typing(e)) return;
+    var handled = document.getElementById("queue-rows") ? queueKey(e) : detailKey(e);
+    if (handled) e.preventDefault();
   });
+
   // A double click must not submit twice; the server would refuse the second anyway.
   document.addEventListener("submit", function (e) {
     var form = e.target;
     if (form.dataset.submitted) { e.preventDefault(); return; }
     form.dataset.submitted = "1";
   });
+
+  // --- SLA countdowns ----------------------------------------------------------------------
+  var SOON_MS = 15 * 60 * 1000;
+  function span(ms) {
+    var s = Math.floor(Math.abs(ms) / 1000);
+    var d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+    if (d) return d + "d " + h + "h";
+    if (h) return h + "h " + m + "m";
+    if (m >= 10) return m + "m";
+    return m + "m " + (s % 60) + "s";
+  }
+  function tick() {
+    var now = Date.now();
+    document.querySelectorAll(".sla[data-due]").forEach(function (el) {
+      var due = Date.parse(el.dataset.due);
+      if (isNaN(due)) return;
+      var left = due - now;
+      el.textContent = left >= 0 ? "due in " + span(left) : "overdue " + span(left);
+      el.classList.toggle("overdue", left < 0);
+      el.classList.toggle("soon", left >= 0 && left < SOON_MS);
+    });
+  }
+  setInterval(tick, 1000);
+
+  // --- the live connection -----------------------------------------------------------------
   document.addEventListener("htmx:wsOpen", function () { document.body.classList.remove("ws-down"); });
-  document.addEventListener("htmx:wsClose", function () { document.body.classList.add("ws-down"); });
+  document.addEventListener("htmx:wsClose", function (e) {
+    document.body.classList.add("ws-down");
+    var code = e.detail && e.detail.event ? e.detail.event.code : 0;
+    if (code === 4401) { window.location.assign("/login/?next=" + encodeURIComponent(location.pathname + location.search)); return; }
+    if (code === 4403 || code === 4404) return;
+    // The extension retries only abnormal closes; a server that shuts down cleanly (a deploy,
+    // a restart) closes with 1000/1001, and the page must come back by itself then too.
+    var elt = e.target;
+    var wrapper = e.detail && e.detail.socketWrapper;
+    if ([1000, 1001, 1005].indexOf(code) >= 0 && wrapper && elt && document.body.contains(elt)) {
+      setTimeout(function () { if (document.body.contains(elt)) wrapper.reconnect(); }, 500 + Math.random() * 1500);
+    }
+  });
+  document.addEventListener("htmx:wsAfterMessage", function () { restoreSelection(); tick(); });
+  document.addEventListener("htmx:afterSettle", function () { restoreSelection(); tick(); });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    tick();
+    var stored = null;
+    try { stored = sessionStorage.getItem(SELECTED_KEY); sessionStorage.removeItem(SELECTED_KEY); } catch (err) { /* private mode */ }
+    if (stored !== null && document.getElementById("queue-rows")) {
+      var all = rows();
+      if (all.length) select(all[Math.min(parseInt(stored, 10) || 0, all.length - 1)], true);
+    }
+  });
 })();
