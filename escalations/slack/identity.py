@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 MISS_TTL = timedelta(minutes=10)
 # The lookup runs inside Slack's 3-second ack window: keep it well inside.
 LOOKUP_TIMEOUT = 2
+# Slack's definite "no such person (for you)": remembered like any other miss.
+UNKNOWN_USER = {"user_not_found", "user_not_visible", "account_inactive"}
 
 
 def reviewer_for(slack_user_id: str) -> User | None:
@@ -41,16 +43,22 @@ def reviewer_for(slack_user_id: str) -> User | None:
 
 
 def _look_up(slack_user_id: str) -> User | None:
+    info: dict[str, object] = {}
     try:
         response = conf.client(timeout=LOOKUP_TIMEOUT).users_info(user=slack_user_id)
-    except (SlackApiError, OSError) as exc:
-        # Not cached: Slack being unreachable says nothing about who this is.
+        info = response.get("user") or {}
+    except SlackApiError as exc:
+        if exc.response.get("error") not in UNKNOWN_USER:
+            # Not cached: Slack failing says nothing about who this is.
+            log.warning("users.info for %s failed: %s", slack_user_id, exc)
+            return None
+    except OSError as exc:
         log.warning("users.info for %s failed: %s", slack_user_id, exc)
         return None
-    info = response.get("user") or {}
     email = ""
     if not info.get("deleted") and not info.get("is_bot"):
-        email = str((info.get("profile") or {}).get("email") or "").strip()
+        profile = info.get("profile")
+        email = str((profile if isinstance(profile, dict) else {}).get("email") or "").strip()
     user = None
     if email:
         matches = list(User.objects.filter(email__iexact=email, is_active=True)[:2])

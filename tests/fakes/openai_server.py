@@ -28,23 +28,40 @@ class Scripted:
 
 
 CANNED: dict[str, dict[str, Any]] = {
-    "Classification": {"category": "billing", "urgency": "normal", "confidence": 0.91,
-                       "uncertain_about": "whether the second charge is a pre-authorisation"},
-    "Draft": {"reply": "Hi Ada,\n\nThanks for telling us. Billing is checking the charge and "
-              "will email you the outcome.\n\nBest,\nSupport", "confidence": 0.8,
-              "uncertain_about": "tone"},
-    "Proposal": {"actions": [
-        {"action_type": "update_crm", "payload": {"ticket_id": "T-000001",
-                                                  "category": "billing", "urgency": "normal"},
-         "confidence": 0.91, "rationale": "record the classification"},
-        {"action_type": "send_reply", "payload": {"ticket_id": "T-000001",
-                                                  "to": "ada.1@example.com", "body": "Hi Ada"},
-         "confidence": 0.8, "rationale": "answer the customer"},
-    ]},
+    "Classification": {
+        "category": "billing",
+        "urgency": "normal",
+        "confidence": 0.91,
+        "uncertain_about": "whether the second charge is a pre-authorisation",
+    },
+    "Draft": {
+        "reply": "Hi Ada,\n\nThanks for telling us. Billing is checking the charge and "
+        "will email you the outcome.\n\nBest,\nSupport",
+        "confidence": 0.8,
+        "uncertain_about": "tone",
+    },
+    "Proposal": {
+        "actions": [
+            {
+                "action_type": "update_crm",
+                "payload": {"ticket_id": "T-000001", "category": "billing", "urgency": "normal"},
+                "confidence": 0.91,
+                "rationale": "record the classification",
+            },
+            {
+                "action_type": "send_reply",
+                "payload": {"ticket_id": "T-000001", "to": "ada.1@example.com", "body": "Hi Ada"},
+                "confidence": 0.8,
+                "rationale": "answer the customer",
+            },
+        ]
+    },
     "Judgement": {"ok": True, "problems": []},
-    "Summary": {"summary": "The triage agent wants to send an irreversible, customer-facing "
-                "reply about a double charge; policy requires a person for irreversible "
-                "actions. It is unsure about the tone."},
+    "Summary": {
+        "summary": "The triage agent wants to send an irreversible, customer-facing "
+        "reply about a double charge; policy requires a person for irreversible "
+        "actions. It is unsure about the tone."
+    },
 }
 
 
@@ -78,28 +95,44 @@ class FakeOpenAI:
                     time.sleep(step.delay)
                 if step.status != 200:
                     payload = step.error_body or {
-                        "error": {"message": f"scripted {step.status}", "type": "fake"}}
+                        "error": {"message": f"scripted {step.status}", "type": "fake"}
+                    }
                     self._send(step.status, payload, step.headers)
                     return
-                content = step.content if isinstance(step.content, str) else json.dumps(
-                    step.content)
-                tokens = [{"token": t, "logprob": -0.05, "bytes": None, "top_logprobs": []}
-                          for t in ("a", "b")]
-                self._send(200, {
-                    "id": "chatcmpl-fake",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body.get("model", "fake"),
-                    "choices": [{
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": content, "refusal": None},
-                        "logprobs": {"content": tokens} if body.get("logprobs") else None,
-                    }],
-                    "usage": {"prompt_tokens": server.prompt_tokens,
-                              "completion_tokens": server.completion_tokens,
-                              "total_tokens": server.prompt_tokens + server.completion_tokens},
-                }, step.headers)
+                content = (
+                    step.content if isinstance(step.content, str) else json.dumps(step.content)
+                )
+                tokens = [
+                    {"token": t, "logprob": -0.05, "bytes": None, "top_logprobs": []}
+                    for t in ("a", "b")
+                ]
+                self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", "fake"),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {
+                                    "role": "assistant",
+                                    "content": content,
+                                    "refusal": None,
+                                },
+                                "logprobs": {"content": tokens} if body.get("logprobs") else None,
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": server.prompt_tokens,
+                            "completion_tokens": server.completion_tokens,
+                            "total_tokens": server.prompt_tokens + server.completion_tokens,
+                        },
+                    },
+                    step.headers,
+                )
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
                 raw = json.dumps(payload).encode()

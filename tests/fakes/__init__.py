@@ -1,0 +1,1 @@
+"""Small local servers that speak external HTTP APIs, for tests and benchmarks."""

@@ -1,0 +1,279 @@
+"""Posting and updating messages: one message per channel, every attempt recorded, retries
+that honour Slack, and permanent errors shown to people instead of retried forever."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from escalations import notify
+from escalations.actions import decide_escalation
+from escalations.models import Escalation, Verdict, Via
+from escalations.slack import delivery
+from escalations.slack.models import MessageStatus, Notification, SlackMessage
+from escalations.slack.tasks import sweep
+
+from .conftest import BILLING_CHANNEL, SUPPORT_CHANNEL, deliver_all, make_escalation
+
+
+def outcome_of(message: dict) -> str:
+    block = next((b for b in message["blocks"] if b.get("block_id") == "caliber.outcome"), None)
+    return block["text"]["text"] if block else ""
+
+
+def has_buttons(message: dict) -> bool:
+    return any(b["type"] == "actions" for b in message["blocks"])
+
+
+@pytest.mark.django_db
+def test_a_new_escalation_posts_one_message_to_its_team_channel(
+    slack, agent, policies, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks() as callbacks:
+        esc = make_escalation(agent)
+    msg = SlackMessage.objects.get(escalation=esc)
+    assert (msg.channel, msg.status, msg.ts) == (SUPPORT_CHANNEL, MessageStatus.PENDING, "")
+    # Delivery is enqueued after commit, never inside the transaction.
+    assert callbacks
+
+    deliver_all()
+
+    [call] = slack.calls_to("chat.postMessage")
+    assert call.token == "xoxb-test-token"
+    assert call.params["channel"] == SUPPORT_CHANNEL
+    assert call.params["blocks"][0]["text"]["text"] == "Review: Send reply to customer"
+    assert call.params["link_names"] is False and call.params["unfurl_links"] is False
+    msg.refresh_from_db()
+    assert msg.status == MessageStatus.POSTED and msg.ts and msg.channel_id.startswith("C")
+    assert not msg.needs_sync
+    [attempt] = Notification.objects.filter(message=msg)
+    assert (attempt.method, attempt.ok, attempt.error) == ("chat.postMessage", True, "")
+
+
+@pytest.mark.django_db
+def test_a_duplicate_delivery_posts_nothing_twice(slack, agent, policies):
+    esc = make_escalation(agent)
+    deliver_all()
+    deliver_all()
+    notify.escalation_changed(esc)  # nothing visible changed
+    deliver_all()
+    assert len(slack.calls_to("chat.postMessage")) == 1
+    assert slack.calls_to("chat.update") == []
+
+
+@pytest.mark.django_db
+def test_a_team_without_a_channel_gets_no_message(slack, agent, policies, support):
+    support.__class__.objects.filter(pk=support.pk).update(slack_channel="")
+    make_escalation(agent)
+    assert not SlackMessage.objects.exists()
+
+
+@pytest.mark.django_db
+def test_without_a_token_and_secret_slack_is_off_and_writes_nothing(
+    slack, settings, agent, policies
+):
+    settings.SLACK_SIGNING_SECRET = ""
+    make_escalation(agent)
+    assert not SlackMessage.objects.exists()
+    assert deliver_all() == []
+    assert slack.calls == []
+
+
+@pytest.mark.django_db
+def test_a_decision_in_the_browser_updates_the_message(slack, agent, policies, carol):
+    esc = make_escalation(agent)
+    deliver_all()
+    decide_escalation(escalation_id=esc.pk, user=carol, verdict=Verdict.APPROVE, via=Via.WEB)
+    assert SlackMessage.objects.get(escalation=esc).needs_sync
+    deliver_all()
+
+    [update] = slack.calls_to("chat.update")
+    [shown] = slack.all_messages()
+    assert update.params["ts"] == shown["ts"] and update.params["channel"] == shown["channel"]
+    assert not has_buttons(shown)
+    assert ":white_check_mark: *Approved* by *carol* in the browser" in outcome_of(shown)
+
+
+@pytest.mark.django_db
+def test_an_escalation_decided_before_it_was_posted_is_never_posted(slack, agent, policies, carol):
+    esc = make_escalation(agent)
+    decide_escalation(escalation_id=esc.pk, user=carol, verdict=Verdict.APPROVE, via=Via.WEB)
+    deliver_all()
+    assert slack.calls == []
+    assert SlackMessage.objects.get(escalation=esc).status == MessageStatus.SKIPPED
+
+
+def move(esc: Escalation, team) -> Escalation:
+    """What an SLA chain does when the deadline passes: the same calls, in one transaction."""
+    with transaction.atomic():
+        esc = Escalation.objects.select_for_update().get(pk=esc.pk)
+        previous = esc.team_id
+        esc.team = team
+        esc.save(update_fields=["team"])
+        notify.escalation_changed(esc, previous_team_id=previous)
+        notify.escalation_opened(esc)
+    return esc
+
+
+@pytest.mark.django_db
+def test_an_sla_move_posts_to_the_next_team_and_updates_the_first(
+    slack, agent, policies, billing, bob
+):
+    esc = make_escalation(agent)
+    deliver_all()
+    move(esc, billing)
+    deliver_all()
+
+    support_msg = SlackMessage.objects.get(escalation=esc, channel=SUPPORT_CHANNEL)
+    billing_msg = SlackMessage.objects.get(escalation=esc, channel=BILLING_CHANNEL)
+    assert billing_msg.status == MessageStatus.POSTED
+    [first, second] = sorted(slack.all_messages(), key=lambda m: m["ts"])
+    assert first["ts"] == support_msg.ts and second["ts"] == billing_msg.ts
+    assert not has_buttons(first) and "*Moved to Billing*" in first["blocks"][-2]["text"]["text"]
+    assert has_buttons(second)
+
+    # Moving again to a team that already has the message does not post twice.
+    move(esc, billing)
+    deliver_all()
+    assert len(slack.calls_to("chat.postMessage")) == 2
+
+    decide_escalation(escalation_id=esc.pk, user=bob, verdict=Verdict.APPROVE, via=Via.WEB)
+    deliver_all()
+    for shown in slack.all_messages():
+        assert not has_buttons(shown)
+        assert "*Approved* by *bob* in the browser" in outcome_of(shown)
+
+
+@pytest.mark.django_db
+def test_a_429_is_retried_after_the_time_slack_asks_for(slack, agent, policies):
+    esc = make_escalation(agent)
+    slack.rate_limit_next("chat.postMessage", retry_after=7)
+    [retry_in] = deliver_all()
+
+    assert retry_in == pytest.approx(7.05)
+    msg = SlackMessage.objects.get(escalation=esc)
+    assert msg.status == MessageStatus.PENDING and msg.error == "ratelimited"
+    assert msg.failures == 0  # Slack asked us to wait; that is not a failure
+    [attempt] = Notification.objects.filter(message=msg)
+    assert (attempt.ok, attempt.http_status, attempt.retry_after) == (False, 429, 7.0)
+    assert not attempt.permanent
+    assert timedelta(seconds=6) < msg.next_attempt_at - timezone.now() <= timedelta(seconds=7)
+
+    # Before the time is up, nothing calls Slack, whoever asks.
+    assert deliver_all() == [None]
+    assert sweep() == 0
+    assert len(slack.calls_to("chat.postMessage")) == 1
+
+    # Once due, the sweeper would pick it up even if the retry task were lost.
+    SlackMessage.objects.filter(pk=msg.pk).update(next_attempt_at=timezone.now())
+    assert delivery.due_message_ids() == [msg.pk]
+    deliver_all()
+    msg.refresh_from_db()
+    assert msg.status == MessageStatus.POSTED and msg.error == "" and msg.next_attempt_at is None
+    assert [a.ok for a in Notification.objects.filter(message=msg)] == [False, True]
+
+
+@pytest.mark.django_db
+def test_transient_failures_back_off_and_eventually_give_up(slack, agent, policies):
+    esc = make_escalation(agent)
+    slack.fail_next("chat.postMessage", "internal_error", status=500, times=delivery.MAX_FAILURES)
+    delays = []
+    for _ in range(delivery.MAX_FAILURES):
+        SlackMessage.objects.filter(escalation=esc).update(next_attempt_at=None)
+        delays.append(deliver_all()[0])
+    assert all(d is not None for d in delays[:-1]) and delays[-1] is None
+    assert delays[0] < delays[3] < delays[6]  # exponential, jitter aside
+    msg = SlackMessage.objects.get(escalation=esc)
+    assert msg.status == MessageStatus.FAILED
+    assert msg.error.startswith(f"gave up after {delivery.MAX_FAILURES} attempts")
+    assert Notification.objects.filter(message=msg).count() == delivery.MAX_FAILURES
+
+
+@pytest.mark.django_db
+def test_a_permanent_error_is_surfaced_and_not_retried(
+    slack, agent, policies, carol, client, admin_user
+):
+    esc = make_escalation(agent)
+    slack.fail_next("chat.postMessage", "channel_not_found")
+    assert deliver_all() == [None]
+
+    msg = SlackMessage.objects.get(escalation=esc)
+    assert (msg.status, msg.error) == (MessageStatus.FAILED, "channel_not_found")
+    [attempt] = Notification.objects.filter(message=msg)
+    assert attempt.permanent and attempt.retry_after is None
+
+    # Not retried: not by a later change, not by the sweeper.
+    decide_escalation(escalation_id=esc.pk, user=carol, verdict=Verdict.APPROVE, via=Via.WEB)
+    deliver_all()
+    SlackMessage.objects.filter(pk=msg.pk).update(requested_at=timezone.now() - timedelta(hours=1))
+    assert delivery.due_message_ids() == []
+    assert len(slack.calls) == 1
+
+    # Shown where reviewers look, and in the admin.
+    client.force_login(carol)
+    page = client.get(f"/review/{esc.pk}/").content.decode()
+    assert "could not post to #support-review" in page and "channel_not_found" in page
+    client.force_login(admin_user)
+    listing = client.get("/admin/slack/slackmessage/?status__exact=failed").content.decode()
+    assert "channel_not_found" in listing
+
+
+@pytest.mark.django_db
+def test_an_admin_can_retry_a_failed_delivery_once_fixed(
+    slack, agent, policies, client, admin_user
+):
+    esc = make_escalation(agent)
+    slack.fail_next("chat.postMessage", "not_in_channel")
+    deliver_all()
+    msg = SlackMessage.objects.get(escalation=esc)
+    client.force_login(admin_user)
+    client.post(
+        "/admin/slack/slackmessage/",
+        {"action": "retry_now", "_selected_action": [msg.pk]},
+    )
+    msg.refresh_from_db()
+    assert msg.status == MessageStatus.PENDING and msg.needs_sync
+    deliver_all()
+    msg.refresh_from_db()
+    assert msg.status == MessageStatus.POSTED
+
+
+@pytest.mark.django_db
+def test_the_page_shows_no_slack_problem_when_there_is_none(slack, agent, policies, carol, client):
+    esc = make_escalation(agent)
+    deliver_all()
+    client.force_login(carol)
+    assert "slack-delivery-problems" not in client.get(f"/review/{esc.pk}/").content.decode()
+
+
+@pytest.mark.django_db
+def test_the_sweeper_finds_deliveries_whose_task_was_lost(slack, agent, policies):
+    esc = make_escalation(agent)
+    msg = SlackMessage.objects.get(escalation=esc)
+    # Fresh requests belong to the task enqueued for them.
+    assert delivery.due_message_ids() == []
+    SlackMessage.objects.filter(pk=msg.pk).update(
+        requested_at=timezone.now() - timedelta(minutes=1)
+    )
+    assert delivery.due_message_ids() == [msg.pk]
+    deliver_all()
+    assert delivery.due_message_ids() == []
+
+
+@pytest.mark.django_db
+def test_a_delivery_in_progress_is_not_run_twice_at_once(slack, agent, policies, carol):
+    esc = make_escalation(agent)
+    deliver_all()
+    msg = SlackMessage.objects.get(escalation=esc)
+    # Someone holds the lease (a worker mid-call): a second task leaves it to them.
+    SlackMessage.objects.filter(pk=msg.pk).update(
+        lease_until=timezone.now() + timedelta(seconds=60)
+    )
+    decide_escalation(escalation_id=esc.pk, user=carol, verdict=Verdict.APPROVE, via=Via.WEB)
+    assert deliver_all() == [None]
+    assert slack.calls_to("chat.update") == []
+    # A holder that died lets go when the lease runs out.
+    SlackMessage.objects.filter(pk=msg.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+    deliver_all()
+    assert len(slack.calls_to("chat.update")) == 1
