@@ -1,3 +1,9 @@
-from django.urls import URLPattern
+from django.urls import URLPattern, URLResolver, path
 
-urlpatterns: list[URLPattern] = []
+from .docs import docs_asset
+from .views import api
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("docs/assets/<str:name>", docs_asset, name="api-docs-asset"),
+    path("", api.urls),
+]

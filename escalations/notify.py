@@ -25,9 +25,12 @@ def escalation_changed(escalation: Escalation, *, previous_team_id: int | None =
 
     `previous_team_id`: set when the escalation moved teams, so the old team's queues drop it.
     """
+    from api import hooks as api_hooks
     from review.live import announce_escalation
 
     from .slack import transport as slack
 
     announce_escalation(escalation, previous_team_id=previous_team_id)
     slack.escalation_changed(escalation, previous_team_id=previous_team_id)
+    # Once decided: wakes the API's long-polls of the action, queues its agent's webhook.
+    api_hooks.escalation_changed(escalation)

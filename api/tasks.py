@@ -1,0 +1,16 @@
+"""Celery tasks of the agent API: load by id, call an action, own the retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from . import actions
+
+
+@shared_task(name="api.tasks.deliver_webhook", bind=True, max_retries=None)
+def deliver_webhook(self: Any, delivery_id: str) -> None:
+    delay = actions.attempt_webhook_delivery(delivery_id=delivery_id)
+    if delay is not None:
+        raise self.retry(countdown=delay)

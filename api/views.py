@@ -1,0 +1,450 @@
+"""/api/v1/: the JSON API for agents outside Caliber. Each operation: token, access, one action.
+
+Errors are `{"detail": "..."}`, or for bad fields `{"detail": [{"loc", "msg", "type"}]}` (422).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from ninja import NinjaAPI
+from ninja.errors import HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+from ninja.params.functions import Query as QueryParam
+from ninja.parser import Parser
+from ninja.responses import Status
+
+from escalations.access import escalations_for, get_escalation_for
+from escalations.actions import AlreadyDecided, decide_escalation
+from escalations.models import Decision, EscalationStatus, Verdict, Via
+from workflows.actions import record_outcome, start_run
+from workflows.models import OutcomeQuality, OutcomeSource
+from workflows.specs import UnknownWorkflow, get_spec
+from workflows.tools import ToolError, get_action_type
+
+from . import actions
+from .access import get_action_for, get_run_for_token
+from .auth import TokenAuth, token_of
+from .docs import SelfHostedSwagger
+from .hooks import action_group
+from .models import ApiToken
+from .representations import (
+    describe_action,
+    describe_decision,
+    describe_escalation,
+    describe_outcome,
+    describe_run,
+    is_decided,
+)
+from .schemas import (
+    ActionIn,
+    ActionOut,
+    AlreadyDecidedOut,
+    DecisionIn,
+    Error,
+    EscalationOut,
+    EscalationPage,
+    OutcomeIn,
+    OutcomeOut,
+    ResultIn,
+    RunIn,
+    RunOut,
+    ValidationErrors,
+)
+
+log = logging.getLogger(__name__)
+
+# Bodies over this are refused with 413 before anything parses them.
+MAX_BODY_BYTES: int = getattr(settings, "API_MAX_BODY_BYTES", 256 * 1024)
+# A long-poll re-reads the database this often even when no wake-up message arrives.
+LONG_POLL_RECHECK_SECONDS = 3.0
+MAX_WAIT_SECONDS = 60.0
+
+
+class StrictJSONParser(Parser):
+    """JSON with no NaN or Infinity: PostgreSQL's jsonb cannot store them."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        def refuse(name: str) -> None:
+            raise ValueError(f"{name} is not valid JSON")
+
+        return json.loads(request.body, parse_constant=refuse)
+
+
+api = NinjaAPI(
+    title="Caliber agent API",
+    version="1",
+    description=(
+        "Put Caliber's autonomy policies and review desk in front of any agent's actions. "
+        "Authenticate with `Authorization: Bearer <token>`."
+    ),
+    auth=TokenAuth(),
+    urls_namespace="api-v1",
+    docs=SelfHostedSwagger(),
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+    parser=StrictJSONParser(),
+)
+
+COMMON: dict[int, Any] = {400: Error, 401: Error, 413: Error, 422: ValidationErrors}
+
+
+def _too_large() -> JsonResponse:
+    return JsonResponse({"detail": f"The body is larger than {MAX_BODY_BYTES} bytes."}, status=413)
+
+
+def _body_too_large(request: HttpRequest) -> bool:
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return True
+    # The stream is bounded by the declared length (Django's LimitedStream), so once the
+    # header passes, reading the body costs at most the limit.
+    return declared > MAX_BODY_BYTES or len(request.body) > MAX_BODY_BYTES
+
+
+def limit_body(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Runs before auth and parsing: an oversized body costs nothing but the refusal."""
+    if inspect.iscoroutinefunction(run):
+
+        @functools.wraps(run)
+        async def async_run(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            if request.method in ("POST", "PUT", "PATCH") and _body_too_large(request):
+                return _too_large()
+            return await run(request, *args, **kwargs)
+
+        return async_run
+
+    @functools.wraps(run)
+    def sync_run(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.method in ("POST", "PUT", "PATCH") and _body_too_large(request):
+            return _too_large()
+        return run(request, *args, **kwargs)
+
+    return sync_run
+
+
+api.add_decorator(limit_body, mode="view")
+
+
+def _unprocessable(loc: list[str | int], msg: str) -> NinjaValidationError:
+    return NinjaValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+@api.exception_handler(DjangoValidationError)
+def _django_validation_error(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
+    if hasattr(exc, "error_dict"):
+        errors = [
+            {"loc": ["body", field], "msg": " ".join(messages), "type": "value_error"}
+            for field, messages in exc.message_dict.items()
+        ]
+    else:
+        errors = [{"loc": ["body"], "msg": " ".join(exc.messages), "type": "value_error"}]
+    return api.create_response(request, {"detail": errors}, status=422)
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 401:
+        response = api.create_response(
+            request, {"detail": "Missing, invalid or revoked API token."}, status=401
+        )
+        response["WWW-Authenticate"] = "Bearer"
+        return response
+    response = api.create_response(request, {"detail": str(exc)}, status=exc.status_code)
+    return response
+
+
+def _reviewer_of(token: ApiToken) -> Any:
+    if not token.reviewer or token.user is None:
+        raise HttpError(403, "This token has no reviewer rights.")
+    return token.user
+
+
+# --- actions ---------------------------------------------------------------------------------
+
+
+@api.post(
+    "/actions",
+    response={200: ActionOut, 201: ActionOut, 403: Error, 409: Error, **COMMON},
+    summary="Submit an action for approval",
+    description="Held against the autonomy policies at once: `auto_approved`, `escalated` (a "
+    "person decides; poll with `?wait=` or take the webhook) or `blocked`. 201 for a new "
+    "action, 200 for the same idempotency key again; 409 if that key was used for a "
+    "different action type or payload.",
+    tags=["actions"],
+)
+def submit_action(request: HttpRequest, body: ActionIn) -> Status[Any]:
+    token = token_of(request)
+    if body.agent != token.agent.name:
+        raise HttpError(403, f"This token acts for agent '{token.agent.name}' only.")
+    try:
+        get_action_type(body.action_type)
+    except ToolError as exc:
+        raise _unprocessable(["body", "action_type"], str(exc)) from None
+    try:
+        action, created = actions.submit_action(
+            token=token,
+            action_type=body.action_type,
+            payload=body.payload,
+            confidence=body.confidence,
+            idempotency_key=body.idempotency_key,
+            workflow=body.workflow,
+            amount=body.amount,
+            reversible=body.reversible,
+            context=body.context,
+            summary=body.summary,
+        )
+    except ToolError as exc:
+        raise _unprocessable(["body", "payload"], str(exc)) from None
+    except actions.IdempotencyConflict as exc:
+        raise HttpError(409, str(exc)) from None
+    return Status(201 if created else 200, describe_action(action))
+
+
+@api.get(
+    "/actions/{action_id}",
+    response={200: ActionOut, 404: Error, **COMMON},
+    summary="An action's status, decision and verdict; long-polls with ?wait=",
+    description="With `wait` (seconds, up to 60) the answer comes as soon as the action is "
+    "decided, or when the wait ends (then `decided` is false).",
+    tags=["actions"],
+)
+async def get_action(
+    request: HttpRequest,
+    action_id: uuid.UUID,
+    wait: float = QueryParam(0.0, ge=0.0, le=MAX_WAIT_SECONDS, allow_inf_nan=False),
+) -> dict[str, Any]:
+    token = token_of(request)
+    view = await _read_action(token, action_id)
+    if view["decided"] or wait <= 0:
+        return view
+    return await _wait_for_decision(token, action_id, view, wait)
+
+
+@sync_to_async
+def _read_action(token: ApiToken, action_id: uuid.UUID) -> dict[str, Any]:
+    return describe_action(get_action_for(token, action_id))
+
+
+async def _wait_for_decision(
+    token: ApiToken, action_id: uuid.UUID, view: dict[str, Any], wait: float
+) -> dict[str, Any]:
+    """Hold the request on the event loop, never a thread: woken by the decision's message
+    on the channel layer, re-reading the database now and then in case a message is lost."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    layer = get_channel_layer()
+    group = action_group(action_id)
+    channel: str | None = None
+    if layer is not None:
+        try:
+            channel = await layer.new_channel()
+            await layer.group_add(group, channel)
+        except Exception:
+            log.warning("long-poll of %s falls back to polling the database", action_id)
+            channel = None
+    try:
+        # Subscribed first, then read: a decision in between is not missed.
+        view = await _read_action(token, action_id)
+        while not view["decided"]:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            step = min(remaining, LONG_POLL_RECHECK_SECONDS)
+            if layer is not None and channel is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(layer.receive(channel), step)
+            else:
+                await asyncio.sleep(min(step, 0.5))
+            view = await _read_action(token, action_id)
+        return view
+    finally:
+        if layer is not None and channel is not None:
+            try:
+                await layer.group_discard(group, channel)
+            except Exception:
+                log.warning("could not leave %s", group)
+
+
+@api.post(
+    "/actions/{action_id}/result",
+    response={200: ActionOut, 404: Error, 409: Error, **COMMON},
+    summary="Report that the approved action ran (or failed), with its result",
+    tags=["actions"],
+)
+def report_result(request: HttpRequest, action_id: uuid.UUID, body: ResultIn) -> dict[str, Any]:
+    token = token_of(request)
+    succeeded = body.status == "executed"
+    if not succeeded and not body.error.strip():
+        raise _unprocessable(["body", "error"], "Say what went wrong.")
+    try:
+        action = actions.record_action_result(
+            token=token,
+            action_id=action_id,
+            succeeded=succeeded,
+            result=body.result if succeeded else None,
+            error=body.error.strip(),
+        )
+    except actions.ResultConflict as exc:
+        raise HttpError(409, str(exc)) from None
+    return describe_action(action)
+
+
+# --- escalations (reviewer tokens) -----------------------------------------------------------
+
+
+@api.get(
+    "/escalations",
+    response={200: EscalationPage, 403: Error, **COMMON},
+    summary="Escalations this token's user may decide, oldest first",
+    tags=["escalations"],
+)
+def list_escalations(
+    request: HttpRequest,
+    status: EscalationStatus | None = None,
+    limit: int = QueryParam(50, ge=1, le=200),
+    offset: int = QueryParam(0, ge=0, le=1_000_000),
+) -> dict[str, Any]:
+    user = _reviewer_of(token_of(request))
+    qs = escalations_for(user)
+    if status is not None:
+        qs = qs.filter(status=status)
+    page = qs.select_related(
+        "action", "action__agent", "team", "decision", "decision__decided_by"
+    ).order_by("created_at", "pk")[offset : offset + limit]
+    return {
+        "items": [describe_escalation(e) for e in page],
+        "count": qs.count(),
+        "limit": limit,
+        "offset": offset,
+    }
+
+
+@api.get(
+    "/escalations/{escalation_id}",
+    response={200: EscalationOut, 403: Error, 404: Error, **COMMON},
+    summary="One escalation",
+    tags=["escalations"],
+)
+def get_escalation(request: HttpRequest, escalation_id: uuid.UUID) -> dict[str, Any]:
+    user = _reviewer_of(token_of(request))
+    return describe_escalation(get_escalation_for(user, escalation_id))
+
+
+@api.post(
+    "/escalations/{escalation_id}/decision",
+    response={201: EscalationOut, 403: Error, 404: Error, 409: AlreadyDecidedOut, **COMMON},
+    summary="Approve (optionally with an edited payload), reject or respond",
+    description="Exactly one decision wins, whatever the channel: a second gets 409 with the "
+    "first. Rejecting or responding needs a reason; the agent is told.",
+    tags=["escalations"],
+)
+def decide(request: HttpRequest, escalation_id: uuid.UUID, body: DecisionIn) -> Status[Any]:
+    user = _reviewer_of(token_of(request))
+    escalation = get_escalation_for(user, escalation_id)
+    if body.verdict == Verdict.APPROVE and body.edited_payload is not None:
+        try:
+            get_action_type(escalation.action.action_type).validate(body.edited_payload)
+        except ToolError as exc:
+            raise _unprocessable(["body", "edited_payload"], str(exc)) from None
+    try:
+        decide_escalation(
+            escalation_id=escalation.pk,
+            user=user,
+            verdict=Verdict(body.verdict),
+            via=Via.API,
+            reason=body.reason,
+            edited_payload=body.edited_payload,
+        )
+    except AlreadyDecided as exc:
+        decision = exc.decision
+        return Status(
+            409,
+            {
+                "detail": str(exc),
+                "escalation_status": exc.escalation.status,
+                "decision": describe_decision(decision) if isinstance(decision, Decision) else None,
+            },
+        )
+    return Status(201, describe_escalation(get_escalation_for(user, escalation.pk)))
+
+
+# --- runs and outcomes -----------------------------------------------------------------------
+
+
+@api.post(
+    "/runs",
+    response={201: RunOut, 403: Error, **COMMON},
+    summary="Start a run of a built-in workflow",
+    description="The workflow must run as this token's agent.",
+    tags=["runs"],
+)
+def create_run(request: HttpRequest, body: RunIn) -> Status[Any]:
+    token = token_of(request)
+    try:
+        spec = get_spec(body.workflow)
+    except UnknownWorkflow as exc:
+        raise _unprocessable(["body", "workflow"], str(exc)) from None
+    if spec.agent != token.agent.name:
+        raise HttpError(
+            403,
+            f"Workflow '{spec.name}' runs as agent '{spec.agent}'; this token acts for "
+            f"'{token.agent.name}'.",
+        )
+    run = start_run(workflow=spec.name, input=body.input)
+    return Status(201, describe_run(run))
+
+
+@api.get(
+    "/runs/{run_id}",
+    response={200: RunOut, 404: Error, **COMMON},
+    summary="A run's status, state and actions",
+    tags=["runs"],
+)
+def get_run(request: HttpRequest, run_id: uuid.UUID) -> dict[str, Any]:
+    return describe_run(get_run_for_token(token_of(request), run_id))
+
+
+@api.post(
+    "/outcomes",
+    response={201: OutcomeOut, 404: Error, **COMMON},
+    summary="Record what happened later to an action or a run",
+    tags=["outcomes"],
+)
+def create_outcome(request: HttpRequest, body: OutcomeIn) -> Status[Any]:
+    token = token_of(request)
+    if body.action_id is None and body.run_id is None:
+        raise _unprocessable(["body", "action_id"], "Name an action_id or a run_id.")
+    action = get_action_for(token, body.action_id) if body.action_id else None
+    run = get_run_for_token(token, body.run_id) if body.run_id else None
+    if action is not None and run is not None and action.run_id != run.pk:
+        raise _unprocessable(["body", "run_id"], "That action is not part of that run.")
+    outcome = record_outcome(
+        metric=body.metric,
+        quality=OutcomeQuality(body.quality),
+        source=OutcomeSource.API,
+        action=action,
+        run=run,
+        value=body.value,
+        note=body.note,
+        data=body.data,
+        recorded_by=token.actor,
+    )
+    return Status(201, describe_outcome(outcome))
+
+
+__all__ = ["api", "is_decided"]
