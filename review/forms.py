@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django import forms
@@ -11,6 +12,7 @@ from escalations.models import Team, Verdict
 from workflows.tools import ActionType, ToolError
 
 EDIT = "edit"
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
 _SCALARS = (str, int, float, bool, type(None))
 _LONG_TEXT = 80
 
@@ -46,7 +48,9 @@ class DecisionForm(forms.Form):
         if self.as_fields:
             del self.fields["edited_payload"]
             for i, (key, value) in enumerate(payload.items()):
-                name = f"p_{i}"
+                # Named after the key where it is a plain identifier (stable, readable in
+                # a POST); otherwise by position.
+                name = f"p__{key}" if _PLAIN_KEY.fullmatch(key) else f"p_{i}"
                 self.payload_keys.append((name, key))
                 self.fields[name] = self._field_for(key, value)
         else:

@@ -1,5 +1,11 @@
 """The live queue's websocket, through the real ASGI stack and the Redis channel layer."""
 
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import timedelta
+
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -8,47 +14,55 @@ from django.conf import settings
 from django.test import Client
 
 from config.asgi import application
-from escalations.actions import decide_escalation
+from escalations.actions import (
+    claim_escalation,
+    decide_escalation,
+    reassign_escalation,
+    release_escalation,
+)
 from escalations.models import Verdict, Via
-from workflows.actions import propose_action
-from workflows.models import RunStatus, WorkflowRun
+from tests.review.factories import escalate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ORIGIN = (b"origin", b"http://localhost")
+db = database_sync_to_async
 
 
 def _cookie(user) -> tuple[bytes, bytes]:
     client = Client()
     client.force_login(user)
-    return (
-        b"cookie",
-        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode(),
-    )
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    return (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode())
 
 
-def _communicator(*headers) -> WebsocketCommunicator:
-    return WebsocketCommunicator(
-        application, "/ws/review/", headers=[(b"host", b"localhost"), *headers]
-    )
+def _communicator(*headers, query: str = "") -> WebsocketCommunicator:
+    path = "/ws/review/" + (f"?{query}" if query else "")
+    return WebsocketCommunicator(application, path, headers=[(b"host", b"localhost"), *headers])
 
 
-def _escalate(agent, ticket, subject="Charged twice"):
-    run = WorkflowRun.objects.create(
-        workflow="support_triage",
-        workflow_version=1,
-        agent=agent,
-        input={**ticket, "subject": subject},
-        status=RunStatus.WAITING,
-    )
-    return propose_action(
-        run=run,
-        step_name="propose_actions",
-        action_type="send_reply",
-        payload={"ticket_id": "T", "to": "a@example.com", "body": "hi"},
-        confidence=0.9,
-        rationale="",
-    ).escalation
+async def _open(user, query: str = "") -> tuple[WebsocketCommunicator, str]:
+    ws = _communicator(ORIGIN, await db(_cookie)(user), query=query)
+    connected, code = await ws.connect()
+    assert connected, code
+    return ws, await ws.receive_from(timeout=5)
+
+
+async def _until(ws: WebsocketCommunicator, check: Callable[[str], bool], timeout=5.0) -> str:
+    """Messages until one passes `check` (counts and rows arrive as separate messages)."""
+    seen = []
+    while True:
+        try:
+            message = await ws.receive_from(timeout=timeout)
+        except TimeoutError:
+            raise AssertionError(f"no matching message; got {seen}") from None
+        seen.append(message)
+        if check(message):
+            return message
+
+
+def _row_ids(html: str) -> list[str]:
+    return re.findall(r'<article id="esc-([0-9a-f-]+)"', html)
 
 
 def test_anonymous_connections_are_refused():
@@ -66,49 +80,185 @@ def test_connections_from_a_foreign_origin_are_refused(alice):
     async def scenario():
         connected, _ = await _communicator((b"origin", b"http://evil.example"), cookie).connect()
         assert not connected
+        connected, _ = await _communicator(cookie).connect()  # no Origin at all
+        assert not connected
 
     async_to_sync(scenario)()
 
 
-def test_a_reviewer_gets_a_snapshot_then_live_changes_of_their_team(alice, agent, policies, ticket):
-    existing = _escalate(agent, ticket, subject="Already waiting")
-    cookie = _cookie(alice)
+def test_the_snapshot_is_sorted_by_sla_and_new_rows_land_before_their_successor(
+    alice, agent, policies
+):
+    later = escalate(agent, subject="Due in an hour", due_in=timedelta(hours=1))
+    sooner = escalate(agent, subject="Due in ten minutes", due_in=timedelta(minutes=10))
 
     async def scenario():
-        ws = _communicator(ORIGIN, cookie)
-        connected, _ = await ws.connect()
-        assert connected
-        snapshot = await ws.receive_from(timeout=5)
-        assert 'id="queue-rows"' in snapshot
-        assert f"esc-{existing.pk}" in snapshot
+        ws, snapshot = await _open(alice)
+        assert 'id="queue-rows"' in snapshot and 'hx-swap-oob="true"' in snapshot
+        assert _row_ids(snapshot) == [str(sooner.pk), str(later.pk)]
 
-        new = await database_sync_to_async(_escalate)(agent, ticket, "Fresh one")
-        pushed = await ws.receive_from(timeout=5)
-        assert f'id="esc-{new.pk}"' in pushed and "afterbegin:#queue-rows" in pushed
-        assert "Fresh one" in pushed
+        middle = await db(escalate)(agent, subject="Half an hour", due_in=timedelta(minutes=30))
+        pushed = await _until(ws, lambda m: "Half an hour" in m)
+        assert f'hx-swap-oob="beforebegin:#esc-{later.pk}"' in pushed
+        assert "arrived" in pushed
 
-        await database_sync_to_async(decide_escalation)(
-            escalation_id=new.pk, user=alice, verdict=Verdict.APPROVE, via=Via.SLACK
-        )
-        gone = await ws.receive_from(timeout=5)
-        assert f'<div id="esc-{new.pk}" hx-swap-oob="delete"></div>' in gone
-        assert "afterbegin" not in gone
+        urgent = await db(escalate)(agent, subject="Five minutes", due_in=timedelta(minutes=5))
+        pushed = await _until(ws, lambda m: "Five minutes" in m)
+        assert f'hx-swap-oob="beforebegin:#esc-{sooner.pk}"' in pushed
+
+        await db(escalate)(agent, subject="Whenever")
+        pushed = await _until(ws, lambda m: "Whenever" in m)
+        assert 'hx-swap-oob="beforeend:#queue-rows"' in pushed
+
+        # A page reloaded now shows exactly the order the pushes built.
+        _, fresh = await _open(alice)
+        assert _row_ids(fresh)[:4] == [
+            str(urgent.pk),
+            str(sooner.pk),
+            str(middle.pk),
+            str(later.pk),
+        ]
         await ws.disconnect()
 
     async_to_sync(scenario)()
 
 
-def test_a_reviewer_never_receives_another_teams_events(bob, agent, policies, ticket):
-    cookie = _cookie(bob)
+def test_counts_follow_changes_live(alice, agent, policies):
+    escalate(agent, subject="First")
 
     async def scenario():
-        ws = _communicator(ORIGIN, cookie)
-        connected, _ = await ws.connect()
-        assert connected
-        snapshot = await ws.receive_from(timeout=5)
-        await database_sync_to_async(_escalate)(agent, ticket, "Support only")
+        ws, snapshot = await _open(alice)
+        assert re.search(r'id="queue-count"[^>]*>1<', snapshot)
+        await db(escalate)(agent, subject="Second")
+        counts = await _until(ws, lambda m: re.search(r'id="queue-count"[^>]*>2<', m) is not None)
+        assert 'id="queue-facets"' in counts
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_a_claim_changes_the_row_in_place_and_a_decision_elsewhere_removes_it(
+    alice, carol, agent, policies
+):
+    esc = escalate(agent, subject="Refund please")
+
+    async def scenario():
+        ws, _ = await _open(alice)
+        await db(claim_escalation)(escalation_id=esc.pk, user=carol)
+        changed = await _until(ws, lambda m: str(esc.pk) in m)
+        assert f'<article id="esc-{esc.pk}"' in changed
+        assert 'hx-swap-oob="true"' in changed and "delete" not in changed
+        assert "claimed by carol" in changed
+
+        await db(decide_escalation)(
+            escalation_id=esc.pk, user=carol, verdict=Verdict.APPROVE, via=Via.SLACK
+        )
+        gone = await _until(ws, lambda m: str(esc.pk) in m)
+        assert gone == f'<div id="esc-{esc.pk}" hx-swap-oob="delete"></div>'
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_a_filtered_page_only_receives_rows_matching_its_filters(alice, agent, policies):
+    async def scenario():
+        ws, _ = await _open(alice, "action_type=update_crm")
+        reply = await db(escalate)(agent, subject="A reply", action_type="send_reply")
+        crm = await db(escalate)(agent, subject="A CRM update", action_type="update_crm")
+        pushed = await _until(ws, lambda m: str(crm.pk) in m)
+        assert str(reply.pk) not in pushed
+        while not await ws.receive_nothing(timeout=0.6):
+            assert str(reply.pk) not in await ws.receive_from()
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_mine_shows_what_i_claim_and_drops_what_i_release(alice, agent, policies):
+    esc = escalate(agent, subject="Mine soon")
+
+    async def scenario():
+        ws, snapshot = await _open(alice, "mine=1")
+        assert _row_ids(snapshot) == []
+        await db(claim_escalation)(escalation_id=esc.pk, user=alice)
+        arrived = await _until(ws, lambda m: str(esc.pk) in m)
+        assert "beforeend:#queue-rows" in arrived and "claimed by you" in arrived
+        await db(release_escalation)(escalation_id=esc.pk, user=alice)
+        left = await _until(ws, lambda m: str(esc.pk) in m)
+        assert 'hx-swap-oob="delete"' in left
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_a_reviewer_never_receives_another_teams_events(bob, alice, agent, policies):
+    async def scenario():
+        ws, snapshot = await _open(bob)
+        esc = await db(escalate)(agent, subject="Support only")
+        await db(claim_escalation)(escalation_id=esc.pk, user=alice)
         assert "Support only" not in snapshot
         assert await ws.receive_nothing(timeout=1)
         await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_reassigning_moves_the_row_from_one_teams_page_to_the_others(
+    alice, bob, billing, agent, policies
+):
+    esc = escalate(agent, subject="Actually billing")
+
+    async def scenario():
+        alice_ws, alice_snapshot = await _open(alice)
+        bob_ws, bob_snapshot = await _open(bob)
+        assert str(esc.pk) in alice_snapshot and str(esc.pk) not in bob_snapshot
+        await db(reassign_escalation)(escalation_id=esc.pk, user=alice, team_id=billing.pk)
+        left = await _until(alice_ws, lambda m: str(esc.pk) in m)
+        assert 'hx-swap-oob="delete"' in left
+        arrived = await _until(bob_ws, lambda m: str(esc.pk) in m)
+        assert "Actually billing" in arrived and "beforeend:#queue-rows" in arrived
+        await alice_ws.disconnect()
+        await bob_ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_agent_text_in_a_pushed_row_is_escaped(alice, agent, policies):
+    async def scenario():
+        ws, _ = await _open(alice)
+        await db(escalate)(agent, subject='<script>alert("x")</script><img src=x onerror=alert(1)>')
+        pushed = await _until(ws, lambda m: "alert" in m)
+        assert "<script>" not in pushed and "<img" not in pushed
+        assert "&lt;script&gt;" in pushed
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_a_detail_page_sees_a_decision_made_in_slack(alice, carol, agent, policies):
+    esc = escalate(agent, subject="Watch me")
+
+    async def scenario():
+        ws, state = await _open(alice, f"watch={esc.pk}")
+        assert 'id="live-state"' in state and "Unclaimed" in state
+        await db(decide_escalation)(
+            escalation_id=esc.pk, user=carol, verdict=Verdict.REJECT, via=Via.SLACK, reason="No"
+        )
+        decided = await _until(ws, lambda m: "Decided" in m)
+        assert "carol" in decided and "via Slack" in decided
+        assert 'id="esc-status"' in decided and "Rejected" in decided
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_watching_another_teams_escalation_is_refused(bob, agent, policies):
+    esc = escalate(agent, subject="Not for bob")
+    cookie = _cookie(bob)
+
+    async def scenario():
+        ws = _communicator(ORIGIN, cookie, query=f"watch={esc.pk}")
+        connected, code = await ws.connect()
+        assert not connected and code == 4404
 
     async_to_sync(scenario)()

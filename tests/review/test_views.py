@@ -1,10 +1,18 @@
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from escalations.models import Decision, EscalationStatus
-from workflows.actions import propose_action
-from workflows.models import RunStatus, WorkflowRun
+from escalations.actions import claim_escalation, decide_escalation
+from escalations.models import Decision, Escalation, EscalationStatus, Verdict, Via
+from tests.review.factories import escalate
+from workflows.models import Action, TraceEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -12,29 +20,18 @@ XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
 @pytest.fixture
-def escalation(policies, ticket):
-    run = WorkflowRun.objects.create(
-        workflow="support_triage",
-        workflow_version=1,
-        agent=policies[1].team.agents.get(),
-        input={**ticket, "subject": XSS},
-        status=RunStatus.WAITING,
-    )
-    action = propose_action(
-        run=run,
-        step_name="propose_actions",
-        action_type="send_reply",
-        payload={"ticket_id": "T-1", "to": "a@example.com", "body": XSS},
-        confidence=0.9,
-        rationale=XSS,
-    )
-    return action.escalation
+def escalation(agent, policies):
+    return escalate(agent, subject=XSS, body=XSS)
 
 
 def _client(user) -> Client:
     client = Client()
     client.force_login(user)
     return client
+
+
+def _rows(html: str) -> list[str]:
+    return re.findall(r'<article id="esc-([0-9a-f-]+)"', html)
 
 
 def test_anonymous_people_are_sent_to_log_in(client, escalation):
@@ -46,6 +43,9 @@ def test_anonymous_people_are_sent_to_log_in(client, escalation):
         response = client.get(url)
         assert response.status_code == 302
         assert response["Location"].startswith(reverse("login"))
+    response = client.post(reverse("review:claim", args=[escalation.pk]))
+    assert response.status_code == 302
+    assert Escalation.objects.get().claimed_by is None
 
 
 def test_the_queue_shows_my_teams_escalations(alice, escalation):
@@ -60,11 +60,93 @@ def test_the_queue_hides_other_teams_escalations(bob, escalation):
     assert f'id="esc-{escalation.pk}"' not in response.text
 
 
-def test_another_teams_escalation_is_a_404(bob, escalation):
+def test_admins_see_every_team(admin_user, escalation):
+    response = _client(admin_user).get(reverse("review:queue"))
+    assert f'id="esc-{escalation.pk}"' in response.text
+
+
+def test_the_queue_is_sorted_by_sla_due_time(alice, agent, policies):
+    none = escalate(agent, subject="no SLA")
+    late = escalate(agent, subject="late", due_in=timedelta(hours=3))
+    overdue = escalate(agent, subject="overdue", due_in=timedelta(minutes=-5))
+    soon = escalate(agent, subject="soon", due_in=timedelta(minutes=5))
+    html = _client(alice).get(reverse("review:queue")).text
+    assert _rows(html) == [str(e.pk) for e in (overdue, soon, late, none)]
+
+
+def test_filters_narrow_the_list_and_counts_show_every_value(alice, carol, agent, policies):
+    reply = escalate(agent, subject="reply", action_type="send_reply")
+    crm = escalate(agent, subject="crm", action_type="update_crm")
+    route = escalate(agent, subject="route", action_type="route_to_team")
+    claim_escalation(escalation_id=route.pk, user=alice)
+    claim_escalation(escalation_id=crm.pk, user=carol)
+    client = _client(alice)
+    url = reverse("review:queue")
+
+    assert _rows(client.get(url, {"action_type": "update_crm"}).text) == [str(crm.pk)]
+    assert _rows(client.get(url, {"risk": "high"}).text) == [str(reply.pk)]
+    assert set(_rows(client.get(url, {"risk": "low"}).text)) == {str(crm.pk), str(route.pk)}
+    assert _rows(client.get(url, {"mine": "1"}).text) == [str(route.pk)]
+    assert _rows(client.get(url, {"status": "open"}).text) == [str(reply.pk)]
+    assert _rows(client.get(url, {"team": "support", "agent": "triage-agent"}).text)
+    assert _rows(client.get(url, {"workflow": "nope"}).text) == []
+
+    html = client.get(url, {"action_type": "update_crm"}).text
+    assert re.search(r'id="queue-count"[^>]*>1<', html)
+    assert "of 3" in html
+    # Facet counts are over the whole queue, not narrowed by the other filters.
+    send_reply = re.search(r'data-value="send_reply"[^>]*>.*?class="n">(\d+)<', html, re.S)
+    assert send_reply and send_reply.group(1) == "1"
+    mine = re.search(r'Claimed by me</span><span class="n">(\d+)<', html)
+    assert mine and mine.group(1) == "1"
+
+
+def test_unknown_filter_values_filter_nothing_instead_of_failing(alice, escalation):
+    response = _client(alice).get(reverse("review:queue"), {"risk": "x' OR 1=1", "status": "nope"})
+    assert response.status_code == 200
+    assert _rows(response.text) == [str(escalation.pk)]
+
+
+def test_an_htmx_filter_click_gets_just_the_queue_section(alice, escalation):
+    response = _client(alice).get(
+        reverse("review:queue"), {"risk": "high"}, headers={"HX-Request": "true"}
+    )
+    assert response.text.lstrip().startswith('<section id="queue"')
+    assert 'ws-connect="/ws/review/?risk=high"' in response.text
+    assert "HX-Request" in response["Vary"]
+
+
+def test_the_queue_costs_the_same_number_of_queries_however_long_it_is(
+    alice, agent, policies, django_assert_num_queries
+):
+    client = _client(alice)
+    url = reverse("review:queue")
+    for i in range(3):
+        escalate(agent, subject=f"ticket {i}", due_in=timedelta(minutes=i))
+    client.get(url)  # warm the session
+    with CaptureQueriesContext(connection) as few:
+        client.get(url)
+    for i in range(3, 40):
+        escalate(agent, subject=f"ticket {i}", action_type=("update_crm", "send_reply")[i % 2])
+    # session, user, the user's teams, the rows (one join), every count (one query)
+    with django_assert_num_queries(5):
+        response = client.get(url)
+    assert len(_rows(response.text)) == 40
+    assert len(few.captured_queries) == 5
+
+
+def test_another_teams_escalation_is_a_404_for_every_verb(bob, escalation):
     client = _client(bob)
     assert client.get(reverse("review:detail", args=[escalation.pk])).status_code == 404
-    response = client.post(reverse("review:decide", args=[escalation.pk]), {"verdict": "approve"})
-    assert response.status_code == 404
+    for name, data in (
+        ("review:decide", {"verdict": "approve"}),
+        ("review:claim", {}),
+        ("review:release", {}),
+        ("review:reassign", {"team": escalation.team_id}),
+    ):
+        assert client.post(reverse(name, args=[escalation.pk]), data).status_code == 404
+    escalation.refresh_from_db()
+    assert escalation.status == EscalationStatus.OPEN and escalation.claimed_by is None
     assert not Decision.objects.exists()
 
 
@@ -87,21 +169,153 @@ def test_agent_text_is_escaped_everywhere_it_is_shown(alice, escalation):
     assert "&lt;script&gt;alert" in client.get(reverse("review:detail", args=[escalation.pk])).text
 
 
-def test_pages_carry_a_csp_without_inline_script(alice, escalation):
-    response = _client(alice).get(reverse("review:queue"))
-    csp = response["Content-Security-Policy"]
-    assert "script-src 'self'" in csp
-    assert "unsafe-inline" not in csp
+def test_pages_carry_a_csp_without_inline_script_or_style(alice, escalation):
+    client = _client(alice)
+    for url in (reverse("review:queue"), reverse("review:detail", args=[escalation.pk])):
+        response = client.get(url)
+        csp = response["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "<script>" not in response.text and "style=" not in response.text
 
 
-def test_approving_in_the_browser_decides_and_goes_back_to_the_queue(alice, escalation):
+def test_every_post_needs_a_csrf_token(alice, escalation):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    for name, data in (
+        ("review:decide", {"verdict": "approve"}),
+        ("review:claim", {}),
+        ("review:reassign", {"team": escalation.team_id}),
+    ):
+        assert client.post(reverse(name, args=[escalation.pk]), data).status_code == 403
+    escalation.refresh_from_db()
+    assert escalation.status == EscalationStatus.OPEN and escalation.claimed_by is None
+    assert not Decision.objects.exists()
+
+
+def test_htmx_posts_carry_the_token_from_the_page(alice, escalation):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    page = client.get(reverse("review:detail", args=[escalation.pk])).text
+    token = re.search(r'hx-headers=\'\{"X-CSRFToken": "([^"]+)"\}\'', page)
+    assert token
+    response = client.post(
+        reverse("review:claim", args=[escalation.pk]),
+        headers={"X-CSRFToken": token.group(1), "HX-Request": "true"},
+    )
+    assert response.status_code == 200
+    assert 'id="live-state"' in response.text and "You</strong> claimed this" in response.text
+    escalation.refresh_from_db()
+    assert escalation.claimed_by == alice
+
+
+def test_the_detail_page_leads_with_why_and_what_is_at_stake(alice, escalation):
+    html = _client(alice).get(reverse("review:detail", args=[escalation.pk])).text
+    assert "Why it was escalated" in html and "irreversible" in html.lower()
+    assert "Customer-facing" in html and "high risk" in html
+    assert "Plan" in html and "State" in html
+    assert f'ws-connect="/ws/review/?watch={escalation.pk}"' in html
+    assert "<kbd>e</kbd> edit then approve" in html
+
+
+def test_approving_decides_and_goes_back_to_the_queue(alice, escalation):
     response = _client(alice).post(
         reverse("review:decide", args=[escalation.pk]), {"verdict": "approve"}
     )
-    assert response.status_code == 302
+    assert response.status_code == 302 and response["Location"] == reverse("review:queue")
     escalation.refresh_from_db()
     assert escalation.status == EscalationStatus.APPROVED
     assert Decision.objects.get().via == "web"
+
+
+def test_edit_then_approve_executes_the_edited_fields_and_records_the_diff(alice, escalation):
+    response = _client(alice).post(
+        reverse("review:decide", args=[escalation.pk]),
+        {
+            "verdict": "edit",
+            "p__ticket_id": "T-1",
+            "p__to": "ada@example.com",
+            "p__body": "Hello Ada, refunded.",
+        },
+    )
+    assert response.status_code == 302
+    action = Action.objects.get(pk=escalation.action_id)
+    assert action.payload_to_execute["body"] == "Hello Ada, refunded."
+    assert action.payload["body"] == "Hello Ada"
+    human = TraceEvent.objects.filter(run=action.run, kind="human").last()
+    assert human.data["payload_diff"]["changed"] == {"body": ["Hello Ada", "Hello Ada, refunded."]}
+    html = _client(alice).get(reverse("review:detail", args=[escalation.pk])).text
+    assert "Edited before approval" in html and "Hello Ada, refunded." in html
+
+
+def test_an_edit_that_changes_nothing_is_a_plain_approval(alice, escalation):
+    _client(alice).post(
+        reverse("review:decide", args=[escalation.pk]),
+        {
+            "verdict": "edit",
+            "p__ticket_id": "T-1",
+            "p__to": "ada@example.com",
+            "p__body": "Hello Ada",
+        },
+    )
+    decision = Decision.objects.get()
+    assert decision.verdict == Verdict.APPROVE and decision.edited_payload is None
+
+
+def test_an_edit_emptying_a_required_field_is_refused_and_changes_nothing(alice, escalation):
+    response = _client(alice).post(
+        reverse("review:decide", args=[escalation.pk]),
+        {"verdict": "edit", "p__ticket_id": "T-1", "p__to": "ada@example.com", "p__body": "  "},
+    )
+    assert response.status_code == 400
+    assert "body cannot be empty" in response.text
+    assert not Decision.objects.exists()
+
+
+def test_numbers_stay_numbers_and_bad_ones_are_refused(alice, agent, policies):
+    esc = escalate(agent, action_type="update_crm")
+    from workflows.models import Action as A
+
+    A.objects.filter(pk=esc.action_id).update(
+        payload={"ticket_id": "T-1", "priority": 2, "vip": False}
+    )
+    client = _client(alice)
+    bad = client.post(
+        reverse("review:decide", args=[esc.pk]),
+        {"verdict": "edit", "p__ticket_id": "T-1", "p__priority": "two"},
+    )
+    assert bad.status_code == 400 and "Enter a whole number" in bad.text
+    client.post(
+        reverse("review:decide", args=[esc.pk]),
+        {"verdict": "edit", "p__ticket_id": "T-1", "p__priority": "3", "p__vip": "on"},
+    )
+    assert A.objects.get(pk=esc.action_id).payload_to_execute == {
+        "ticket_id": "T-1",
+        "priority": 3,
+        "vip": True,
+    }
+
+
+def test_a_nested_payload_is_edited_as_json_and_bad_json_is_refused(alice, agent, policies):
+    esc = escalate(agent, action_type="update_crm")
+    from workflows.models import Action as A
+
+    A.objects.filter(pk=esc.action_id).update(payload={"ticket_id": "T-1", "tags": ["a"]})
+    client = _client(alice)
+    response = client.post(
+        reverse("review:decide", args=[esc.pk]), {"verdict": "edit", "edited_payload": "{not json"}
+    )
+    assert response.status_code == 400 and "Not valid JSON" in response.text
+    response = client.post(
+        reverse("review:decide", args=[esc.pk]),
+        {"verdict": "edit", "edited_payload": '{"tags": []}'},
+    )
+    assert response.status_code == 400 and "missing: ticket_id" in response.text
+    assert not Decision.objects.exists()
+    client.post(
+        reverse("review:decide", args=[esc.pk]),
+        {"verdict": "edit", "edited_payload": '{"ticket_id": "T-1", "tags": ["a", "b"]}'},
+    )
+    assert A.objects.get(pk=esc.action_id).payload_to_execute["tags"] == ["a", "b"]
 
 
 def test_rejecting_without_a_reason_is_refused_and_changes_nothing(alice, escalation):
@@ -113,35 +327,64 @@ def test_rejecting_without_a_reason_is_refused_and_changes_nothing(alice, escala
     assert not Decision.objects.exists()
 
 
-def test_an_edited_payload_that_is_not_json_is_refused(alice, escalation):
-    response = _client(alice).post(
+def test_responding_sends_free_text_instead_of_running_the_action(alice, escalation):
+    client = _client(alice)
+    response = client.post(reverse("review:decide", args=[escalation.pk]), {"verdict": "respond"})
+    assert response.status_code == 400 and "Write the answer" in response.text
+    client.post(
         reverse("review:decide", args=[escalation.pk]),
-        {"verdict": "approve", "edited_payload": "{not json"},
+        {"verdict": "respond", "reason": "Offer a refund, not a coupon."},
     )
-    assert response.status_code == 400
-    assert "Not valid JSON" in response.text
-    assert not Decision.objects.exists()
-
-
-def test_a_post_without_csrf_token_changes_nothing(alice, escalation):
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(alice)
-    response = client.post(reverse("review:decide", args=[escalation.pk]), {"verdict": "approve"})
-    assert response.status_code == 403
-    assert not Decision.objects.exists()
+    decision = Decision.objects.get()
+    assert decision.verdict == Verdict.RESPOND and decision.reason.startswith("Offer a refund")
+    assert Action.objects.get(pk=escalation.action_id).status == "rejected"
 
 
 def test_the_second_tab_sees_who_decided_instead_of_an_error(alice, carol, escalation):
-    _client(carol).post(reverse("review:decide", args=[escalation.pk]), {"verdict": "approve"})
+    decide_escalation(
+        escalation_id=escalation.pk, user=carol, verdict=Verdict.APPROVE, via=Via.SLACK
+    )
     response = _client(alice).post(
         reverse("review:decide", args=[escalation.pk]),
         {"verdict": "reject", "reason": "no"},
         follow=True,
     )
     assert response.status_code == 200
-    assert "already approved by carol via web" in response.text
-    assert "Approved</strong> by carol" in response.text
+    assert "already approved by carol via slack" in response.text
+    assert "Decided" in response.text and "via Slack" in response.text
+    assert 'id="decision-form"' not in response.text
     assert Decision.objects.count() == 1
+
+
+def test_claiming_and_releasing_from_the_detail_page(alice, carol, escalation):
+    client = _client(alice)
+    response = client.post(reverse("review:claim", args=[escalation.pk]), follow=True)
+    assert "You</strong> claimed this" in response.text
+    carol_page = _client(carol).post(reverse("review:claim", args=[escalation.pk]), follow=True)
+    assert "already claimed by alice" in carol_page.text
+    assert "alice</strong> is on this" in carol_page.text
+    client.post(reverse("review:release", args=[escalation.pk]))
+    escalation.refresh_from_db()
+    assert escalation.status == EscalationStatus.OPEN and escalation.claimed_by is None
+
+
+def test_reassigning_hands_it_to_the_other_team(alice, bob, billing, escalation):
+    client = _client(alice)
+    response = client.post(
+        reverse("review:reassign", args=[escalation.pk]), {"team": billing.pk, "note": "refund"}
+    )
+    assert response.status_code == 302
+    escalation.refresh_from_db()
+    assert escalation.team == billing
+    assert client.get(reverse("review:detail", args=[escalation.pk])).status_code == 404
+    assert _client(bob).get(reverse("review:detail", args=[escalation.pk])).status_code == 200
+
+
+def test_reassigning_to_no_team_is_refused(alice, escalation):
+    response = _client(alice).post(reverse("review:reassign", args=[escalation.pk]), {"team": ""})
+    assert response.status_code == 400
+    escalation.refresh_from_db()
+    assert escalation.team.slug == "support"
 
 
 def test_healthz_reports_each_dependency(client):
@@ -154,11 +397,3 @@ def test_healthz_reports_each_dependency(client):
         "broker": "ok",
         "channel_layer": "ok",
     }
-
-
-def test_runs_list_filters_by_status(alice, escalation):
-    client = _client(alice)
-    assert escalation.action.run.title.startswith("&lt;") is False
-    assert "T-000001" not in client.get(reverse("runs:list") + "?status=succeeded").text
-    body = client.get(reverse("runs:list") + "?status=waiting").text
-    assert reverse("runs:detail", args=[escalation.action.run_id]) in body
