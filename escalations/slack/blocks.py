@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from escalations.models import Decision, Escalation, EscalationStatus, Verdict, Via
+from escalations.models import Decision, Escalation, EscalationStatus, Verdict
 from workflows.tools import ToolError, get_action_type
 
 from .conf import review_url
@@ -31,7 +31,12 @@ TEXT_LIMIT = 3000
 
 Block = dict[str, Any]
 
-VIA_LABEL = {Via.WEB: "in the browser", Via.SLACK: "in Slack", Via.API: "via the API"}
+VIA_LABEL = {
+    "web": "in the browser",
+    "slack": "in Slack",
+    "api": "via the API",
+    "system": "automatically, when the deadline passed",
+}
 OUTCOME = {
     EscalationStatus.APPROVED: ":white_check_mark: *Approved*",
     EscalationStatus.REJECTED: ":x: *Rejected*",
@@ -118,7 +123,7 @@ def outcome_text(esc: Escalation, decision: Decision | None) -> str | None:
         head = ":speech_balloon: *Answered instead of running*"
     edited = " with edits" if decision.edited_payload is not None else ""
     text = (
-        f"{head}{edited} by *{_who(decision)}* {VIA_LABEL.get(Via(decision.via), decision.via)}"
+        f"{head}{edited} by *{_who(decision)}* {VIA_LABEL.get(decision.via, decision.via)}"
         f" · {slack_date(decision.created_at)}"
     )
     if decision.reason:
@@ -188,6 +193,21 @@ def message(
         )
         blocks.append({"type": "context", "elements": [md(f"<{url}|Open in Caliber>")]})
     else:
+        if esc.needs_quorum:
+            progress = esc.approval_progress()
+            names = ", ".join(escape_within(n, 150) for n in progress["approved_by"])
+            blocks.append(
+                {
+                    "type": "context",
+                    "elements": [
+                        md(
+                            f":busts_in_silhouette: Needs {progress['required']} approvals from "
+                            f"different reviewers; {len(progress['approved_by'])} so far"
+                            + (f" ({names})" if names else "")
+                        )
+                    ],
+                }
+            )
         if esc.claimed_by_id is not None and esc.claimed_by is not None:
             who = escape_within(esc.claimed_by.get_username(), 150)
             blocks.append({"type": "context", "elements": [md(f":eyes: {who} is looking at it")]})

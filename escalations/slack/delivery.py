@@ -139,9 +139,19 @@ def sync_message(*, message_id: int) -> float | None:
         return None
     try:
         for _ in range(MAX_ROUNDS):
-            done, retry_in = _one_round(message_id, lease)
-            if done:
+            in_sync, retry_in = _one_round(message_id, lease)
+            if not in_sync:
                 return retry_in
+            # Let go only if nobody asked for another sync while we talked to Slack; their
+            # task found our lease and left the work to us.
+            released = SlackMessage.objects.filter(
+                pk=message_id, lease_until=lease, sync_requested__lte=F("synced")
+            ).update(lease_until=None)
+            if (
+                released
+                or not SlackMessage.objects.filter(pk=message_id, lease_until=lease).exists()
+            ):
+                return None
         # Still being changed faster than we can show it: let a fresh task continue.
         return 0.0
     finally:
@@ -149,8 +159,11 @@ def sync_message(*, message_id: int) -> float | None:
 
 
 def _one_round(message_id: int, lease: Any) -> tuple[bool, float | None]:
-    """One render-and-call. Returns (finished, retry_in)."""
-    msg = SlackMessage.objects.get(pk=message_id)
+    """One render-and-call. Returns (in sync, retry_in): (True, None) when Slack shows what
+    the message's `synced` counter says; otherwise whether and when to try again."""
+    msg = SlackMessage.objects.filter(pk=message_id).first()
+    if msg is None:
+        return False, None  # the escalation was deleted meanwhile
     target = msg.sync_requested
     esc = Escalation.objects.select_related("action", "action__agent", "team", "claimed_by").get(
         pk=msg.escalation_id
@@ -162,12 +175,13 @@ def _one_round(message_id: int, lease: Any) -> tuple[bool, float | None]:
     if not msg.ts and (not esc.is_undecided or esc.team_id != msg.team_id):
         # Nothing left to ask this channel: never post a request that is already answered.
         mine.update(status=MessageStatus.SKIPPED, synced=target, updated_at=now)
-        return True, None
+        return False, None
 
     text, rendered = blocks.message(esc, for_team_id=msg.team_id, decision=decision)
     digest = _render_hash(text, rendered)
     if msg.ts and digest == msg.rendered_hash:
-        return _finish(mine, message_id, target, now)
+        mine.filter(synced__lt=target).update(synced=target, updated_at=now)
+        return True, None
 
     if msg.ts:
         method = "chat.update"
@@ -208,8 +222,8 @@ def _one_round(message_id: int, lease: Any) -> tuple[bool, float | None]:
             fields["channel_id"] = str(attempt.data.get("channel", ""))
             fields["ts"] = str(attempt.data.get("ts", ""))
         if not mine.update(**fields):
-            return True, None  # lease lost: whoever holds it now carries on
-        return _finish(mine, message_id, target, now)
+            return False, None  # lease lost: whoever holds it now carries on
+        return True, None
 
     if attempt.permanent:
         delay = None
@@ -234,7 +248,7 @@ def _one_round(message_id: int, lease: Any) -> tuple[bool, float | None]:
             error = f"gave up after {msg.failures + 1} attempts: {error}"[:300]
         mine.update(status=MessageStatus.FAILED, error=error, failed_at=now, updated_at=now)
         log.warning("slack %s for escalation %s failed for good: %s", method, esc.pk, error)
-        return True, None
+        return False, None
     mine.update(
         error=attempt.error,
         next_attempt_at=now + timedelta(seconds=delay),
@@ -242,14 +256,7 @@ def _one_round(message_id: int, lease: Any) -> tuple[bool, float | None]:
         updated_at=now,
     )
     # A hair late rather than early: an early retry would find next_attempt_at still ahead.
-    return True, delay + 0.05
-
-
-def _finish(mine: Any, message_id: int, target: int, now: Any) -> tuple[bool, float | None]:
-    """Done unless the escalation changed again while we talked to Slack."""
-    mine.filter(synced__lt=target).update(synced=target, updated_at=now)
-    again = SlackMessage.objects.filter(pk=message_id, sync_requested__gt=target).exists()
-    return (not again), None
+    return False, delay + 0.05
 
 
 def post_ephemeral(*, escalation_id: str | None, channel: str, user: str, text: str) -> None:

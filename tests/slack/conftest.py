@@ -119,11 +119,12 @@ def signature_headers(
 
 def post_signed(client: Client, payload: dict[str, Any], **sign: Any) -> Any:
     body = form_body(payload)
+    headers: dict[str, Any] = signature_headers(body, **sign)
     return client.post(
         "/slack/interactions/",
         data=body,
         content_type="application/x-www-form-urlencoded",
-        **signature_headers(body, **sign),
+        **headers,
     )
 
 

@@ -210,7 +210,7 @@ def test_the_reject_modal_asks_for_a_reason_and_remembers_the_escalation():
         class action:
             action_type = "send_reply"
 
-    view = blocks.reject_modal(Esc(), channel_id="C1")  # type: ignore[arg-type]
+    view = blocks.reject_modal(Esc(), channel_id="C1")
     assert view["callback_id"] == blocks.REJECT_CALLBACK
     assert json.loads(view["private_metadata"])["escalation"] == Esc.pk
     [section, reason] = view["blocks"]

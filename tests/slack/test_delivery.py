@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from escalations import notify
 from escalations.actions import decide_escalation
-from escalations.models import Escalation, Verdict, Via
+from escalations.models import Decision, Escalation, Verdict, Via
 from escalations.slack import delivery
 from escalations.slack.models import MessageStatus, Notification, SlackMessage
 from escalations.slack.tasks import sweep
@@ -277,3 +277,31 @@ def test_a_delivery_in_progress_is_not_run_twice_at_once(slack, agent, policies,
     SlackMessage.objects.filter(pk=msg.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
     deliver_all()
     assert len(slack.calls_to("chat.update")) == 1
+
+
+@pytest.mark.django_db
+def test_a_change_made_while_slack_was_being_called_is_shown_too(
+    slack, agent, policies, carol, monkeypatch
+):
+    esc = make_escalation(agent)
+    deliver_all()
+    real_call = delivery.call
+
+    def call_while_carol_decides(method, **kwargs):
+        result = real_call(method, **kwargs)
+        if not Decision.objects.exists():
+            # Her task would find the lease held and leave the work to the holder.
+            decide_escalation(
+                escalation_id=esc.pk, user=carol, verdict=Verdict.APPROVE, via=Via.WEB
+            )
+        return result
+
+    monkeypatch.setattr(delivery, "call", call_while_carol_decides)
+    Escalation.objects.filter(pk=esc.pk).update(claimed_by=carol, claimed_at=timezone.now())
+    notify.escalation_changed(Escalation.objects.get(pk=esc.pk))
+    deliver_all()
+
+    assert len(slack.calls_to("chat.update")) == 2
+    [shown] = slack.all_messages()
+    assert "*Approved* by *carol*" in outcome_of(shown)
+    assert not SlackMessage.objects.get(escalation=esc).needs_sync

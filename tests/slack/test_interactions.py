@@ -269,6 +269,7 @@ def test_an_unknown_slack_user_is_told_so_and_nothing_is_decided(esc, slack, cli
     assert SlackIdentity.objects.get(slack_user_id="U_STRANGER").user is None
 
 
+@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_the_refusal_reaches_the_clicker_as_an_ephemeral_message(
     slack, agent, policies, client, slack_worker
