@@ -1,11 +1,44 @@
+"""The admin: where people tune autonomy from evidence.
+
+The policy page previews a draft's effect on recorded actions before it is saved (what-if),
+shows the threshold recommender and calibration table for its action type, and lists every
+version with who changed what, each restorable (as a new version). Agent profiles carry the
+kill switch, which goes through `set_autonomy_paused` so it is immediate and audited.
+"""
+
+from __future__ import annotations
+
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import URLPattern, path, reverse
+from django.views.decorators.http import require_POST
+from simple_history.admin import SimpleHistoryAdmin
 
-from .actions import save_policy
-from .models import AgentProfile, AutonomyPolicy, Decision, Escalation, Team
+from workflows.tools import ACTION_TYPES
+
+from .actions import restore_policy_version, save_policy, set_autonomy_paused
+from .models import (
+    POLICY_PRECEDENCE,
+    AgentProfile,
+    Approval,
+    AutonomyPolicy,
+    Decision,
+    Escalation,
+    Team,
+)
+from .policy import WhatIfReport, what_if
+from .recommender import Recommendation, recommend_for
+
+WHATIF_DEFAULT = 500
+WHATIF_MAX = 5000
 
 
 @admin.register(Team)
@@ -15,14 +48,128 @@ class TeamAdmin(admin.ModelAdmin[Team]):
     prepopulated_fields = {"slug": ["name"]}
 
 
+# --- agents and the kill switch --------------------------------------------------------------
+
+
+class AgentProfileForm(forms.ModelForm[AgentProfile]):
+    kill_switch_reason = forms.CharField(
+        required=False,
+        max_length=500,
+        help_text="Why autonomy is paused or resumed; kept in the agent's history.",
+    )
+
+    class Meta:
+        model = AgentProfile
+        fields = [
+            "name",
+            "agent_type",
+            "description",
+            "team",
+            "trust_level",
+            "customer_facing",
+            "autonomy_paused",
+        ]
+
+
 @admin.register(AgentProfile)
-class AgentProfileAdmin(admin.ModelAdmin[AgentProfile]):
-    list_display = ["name", "team", "trust_level", "customer_facing", "autonomy_paused"]
-    list_filter = ["trust_level", "autonomy_paused"]
+class AgentProfileAdmin(SimpleHistoryAdmin):
+    form = AgentProfileForm
+    list_display = [
+        "name",
+        "agent_type",
+        "team",
+        "trust_level",
+        "customer_facing",
+        "autonomy_paused",
+        "autonomy_paused_by",
+        "autonomy_paused_at",
+    ]
+    list_filter = ["trust_level", "autonomy_paused", "team"]
+    readonly_fields = ["autonomy_paused_at", "autonomy_paused_by", "autonomy_pause_reason"]
+    fieldsets = [
+        (None, {"fields": ["name", "agent_type", "description", "team", "customer_facing"]}),
+        ("Trust", {"fields": ["trust_level"]}),
+        (
+            "Kill switch",
+            {
+                "description": "Pausing takes effect at once: the agent's next action goes to "
+                "review, and its actions approved to run alone that have not run yet are "
+                "held back for review. Every change is kept in History with who and why.",
+                "fields": [
+                    "autonomy_paused",
+                    "kill_switch_reason",
+                    "autonomy_paused_by",
+                    "autonomy_paused_at",
+                    "autonomy_pause_reason",
+                ],
+            },
+        ),
+    ]
+    actions = ["pause_autonomy", "resume_autonomy"]
+    history_list_display = ["trust_level", "autonomy_paused", "history_change_reason"]
+
+    def save_model(
+        self, request: HttpRequest, obj: AgentProfile, form: ModelForm[Any], change: bool
+    ) -> None:
+        user = request.user
+        assert isinstance(user, User)
+        wanted = obj.autonomy_paused
+        if change and "autonomy_paused" in form.changed_data:
+            # Everything else saves as usual; the switch goes through its audited action.
+            obj.autonomy_paused = not wanted
+            obj._history_user = user  # type: ignore[attr-defined]
+            super().save_model(request, obj, form, change)
+            set_autonomy_paused(
+                agent_id=obj.pk,
+                paused=wanted,
+                by=user,
+                reason=form.cleaned_data.get("kill_switch_reason", ""),
+            )
+            obj.refresh_from_db()
+            return
+        obj._history_user = user  # type: ignore[attr-defined]
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Pause autonomy (kill switch)")
+    def pause_autonomy(self, request: HttpRequest, queryset: QuerySet[AgentProfile]) -> None:
+        self._switch(request, queryset, paused=True)
+
+    @admin.action(description="Resume autonomy")
+    def resume_autonomy(self, request: HttpRequest, queryset: QuerySet[AgentProfile]) -> None:
+        self._switch(request, queryset, paused=False)
+
+    def _switch(
+        self, request: HttpRequest, queryset: QuerySet[AgentProfile], *, paused: bool
+    ) -> None:
+        user = request.user
+        assert isinstance(user, User)
+        names = []
+        for agent in queryset:
+            set_autonomy_paused(
+                agent_id=agent.pk, paused=paused, by=user, reason="from the agent list"
+            )
+            names.append(agent.name)
+        verb = "paused" if paused else "resumed"
+        self.message_user(request, f"Autonomy {verb} for {', '.join(names)}.", messages.SUCCESS)
+
+
+# --- policies ----------------------------------------------------------------------------------
+
+
+def _whatif_limit(request: HttpRequest) -> int:
+    try:
+        return max(1, min(int(request.POST.get("whatif_limit", WHATIF_DEFAULT)), WHATIF_MAX))
+    except ValueError:
+        return WHATIF_DEFAULT
+
+
+def _recommendations(action_type: str) -> list[Recommendation]:
+    types = [action_type] if action_type in ACTION_TYPES else sorted(ACTION_TYPES)
+    return [recommend_for(t) for t in types]
 
 
 @admin.register(AutonomyPolicy)
-class AutonomyPolicyAdmin(admin.ModelAdmin[AutonomyPolicy]):
+class AutonomyPolicyAdmin(SimpleHistoryAdmin):
     list_display = [
         "name",
         "enabled",
@@ -32,24 +179,203 @@ class AutonomyPolicyAdmin(admin.ModelAdmin[AutonomyPolicy]):
         "action_type",
         "outcome",
         "min_confidence",
+        "max_amount",
         "irreversible_requires_review",
         "team",
+        "sla_minutes",
+        "approvals_required",
         "version",
     ]
     list_filter = ["enabled", "outcome", "action_type"]
+    search_fields = ["name", "review_patterns", "block_patterns"]
     readonly_fields = ["version", "updated_at"]
+    history_list_display = ["version", "history_change_reason"]
+    fieldsets = [
+        (
+            "Scope",
+            {
+                "description": POLICY_PRECEDENCE,
+                "fields": ["name", "enabled", "priority", "workflow", "agent", "action_type"],
+            },
+        ),
+        (
+            "Outcome and the conditions to act alone",
+            {
+                "fields": [
+                    "outcome",
+                    ("min_confidence", "min_confidence_probation", "min_confidence_trusted"),
+                    "max_amount",
+                    ("irreversible_requires_review", "irreversible_trusted_min_confidence"),
+                    "review_patterns",
+                    "block_patterns",
+                    ("rate_limit_count", "rate_limit_window_minutes"),
+                ]
+            },
+        ),
+        (
+            "Routing of what it escalates",
+            {
+                "fields": [
+                    "team",
+                    "sla_minutes",
+                    "escalation_chain",
+                    ("expiry_behaviour", "expiry_team"),
+                    ("approvals_required", "approvals_required_above"),
+                ]
+            },
+        ),
+        ("Version", {"fields": ["version", "updated_at"]}),
+    ]
+
+    def get_form(
+        self,
+        request: HttpRequest,
+        obj: AutonomyPolicy | None = None,
+        change: bool = False,
+        **kwargs: Any,
+    ) -> type[ModelForm[AutonomyPolicy]]:
+        base: type[ModelForm[AutonomyPolicy]] = super().get_form(request, obj, change, **kwargs)
+        if request.method != "POST" or "_whatif" not in request.POST:
+            return base
+        limit = _whatif_limit(request)
+
+        class WhatIfForm(base):  # type: ignore[valid-type,misc]
+            """Validates the draft and previews it, and is never 'valid', so nothing saves
+            and the admin shows the same bound form again."""
+
+            whatif: WhatIfReport | None = None
+
+            def is_valid(self) -> bool:
+                if super().is_valid():
+                    self.whatif = what_if(self.instance, limit=limit)
+                return False
+
+        return WhatIfForm
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        obj = self.get_object(request, object_id) if object_id else None
+        action_type = request.POST.get("action_type", "") if request.method == "POST" else ""
+        if obj is not None and not action_type:
+            action_type = obj.action_type
+        context = {
+            **(extra_context or {}),
+            "precedence": POLICY_PRECEDENCE,
+            "whatif_limit": _whatif_limit(request) if request.method == "POST" else WHATIF_DEFAULT,
+            "recommendations": _recommendations(action_type),
+            "versions": self._versions(obj) if obj is not None else [],
+        }
+        return super().changeform_view(request, object_id, form_url, context)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        context = {
+            **(extra_context or {}),
+            "precedence": POLICY_PRECEDENCE,
+            "recommendations": _recommendations(""),
+        }
+        return super().changelist_view(request, context)
+
+    @staticmethod
+    def _versions(obj: AutonomyPolicy) -> list[dict[str, Any]]:
+        records = list(obj.history.order_by("-history_id")[:50])
+        rows = []
+        for i, record in enumerate(records):
+            older = records[i + 1] if i + 1 < len(records) else None
+            changes = []
+            if older is not None:
+                delta = record.diff_against(older, excluded_fields=["updated_at", "version"])
+                changes = [f"{c.field}: {c.old!r} → {c.new!r}" for c in delta.changes]
+            rows.append(
+                {
+                    "version": record.version,
+                    "when": record.history_date,
+                    "who": record.history_user.get_username() if record.history_user else "",
+                    "reason": record.history_change_reason or "",
+                    "changes": changes,
+                    "current": record.version == obj.version,
+                }
+            )
+        return rows
+
+    def get_urls(self) -> list[URLPattern]:
+        custom = [
+            path(
+                "<int:object_id>/restore/<int:version>/",
+                self.admin_site.admin_view(require_POST(self.restore_view)),
+                name="escalations_autonomypolicy_restore",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def restore_view(self, request: HttpRequest, object_id: int, version: int) -> HttpResponse:
+        policy = get_object_or_404(AutonomyPolicy, pk=object_id)
+        if not self.has_change_permission(request, policy):
+            raise PermissionDenied
+        user = request.user
+        assert isinstance(user, User)
+        try:
+            restored = restore_policy_version(policy_id=policy.pk, version=version, user=user)
+        except ValidationError as exc:
+            self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                f"Restored v{version} as v{restored.version}; actions already evaluated keep "
+                "the version they were held to.",
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(
+            reverse("admin:escalations_autonomypolicy_change", args=[policy.pk])
+        )
 
     def save_model(
         self, request: HttpRequest, obj: AutonomyPolicy, form: ModelForm[Any], change: bool
     ) -> None:
-        save_policy(policy=obj, changed_fields=list(form.changed_data) if change else [])
+        user = request.user
+        reverting = "/history/" in request.path
+        save_policy(
+            policy=obj,
+            user=user if isinstance(user, User) else None,
+            reason="reverted from history" if reverting else "",
+        )
+
+
+# --- escalations and decisions ------------------------------------------------------------------
+
+
+class ApprovalInline(admin.TabularInline[Approval, Escalation]):
+    model = Approval
+    extra = 0
+    can_delete = False
+    readonly_fields = ["decided_by", "via", "reason", "created_at"]
+    fields = ["decided_by", "via", "reason", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Escalation)
 class EscalationAdmin(admin.ModelAdmin[Escalation]):
-    list_display = ["id", "team", "status", "created_at", "decided_at"]
-    list_filter = ["status", "team"]
+    list_display = [
+        "id",
+        "team",
+        "status",
+        "approvals_required",
+        "sla_due_at",
+        "hops",
+        "created_at",
+        "decided_at",
+    ]
+    list_filter = ["status", "team", "expiry_behaviour"]
     readonly_fields = [f.name for f in Escalation._meta.fields]
+    inlines = [ApprovalInline]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
