@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from escalations.models import AgentProfile
 
+from . import outbox
 from .models import (
     Action,
     ActionStatus,
@@ -24,7 +28,8 @@ from .models import (
     TraceKind,
     WorkflowRun,
 )
-from .specs import get_spec
+from .specs import InvalidInput, digest, get_spec
+from .state import normalise, write_state
 from .tools import ToolError, get_action_type
 
 log = logging.getLogger(__name__)
@@ -44,31 +49,93 @@ def record_trace(
     )
 
 
-def start_run(*, workflow: str, input: dict[str, Any]) -> WorkflowRun:
-    """Create a run with its plan (one StepRun per step) and enqueue it after commit."""
-    from .llm import get_model
-    from .tasks import enqueue_advance
+def start_run(
+    *,
+    workflow: str,
+    input: dict[str, Any],
+    version: int | None = None,
+    parent: WorkflowRun | None = None,
+    idempotency_key: str | None = None,
+    force_sync: bool = False,
+) -> WorkflowRun:
+    """Create a run with its plan stored (the DAG, one StepRun per planned step, the initial
+    state as version 1) and enqueue it through the outbox, all in one transaction.
 
-    spec = get_spec(workflow)
+    Raises InvalidInput (nothing created) if the workflow cannot plan this input. With an
+    `idempotency_key`, a second call returns the first run.
+    """
+    from .llm import model_label
+    from .prompts.actions import pin_prompts
+
+    spec = get_spec(workflow, version)
+    if idempotency_key:
+        existing = WorkflowRun.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing
+    if not isinstance(input, dict):
+        raise InvalidInput("a run's input must be a JSON object")
+    plan = spec.make_plan(input, force_sync=force_sync)
+    plan_json = [p.to_json() for p in plan]
+    initial = normalise(spec.initial_state(input))
     agent = AgentProfile.objects.get(name=spec.agent)
-    with transaction.atomic():
-        run = WorkflowRun.objects.create(
-            workflow=spec.name,
-            workflow_version=spec.version,
-            agent=agent,
-            input=input,
-            model_label=get_model().label,
-        )
-        StepRun.objects.bulk_create(
-            StepRun(run=run, name=s.name, position=i) for i, s in enumerate(spec.steps)
-        )
-        record_trace(
-            run=run,
-            kind=TraceKind.SYSTEM,
-            message=f"run of {spec.title} v{spec.version} created with "
-            f"{len(spec.steps)} steps: {', '.join(s.name for s in spec.steps)}",
-        )
-        transaction.on_commit(lambda: enqueue_advance(run.pk))
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            run = WorkflowRun.objects.create(
+                workflow=spec.name,
+                workflow_version=spec.version,
+                agent=agent,
+                input=input,
+                plan=plan_json,
+                plan_digest=digest(plan_json),
+                objective_digest=digest(input),
+                model_label=model_label(),
+                parent=parent,
+                idempotency_key=idempotency_key or None,
+                durable=spec.durable,
+                created_at=now,
+                updated_at=now,
+                deadline_at=now + timedelta(seconds=spec.timeout_seconds)
+                if spec.timeout_seconds
+                else None,
+            )
+            # The run keeps the prompt versions live now, whatever is activated while it runs.
+            pin_prompts(run=run)
+            StepRun.objects.bulk_create(
+                StepRun(
+                    run=run,
+                    name=p.name,
+                    template=p.template,
+                    position=i,
+                    mode=p.mode,
+                    depends_on=list(p.depends_on),
+                    max_attempts=p.max_attempts,
+                    timeout_seconds=p.timeout_seconds,
+                )
+                for i, p in enumerate(plan)
+            )
+            write_state(
+                run=run,
+                expected_version=0,
+                new_state=initial,
+                changed=[d for d in initial if initial[d]],
+                reason="initial state",
+            )
+            parallel = sum(1 for p in plan if p.mode == "async")
+            record_trace(
+                run=run,
+                kind=TraceKind.SYSTEM,
+                message=f"run of {spec.title} v{spec.version} planned: {len(plan)} steps"
+                + (f" ({parallel} in parallel)" if parallel else "")
+                + ": "
+                + ", ".join(p.name for p in plan),
+                data={"plan": plan_json},
+            )
+            outbox.enqueue(outbox.ADVANCE, str(run.pk))
+    except IntegrityError:
+        if idempotency_key:
+            return WorkflowRun.objects.get(idempotency_key=idempotency_key)
+        raise
     return run
 
 
@@ -95,6 +162,7 @@ def propose_action(
     payload: dict[str, Any],
     confidence: float,
     rationale: str,
+    force_review_reasons: list[str] | tuple[str, ...] = (),
 ) -> Action:
     """Record what the agent proposes and hold it against policy.
 
@@ -118,6 +186,7 @@ def propose_action(
         confidence=confidence,
         rationale=rationale,
         idempotency_key=key,
+        payload_digest=digest(payload),
     )
     decision = evaluate(
         agent=run.agent,
@@ -126,6 +195,12 @@ def propose_action(
         confidence=confidence,
         payload=payload,
     )
+    if force_review_reasons and decision.outcome == PolicyOutcome.AUTO:
+        # A failed verification never silently passes: the action goes to a person, with
+        # the failure first among the reasons.
+        decision = replace(decision, outcome=PolicyOutcome.REVIEW, reasons=[*force_review_reasons])
+    elif force_review_reasons:
+        decision = replace(decision, reasons=[*force_review_reasons, *decision.reasons])
     action.outcome = decision.outcome
     action.reasons = decision.reasons
     action.policy_id = decision.policy_id
@@ -184,7 +259,13 @@ def execute_action(*, action: Action) -> Action:
             return action
         try:
             with transaction.atomic():
-                Effect.objects.create(key=action.idempotency_key, action=action, result=result)
+                Effect.objects.create(
+                    key=action.idempotency_key,
+                    action=action,
+                    run=action.run,
+                    step_name=action.step_name,
+                    result=result,
+                )
         except IntegrityError:
             result = Effect.objects.get(key=action.idempotency_key).result
     action.status = ActionStatus.EXECUTED
@@ -239,3 +320,307 @@ def record_outcome(
             data={"outcome": outcome.pk, "source": outcome.source},
         )
     return outcome
+
+
+# --- operating runs: cancel, retry, roll back (admins, from the run page) -----------------
+
+
+class InvalidTransition(Exception):
+    """The run (or step) is not in a status this change starts from; nothing changed."""
+
+
+def _lock_run(run_id: Any) -> WorkflowRun:
+    try:
+        return WorkflowRun.objects.select_for_update(no_key=True).get(pk=run_id)
+    except WorkflowRun.DoesNotExist:
+        raise InvalidTransition("no such run") from None
+
+
+def _cancel_open_escalations(run: WorkflowRun) -> int:
+    from escalations import notify
+    from escalations.models import UNDECIDED_STATUSES, Escalation, EscalationStatus
+
+    cancelled = 0
+    for esc in Escalation.objects.filter(action__run=run, status__in=UNDECIDED_STATUSES):
+        # The conditional UPDATE races a person deciding: whoever wins, exactly one outcome.
+        if Escalation.objects.filter(pk=esc.pk, status__in=UNDECIDED_STATUSES).update(
+            status=EscalationStatus.CANCELLED, decided_at=timezone.now()
+        ):
+            esc.status = EscalationStatus.CANCELLED
+            notify.escalation_changed(esc)
+            cancelled += 1
+    return cancelled
+
+
+def cancel_run(*, run_id: Any, actor: str, reason: str) -> WorkflowRun:
+    """Stop a run that is not finished: pending steps are cancelled, a step running now is
+    fenced out (its commit is refused, its effects roll back), open escalations are cancelled.
+
+    Starts from pending, running, waiting; refuses finished runs.
+    """
+    from .models import StepStatus
+
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why the run is cancelled."})
+    with transaction.atomic():
+        run = _lock_run(run_id)
+        if run.is_terminal:
+            raise InvalidTransition(f"the run is already {run.status}")
+        StepRun.objects.filter(run=run).exclude(
+            status__in=[StepStatus.SUCCEEDED, StepStatus.FAILED]
+        ).update(status=StepStatus.CANCELLED, lease_owner="", lease_expires_at=None)
+        escalations = _cancel_open_escalations(run)
+        record_trace(
+            run=run,
+            kind=TraceKind.AUDIT,
+            actor=actor,
+            message=f"{actor} cancelled the run: {reason}",
+            data={"escalations_cancelled": escalations},
+        )
+        run.lease_owner, run.lease_expires_at, run.wake_at = "", None, None
+        run.save(update_fields=["lease_owner", "lease_expires_at", "wake_at"])
+        finish_run(run=run, status=RunStatus.CANCELLED, error=f"cancelled by {actor}: {reason}")
+    return run
+
+
+def cancel_step(*, run_id: Any, step_name: str, actor: str, reason: str) -> StepRun:
+    """Skip one async (gathering/verification) step: it is cancelled, what depends on it goes
+    ahead without its output. Sync steps are the critical path: cancel the run instead."""
+    from .models import StepMode, StepStatus
+
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why the step is cancelled."})
+    with transaction.atomic():
+        run = _lock_run(run_id)
+        if run.is_terminal:
+            raise InvalidTransition(f"the run is already {run.status}")
+        step = (
+            StepRun.objects.select_for_update(no_key=True).filter(run=run, name=step_name).first()
+        )
+        if step is None:
+            raise InvalidTransition(f"the run has no step {step_name!r}")
+        if step.mode != StepMode.ASYNC:
+            raise InvalidTransition(
+                f"{step_name} is on the critical path (sync); cancel the run instead"
+            )
+        if step.status not in (
+            StepStatus.PENDING,
+            StepStatus.QUEUED,
+            StepStatus.RUNNING,
+            StepStatus.WAITING,
+        ):
+            raise InvalidTransition(f"{step_name} is already {step.status}")
+        step.status = StepStatus.CANCELLED
+        step.lease_owner, step.lease_expires_at = "", None
+        step.finished_at = timezone.now()
+        step.error = f"cancelled by {actor}: {reason}"
+        step.save(
+            update_fields=["status", "lease_owner", "lease_expires_at", "finished_at", "error"]
+        )
+        record_trace(
+            run=run,
+            kind=TraceKind.AUDIT,
+            actor=actor,
+            step_name=step_name,
+            message=f"{actor} cancelled step {step_name}: {reason}",
+        )
+        outbox.enqueue(outbox.ADVANCE, str(run.pk))
+    return step
+
+
+def _reopen(run: WorkflowRun, *, actor: str) -> None:
+    """Precondition: run row locked. Back to pending, with time to finish, and enqueued."""
+    from .specs import get_spec
+
+    now = timezone.now()
+    fields = ["status", "error", "finished_at", "updated_at", "attention", "wake_at"]
+    run.status = RunStatus.PENDING
+    run.error = ""
+    run.attention = ""
+    run.finished_at = None
+    run.wake_at = None
+    run.updated_at = now
+    if run.deadline_at is not None and run.deadline_at <= now:
+        spec = get_spec(run.workflow, run.workflow_version)
+        run.deadline_at = now + timedelta(seconds=spec.timeout_seconds or 3600)
+        fields.append("deadline_at")
+        record_trace(
+            run=run,
+            kind=TraceKind.AUDIT,
+            actor=actor,
+            message=f"deadline extended to {run.deadline_at:%Y-%m-%d %H:%M:%S} UTC",
+        )
+    run.save(update_fields=fields)
+    outbox.enqueue(outbox.ADVANCE, str(run.pk))
+
+
+def retry_run(*, run_id: Any, actor: str, reason: str = "") -> WorkflowRun:
+    """Give a failed run's failed steps fresh attempts (dead letters marked retried).
+
+    Starts from failed only. Effects already applied stay applied: the ledger keys make the
+    retried steps find them instead of applying them again.
+    """
+    from .models import DeadLetter, StepStatus
+
+    with transaction.atomic():
+        run = _lock_run(run_id)
+        if run.status != RunStatus.FAILED:
+            raise InvalidTransition(f"only failed runs can be retried; this one is {run.status}")
+        now = timezone.now()
+        steps = list(
+            StepRun.objects.filter(run=run, status__in=[StepStatus.FAILED, StepStatus.CANCELLED])
+        )
+        outputs = normalise(run.state)["workspace"].get("outputs", {})
+        retried = []
+        for step in steps:
+            if step.status == StepStatus.CANCELLED and step.name in outputs:
+                continue
+            step.status = StepStatus.PENDING
+            step.attempts = 0
+            step.not_before = None
+            step.finished_at = None
+            step.save(update_fields=["status", "attempts", "not_before", "finished_at"])
+            retried.append(step.name)
+        DeadLetter.objects.filter(run=run, retried_at__isnull=True).update(
+            retried_at=now, retried_by=actor
+        )
+        record_trace(
+            run=run,
+            kind=TraceKind.AUDIT,
+            actor=actor,
+            message=f"{actor} retried the run ({', '.join(retried) or 'no failed step'})"
+            + (f": {reason.strip()}" if reason.strip() else ""),
+            data={"steps": retried},
+        )
+        _reopen(run, actor=actor)
+    return run
+
+
+def rollback_run(*, run_id: Any, to_version: int, actor: str, reason: str) -> WorkflowRun:
+    """Restore the state of an earlier snapshot as a new version (history is never rewritten)
+    and re-run the steps whose outputs that state does not have. Audited, with the reason.
+
+    Effects already applied are listed in the audit event, not undone: the outside world
+    saw them. Re-run steps find them in the ledger rather than applying them twice.
+    Refused while a worker holds the run's lease or one of its steps, and for cancelled runs.
+    """
+    from .models import Effect, RunSnapshot, StepStatus
+
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why you roll the run back; it is audited."})
+    with transaction.atomic():
+        run = _lock_run(run_id)
+        if run.status == RunStatus.CANCELLED:
+            raise InvalidTransition("a cancelled run cannot be rolled back")
+        if not run.durable:
+            raise InvalidTransition("this run keeps no snapshots")
+        steps = list(StepRun.objects.select_for_update(no_key=True).filter(run=run))
+        if run.has_live_lease or any(s.has_live_lease for s in steps):
+            raise InvalidTransition("a worker is advancing this run; try again in a moment")
+        snapshot = RunSnapshot.objects.filter(run=run, version=to_version).first()
+        if snapshot is None:
+            raise ValidationError({"version": f"the run has no state v{to_version}"})
+        if to_version >= run.state_version:
+            raise ValidationError({"version": f"v{to_version} is the current state"})
+        kept = [
+            {"key": e.key, "step": e.step_name, "applied_at": e.created_at.isoformat()}
+            for e in Effect.objects.filter(run=run, created_at__gt=snapshot.created_at)
+        ]
+        restored = snapshot.data()
+        outputs = restored["workspace"].get("outputs", {})
+        reset = []
+        for step in steps:
+            if step.name in outputs:
+                if step.status != StepStatus.SUCCEEDED:
+                    step.status = StepStatus.SUCCEEDED
+                    step.output = outputs[step.name]
+                    step.save(update_fields=["status", "output"])
+                continue
+            if step.status == StepStatus.PENDING and not step.attempts:
+                continue
+            step.status = StepStatus.PENDING
+            step.attempts = 0
+            step.output = None
+            step.error = ""
+            step.waiting_for = None
+            step.not_before = None
+            step.finished_at = None
+            step.lease_owner, step.lease_expires_at = "", None
+            step.save(
+                update_fields=[
+                    "status",
+                    "attempts",
+                    "output",
+                    "error",
+                    "waiting_for",
+                    "not_before",
+                    "finished_at",
+                    "lease_owner",
+                    "lease_expires_at",
+                ]
+            )
+            reset.append(step.name)
+        previous = run.state_version
+        write_state(
+            run=run,
+            expected_version=previous,
+            new_state=normalise(restored),
+            changed=["conversation", "workspace", "systemic"],
+            reason=f"rollback to v{to_version}: {reason}",
+            actor=actor,
+        )
+        record_trace(
+            run=run,
+            kind=TraceKind.AUDIT,
+            actor=actor,
+            message=f"{actor} rolled the state back from v{previous} to v{to_version} "
+            f"(now v{run.state_version}): {reason}"
+            + (f"; {len(kept)} effect(s) already applied stay applied" if kept else ""),
+            data={
+                "from_version": previous,
+                "to_version": to_version,
+                "new_version": run.state_version,
+                "reason": reason,
+                "steps_reset": reset,
+                "effects_kept": kept,
+            },
+        )
+        _reopen(run, actor=actor)
+    return run
+
+
+def record_message(*, run: WorkflowRun, role: str, content: str, actor: str = "") -> WorkflowRun:
+    """Add a message to a run's conversation (e.g. the customer wrote back): a versioned
+    write like any other, retried if a step committed in between."""
+    from .state import update_state
+
+    if role not in ("customer", "agent", "reviewer"):
+        raise ValidationError({"role": "role is customer, agent or reviewer"})
+    if not content.strip():
+        raise ValidationError({"content": "a message needs content"})
+    at = timezone.now().isoformat()
+    with transaction.atomic():
+        update_state(
+            run=run,
+            changes=[
+                (
+                    "conversation",
+                    lambda c: {
+                        **c,
+                        "messages": [
+                            *c.get("messages", []),
+                            {"role": role, "content": content, "at": at},
+                        ],
+                    },
+                )
+            ],
+            reason=f"{role} message",
+            actor=actor,
+        )
+        record_trace(
+            run=run, kind=TraceKind.OBSERVED, actor=actor, message=f"{role} wrote: {content[:200]}"
+        )
+    return run

@@ -1,28 +1,123 @@
-"""The engine: advance a run step by step, durably.
+"""The engine: advance a run through its plan, durably, at least once, with effects once.
 
-Each step runs in its own transaction holding the run's row lock, so two workers handed the
-same run (a redelivery, the reconciler, a decision arriving) serialise; the second finds the
-step already done and moves on. Step output, state and any enqueue commit together.
+Locking and leases. Nothing holds a row lock while a step runs (a step may call a model for
+seconds). Instead:
+
+- the *coordinator* (`advance_run`) takes the run's lease (a conditional UPDATE: owner token +
+  expiry), decides in short transactions what is ready, dispatches async steps (outbox rows,
+  relayed after commit) and runs sync steps inline, one at a time, in plan order;
+- a *step attempt* is claimed in a short transaction (attempt counter bumped there, before
+  the step runs, with its own lease = its timeout), then the step body runs in a transaction
+  that holds no contended lock; its result, its state change and any follow-up enqueue are
+  committed together behind a fence: the step row is updated only if this attempt still
+  holds an unexpired lease, so a worker that was presumed dead, timed out or cancelled can
+  never commit (its whole transaction, effects ledger included, rolls back);
+- the short lock taken at commit is `FOR NO KEY UPDATE` on the run row: it serialises the
+  commits of one run's steps (so a join sees every sibling's result) and does not conflict
+  with the key-share locks a running step's inserts take on the run.
+
+Anyone who wants a run advanced while another worker holds its lease bumps `pokes`; the
+holder re-checks before it lets go, so no nudge is lost. A lease that expires (its holder was
+SIGKILLed, lost its database, hung) is taken over by the next `advance_run`, which the
+beat-driven reconciler sends; the attempt the dead worker used is counted, and after
+`max_attempts` the step goes to dead-letter and the run to failed.
+
+Before a run resumes — after a decision, a wake-up or a crash — it verifies its state (version
+chain, the awaited actions, the objective and plan) and records the check in the trace; on a
+mismatch it refuses, and a person decides (a `resume_run` escalation).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
+import threading
+import time
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import FrameType
 from typing import Any
 
-from django.db import transaction
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from .llm import ModelClient, get_model
-from .models import RunStatus, StepRun, StepStatus, TraceKind, WorkflowRun
-from .specs import UnknownWorkflow, Wait, get_spec
+from .models import (
+    Action,
+    ActionStatus,
+    DeadLetter,
+    Effect,
+    PolicyOutcome,
+    RunStatus,
+    StepMode,
+    StepRun,
+    StepStatus,
+    TraceKind,
+    WorkflowRun,
+)
+from .outbox import ADVANCE, RUN_STEP
+from .outbox import enqueue as outbox_enqueue
+from .specs import Sleep, UnknownWorkflow, Wait, digest, get_spec
+from .state import StateView, normalise, update_state, verify_chain, write_state
+from .tools import ACTION_TYPES, ActionType
 
 log = logging.getLogger(__name__)
 
-MAX_STEPS_PER_TASK = 50
+MAX_ROUNDS_PER_TASK = 50
+LEASE_MARGIN_SECONDS = 5.0
+RESUME_RUN = "resume_run"
+
+
+def _resume_run_effect(payload: dict[str, Any], key: str) -> dict[str, Any]:
+    return {"resumed": True, "run": payload.get("run")}
+
+
+# The engine's own action type: what a person approves to let a run continue after recovery
+# found a mismatch. Declared here, next to the only code that proposes it.
+ACTION_TYPES.setdefault(
+    RESUME_RUN,
+    ActionType(
+        name=RESUME_RUN,
+        label="Resume a run whose state changed while it was paused",
+        reversible=False,
+        customer_facing=False,
+        required_fields=("run",),
+        execute=_resume_run_effect,
+    ),
+)
+
+
+class LeaseLost(Exception):
+    """This attempt no longer owns its step (taken over, cancelled, run finished)."""
+
+
+class StepTimedOut(Exception):
+    pass
+
+
+class CriterionFailed(Exception):
+    """The step returned, but its output does not meet the step's success criterion."""
+
+
+def _lease_seconds() -> float:
+    return float(getattr(settings, "RUN_LEASE_SECONDS", 30))
+
+
+def _stall_seconds() -> float:
+    return float(getattr(settings, "RUN_STALL_SECONDS", 60))
+
+
+def new_owner() -> str:
+    """A lease owner: where it runs (host, pid — an operator can find it) and a unique part."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
 
 
 @dataclass
@@ -30,6 +125,11 @@ class StepContext:
     run: WorkflowRun
     step: StepRun
     model: ModelClient
+    state: StateView
+    params: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False  # the step waited (for a person or a wake-up) and runs again
+    woken: bool = False  # ... and it is the wake-up it asked for
+    deadline: float = float("inf")  # time.monotonic() by which the attempt must finish
 
     def trace(self, kind: TraceKind, message: str, **data: Any) -> None:
         from .actions import record_trace
@@ -37,136 +137,723 @@ class StepContext:
         record_trace(run=self.run, kind=kind, message=message, step_name=self.step.name, data=data)
 
     def output_of(self, step_name: str) -> dict[str, Any]:
-        value = self.run.state.get(step_name)
+        outputs = self.state.workspace.get("outputs", {})
+        value = outputs.get(step_name) if isinstance(outputs, dict) else None
         return value if isinstance(value, dict) else {}
+
+    def remaining_seconds(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.0)
+
+    def effect(self, name: str, apply: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+        """Apply an external effect at most once per (run, step, name), whatever the attempt.
+
+        `apply` gets the idempotency key to hand to the external system. The ledger row commits
+        with the step; a redelivered or retried step finds it and does nothing.
+        """
+        key = f"{self.run.pk}:{self.step.name}:{name}"
+        if not self.run.durable:
+            return apply(key)
+        recorded = Effect.objects.filter(key=key).values_list("result", flat=True).first()
+        if recorded is not None:
+            log.info("effect %s already recorded; not applied again", key)
+            self.trace(TraceKind.SKIPPED, f"effect {name} already applied; not applied again")
+            return dict(recorded)
+        result = apply(key)
+        try:
+            with transaction.atomic():
+                Effect.objects.create(
+                    key=key, run=self.run, step_name=self.step.name, result=result
+                )
+        except IntegrityError:
+            return dict(Effect.objects.get(key=key).result)
+        return result
+
+
+@dataclass
+class Claim:
+    run: WorkflowRun
+    step: StepRun
+    token: str
+    resumed: bool
+    woken: bool
+
+
+# --- the coordinator ---------------------------------------------------------------------
 
 
 def advance_run(*, run_id: uuid.UUID) -> None:
-    """Run steps until the run finishes, waits or fails. Safe to call any number of times."""
-    for _ in range(MAX_STEPS_PER_TASK):
-        if not _advance_one_step(run_id):
-            return
-    # A long plan: hand the rest to a fresh task rather than hog this worker.
-    _enqueue_after_commit(run_id)
+    """Coordinate the run until nothing more can start now. Safe to call any number of times,
+    from any number of workers at once: one holds the lease, the others leave a poke."""
+    token = new_owner()
+    took_over = _acquire_run_lease(run_id, token)
+    if took_over is None:
+        return
+    released = False
+    try:
+        for _ in range(MAX_ROUNDS_PER_TASK):
+            claim, pokes = _coordinate(run_id, token, took_over=took_over)
+            took_over = False
+            if claim is not None:
+                _execute(claim, inline=True)
+                continue
+            if pokes is None or _release_run_lease(run_id, token, pokes):
+                released = True
+                return
+        # A long plan: hand the rest to a fresh task rather than hog this worker. Let go
+        # first, or the fresh task could find the lease held and only leave a poke.
+        released = _release_run_lease(run_id, token, None)
+        with transaction.atomic():
+            outbox_enqueue(ADVANCE, str(run_id))
+    finally:
+        if not released:
+            _release_run_lease(run_id, token, None, quiet=True)
 
 
-def _enqueue_after_commit(run_id: uuid.UUID, countdown: float = 0) -> None:
-    from .tasks import enqueue_advance
-
-    transaction.on_commit(lambda: enqueue_advance(run_id, countdown=countdown))
-
-
-def _advance_one_step(run_id: uuid.UUID) -> bool:
-    """Lock the run and run its next step. Returns True when another step may follow."""
-    from .actions import finish_run, record_trace
-
+def _acquire_run_lease(run_id: uuid.UUID, token: str) -> bool | None:
+    """None: not acquired (finished, or someone else holds it — they were poked). Otherwise
+    whether an expired lease was taken over (its holder died: recovery must check)."""
     with transaction.atomic():
-        run = WorkflowRun.objects.select_for_update().filter(pk=run_id).first()
+        run = WorkflowRun.objects.select_for_update(no_key=True).filter(pk=run_id).first()
         if run is None or run.is_terminal:
-            return False
-        try:
-            spec = get_spec(run.workflow, run.workflow_version)
-        except UnknownWorkflow as exc:
-            finish_run(run=run, status=RunStatus.FAILED, error=f"{exc} in this worker")
-            return False
-        steps = {s.name: s for s in run.steps.all()}
-        todo = next(
-            (steps[s.name] for s in spec.steps if steps[s.name].status != StepStatus.SUCCEEDED),
-            None,
-        )
-        if todo is None:
-            finish_run(run=run, status=RunStatus.SUCCEEDED)
-            return False
+            return None
+        if run.has_live_lease:
+            WorkflowRun.objects.filter(pk=run_id).update(pokes=F("pokes") + 1)
+            return None
+        took_over = bool(run.lease_owner)
+        run.lease_owner = token
+        run.lease_expires_at = timezone.now() + timedelta(seconds=_lease_seconds())
+        run.save(update_fields=["lease_owner", "lease_expires_at"])
+        if took_over:
+            log.warning("run %s: took over an expired lease", run_id)
+        return took_over
 
-        now = timezone.now()
-        resuming = todo.status == StepStatus.WAITING
-        if run.status != RunStatus.RUNNING:
-            if run.status == RunStatus.WAITING:
-                record_trace(
-                    run=run, kind=TraceKind.SYSTEM, message="run resumed", step_name=todo.name
-                )
-            run.status = RunStatus.RUNNING
-        run.updated_at = now
-        run.save(update_fields=["status", "updated_at"])
-        if not resuming:
-            todo.attempts += 1
-            todo.started_at = todo.started_at or now
-        todo.status = StepStatus.RUNNING
-        todo.save(update_fields=["status", "attempts", "started_at"])
 
-        step_spec = spec.step(todo.name)
-        ctx = StepContext(run=run, step=todo, model=get_model())
-        try:
-            # A savepoint: a step that raises leaves none of its own writes behind.
-            with transaction.atomic():
-                result = step_spec.run(ctx)
-        except Exception as exc:
-            log.exception("step %s of run %s failed", todo.name, run.pk)
-            todo.error = f"{type(exc).__name__}: {exc}"
-            record_trace(
-                run=run,
-                kind=TraceKind.ERROR,
-                step_name=todo.name,
-                message=f"attempt {todo.attempts} failed: {todo.error}",
-            )
-            if todo.attempts >= step_spec.max_attempts:
-                todo.status = StepStatus.FAILED
-                todo.finished_at = now
-                todo.save(update_fields=["status", "error", "finished_at"])
-                finish_run(
-                    run=run,
-                    status=RunStatus.FAILED,
-                    error=f"step {todo.name} failed after {todo.attempts} attempts: {todo.error}",
-                )
-            else:
-                todo.status = StepStatus.PENDING
-                todo.save(update_fields=["status", "error"])
-                _enqueue_after_commit(run.pk, countdown=2**todo.attempts)
-            return False
-
-        if isinstance(result, Wait):
-            todo.status = StepStatus.WAITING
-            todo.save(update_fields=["status"])
-            run.status = RunStatus.WAITING
-            run.updated_at = timezone.now()
-            run.save(update_fields=["status", "updated_at"])
-            record_trace(
-                run=run,
-                kind=TraceKind.SYSTEM,
-                step_name=todo.name,
-                message=f"waiting: {result.reason}",
-            )
-            return False
-
-        todo.status = StepStatus.SUCCEEDED
-        todo.output = result
-        todo.error = ""
-        todo.finished_at = timezone.now()
-        todo.save(update_fields=["status", "output", "error", "finished_at"])
-        run.state = {**run.state, todo.name: result}
-        run.state_version += 1
-        run.save(update_fields=["state", "state_version"])
+def _release_run_lease(
+    run_id: uuid.UUID, token: str, pokes: int | None, *, quiet: bool = False
+) -> bool:
+    """Let go unless someone poked since `pokes` was read (then look again: returns False)."""
+    try:
+        qs = WorkflowRun.objects.filter(pk=run_id, lease_owner=token)
+        if pokes is not None:
+            qs = qs.filter(pokes=pokes)
+        released = qs.update(lease_owner="", lease_expires_at=None)
+        if released or pokes is None:
+            return True
+        # Not released: either poked (look again) or the lease is no longer ours (stop).
+        return not WorkflowRun.objects.filter(pk=run_id, lease_owner=token).exists()
+    except Exception:
+        if not quiet:
+            raise
+        log.exception("run %s: could not release its lease; it will expire", run_id)
         return True
 
 
-def reconcile_runs(*, stall_seconds: int) -> int:
-    """Re-enqueue runs that should be moving but are not (a lost enqueue, a dead worker)."""
+def _coordinate(
+    run_id: uuid.UUID, token: str, *, took_over: bool
+) -> tuple[Claim | None, int | None]:
+    """One round under the run's row lock: repair, check, dispatch async steps, claim the next
+    sync step. Returns (the claimed sync step or None, the pokes seen; None: stop now)."""
+    from .actions import record_trace
+
+    with transaction.atomic():
+        run = WorkflowRun.objects.select_for_update(no_key=True).filter(pk=run_id).first()
+        if run is None or run.lease_owner != token or run.is_terminal:
+            return None, None
+        try:
+            get_spec(run.workflow, run.workflow_version)
+        except UnknownWorkflow as exc:
+            _fail_run(run, f"{exc} in this worker")
+            return None, None
+        now = timezone.now()
+        if run.deadline_at is not None and now >= run.deadline_at:
+            _fail_run(run, f"run timed out (deadline {run.deadline_at:%Y-%m-%d %H:%M:%S} UTC)")
+            return None, None
+        if run.attention and not _attention_resolved(run):
+            return None, None
+        steps = list(run.steps.select_for_update(no_key=True).order_by("position"))
+
+        crashed = [s for s in steps if s.status == StepStatus.RUNNING and not s.has_live_lease]
+        for s in crashed:
+            if not _requeue_crashed(run, s):
+                return None, None
+        stale = now - timedelta(seconds=_stall_seconds())
+        for s in steps:
+            if s.status == StepStatus.QUEUED and s.dispatched_at and s.dispatched_at < stale:
+                # Its message never reached a worker (broker restarted empty): send again.
+                s.dispatched_at = now
+                s.save(update_fields=["dispatched_at"])
+                outbox_enqueue(RUN_STEP, str(run.pk), s.name)
+
+        by_name = {s.name: s for s in steps}
+
+        def deps_done(s: StepRun) -> bool:
+            return all(by_name[d].is_done for d in s.depends_on if d in by_name)
+
+        resumable = [s for s in steps if s.status == StepStatus.WAITING and _wait_over(s, now)]
+        ready = [
+            s
+            for s in steps
+            if s.status == StepStatus.PENDING
+            and deps_done(s)
+            and (s.not_before is None or s.not_before <= now)
+        ]
+        work = sorted(resumable + ready, key=lambda s: s.position)
+        if work and (run.status == RunStatus.WAITING or took_over or crashed):
+            cause = (
+                "a crash"
+                if took_over or crashed
+                else "a wake-up"
+                if any((s.waiting_for or {}).get("until") for s in resumable)
+                else "a decision"
+            )
+            if not _recovery_check(run, resumable, cause=cause):
+                return None, None
+
+        for s in work:
+            if s.mode == StepMode.ASYNC:
+                s.status = StepStatus.QUEUED
+                s.dispatched_at = now
+                s.save(update_fields=["status", "dispatched_at"])
+                outbox_enqueue(RUN_STEP, str(run.pk), s.name)
+        sync = next((s for s in work if s.mode == StepMode.SYNC), None)
+        claim = _claim(run, sync, token, now) if sync is not None else None
+        if run.is_terminal:
+            return None, None
+        started = claim is not None or any(s.mode == StepMode.ASYNC for s in work)
+
+        if started:
+            if run.status != RunStatus.RUNNING:
+                if run.status == RunStatus.WAITING:
+                    record_trace(run=run, kind=TraceKind.SYSTEM, message="run resumed")
+                run.status = RunStatus.RUNNING
+            run.wake_at = None
+        elif all(s.is_done for s in steps):
+            _finish(run, RunStatus.SUCCEEDED)
+            return None, None
+        else:
+            in_flight = any(s.status in (StepStatus.RUNNING, StepStatus.QUEUED) for s in steps)
+            waiting = [s for s in steps if s.status == StepStatus.WAITING]
+            if waiting and not in_flight and run.status != RunStatus.WAITING:
+                run.status = RunStatus.WAITING
+            wakes = [_until(s) for s in waiting]
+            run.wake_at = min((w for w in wakes if w is not None), default=None)
+        lease = _lease_seconds()
+        if claim is not None:
+            lease = max(lease, claim.step.timeout_seconds + LEASE_MARGIN_SECONDS)
+        run.lease_expires_at = now + timedelta(seconds=lease)
+        run.updated_at = now
+        run.save(update_fields=["status", "wake_at", "lease_expires_at", "updated_at"])
+        return claim, run.pokes
+
+
+def _until(step: StepRun) -> datetime | None:
+    raw = (step.waiting_for or {}).get("until")
+    return parse_datetime(raw) if isinstance(raw, str) else None
+
+
+def _wait_over(step: StepRun, now: datetime) -> bool:
+    wf = step.waiting_for or {}
+    until = _until(step)
+    if until is not None:
+        return until <= now
+    ids = wf.get("actions") or []
+    if ids:
+        return not Action.objects.filter(pk__in=ids, status=ActionStatus.ESCALATED).exists()
+    return True
+
+
+def _claim(run: WorkflowRun, step: StepRun, token: str, now: datetime) -> Claim | None:
+    """Precondition: run and step rows locked. Counts the attempt before it runs."""
+    resumed = step.status == StepStatus.WAITING
+    woken = resumed and _until(step) is not None
+    if not resumed:
+        if step.attempts >= step.max_attempts:
+            _dead_letter(run, step, step.error or "no attempts left")
+            return None
+        step.attempts += 1
+    step.status = StepStatus.RUNNING
+    step.lease_owner = token
+    step.lease_expires_at = now + timedelta(seconds=step.timeout_seconds)
+    step.started_at = step.started_at or now
+    step.not_before = None
+    step.save(
+        update_fields=[
+            "status",
+            "attempts",
+            "lease_owner",
+            "lease_expires_at",
+            "started_at",
+            "not_before",
+        ]
+    )
+    return Claim(run=run, step=step, token=token, resumed=resumed, woken=woken)
+
+
+def _requeue_crashed(run: WorkflowRun, step: StepRun) -> bool:
+    """A step whose lease expired while running: its worker died or hung. Precondition: locks
+    held. Returns False if that was its last attempt (dead-lettered; the run failed)."""
+    from .actions import record_trace
+
+    error = f"attempt {step.attempts} lost its worker (lease expired while running)"
+    record_trace(run=run, kind=TraceKind.ERROR, step_name=step.name, message=error)
+    if step.attempts >= step.max_attempts:
+        _dead_letter(run, step, error)
+        return False
+    step.status = StepStatus.PENDING
+    step.error = error
+    step.lease_owner = ""
+    step.lease_expires_at = None
+    step.save(update_fields=["status", "error", "lease_owner", "lease_expires_at"])
+    return True
+
+
+# --- recovery ------------------------------------------------------------------------------
+
+
+def _recovery_check(run: WorkflowRun, resuming: list[StepRun], *, cause: str) -> bool:
+    """Verify the run may go on; record the check in the trace. Precondition: run row locked.
+
+    On a mismatch the run waits for a person (a resume_run escalation) and False is returned.
+    """
+    from .actions import record_trace
+
+    problems = list(verify_chain(run))
+    checks = [f"state chain intact up to v{run.state_version}"] if not problems else []
+    if digest(run.input) != run.objective_digest:
+        problems.append("the run's objective (its input) changed since it started")
+    else:
+        checks.append("objective unchanged")
+    if digest(run.plan) != run.plan_digest:
+        problems.append("the run's plan changed since it was stored")
+    awaited = [a for s in resuming for a in (s.waiting_for or {}).get("actions", [])]
+    for action in Action.objects.filter(pk__in=awaited).select_related("escalation"):
+        label = f"{action.action_type} ({action.pk})"
+        if action.run_id != run.pk:
+            problems.append(f"action {label} does not belong to this run")
+            continue
+        if action.payload_digest and digest(action.payload) != action.payload_digest:
+            problems.append(f"action {label}'s payload changed since it was proposed")
+        if action.status == ActionStatus.EXECUTED or Effect.objects.filter(action=action).exists():
+            problems.append(f"action {label} was already executed elsewhere")
+        elif action.status not in (ActionStatus.APPROVED, ActionStatus.REJECTED):
+            problems.append(f"action {label} is {action.status}, not decided")
+    if awaited and not problems:
+        checks.append(f"{len(awaited)} awaited action(s) decided, unchanged, not yet executed")
+    if len({*awaited}) != Action.objects.filter(pk__in=awaited).count():
+        problems.append("an awaited action no longer exists")
+    ok = not problems
+    record_trace(
+        run=run,
+        kind=TraceKind.RECOVERY,
+        message=f"recovery check before resuming after {cause}: "
+        + ("passed — " + "; ".join(checks) if ok else "REFUSED — " + "; ".join(problems)),
+        data={"cause": cause, "ok": ok, "checks": checks, "problems": problems},
+    )
+    if not ok:
+        _needs_attention(run, problems)
+    return ok
+
+
+def _needs_attention(run: WorkflowRun, problems: list[str]) -> None:
+    from escalations.actions import escalate_action
+
+    n = Action.objects.filter(run=run, action_type=RESUME_RUN).count() + 1
+    payload = {"run": str(run.pk), "problems": problems}
+    action = Action.objects.create(
+        run=run,
+        agent=run.agent,
+        action_type=RESUME_RUN,
+        payload=payload,
+        payload_digest=digest(payload),
+        confidence=0.0,
+        rationale="Recovery found the run's state changed while it was paused. Approve to "
+        "continue from the state as it is now; reject to fail the run.",
+        status=ActionStatus.ESCALATED,
+        outcome=PolicyOutcome.REVIEW,
+        reasons=problems,
+        idempotency_key=f"{run.pk}:__recovery__:{n}",
+    )
+    run.attention = "; ".join(problems)[:5000]
+    run.status = RunStatus.WAITING
+    run.lease_owner = ""
+    run.lease_expires_at = None
+    run.updated_at = timezone.now()
+    run.save(update_fields=["attention", "status", "lease_owner", "lease_expires_at", "updated_at"])
+    escalate_action(action=action, team_id=run.agent.team_id)
+
+
+def _attention_resolved(run: WorkflowRun) -> bool:
+    """A run flagged by recovery: go on only once a person approved (re-anchoring the state),
+    fail it if they rejected. Precondition: run row locked."""
+    from .actions import execute_action, record_trace
+
+    action = Action.objects.filter(run=run, action_type=RESUME_RUN).order_by("-created_at").first()
+    if action is None or action.status == ActionStatus.ESCALATED:
+        return False
+    decision = getattr(getattr(action, "escalation", None), "decision", None)
+    who = decision.decided_by.get_username() if decision is not None else ""
+    if action.status != ActionStatus.APPROVED:
+        reason = decision.reason if decision is not None else action.status
+        _fail_run(run, f"not resumed after a recovery mismatch: {reason}")
+        return False
+    execute_action(action=action)
+    run.objective_digest = digest(run.input)
+    run.plan_digest = digest(run.plan)
+    run.attention = ""
+    run.save(update_fields=["objective_digest", "plan_digest", "attention"])
+    if run.durable:
+        # The chain is checked from here on: a person vouched for the state as it is now.
+        from .models import RunSnapshot
+
+        latest = max(
+            run.state_version,
+            RunSnapshot.objects.filter(run=run)
+            .order_by("-version")
+            .values_list("version", flat=True)
+            .first()
+            or 0,
+        )
+        WorkflowRun.objects.filter(pk=run.pk).update(state_version=latest)
+        write_state(
+            run=run,
+            expected_version=latest,
+            new_state=normalise(run.state),
+            changed=[],
+            reason=f"state accepted by {who} after a recovery mismatch",
+            actor=who,
+            anchor=True,
+        )
+    record_trace(
+        run=run,
+        kind=TraceKind.RECOVERY,
+        actor=who,
+        message=f"{who} accepted the state as it is now; the run continues",
+    )
+    return True
+
+
+# --- executing one step attempt ------------------------------------------------------------
+
+
+def run_step(*, run_id: uuid.UUID, step_name: str) -> None:
+    """An async step's task. A duplicate delivery finds the step claimed or done: a no-op."""
+    token = new_owner()
+    claim = _claim_async(run_id, step_name, token)
+    if claim is not None:
+        _execute(claim, inline=False)
+
+
+def _claim_async(run_id: uuid.UUID, step_name: str, token: str) -> Claim | None:
+    with transaction.atomic():
+        run = WorkflowRun.objects.select_for_update(no_key=True).filter(pk=run_id).first()
+        if run is None or run.is_terminal or run.attention:
+            log.info("run_step %s/%s: run is gone, finished or held; no-op", run_id, step_name)
+            return None
+        step = (
+            StepRun.objects.select_for_update(no_key=True)
+            .filter(run_id=run_id, name=step_name)
+            .first()
+        )
+        if step is None:
+            return None
+        now = timezone.now()
+        crashed = step.status == StepStatus.RUNNING and not step.has_live_lease
+        if step.status != StepStatus.QUEUED and not crashed:
+            log.info(
+                "run_step %s/%s delivered again while %s; no-op", run_id, step_name, step.status
+            )
+            return None
+        if crashed:
+            if not _requeue_crashed(run, step):
+                return None
+            if not _recovery_check(run, [], cause="a crash"):
+                return None
+        claim = _claim(run, step, token, now)
+        if claim is not None and run.status == RunStatus.PENDING:
+            run.status = RunStatus.RUNNING
+            run.save(update_fields=["status"])
+        return claim
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the step at its timeout where we can (a worker's main thread, SIGALRM free);
+    elsewhere the lease fence refuses its late commit."""
+    usable = (
+        hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN, None)
+    )
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        raise StepTimedOut(f"timed out after {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _execute(claim: Claim, *, inline: bool) -> None:
+    run, step = claim.run, claim.step
+    spec = get_spec(run.workflow, run.workflow_version)
+    step_spec = spec.step(step.template or step.name)
+    params: dict[str, Any] = next(
+        (p.get("params", {}) for p in run.plan if p.get("name") == step.name), {}
+    )
+    try:
+        with transaction.atomic():
+            ctx = StepContext(
+                run=run,
+                step=step,
+                model=get_model(),
+                state=StateView(version=run.state_version, data=normalise(run.state)),
+                params=dict(params),
+                resumed=claim.resumed,
+                woken=claim.woken,
+                deadline=time.monotonic() + step.timeout_seconds,
+            )
+            with _time_limit(step.timeout_seconds):
+                result = step_spec.run(ctx)
+            if isinstance(result, dict) and step_spec.success is not None:
+                why = step_spec.success(result)
+                if why:
+                    raise CriterionFailed(f"success criterion not met: {why}")
+            elif not isinstance(result, dict | Wait | Sleep):
+                raise TypeError(f"step returned {type(result).__name__}, not a dict/Wait/Sleep")
+            _commit(ctx, result, claim.token, inline=inline)
+    except LeaseLost as exc:
+        log.warning("run %s step %s: %s; its work was rolled back", run.pk, step.name, exc)
+    except Exception as exc:
+        log.warning("run %s step %s attempt %d failed: %s", run.pk, step.name, step.attempts, exc)
+        _fail_attempt(run.pk, step.pk, claim.token, exc)
+
+
+def _commit(
+    ctx: StepContext, result: dict[str, Any] | Wait | Sleep, token: str, *, inline: bool
+) -> None:
+    """Inside the step's transaction: fence, then result + state + follow-ups, all or nothing."""
+    from .actions import record_trace
+
+    run, step = ctx.run, ctx.step
+    locked = WorkflowRun.objects.select_for_update(no_key=True).get(pk=run.pk)
+    if locked.is_terminal or locked.attention:
+        raise LeaseLost(f"the run is {locked.status}")
+    now = timezone.now()
+    fence = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, lease_owner=token)
+    fields: dict[str, Any] = {"lease_owner": "", "lease_expires_at": None, "error": ""}
+    if isinstance(result, Wait):
+        fields |= {"status": StepStatus.WAITING, "waiting_for": {"actions": list(result.actions)}}
+        message = f"waiting: {result.reason}"
+    elif isinstance(result, Sleep):
+        fields |= {
+            "status": StepStatus.WAITING,
+            "waiting_for": {"until": result.until.isoformat(), "reason": result.reason},
+        }
+        message = f"sleeping until {result.until:%Y-%m-%d %H:%M:%S} UTC: {result.reason}"
+    else:
+        fields |= {
+            "status": StepStatus.SUCCEEDED,
+            "output": result,
+            "finished_at": now,
+            "waiting_for": None,
+        }
+        message = ""
+    if not fence.filter(lease_expires_at__gt=now).update(**fields):
+        if fence.exists():
+            raise StepTimedOut(f"timed out after {step.timeout_seconds:g}s (lease expired)")
+        raise LeaseLost("another attempt took the step over")
+    changes = list(ctx.state.changes)
+    if isinstance(result, dict):
+        name = step.name
+        changes.append(
+            ("workspace", lambda ws: {**ws, "outputs": {**ws.get("outputs", {}), name: result}})
+        )
+    if changes:
+        update_state(run=run, changes=changes, step_name=step.name, reason=f"{step.name} committed")
+    if message:
+        record_trace(run=run, kind=TraceKind.SYSTEM, step_name=step.name, message=message)
+    if isinstance(result, Sleep):
+        wake = result.until if locked.wake_at is None else min(locked.wake_at, result.until)
+        WorkflowRun.objects.filter(pk=run.pk).update(wake_at=wake, updated_at=now)
+    if not inline and _worth_advancing(run.pk):
+        outbox_enqueue(ADVANCE, str(run.pk))
+
+
+def _worth_advancing(run_id: uuid.UUID) -> bool:
+    """After an async step committed (run row locked): is there anything for the coordinator —
+    a step now ready, or no step left in flight? Spares a task per sibling of a fan-out."""
+    steps = list(StepRun.objects.filter(run_id=run_id).values("name", "status", "depends_on"))
+    status = {s["name"]: s["status"] for s in steps}
+    done = {StepStatus.SUCCEEDED, StepStatus.CANCELLED}
+    if not any(s in (StepStatus.RUNNING, StepStatus.QUEUED) for s in status.values()):
+        return True
+    return any(
+        s["status"] == StepStatus.PENDING and all(status.get(d) in done for d in s["depends_on"])
+        for s in steps
+    )
+
+
+def _fail_attempt(run_id: uuid.UUID, step_pk: int, token: str, exc: BaseException) -> None:
+    """Record a failed attempt (fenced: only the attempt's owner may): retry later, or
+    dead-letter after max_attempts."""
+    from django.db import connection
+
+    from .actions import record_trace
+
+    error = f"{type(exc).__name__}: {exc}"[:4000]
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                run = WorkflowRun.objects.select_for_update(no_key=True).get(pk=run_id)
+                step = (
+                    StepRun.objects.select_for_update(no_key=True)
+                    .filter(pk=step_pk, status=StepStatus.RUNNING, lease_owner=token)
+                    .first()
+                )
+                if step is None or run.is_terminal:
+                    log.info("run %s: failed attempt already superseded; not recorded", run_id)
+                    return
+                spec = get_spec(run.workflow, run.workflow_version)
+                retry = spec.step(step.template or step.name).retry
+                if step.attempts >= step.max_attempts:
+                    record_trace(
+                        run=run,
+                        kind=TraceKind.ERROR,
+                        step_name=step.name,
+                        message=f"attempt {step.attempts}/{step.max_attempts} failed: {error}",
+                    )
+                    _dead_letter(run, step, error)
+                    return
+                delay = retry.delay_after(step.attempts)
+                record_trace(
+                    run=run,
+                    kind=TraceKind.ERROR,
+                    step_name=step.name,
+                    message=f"attempt {step.attempts}/{step.max_attempts} failed: {error}; "
+                    f"retrying in {delay:g}s",
+                )
+                step.status = StepStatus.PENDING
+                step.error = error
+                step.lease_owner = ""
+                step.lease_expires_at = None
+                step.not_before = timezone.now() + timedelta(seconds=delay)
+                step.save(
+                    update_fields=[
+                        "status",
+                        "error",
+                        "lease_owner",
+                        "lease_expires_at",
+                        "not_before",
+                    ]
+                )
+                outbox_enqueue(ADVANCE, str(run_id), countdown=delay)
+                return
+        except Exception:
+            # The database connection itself may be what failed (a terminated backend):
+            # drop it and try once more on a fresh one; else the lease expiry covers it.
+            connection.close()
+            if attempt:
+                log.exception("run %s: could not record a failed attempt", run_id)
+
+
+def _dead_letter(run: WorkflowRun, step: StepRun, error: str) -> None:
+    """Precondition: run and step rows locked."""
+    from .actions import record_trace
+
+    now = timezone.now()
+    step.status = StepStatus.FAILED
+    step.error = error
+    step.finished_at = now
+    step.lease_owner = ""
+    step.lease_expires_at = None
+    step.save(update_fields=["status", "error", "finished_at", "lease_owner", "lease_expires_at"])
+    DeadLetter.objects.create(run=run, step_name=step.name, attempts=step.attempts, error=error)
+    record_trace(
+        run=run,
+        kind=TraceKind.ERROR,
+        step_name=step.name,
+        message=f"{step.name} dead-lettered after {step.attempts} attempt(s)",
+    )
+    _fail_run(run, f"step {step.name} failed after {step.attempts} attempts: {error}")
+
+
+def _fail_run(run: WorkflowRun, error: str) -> None:
+    _finish(run, RunStatus.FAILED, error)
+
+
+def _finish(run: WorkflowRun, status: RunStatus, error: str = "") -> None:
+    """Precondition: run row locked. Steps still queued or pending are cancelled with it."""
+    from .actions import finish_run
+
+    StepRun.objects.filter(
+        run=run, status__in=[StepStatus.PENDING, StepStatus.QUEUED, StepStatus.WAITING]
+    ).update(status=StepStatus.CANCELLED, lease_owner="", lease_expires_at=None)
+    run.lease_owner = ""
+    run.lease_expires_at = None
+    run.wake_at = None
+    run.save(update_fields=["lease_owner", "lease_expires_at", "wake_at"])
+    finish_run(run=run, status=status, error=error)
+
+
+# --- beat: the reconciler and the wake-ups -----------------------------------------------
+
+
+def reconcile_runs(*, stall_seconds: float | None = None) -> int:
+    """Re-enqueue runs that should be moving and are not: a lost enqueue, a dead worker (its
+    lease expired), a decided escalation whose resume was lost, a deadline passed."""
     from escalations.models import UNDECIDED_STATUSES
 
-    cutoff = timezone.now() - timedelta(seconds=stall_seconds)
-    stalled = list(
-        WorkflowRun.objects.filter(
-            status__in=[RunStatus.PENDING, RunStatus.RUNNING], updated_at__lt=cutoff
-        ).values_list("pk", flat=True)[:500]
+    from .tasks import enqueue_advance
+
+    now = timezone.now()
+    stall = stall_seconds if stall_seconds is not None else _stall_seconds()
+    cutoff = now - timedelta(seconds=stall)
+    no_live_lease = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+    live_step = Exists(
+        StepRun.objects.filter(
+            run=OuterRef("pk"), status=StepStatus.RUNNING, lease_expires_at__gt=now
+        )
+    )
+    stalled = set(
+        WorkflowRun.objects.filter(no_live_lease, status__in=[RunStatus.PENDING, RunStatus.RUNNING])
+        .filter(updated_at__lt=cutoff)
+        .exclude(live_step)
+        .values_list("pk", flat=True)[:500]
     )
     # A waiting run whose escalations are all decided missed its resume.
-    stalled += list(
+    stalled |= set(
         WorkflowRun.objects.filter(status=RunStatus.WAITING, updated_at__lt=cutoff)
+        .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
         .exclude(actions__escalation__status__in=UNDECIDED_STATUSES)
         .values_list("pk", flat=True)[:500]
     )
-    from .tasks import enqueue_advance
-
+    stalled |= set(
+        WorkflowRun.objects.filter(
+            deadline_at__lte=now,
+            status__in=[RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING],
+        ).values_list("pk", flat=True)[:500]
+    )
     for run_id in stalled:
         enqueue_advance(run_id)
     return len(stalled)
+
+
+def wake_runs(*, limit: int = 500) -> int:
+    """Runs whose wake-up time came: clear it and enqueue them (outbox, same transaction)."""
+    with transaction.atomic():
+        due = list(
+            WorkflowRun.objects.select_for_update(skip_locked=True, no_key=True)
+            .filter(status=RunStatus.WAITING, wake_at__lte=timezone.now())
+            .values_list("pk", flat=True)[:limit]
+        )
+        WorkflowRun.objects.filter(pk__in=due).update(wake_at=None, updated_at=timezone.now())
+        for run_id in due:
+            outbox_enqueue(ADVANCE, str(run_id))
+    return len(due)

@@ -23,10 +23,22 @@ TERMINAL_RUN_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunSta
 
 class StepStatus(models.TextChoices):
     PENDING = "pending"
+    # An async step handed to the broker, not yet claimed by a worker.
+    QUEUED = "queued"
     RUNNING = "running"
     WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# Steps whose dependents may go ahead: a cancelled async step is skipped, not awaited.
+DONE_STEP_STATUSES = frozenset({StepStatus.SUCCEEDED, StepStatus.CANCELLED})
+
+
+class StepMode(models.TextChoices):
+    SYNC = "sync", "Sync (critical path, inline)"
+    ASYNC = "async", "Async (parallel task)"
 
 
 class ActionStatus(models.TextChoices):
@@ -53,18 +65,51 @@ class WorkflowRun(models.Model):
     agent = models.ForeignKey("escalations.AgentProfile", on_delete=models.PROTECT)
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING)
     input = models.JSONField(default=dict)
-    # Step outputs keyed by step name; every write bumps state_version.
+    # The DAG chosen for this run (workflows.specs.PlannedStep.to_json each), stored before
+    # any step executes; with the input's digest, what recovery checks is unchanged.
+    plan = models.JSONField(default=list)
+    plan_digest = models.CharField(max_length=64, blank=True)
+    objective_digest = models.CharField(max_length=64, blank=True)
+    # The current state, three dimensions kept apart ({"conversation", "workspace",
+    # "systemic"}); every write is a new RunSnapshot and bumps state_version (the referee of
+    # optimistic concurrency: a write names the version it read).
     state = models.JSONField(default=dict)
     state_version = models.PositiveIntegerField(default=0)
     model_label = models.CharField(max_length=200, blank=True)
     error = models.TextField(blank=True)
+    # Set when recovery refused to resume; a person decides (a resume_run escalation).
+    attention = models.TextField(blank=True)
+    # Who is advancing the run, until when. A lease, not a row lock: steps call models for
+    # seconds, and a crashed holder's lease simply expires (the reconciler takes over).
+    lease_owner = models.CharField(max_length=120, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Bumped by whoever wants the run advanced while someone else holds the lease; the holder
+    # re-checks before letting go, so no nudge is lost.
+    pokes = models.PositiveIntegerField(default=0)
+    wake_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    parent = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children"
+    )
+    idempotency_key = models.CharField(max_length=200, unique=True, null=True, blank=True)
+    durable = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "updated_at"], name="run_status_updated")]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="run_status_updated"),
+            models.Index(
+                fields=["wake_at"], name="run_wake_at", condition=models.Q(wake_at__isnull=False)
+            ),
+            models.Index(
+                fields=["deadline_at"],
+                name="run_deadline_open",
+                condition=models.Q(status__in=["pending", "running", "waiting"]),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.workflow} {self.id}"
@@ -75,18 +120,57 @@ class WorkflowRun(models.Model):
 
     @property
     def title(self) -> str:
-        subject = self.input.get("subject") if isinstance(self.input, dict) else None
-        return str(subject) if subject else self.workflow
+        if isinstance(self.input, dict):
+            for field in ("subject", "company", "title"):
+                if self.input.get(field):
+                    return str(self.input[field])
+        return self.workflow
+
+    @property
+    def has_live_lease(self) -> bool:
+        return bool(
+            self.lease_owner
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > timezone.now()
+        )
+
+    def plan_levels(self) -> list[list[dict[str, Any]]]:
+        """The plan as layers: each step one layer below the deepest step it depends on."""
+        depth: dict[str, int] = {}
+        for entry in self.plan:
+            deps = entry.get("depends_on", [])
+            depth[entry["name"]] = 1 + max((depth.get(d, 0) for d in deps), default=-1)
+        levels: list[list[dict[str, Any]]] = []
+        for entry in self.plan:
+            d = depth[entry["name"]]
+            while len(levels) <= d:
+                levels.append([])
+            levels[d].append(entry)
+        return levels
 
 
 class StepRun(models.Model):
     run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
     name = models.CharField(max_length=100)
+    template = models.CharField(max_length=100, blank=True)
     position = models.PositiveIntegerField()
+    mode = models.CharField(max_length=8, choices=StepMode.choices, default=StepMode.SYNC)
+    depends_on = models.JSONField(default=list)
     status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING)
+    # Counted when an attempt is claimed, before it runs: a worker killed mid-step still used
+    # its attempt, so a step that kills its worker every time dead-letters too.
     attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    timeout_seconds = models.FloatField(default=120.0)
     output = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
+    lease_owner = models.CharField(max_length=120, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # A retry's backoff: not claimed before this.
+    not_before = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    # What a waiting step waits for: {"actions": [ids]} or {"until": iso}.
+    waiting_for = models.JSONField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -98,6 +182,96 @@ class StepRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.status})"
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in DONE_STEP_STATUSES
+
+    @property
+    def has_live_lease(self) -> bool:
+        return bool(
+            self.lease_owner
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > timezone.now()
+        )
+
+
+class RunSnapshot(models.Model):
+    """One version of a run's state, all three dimensions, chained by digest.
+
+    Rows are only ever added: a rollback writes a new version equal to an old one. `digest`
+    covers the parent's digest and this version's data, so an edited or missing version breaks
+    the chain, which recovery checks before a run resumes.
+    """
+
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="snapshots")
+    version = models.PositiveIntegerField()
+    conversation = models.JSONField(default=dict)
+    workspace = models.JSONField(default=dict)
+    systemic = models.JSONField(default=dict)
+    changed = models.JSONField(default=list)  # which dimensions this write changed
+    step_name = models.CharField(max_length=100, blank=True)
+    reason = models.CharField(max_length=300, blank=True)
+    actor = models.CharField(max_length=150, blank=True)
+    parent_digest = models.CharField(max_length=64, blank=True)
+    digest = models.CharField(max_length=64)
+    # A person accepted this state after a recovery mismatch: the chain is checked from here.
+    anchor = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "version"]
+        constraints = [
+            # The optimistic-concurrency referee: two writers of version N+1, one wins.
+            models.UniqueConstraint(fields=["run", "version"], name="one_snapshot_per_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} v{self.version}"
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "conversation": self.conversation,
+            "workspace": self.workspace,
+            "systemic": self.systemic,
+        }
+
+
+class DeadLetter(models.Model):
+    """A step that used all its attempts. The run failed; an admin may retry it."""
+
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="dead_letters")
+    step_name = models.CharField(max_length=100)
+    attempts = models.PositiveIntegerField()
+    error = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    retried_at = models.DateTimeField(null=True, blank=True)
+    retried_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.step_name} of {self.run_id}"
+
+
+class Outbox(models.Model):
+    """A task send that must not be lost, written in the transaction that needs it.
+
+    Relayed right after commit; a row still here later (the process died between commit and
+    send, or the broker was down) is sent by the beat-driven relay. Tasks are idempotent, so
+    a row sent twice is harmless.
+    """
+
+    task = models.CharField(max_length=200)
+    args = models.JSONField(default=list)
+    available_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.task}{self.args}"
 
 
 class Action(models.Model):
@@ -128,6 +302,8 @@ class Action(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     idempotency_key = models.CharField(max_length=200, unique=True)
+    # The proposed payload's digest: recovery refuses to resume if the payload changed since.
+    payload_digest = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     executed_at = models.DateTimeField(null=True, blank=True)
 
@@ -143,10 +319,21 @@ class Action(models.Model):
 
 
 class Effect(models.Model):
-    """The effect ledger: one row per external effect, keyed so a retry can never repeat it."""
+    """The effect ledger: one row per external effect, keyed so a retry can never repeat it.
+
+    The key is `run:step:name` — attempt-independent, so every attempt and every redelivery
+    of a step computes the same key; it is also what the external system is given as its
+    idempotency key.
+    """
 
     key = models.CharField(max_length=200, unique=True)
-    action = models.OneToOneField(Action, on_delete=models.CASCADE, related_name="effect")
+    run = models.ForeignKey(
+        WorkflowRun, on_delete=models.CASCADE, related_name="effects", null=True, blank=True
+    )
+    step_name = models.CharField(max_length=100, blank=True)
+    action = models.OneToOneField(
+        Action, on_delete=models.CASCADE, related_name="effect", null=True, blank=True
+    )
     result = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -165,6 +352,8 @@ class TraceKind(models.TextChoices):
     STATE = "state"
     ERROR = "error"
     SYSTEM = "system"
+    RECOVERY = "recovery"
+    AUDIT = "audit"
 
 
 class TraceEvent(models.Model):

@@ -1,4 +1,4 @@
-"""Celery tasks: load by id, call the engine. Every task is safe to run twice."""
+"""Celery tasks: load by id, call the engine. Every task is safe to run twice, or at once."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 from celery import shared_task
 from django.conf import settings
 
-from . import engine
+from . import engine, outbox
 
 
 @shared_task(name="workflows.tasks.advance_run")
@@ -15,11 +15,29 @@ def advance_run(run_id: str) -> None:
     engine.advance_run(run_id=uuid.UUID(run_id))
 
 
+@shared_task(name="workflows.tasks.run_step")
+def run_step(run_id: str, step_name: str) -> None:
+    engine.run_step(run_id=uuid.UUID(run_id), step_name=step_name)
+
+
 @shared_task(name="workflows.tasks.reconcile_runs")
 def reconcile_runs() -> int:
     return engine.reconcile_runs(stall_seconds=settings.RUN_STALL_SECONDS)
 
 
+@shared_task(name="workflows.tasks.wake_runs")
+def wake_runs() -> int:
+    return engine.wake_runs()
+
+
+@shared_task(name="workflows.tasks.relay_outbox")
+def relay_outbox() -> int:
+    return outbox.relay_due(grace_seconds=settings.OUTBOX_GRACE_SECONDS)
+
+
 def enqueue_advance(run_id: uuid.UUID | str, countdown: float = 0) -> None:
-    """Send after commit only (callers use transaction.on_commit): the id, nothing else."""
+    """Send after commit only (callers use transaction.on_commit): the id, nothing else.
+
+    Where losing the send would lose work, write an outbox row instead (workflows.outbox).
+    """
     advance_run.apply_async(args=(str(run_id),), countdown=countdown)

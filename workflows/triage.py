@@ -10,6 +10,7 @@ from typing import Any
 
 from .actions import execute_action, propose_action
 from .engine import StepContext
+from .follow_up import schedule_follow_up
 from .models import Action, ActionStatus, TraceKind
 from .specs import StepResult, StepSpec, Wait, WorkflowSpec, register
 
@@ -114,13 +115,16 @@ def act(ctx: StepContext) -> StepResult:
     """Execute what may run; wait while anything is still with a person."""
     executed, skipped, feedback = [], [], []
     waiting = 0
-    for action in Action.objects.filter(run=ctx.run).order_by("created_at"):
+    waiting_on = []
+    proposed = Action.objects.filter(run=ctx.run, step_name="propose_actions")
+    for action in proposed.order_by("created_at"):
         if action.status in (ActionStatus.AUTO_APPROVED, ActionStatus.APPROVED):
             action = execute_action(action=action)
         if action.status == ActionStatus.EXECUTED:
             executed.append(action.action_type)
         elif action.status == ActionStatus.ESCALATED:
             waiting += 1
+            waiting_on.append(str(action.pk))
         elif action.status in (ActionStatus.REJECTED, ActionStatus.BLOCKED, ActionStatus.FAILED):
             skipped.append(action.action_type)
             decision = getattr(getattr(action, "escalation", None), "decision", None)
@@ -133,8 +137,20 @@ def act(ctx: StepContext) -> StepResult:
                     }
                 )
     if waiting:
-        return Wait(f"{waiting} action(s) awaiting a human decision")
+        return Wait(f"{waiting} action(s) awaiting a human decision", actions=tuple(waiting_on))
     return {"executed": executed, "skipped": skipped, "feedback": feedback}
+
+
+def initial_state(ticket: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The conversation starts with the customer's message; the systems it may touch."""
+    return {
+        "conversation": {
+            "intent": "resolve the customer's ticket",
+            "messages": [{"role": "customer", "content": str(ticket.get("body", ""))[:4000]}],
+        },
+        "workspace": {"outputs": {}},
+        "systemic": {"connected_systems": ["crm", "mail", "ticket_router"]},
+    }
 
 
 def wrap_up(ctx: StepContext) -> StepResult:
@@ -168,6 +184,12 @@ TRIAGE = register(
             ),
             StepSpec("act", "Execute what may run; wait for people", act),
             StepSpec("wrap_up", "Record the outcome and reviewer feedback", wrap_up),
+            StepSpec(
+                "schedule_follow_up",
+                "Check in 6 hours whether the customer replied",
+                schedule_follow_up,
+            ),
         ),
+        initial_state=initial_state,
     )
 )

@@ -122,4 +122,4 @@ LOGGING = {
 }
 
 # Modules whose import registers workflow specs (workflows.specs.register).
-WORKFLOW_MODULES = ["workflows.triage", *env_list("WORKFLOW_MODULES", [])]
+WORKFLOW_MODULES = ["workflows.triage", "workflows.mentions", *env_list("WORKFLOW_MODULES", [])]

@@ -81,8 +81,21 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = (
     # kombu's memory transport polls; its 1 s default makes the embedded demo sluggish.
     else {"polling_interval": 0.005}
 )
+# A task still running when the broker connection drops is left to finish: the engine's
+# lease fence decides whether its commit counts, and cancelling it would only waste the work.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# The engine's beat tasks: re-enqueue stalled runs, wake sleeping ones, relay missed sends.
+RECONCILE_EVERY_SECONDS = env_int("RECONCILE_EVERY_SECONDS", 10, minimum=1)
 CELERY_BEAT_SCHEDULE = {
-    "reconcile-runs": {"task": "workflows.tasks.reconcile_runs", "schedule": 15.0},
+    "reconcile-runs": {
+        "task": "workflows.tasks.reconcile_runs",
+        "schedule": float(RECONCILE_EVERY_SECONDS),
+    },
+    "wake-runs": {"task": "workflows.tasks.wake_runs", "schedule": float(RECONCILE_EVERY_SECONDS)},
+    "relay-outbox": {
+        "task": "workflows.tasks.relay_outbox",
+        "schedule": float(RECONCILE_EVERY_SECONDS),
+    },
     # Slack deliveries whose task was lost or whose retry is due; prunes replay nonces.
     "slack-sweep": {"task": "slack.sweep", "schedule": 30.0},
     # Escalations whose SLA passed: move down the chain or apply the declared expiry.
@@ -90,5 +103,11 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
-# How long a run may sit pending/running without progress before the reconciler re-enqueues it.
-RUN_STALL_SECONDS = env_int("RUN_STALL_SECONDS", 60, minimum=5)
+# How long a run may sit pending/running without progress (and without a live lease) before
+# the reconciler re-enqueues it.
+RUN_STALL_SECONDS = env_int("RUN_STALL_SECONDS", 60, minimum=1)
+# How long a coordinator's lease on a run lasts between renewals (a sync step's own timeout
+# extends it while the step runs). A dead coordinator is replaced this long after it died.
+RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 30, minimum=2)
+# Outbox rows older than this were missed by the after-commit relay: beat sends them.
+OUTBOX_GRACE_SECONDS = env_int("OUTBOX_GRACE_SECONDS", 10, minimum=1)

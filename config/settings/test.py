@@ -8,6 +8,10 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
 os.environ.setdefault("SECRET_KEY", "test-only-not-secret")
 os.environ.setdefault("CELERY_QUEUE", f"caliber-test-{os.getpid()}")
 os.environ.setdefault("CHANNELS_PREFIX", f"caliber-test-{os.getpid()}")
+# Short engine timings, so crash recovery (lease expiry, reconciler) fits in a test.
+os.environ.setdefault("RUN_LEASE_SECONDS", "4")
+os.environ.setdefault("RUN_STALL_SECONDS", "2")
+os.environ.setdefault("OUTBOX_GRACE_SECONDS", "1")
 
 from .main import *  # noqa: F403
 

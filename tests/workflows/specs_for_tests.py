@@ -1,11 +1,27 @@
 """Workflows that exist only for tests. Loaded through WORKFLOW_MODULES in test settings, so
-the worker process knows them too."""
+the worker processes know them too.
+
+Steps read what to do from the run's input, so one spec serves many scenarios: sleep for a
+while (to be killed or terminated mid-step), crash until a marker file exists, kill their own
+worker, apply an effect through the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
 
 from workflows.engine import StepContext
-from workflows.specs import StepResult, StepSpec, WorkflowSpec, register
+from workflows.specs import Mode, Retry, Sleep, StepResult, StepSpec, WorkflowSpec, register
 
 
 def _always_crashes(ctx: StepContext) -> StepResult:
+    marker = ctx.run.input.get("fixed_marker")
+    if marker and Path(marker).exists():
+        return {"fixed": True}
     raise RuntimeError("the tool is down")
 
 
@@ -15,6 +31,188 @@ CRASHING = register(
         version=1,
         title="Crashes",
         agent="triage-agent",
-        steps=(StepSpec("boom", "Always raises", _always_crashes, max_attempts=2),),
+        steps=(
+            StepSpec(
+                "boom",
+                "Always raises",
+                _always_crashes,
+                retry=Retry(max_attempts=2, backoff_seconds=0.2),
+            ),
+        ),
+    )
+)
+
+
+def _hold(ctx: StepContext, key: str) -> None:
+    """Sleep `hold_seconds` on the attempts listed in `hold_attempts` (default: the first),
+    so a test can kill or cut off the worker while the step is mid-flight."""
+    data = ctx.run.input
+    if ctx.step.attempts in data.get("hold_attempts", [1]) and key in data.get("hold", [key]):
+        time.sleep(float(data.get("hold_seconds", 0)))
+
+
+def _charge(ctx: StepContext, name: str) -> dict[str, Any]:
+    return ctx.effect(name, lambda key: {"charged": name, "idempotency_key": key})
+
+
+def _start(ctx: StepContext) -> StepResult:
+    _hold(ctx, "start")
+    ctx.state.merge("conversation", {"intent": "exercise the DAG"})
+    return {"started": True}
+
+
+def _gather(ctx: StepContext) -> StepResult:
+    _hold(ctx, ctx.step.name)
+    if ctx.run.input.get("kill_worker_in") == ctx.step.name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    effect = _charge(ctx, "gathered")
+    ctx.state.append("workspace", "gathered", ctx.step.name)
+    return {"item": ctx.step.name, "effect": effect["idempotency_key"]}
+
+
+def _join(ctx: StepContext) -> StepResult:
+    _hold(ctx, "join")
+    outputs = [ctx.output_of(n) for n in ("gather_a", "gather_b", "gather_c")]
+    joined = sorted(o["item"] for o in outputs if o)
+    ctx.trace(ctx_kind("decided"), f"joined {len(joined)} results: {', '.join(joined)}")
+    _charge(ctx, "joined")
+    return {"joined": joined}
+
+
+def _finish(ctx: StepContext) -> StepResult:
+    _hold(ctx, "finish")
+    ctx.state.merge("systemic", {"rate_limits": {"test_api": {"per_minute": 60}}})
+    return {"done": True}
+
+
+def ctx_kind(kind: str) -> Any:
+    from workflows.models import TraceKind
+
+    return TraceKind(kind)
+
+
+def _fan_out_steps(mode: str, timeout: float) -> tuple[StepSpec, ...]:
+    retry = Retry(max_attempts=3, backoff_seconds=0.2)
+    return (
+        StepSpec("start", "Start", _start, depends_on=(), retry=retry, timeout_seconds=timeout),
+        *(
+            StepSpec(
+                name,
+                f"Gather {name[-1]}",
+                _gather,
+                depends_on=("start",),
+                mode=mode,
+                retry=retry,
+                timeout_seconds=timeout,
+            )
+            for name in ("gather_a", "gather_b", "gather_c")
+        ),
+        StepSpec(
+            "join",
+            "Join the three",
+            _join,
+            depends_on=("gather_a", "gather_b", "gather_c"),
+            retry=retry,
+            timeout_seconds=timeout,
+            success=lambda out: None if len(out.get("joined", [])) == 3 else "missing results",
+        ),
+        StepSpec("finish", "Finish", _finish, retry=retry, timeout_seconds=timeout),
+    )
+
+
+# The 5-step DAG with 3 parallel async steps: start -> (gather_a | gather_b | gather_c) -> join
+# (-> finish). Step timeouts are short so a killed worker's lease expires quickly.
+FAN_OUT = register(
+    WorkflowSpec(
+        name="fan_out",
+        version=1,
+        title="Fan out and join",
+        agent="triage-agent",
+        steps=_fan_out_steps(Mode.ASYNC, timeout=3.0),
+    )
+)
+
+
+def _kills_its_worker(ctx: StepContext) -> StepResult:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+KILLER = register(
+    WorkflowSpec(
+        name="kills_its_worker",
+        version=1,
+        title="Kills its worker every time",
+        agent="triage-agent",
+        steps=(
+            StepSpec(
+                "suicide",
+                "SIGKILLs the process running it",
+                _kills_its_worker,
+                retry=Retry(max_attempts=2, backoff_seconds=0.1),
+                timeout_seconds=2.0,
+            ),
+        ),
+    )
+)
+
+
+def _too_slow(ctx: StepContext) -> StepResult:
+    time.sleep(float(ctx.run.input.get("sleep", 5)))
+    return {"finished": True}
+
+
+SLOW = register(
+    WorkflowSpec(
+        name="too_slow",
+        version=1,
+        title="Takes longer than its timeout",
+        agent="triage-agent",
+        steps=(
+            StepSpec(
+                "slow",
+                "Sleeps past its timeout",
+                _too_slow,
+                retry=Retry(max_attempts=2, backoff_seconds=0.1),
+                timeout_seconds=0.5,
+            ),
+        ),
+        timeout_seconds=60,
+    )
+)
+
+
+def _nap(ctx: StepContext) -> StepResult:
+    if not ctx.woken:
+        return Sleep.after(float(ctx.run.input.get("seconds", 3600)), "nap")
+    return {"woke": True}
+
+
+SLEEPER = register(
+    WorkflowSpec(
+        name="sleeper",
+        version=1,
+        title="Sleeps, then wakes",
+        agent="triage-agent",
+        steps=(
+            StepSpec("nap", "Ask to be woken later", _nap),
+            StepSpec("after", "After waking", lambda ctx: {"after": True}),
+        ),
+    )
+)
+
+
+def _bad_secret(ctx: StepContext) -> StepResult:
+    ctx.state.merge("systemic", {"credentials": {"crm": "sk-live-123"}})
+    return {}
+
+
+LEAKY = register(
+    WorkflowSpec(
+        name="stores_a_secret",
+        version=1,
+        title="Tries to store a secret in systemic state",
+        agent="triage-agent",
+        steps=(StepSpec("leak", "Writes a raw secret", _bad_secret, retry=Retry(max_attempts=1)),),
     )
 )

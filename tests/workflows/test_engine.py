@@ -1,6 +1,7 @@
 """The engine through a real `celery worker` process, on PostgreSQL and Redis."""
 
 import threading
+from unittest import mock
 
 import pytest
 from django.db import connection
@@ -29,7 +30,7 @@ def test_a_run_whose_actions_all_act_alone_finishes_by_itself(
     assert Effect.objects.filter(action__run=run).count() == 3
     assert not Escalation.objects.exists()
     assert (
-        list(StepRun.objects.filter(run=run).values_list("status", flat=True)) == ["succeeded"] * 6
+        list(StepRun.objects.filter(run=run).values_list("status", flat=True)) == ["succeeded"] * 7
     )
 
 
@@ -77,7 +78,7 @@ def test_a_rejected_action_is_skipped_and_its_reason_reaches_the_agent(
     assert reply.status == ActionStatus.REJECTED
     assert not Effect.objects.filter(action=reply).exists()
     run.refresh_from_db()
-    assert run.state["act"]["feedback"] == [
+    assert run.state["workspace"]["outputs"]["act"]["feedback"] == [
         {"action_type": "send_reply", "verdict": "reject", "reason": "Never promise a refund"}
     ]
     assert run.trace.filter(
@@ -136,20 +137,14 @@ def test_the_reconciler_picks_up_a_run_whose_enqueue_was_lost(celery_worker, pol
 
     from django.utils import timezone
 
-    from workflows.models import WorkflowRun
-    from workflows.triage import TRIAGE
+    from workflows.models import Outbox, WorkflowRun
 
-    # A run committed, but its enqueue never reached the broker (the process died).
-    run = WorkflowRun.objects.create(
-        workflow="support_triage",
-        workflow_version=1,
-        agent=policies[1].team.agents.get(),
-        input=ticket,
-        updated_at=timezone.now() - timedelta(minutes=5),
-    )
-    StepRun.objects.bulk_create(
-        StepRun(run=run, name=s.name, position=i) for i, s in enumerate(TRIAGE.steps)
-    )
+    # A run committed, but its enqueue never reached the broker (the process died, and the
+    # outbox row was lost with the broker's queue).
+    with mock.patch("workflows.outbox.relay"):
+        run = start_run(workflow="support_triage", input=ticket)
+    Outbox.objects.all().delete()
+    WorkflowRun.objects.filter(pk=run.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
     assert engine.reconcile_runs(stall_seconds=60) == 1
     wait_for_run(run, RunStatus.WAITING)
 

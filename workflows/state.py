@@ -1,0 +1,278 @@
+"""A run's state: three dimensions kept apart, every write versioned and snapshotted.
+
+- conversation: messages and intent (what was said, what the run is for);
+- workspace: documents and intermediate outputs (each step's output under "outputs");
+- systemic: references to credentials, rate limits, connected systems — references only,
+  never secrets.
+
+A write names the version it read. The conditional UPDATE of `WorkflowRun.state_version` is
+the referee (and the unique (run, version) snapshot row its backstop): a stale write is
+refused with `StaleState`; `update_state` then re-reads and re-applies its change function,
+so concurrent writers are serialised, never silently merged.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import RunSnapshot, WorkflowRun
+from .specs import digest
+
+log = logging.getLogger(__name__)
+
+DIMENSIONS = ("conversation", "workspace", "systemic")
+SYSTEMIC_KEYS = ("credentials", "rate_limits", "connected_systems")
+# A credential is named, never stored: "env:SLACK_BOT_TOKEN", "vault:crm/api-key".
+CREDENTIAL_REF = re.compile(r"^(env|vault|secret):[A-Za-z0-9_./-]{1,200}$")
+MAX_CAS_RETRIES = 20
+
+State = dict[str, dict[str, Any]]
+
+
+class StaleState(Exception):
+    """The state changed since it was read; the write was refused."""
+
+
+class InvalidState(ValueError):
+    pass
+
+
+def empty_state() -> State:
+    return {"conversation": {}, "workspace": {}, "systemic": {}}
+
+
+def normalise(state: Mapping[str, Any]) -> State:
+    out = empty_state()
+    for dim in DIMENSIONS:
+        value = state.get(dim)
+        if isinstance(value, dict):
+            out[dim] = value
+    return out
+
+
+def validate(state: State) -> None:
+    """Keep the dimensions apart and secrets out."""
+    extra = set(state) - set(DIMENSIONS)
+    if extra:
+        raise InvalidState(f"unknown state dimension(s): {', '.join(sorted(extra))}")
+    for dim in DIMENSIONS:
+        if not isinstance(state.get(dim), dict):
+            raise InvalidState(f"state dimension {dim} must be an object")
+    systemic = state["systemic"]
+    unknown = set(systemic) - set(SYSTEMIC_KEYS)
+    if unknown:
+        raise InvalidState(
+            f"systemic state holds only {', '.join(SYSTEMIC_KEYS)}; "
+            f"got {', '.join(sorted(unknown))}"
+        )
+    creds = systemic.get("credentials", {})
+    if not isinstance(creds, dict):
+        raise InvalidState("systemic credentials must map a name to a reference")
+    for name, ref in creds.items():
+        if not isinstance(ref, str) or not CREDENTIAL_REF.match(ref):
+            raise InvalidState(
+                f"credential {name!r} must be a reference like env:NAME or vault:path, "
+                "never the secret itself"
+            )
+
+
+def chain_digest(parent_digest: str, data: State) -> str:
+    return digest({"parent": parent_digest, "data": data})
+
+
+@dataclass
+class StateView:
+    """What a step sees: the state as of `version`, plus the writes it asks for.
+
+    Writes are buffered and applied when the step commits, as change functions re-applied
+    on top of whatever version is current then (so parallel steps never wait on each other's
+    open transactions, and never overwrite each other's changes).
+    """
+
+    version: int
+    data: State
+    changes: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = field(
+        default_factory=list
+    )
+
+    @property
+    def conversation(self) -> dict[str, Any]:
+        return self.data["conversation"]
+
+    @property
+    def workspace(self) -> dict[str, Any]:
+        return self.data["workspace"]
+
+    @property
+    def systemic(self) -> dict[str, Any]:
+        return self.data["systemic"]
+
+    def update(self, dimension: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        if dimension not in DIMENSIONS:
+            raise InvalidState(f"unknown state dimension {dimension!r}")
+        self.changes.append((dimension, change))
+
+    def merge(self, dimension: str, values: dict[str, Any]) -> None:
+        self.update(dimension, lambda current: {**current, **values})
+
+    def append(self, dimension: str, key: str, item: Any) -> None:
+        self.update(dimension, lambda current: {**current, key: [*current.get(key, []), item]})
+
+
+def apply_changes(
+    state: State, changes: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]]
+) -> tuple[State, list[str]]:
+    new = copy.deepcopy(state)
+    changed: list[str] = []
+    for dim, change in changes:
+        before = new[dim]
+        after = change(copy.deepcopy(before))
+        if not isinstance(after, dict):
+            raise InvalidState(f"a change to {dim} must return an object")
+        if after != before:
+            new[dim] = after
+            if dim not in changed:
+                changed.append(dim)
+    validate(new)
+    return new, changed
+
+
+def write_state(
+    *,
+    run: WorkflowRun,
+    expected_version: int,
+    new_state: State,
+    changed: list[str],
+    step_name: str = "",
+    reason: str = "",
+    actor: str = "",
+    anchor: bool = False,
+) -> RunSnapshot | None:
+    """Write version expected_version + 1, or raise StaleState. Must run inside a transaction.
+
+    A non-durable run (benchmark's no-op store) keeps only the current state: no snapshot.
+    """
+    validate(new_state)
+    version = expected_version + 1
+    won = WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
+        state=new_state, state_version=version, updated_at=timezone.now()
+    )
+    if not won:
+        raise StaleState(f"run {run.pk} state is past v{expected_version}")
+    snapshot = None
+    if run.durable:
+        parent = "" if anchor else _parent_digest(run, expected_version)
+        try:
+            with transaction.atomic():
+                snapshot = RunSnapshot.objects.create(
+                    run=run,
+                    version=version,
+                    conversation=new_state["conversation"],
+                    workspace=new_state["workspace"],
+                    systemic=new_state["systemic"],
+                    changed=changed,
+                    step_name=step_name,
+                    reason=reason[:300],
+                    actor=actor,
+                    parent_digest=parent,
+                    digest=chain_digest(parent, new_state),
+                    anchor=anchor,
+                )
+        except IntegrityError:
+            raise StaleState(f"run {run.pk} already has state v{version}") from None
+    run.state, run.state_version = new_state, version
+    return snapshot
+
+
+def _parent_digest(run: WorkflowRun, version: int) -> str:
+    if version == 0:
+        return ""
+    return (
+        RunSnapshot.objects.filter(run=run, version=version)
+        .values_list("digest", flat=True)
+        .first()
+        or ""
+    )
+
+
+def update_state(
+    *,
+    run: WorkflowRun,
+    changes: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]],
+    step_name: str = "",
+    reason: str = "",
+    actor: str = "",
+) -> RunSnapshot | None:
+    """Apply change functions to the current state, retrying on a stale read.
+
+    Must run inside a transaction. Each retry re-reads the latest committed version (READ
+    COMMITTED gives every statement a fresh snapshot) and re-applies every change to it.
+    """
+    for attempt in range(MAX_CAS_RETRIES):
+        current = WorkflowRun.objects.filter(pk=run.pk).values("state", "state_version").get()
+        state = normalise(current["state"])
+        new, changed = apply_changes(state, changes)
+        if not changed and attempt == 0 and current["state_version"] > 0:
+            run.state, run.state_version = state, current["state_version"]
+            return None
+        try:
+            with transaction.atomic():
+                return write_state(
+                    run=run,
+                    expected_version=current["state_version"],
+                    new_state=new,
+                    changed=changed or list(DIMENSIONS),
+                    step_name=step_name,
+                    reason=reason,
+                    actor=actor,
+                )
+        except StaleState:
+            log.info("stale state write on run %s (attempt %d); re-reading", run.pk, attempt + 1)
+    raise StaleState(f"run {run.pk}: gave up after {MAX_CAS_RETRIES} conflicting writes")
+
+
+def verify_chain(run: WorkflowRun) -> list[str]:
+    """Problems with the run's version chain since its last anchor; empty when intact."""
+    if not run.durable:
+        return []
+    problems: list[str] = []
+    rows = list(
+        RunSnapshot.objects.filter(run=run)
+        .order_by("version")
+        .values(
+            "version", "conversation", "workspace", "systemic", "parent_digest", "digest", "anchor"
+        )
+    )
+    if not rows:
+        return [] if run.state_version == 0 else [f"no snapshots but state is v{run.state_version}"]
+    start = max((i for i, r in enumerate(rows) if r["anchor"]), default=0)
+    expected_parent = rows[start]["parent_digest"]
+    for i, row in enumerate(rows[start:], start=start):
+        if i > 0 and row["version"] != rows[i - 1]["version"] + 1:
+            problems.append(f"version v{rows[i - 1]['version'] + 1} is missing")
+        if row["parent_digest"] != expected_parent:
+            problems.append(f"v{row['version']} does not follow v{row['version'] - 1}")
+        data: State = {
+            "conversation": row["conversation"],
+            "workspace": row["workspace"],
+            "systemic": row["systemic"],
+        }
+        if chain_digest(row["parent_digest"], data) != row["digest"]:
+            problems.append(f"v{row['version']} was altered after it was written")
+        expected_parent = row["digest"]
+    last = rows[-1]
+    if last["version"] != run.state_version:
+        problems.append(
+            f"the run says v{run.state_version} but the last snapshot is v{last['version']}"
+        )
+    elif chain_digest(last["parent_digest"], normalise(run.state)) != last["digest"]:
+        problems.append("the current state differs from its snapshot")
+    return problems
