@@ -16,7 +16,7 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from escalations.access import AnyUser, get_escalation_for, get_run_for, runs_for
+from escalations.access import AnyUser, get_escalation_for
 from escalations.actions import (
     AlreadyClaimed,
     AlreadyDecided,
@@ -27,7 +27,6 @@ from escalations.actions import (
 )
 from escalations.actions.decisions import payload_diff
 from escalations.models import Decision, Escalation, Via
-from workflows.models import RunStatus
 from workflows.tools import get_action_type
 
 from .forms import DecisionForm, ReassignForm
@@ -189,36 +188,6 @@ def reassign(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     ctx = _detail_context(request, pk)
     ctx["reassign_form"] = form
     return render(request, "review/detail.html", ctx, status=400)
-
-
-@login_required
-@require_GET
-def run_list(request: HttpRequest) -> HttpResponse:
-    status = request.GET.get("status", "")
-    qs = runs_for(request.user).distinct().select_related("agent").order_by("-created_at")
-    if status in RunStatus.values:
-        qs = qs.filter(status=status)
-    return render(
-        request,
-        "review/run_list.html",
-        {"runs": qs[:200], "status": status, "statuses": RunStatus.choices},
-    )
-
-
-@login_required
-@require_GET
-def run_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
-    run = get_run_for(request.user, pk)
-    return render(
-        request,
-        "review/run_detail.html",
-        {
-            "run": run,
-            "steps": list(run.steps.all()),
-            "actions": list(run.actions.select_related("escalation").all()),
-            "trace": list(run.trace.all()),
-        },
-    )
 
 
 @never_cache
