@@ -8,21 +8,28 @@ and its reviewer: if the model fails, a template summary is stored and says so.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from workflows.models import Action
+from workflows.models import Action, WorkflowRun
 from workflows.tools import get_action_type
 
 log = logging.getLogger(__name__)
 
 
+def _step_outputs(run: WorkflowRun | None) -> dict[str, Any]:
+    if run is None:
+        return {}
+    return {s.name: s.output for s in run.steps.all() if isinstance(s.output, dict)}
+
+
 def _facts(action: Action, reasons: list[str]) -> dict[str, str]:
     tool = get_action_type(action.action_type)
     run = action.run
-    state = run.state if run is not None and isinstance(run.state, dict) else {}
+    outputs = _step_outputs(run)
     unsure = [
-        str(state.get(step, {}).get("uncertain_about") or "")
+        str(outputs[step].get("uncertain_about") or "")
         for step in ("classify", "draft_reply")
-        if isinstance(state.get(step), dict)
+        if isinstance(outputs.get(step), dict)
     ]
     stakes = [
         "reversible" if tool.reversible else "irreversible",

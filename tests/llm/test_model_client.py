@@ -16,8 +16,15 @@ VARS = {"subject": "Charged twice", "body": "Please fix it"}
 
 
 def classify(**kw):
-    return call_model(model=get_model(), run=None, step_name="classify",
-                      prompt_name="triage.classify", variables=VARS, schema=Classification, **kw)
+    return call_model(
+        model=get_model(),
+        run=None,
+        step_name="classify",
+        prompt_name="triage.classify",
+        variables=VARS,
+        schema=Classification,
+        **kw,
+    )
 
 
 def test_with_a_base_url_the_openai_client_is_used(fake_openai):
@@ -40,7 +47,7 @@ def test_structured_output_is_requested_and_parsed(fake_openai):
 def test_a_429_is_retried_after_the_time_it_asks_for(fake_openai):
     fake_openai.script(Scripted(status=429, headers={"retry-after": "0.4"}))
     started = time.monotonic()
-    out, result = classify()
+    _, result = classify()
     assert time.monotonic() - started >= 0.4
     assert result.attempts == 2
     assert len(fake_openai.requests) == 2
@@ -49,13 +56,13 @@ def test_a_429_is_retried_after_the_time_it_asks_for(fake_openai):
 
 def test_5xx_are_retried_then_succeed(fake_openai):
     fake_openai.script(Scripted(status=500), Scripted(status=503))
-    out, result = classify()
+    _, result = classify()
     assert result.attempts == 3
 
 
 def test_a_retry_after_beyond_the_budget_gives_up_at_once(fake_openai, settings):
     fake_openai.script(Scripted(status=429, headers={"retry-after": "3600"}))
-    with pytest.raises(ModelError, match="would exceed the 10.0s budget"):
+    with pytest.raises(ModelError, match=r"would exceed the 10\.0s budget"):
         classify()
     assert len(fake_openai.requests) == 1
     assert ModelCall.objects.get().ok is False
@@ -100,12 +107,24 @@ def test_invalid_json_is_fed_back_and_repaired(fake_openai):
     ("bad", "why"),
     [
         ({"category": "billing", "urgency": "normal", "confidence": 0.9}, "uncertain_about"),
-        ({"category": "billing", "urgency": "normal", "confidence": 0.9, "uncertain_about": "",
-          "risk": "low"}, "risk"),
-        ({"category": "refunds", "urgency": "normal", "confidence": 0.9,
-          "uncertain_about": ""}, "category"),
-        ({"category": "billing", "urgency": "normal", "confidence": 7,
-          "uncertain_about": ""}, "confidence"),
+        (
+            {
+                "category": "billing",
+                "urgency": "normal",
+                "confidence": 0.9,
+                "uncertain_about": "",
+                "risk": "low",
+            },
+            "risk",
+        ),
+        (
+            {"category": "refunds", "urgency": "normal", "confidence": 0.9, "uncertain_about": ""},
+            "category",
+        ),
+        (
+            {"category": "billing", "urgency": "normal", "confidence": 7, "uncertain_about": ""},
+            "confidence",
+        ),
         ("[1, 2, 3]", "not an object"),
         ("x" * 30_000, "limit is 20000"),
     ],

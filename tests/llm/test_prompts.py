@@ -6,9 +6,9 @@ from tests.fakes.openai_server import CANNED, schema_name
 from workflows.prompts.actions import (
     PromptError,
     activate_prompt_version,
+    evaluate_prompt_version,
     install_default_prompts,
     rollback_prompt,
-    test_prompt_version,
     version_for_run,
 )
 from workflows.prompts.models import PromptAudit, PromptStatus, PromptVersion
@@ -21,17 +21,26 @@ def draft(admin_user):
     install_default_prompts()
     v1 = PromptVersion.objects.get(name="triage.classify", version=1)
     return PromptVersion.objects.create(
-        name="triage.classify", version=2, system=v1.system,
-        template=v1.template + "\nBe terse.", parameters=v1.parameters,
+        name="triage.classify",
+        version=2,
+        system=v1.system,
+        template=v1.template + "\nBe terse.",
+        parameters=v1.parameters,
     )
 
 
 def test_shipped_prompts_are_installed_active_with_eval_cases():
     install_default_prompts()
-    active = set(PromptVersion.objects.filter(status=PromptStatus.ACTIVE)
-                 .values_list("name", flat=True))
-    assert {"triage.classify", "triage.draft_reply", "triage.propose", "triage.judge_reply",
-            "escalation.summary"} <= active
+    active = set(
+        PromptVersion.objects.filter(status=PromptStatus.ACTIVE).values_list("name", flat=True)
+    )
+    assert {
+        "triage.classify",
+        "triage.draft_reply",
+        "triage.propose",
+        "triage.judge_reply",
+        "escalation.summary",
+    } <= active
 
 
 def test_a_draft_cannot_be_activated_before_its_cases_pass(draft, admin_user):
@@ -43,7 +52,7 @@ def test_a_draft_cannot_be_activated_before_its_cases_pass(draft, admin_user):
 def test_activation_is_refused_when_an_eval_case_fails(fake_openai, draft, admin_user):
     # The candidate calls an outage "low" urgency: the "outage is urgent" case fails.
     fake_openai.responder = lambda req: {**CANNED[schema_name(req)], "urgency": "low"}
-    report = test_prompt_version(version=draft, by=admin_user)
+    report = evaluate_prompt_version(version=draft, by=admin_user)
     assert report["passed"] is False
     failed = [c for c in report["cases"] if not c["passed"]]
     assert [c["case"] for c in failed] == ["outage is urgent"]
@@ -60,7 +69,7 @@ def test_a_passing_version_activates_and_rolls_back_in_one_step(fake_openai, dra
         return {**CANNED[schema_name(req)], "urgency": "high" if "outage" in text else "normal"}
 
     fake_openai.responder = good
-    assert test_prompt_version(version=draft, by=admin_user)["passed"] is True
+    assert evaluate_prompt_version(version=draft, by=admin_user)["passed"] is True
     activate_prompt_version(version=draft, by=admin_user)
     assert PromptVersion.objects.get(name="triage.classify", status="active").version == 2
     assert PromptVersion.objects.get(name="triage.classify", version=1).status == "retired"
@@ -78,16 +87,18 @@ def test_rollback_with_nothing_earlier_is_refused(admin_user):
         rollback_prompt(name="triage.classify", by=admin_user)
 
 
-def test_a_run_keeps_the_versions_it_started_with(fake_openai, draft, admin_user, policies,
-                                                   ticket, django_capture_on_commit_callbacks):
+def test_a_run_keeps_the_versions_it_started_with(
+    fake_openai, draft, admin_user, policies, ticket, django_capture_on_commit_callbacks
+):
     from workflows.actions import start_run
 
     with django_capture_on_commit_callbacks(execute=False):
         run = start_run(workflow="support_triage", input=ticket)
     fake_openai.responder = lambda req: {
         **CANNED[schema_name(req)],
-        "urgency": "high" if "outage" in req["messages"][1]["content"] else "normal"}
-    test_prompt_version(version=draft, by=admin_user)
+        "urgency": "high" if "outage" in req["messages"][1]["content"] else "normal",
+    }
+    evaluate_prompt_version(version=draft, by=admin_user)
     activate_prompt_version(version=draft, by=admin_user)
     assert version_for_run(run, "triage.classify").version == 1
     assert version_for_run(None, "triage.classify").version == 2
@@ -96,10 +107,12 @@ def test_a_run_keeps_the_versions_it_started_with(fake_openai, draft, admin_user
 def test_an_unknown_eval_rule_fails_the_case_instead_of_passing(fake_openai, draft, admin_user):
     from workflows.prompts.models import PromptEvalCase
 
-    PromptEvalCase.objects.create(prompt_name="triage.classify", name="typo",
-                                  variables={"subject": "x", "body": "y"},
-                                  expected={"category": {"equalz": "billing"}})
-    report = test_prompt_version(version=draft, by=admin_user)
+    PromptEvalCase.objects.create(
+        prompt_name="triage.classify",
+        name="typo",
+        variables={"subject": "x", "body": "y"},
+        expected={"category": {"equalz": "billing"}},
+    )
+    report = evaluate_prompt_version(version=draft, by=admin_user)
     assert report["passed"] is False
     assert any("unknown rule" in f for c in report["cases"] for f in c["failures"])
-

@@ -232,7 +232,7 @@ def _audit(version: PromptVersion, event: str, by: User | None, detail: str = ""
     )
 
 
-def test_prompt_version(
+def evaluate_prompt_version(
     *, version: PromptVersion, by: User | None, model: ModelClient | None = None
 ) -> dict[str, Any]:
     """draft -> tested when every evaluation case passes; otherwise it stays a draft."""

@@ -13,8 +13,8 @@ from django.http import HttpRequest
 from .actions import (
     PromptError,
     activate_prompt_version,
+    evaluate_prompt_version,
     rollback_prompt,
-    test_prompt_version,
 )
 from .models import ModelCall, PromptAudit, PromptEvalCase, PromptStatus, PromptVersion
 
@@ -48,7 +48,7 @@ class PromptVersionAdmin(admin.ModelAdmin[PromptVersion]):
     def test_selected(self, request: HttpRequest, queryset: QuerySet[PromptVersion]) -> None:
         for version in queryset:
             try:
-                report = test_prompt_version(version=version, by=_user(request))
+                report = evaluate_prompt_version(version=version, by=_user(request))
             except PromptError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
                 continue

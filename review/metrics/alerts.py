@@ -1,0 +1,129 @@
+"""Degradation alerts: evaluate each rule's rate over its window; open one incident when it
+leaves its band, close it when it returns. The owner team hears about it once per incident."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import AlertIncident, AlertMetric, AlertRule
+from .queries import Scope, action_figures, decision_figures, run_figures
+
+log = logging.getLogger(__name__)
+
+
+def measure(rule: AlertRule, now: datetime) -> tuple[float | None, int]:
+    """The rule's rate over its window, and how many events it rests on."""
+    scope = Scope(
+        since=now - timedelta(minutes=rule.window_minutes),
+        until=now,
+        workflow=rule.workflow,
+        agent_id=rule.agent_id,
+    )
+    if rule.metric == AlertMetric.APPROVAL_RATE:
+        d = decision_figures(scope)
+        return d["approval_rate"], d["total"]
+    if rule.metric == AlertMetric.OVERRIDE_RATE:
+        d = decision_figures(scope)
+        return d["override_rate"], d["total"]
+    if rule.metric == AlertMetric.ESCALATION_RATE:
+        a = action_figures(scope)
+        return a["escalation_rate"], a["total"]
+    r = run_figures(scope)
+    return (r["failed"] / r["finished"] if r["finished"] else None), r["finished"]
+
+
+def evaluate_alert_rules(*, now: datetime | None = None) -> dict[str, int]:
+    """Open, update or close incidents. Safe to run concurrently and repeatedly."""
+    now = now or timezone.now()
+    opened = closed = 0
+    for rule in AlertRule.objects.filter(enabled=True).select_related("agent"):
+        value, samples = measure(rule, now)
+        breached = value is not None and samples >= rule.min_samples and rule.breached_by(value)
+        with transaction.atomic():
+            open_incident = (
+                AlertIncident.objects.select_for_update()
+                .filter(rule=rule, closed_at__isnull=True)
+                .first()
+            )
+            if breached and open_incident is None:
+                assert value is not None
+                try:
+                    with transaction.atomic():
+                        incident = AlertIncident.objects.create(
+                            rule=rule,
+                            value_at_open=value,
+                            last_value=value,
+                            samples=samples,
+                            opened_at=now,
+                        )
+                except IntegrityError:
+                    continue  # another evaluator opened it a moment ago
+                opened += 1
+                incident_id = incident.pk
+                transaction.on_commit(lambda i=incident_id: _send(i))  # type: ignore[misc]
+            elif breached and open_incident is not None:
+                assert value is not None
+                open_incident.last_value = value
+                open_incident.samples = samples
+                open_incident.save(update_fields=["last_value", "samples"])
+            elif not breached and open_incident is not None and value is not None:
+                open_incident.closed_at = now
+                open_incident.last_value = value
+                open_incident.save(update_fields=["closed_at", "last_value"])
+                closed += 1
+    return {"opened": opened, "closed": closed}
+
+
+def _send(incident_id: int) -> None:
+    from .tasks import notify_incident
+
+    notify_incident.delay(incident_id)
+
+
+def alert_text(incident: AlertIncident) -> str:
+    rule = incident.rule
+    band = " and ".join(
+        part
+        for part in (
+            f"at least {rule.lower_bound:.0%}" if rule.lower_bound is not None else "",
+            f"at most {rule.upper_bound:.0%}" if rule.upper_bound is not None else "",
+        )
+        if part
+    )
+    scope = rule.agent.name if rule.agent else (rule.workflow or "all agents")
+    return (
+        f":rotating_light: Caliber alert — {rule.name}: {rule.get_metric_display().lower()} "
+        f"for {scope} is {incident.value_at_open:.0%} over the last {rule.window_minutes} min "
+        f"({incident.samples} events); expected {band}."
+    )
+
+
+def notify(incident: AlertIncident) -> bool:
+    """Post the alert to the team's Slack channel once. Returns False to ask for a retry."""
+    from escalations.slack import conf
+    from escalations.slack.delivery import call
+    from escalations.slack.mrkdwn import escape
+
+    if incident.notified_at is not None:
+        return True
+    rule = incident.rule
+    team = rule.team or (rule.agent.team if rule.agent else None)
+    if not conf.enabled() or team is None or not team.slack_channel:
+        AlertIncident.objects.filter(pk=incident.pk).update(
+            notify_error="shown on the dashboard only: no Slack channel for this alert"
+        )
+        return True
+    attempt, _ = call(
+        "chat.postMessage", channel=team.slack_channel, text=escape(alert_text(incident))
+    )
+    if attempt.ok:
+        AlertIncident.objects.filter(pk=incident.pk, notified_at__isnull=True).update(
+            notified_at=timezone.now(), notify_error=""
+        )
+        return True
+    AlertIncident.objects.filter(pk=incident.pk).update(notify_error=attempt.error)
+    return attempt.permanent

@@ -1,0 +1,94 @@
+"""Degradation alerts: a rate leaving its band opens one incident, not one alert per event."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+
+class AlertMetric(models.TextChoices):
+    APPROVAL_RATE = "approval_rate", "Human approval rate"
+    OVERRIDE_RATE = "override_rate", "Override rate (rejected or edited)"
+    FAILURE_RATE = "failure_rate", "Run failure rate"
+    ESCALATION_RATE = "escalation_rate", "Escalation rate"
+
+
+class AlertRule(models.Model):
+    name = models.CharField(max_length=200)
+    enabled = models.BooleanField(default=True)
+    metric = models.CharField(max_length=32, choices=AlertMetric.choices)
+    agent = models.ForeignKey(
+        "escalations.AgentProfile",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        help_text="Blank: every agent.",
+    )
+    workflow = models.CharField(max_length=100, blank=True, help_text="Blank: any workflow.")
+    window_minutes = models.PositiveIntegerField(default=60)
+    min_samples = models.PositiveIntegerField(
+        default=20, help_text="Below this many events in the window the rate is not judged."
+    )
+    lower_bound = models.FloatField(null=True, blank=True, help_text="Alert below this (0-1).")
+    upper_bound = models.FloatField(null=True, blank=True, help_text="Alert above this (0-1).")
+    team = models.ForeignKey(
+        "escalations.Team",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        help_text="Who is alerted (their Slack channel). Blank: the agent's team.",
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.lower_bound is None and self.upper_bound is None:
+            raise ValidationError("Set a lower bound, an upper bound, or both.")
+        for bound in (self.lower_bound, self.upper_bound):
+            if bound is not None and not 0 <= bound <= 1:
+                raise ValidationError("Bounds are rates between 0 and 1.")
+        if (
+            self.lower_bound is not None
+            and self.upper_bound is not None
+            and self.lower_bound >= self.upper_bound
+        ):
+            raise ValidationError("The lower bound must be below the upper bound.")
+
+    def breached_by(self, value: float) -> bool:
+        return (self.lower_bound is not None and value < self.lower_bound) or (
+            self.upper_bound is not None and value > self.upper_bound
+        )
+
+
+class AlertIncident(models.Model):
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="incidents")
+    opened_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    value_at_open = models.FloatField()
+    last_value = models.FloatField()
+    samples = models.PositiveIntegerField()
+    notified_at = models.DateTimeField(null=True, blank=True)
+    notify_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-opened_at"]
+        constraints = [
+            # Once per incident, by construction: a rule has at most one open incident.
+            models.UniqueConstraint(
+                fields=["rule"],
+                condition=models.Q(closed_at__isnull=True),
+                name="one_open_incident_per_rule",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rule} since {self.opened_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None

@@ -1,0 +1,470 @@
+"""The numbers, aggregated in SQL. Read-only: nothing here writes.
+
+Every query takes a `Scope` (period, optional workflow / agent / action type, and the teams
+the viewer may see) so the dashboard, the alerts and the Prometheus endpoint agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from django.db import connection
+from django.db.models import (
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Q,
+    QuerySet,
+    Sum,
+)
+from django.db.models.functions import TruncDate
+
+from escalations.models import Decision, Escalation, EscalationStatus, Verdict
+from workflows.models import (
+    Action,
+    DeadLetter,
+    Outcome,
+    OutcomeQuality,
+    PolicyOutcome,
+    RunStatus,
+    WorkflowRun,
+)
+from workflows.prompts.models import ModelCall
+
+
+@dataclass(frozen=True)
+class Scope:
+    since: datetime
+    until: datetime
+    workflow: str = ""
+    agent_id: int | None = None
+    action_type: str = ""
+    team_ids: tuple[int, ...] | None = None  # None: every team (admins)
+
+    def runs(self) -> QuerySet[WorkflowRun]:
+        qs = WorkflowRun.objects.filter(created_at__gte=self.since, created_at__lt=self.until)
+        if self.workflow:
+            qs = qs.filter(workflow=self.workflow)
+        if self.agent_id:
+            qs = qs.filter(agent_id=self.agent_id)
+        if self.team_ids is not None:
+            qs = qs.filter(agent__team_id__in=self.team_ids)
+        return qs
+
+    def actions(self) -> QuerySet[Action]:
+        qs = Action.objects.filter(created_at__gte=self.since, created_at__lt=self.until)
+        if self.workflow:
+            qs = qs.filter(run__workflow=self.workflow)
+        if self.agent_id:
+            qs = qs.filter(agent_id=self.agent_id)
+        if self.action_type:
+            qs = qs.filter(action_type=self.action_type)
+        if self.team_ids is not None:
+            qs = qs.filter(agent__team_id__in=self.team_ids)
+        return qs
+
+    def decisions(self) -> QuerySet[Decision]:
+        qs = Decision.objects.filter(created_at__gte=self.since, created_at__lt=self.until)
+        if self.workflow:
+            qs = qs.filter(escalation__action__run__workflow=self.workflow)
+        if self.agent_id:
+            qs = qs.filter(escalation__action__agent_id=self.agent_id)
+        if self.action_type:
+            qs = qs.filter(escalation__action__action_type=self.action_type)
+        if self.team_ids is not None:
+            qs = qs.filter(escalation__team_id__in=self.team_ids)
+        return qs
+
+    def escalations(self) -> QuerySet[Escalation]:
+        qs = Escalation.objects.filter(created_at__gte=self.since, created_at__lt=self.until)
+        if self.workflow:
+            qs = qs.filter(action__run__workflow=self.workflow)
+        if self.agent_id:
+            qs = qs.filter(action__agent_id=self.agent_id)
+        if self.action_type:
+            qs = qs.filter(action__action_type=self.action_type)
+        if self.team_ids is not None:
+            qs = qs.filter(team_id__in=self.team_ids)
+        return qs
+
+
+def rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """95% Wilson score interval for a proportion: honest at small counts, never outside 0-1."""
+    if n == 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# --- headline figures ----------------------------------------------------------------------
+
+
+def run_figures(scope: Scope) -> dict[str, Any]:
+    agg = scope.runs().aggregate(
+        total=Count("pk"),
+        succeeded=Count("pk", filter=Q(status=RunStatus.SUCCEEDED)),
+        failed=Count("pk", filter=Q(status=RunStatus.FAILED)),
+        cancelled=Count("pk", filter=Q(status=RunStatus.CANCELLED)),
+        waiting=Count("pk", filter=Q(status=RunStatus.WAITING)),
+    )
+    finished = agg["succeeded"] + agg["failed"] + agg["cancelled"]
+    # A run succeeds only when every step met its success criteria, so "succeeded" is
+    # "finished and met its objective": the completion rate's numerator.
+    agg["completion_rate"] = rate(agg["succeeded"], finished)
+    agg["finished"] = finished
+    agg["dead_lettered"] = DeadLetter.objects.filter(run__in=scope.runs()).count()
+    return agg
+
+
+def action_figures(scope: Scope) -> dict[str, Any]:
+    agg = scope.actions().aggregate(
+        total=Count("pk"),
+        auto=Count("pk", filter=Q(outcome=PolicyOutcome.AUTO)),
+        review=Count("pk", filter=Q(outcome=PolicyOutcome.REVIEW)),
+        block=Count("pk", filter=Q(outcome=PolicyOutcome.BLOCK)),
+    )
+    agg["escalation_rate"] = rate(agg["review"], agg["total"])
+    agg["autonomous_share"] = rate(agg["auto"], agg["total"])
+    agg["block_rate"] = rate(agg["block"], agg["total"])
+    return agg
+
+
+def decision_figures(scope: Scope) -> dict[str, Any]:
+    agg = scope.decisions().aggregate(
+        total=Count("pk"),
+        approved=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=True)),
+        edited=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=False)),
+        rejected=Count("pk", filter=Q(verdict=Verdict.REJECT)),
+        responded=Count("pk", filter=Q(verdict=Verdict.RESPOND)),
+    )
+    n = agg["total"]
+    agg["approval_rate"] = rate(agg["approved"], n)
+    agg["edit_rate"] = rate(agg["edited"], n)
+    agg["reject_rate"] = rate(agg["rejected"] + agg["responded"], n)
+    # A person changing or refusing what the agent proposed: autonomy mis-calibration signal.
+    agg["override_rate"] = rate(agg["edited"] + agg["rejected"] + agg["responded"], n)
+    agg.update(decision_latency(scope))
+    return agg
+
+
+def decision_latency(scope: Scope) -> dict[str, float | None]:
+    qs = scope.decisions().annotate(
+        wait=ExpressionWrapper(
+            F("created_at") - F("escalation__created_at"), output_field=DurationField()
+        )
+    )
+    if connection.vendor == "postgresql":
+        sql, params = qs.values("wait").query.sql_with_params()
+        with connection.cursor() as cursor:
+            # `sql` is Django's own compiled query with its parameters kept separate.
+            percentiles = (
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM wait)), "
+                "percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM wait)) "
+                "FROM (%s) AS d"
+            )
+            cursor.execute(percentiles % sql, params)
+            p50, p95 = cursor.fetchone()
+        return {"latency_p50_s": p50, "latency_p95_s": p95}
+    waits = sorted(w.total_seconds() for w in qs.values_list("wait", flat=True) if w is not None)
+    if not waits:
+        return {"latency_p50_s": None, "latency_p95_s": None}
+
+    def pct(p: float) -> float:
+        return waits[min(len(waits) - 1, max(0, math.ceil(p * len(waits)) - 1))]
+
+    return {"latency_p50_s": pct(0.5), "latency_p95_s": pct(0.95)}
+
+
+def sla_figures(scope: Scope, now: datetime) -> dict[str, int]:
+    esc = scope.escalations().filter(sla_due_at__isnull=False)
+    return esc.aggregate(
+        with_sla=Count("pk"),
+        breached=Count(
+            "pk",
+            filter=Q(status=EscalationStatus.EXPIRED)
+            | Q(decided_at__gt=F("sla_due_at"))
+            | Q(decided_at__isnull=True, sla_due_at__lt=now),
+        ),
+    )
+
+
+def cost_figures(scope: Scope, succeeded: int) -> dict[str, Any]:
+    agg = ModelCall.objects.filter(run__in=scope.runs()).aggregate(
+        cost=Sum("cost_usd"),
+        input_tokens=Sum("input_tokens"),
+        output_tokens=Sum("output_tokens"),
+        calls=Count("pk"),
+    )
+    tokens = (agg["input_tokens"] or 0) + (agg["output_tokens"] or 0)
+    return {
+        "cost_usd": float(agg["cost"] or 0),
+        "tokens": tokens,
+        "model_calls": agg["calls"],
+        "cost_per_completed": float(agg["cost"] or 0) / succeeded if succeeded else None,
+        "tokens_per_completed": tokens / succeeded if succeeded else None,
+    }
+
+
+# --- trends and breakdowns -------------------------------------------------------------------
+
+
+def daily_trend(scope: Scope) -> list[dict[str, Any]]:
+    """Per day: runs, completion, escalation rate, approval rate."""
+    days: dict[date, dict[str, Any]] = {}
+    start = scope.since.date()
+    for i in range((scope.until.date() - start).days + 1):
+        d = start + timedelta(days=i)
+        days[d] = {
+            "day": d,
+            "runs": 0,
+            "succeeded": 0,
+            "finished": 0,
+            "actions": 0,
+            "escalated": 0,
+            "decisions": 0,
+            "approved": 0,
+        }
+    for rr in (
+        scope.runs()
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(
+            runs=Count("pk"),
+            succeeded=Count("pk", filter=Q(status=RunStatus.SUCCEEDED)),
+            finished=Count(
+                "pk",
+                filter=Q(status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED]),
+            ),
+        )
+    ):
+        if rr["day"] in days:
+            days[rr["day"]].update(
+                runs=rr["runs"], succeeded=rr["succeeded"], finished=rr["finished"]
+            )
+    for ra in (
+        scope.actions()
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(
+            actions=Count("pk"), escalated=Count("pk", filter=Q(outcome=PolicyOutcome.REVIEW))
+        )
+    ):
+        if ra["day"] in days:
+            days[ra["day"]].update(actions=ra["actions"], escalated=ra["escalated"])
+    for rd in (
+        scope.decisions()
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(
+            decisions=Count("pk"),
+            approved=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=True)),
+        )
+    ):
+        if rd["day"] in days:
+            days[rd["day"]].update(decisions=rd["decisions"], approved=rd["approved"])
+    out = []
+    for d in sorted(days):
+        row: dict[str, Any] = days[d]
+        row["completion_rate"] = rate(row["succeeded"], row["finished"])
+        row["escalation_rate"] = rate(row["escalated"], row["actions"])
+        row["approval_rate"] = rate(row["approved"], row["decisions"])
+        out.append(row)
+    return out
+
+
+def breakdown(scope: Scope, by: str) -> list[dict[str, Any]]:
+    """Rates per action type, agent or workflow."""
+    field = {"action_type": "action_type", "agent": "agent__name", "workflow": "run__workflow"}[by]
+    rows = {
+        r[field] or "(API)": {
+            "key": r[field] or "(API)",
+            "actions": r["n"],
+            "autonomous_share": rate(r["auto"], r["n"]),
+            "escalation_rate": rate(r["review"], r["n"]),
+            "blocked": r["block"],
+        }
+        for r in scope.actions()
+        .values(field)
+        .annotate(
+            n=Count("pk"),
+            auto=Count("pk", filter=Q(outcome=PolicyOutcome.AUTO)),
+            review=Count("pk", filter=Q(outcome=PolicyOutcome.REVIEW)),
+            block=Count("pk", filter=Q(outcome=PolicyOutcome.BLOCK)),
+        )
+    }
+    dfield = "escalation__action__" + field
+    for r in (
+        scope.decisions()
+        .values(dfield)
+        .annotate(
+            n=Count("pk"),
+            approved=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=True)),
+            edited=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=False)),
+            rejected=Count("pk", filter=~Q(verdict=Verdict.APPROVE)),
+        )
+    ):
+        row = rows.setdefault(r[dfield] or "(API)", {"key": r[dfield] or "(API)", "actions": 0})
+        row.update(
+            decisions=r["n"],
+            approval_rate=rate(r["approved"], r["n"]),
+            edit_rate=rate(r["edited"], r["n"]),
+            reject_rate=rate(r["rejected"], r["n"]),
+            override_rate=rate(r["edited"] + r["rejected"], r["n"]),
+        )
+    return sorted(rows.values(), key=lambda r: -int(r.get("actions") or 0))
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+BINS = 10
+
+
+def calibration(scope: Scope) -> dict[str, list[dict[str, Any]]]:
+    """Per action type, confidence bins against how often people approved unchanged."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    rows = scope.decisions().values(
+        "escalation__action__action_type",
+        "escalation__action__confidence",
+        "verdict",
+        "edited_payload",
+    )
+    counts: dict[str, list[list[int]]] = {}
+    for r in rows.iterator(chunk_size=5000):
+        kind = r["escalation__action__action_type"]
+        conf = float(r["escalation__action__confidence"])
+        b = min(BINS - 1, max(0, int(conf * BINS)))
+        bins = counts.setdefault(kind, [[0, 0] for _ in range(BINS)])
+        bins[b][1] += 1
+        if r["verdict"] == Verdict.APPROVE and r["edited_payload"] is None:
+            bins[b][0] += 1
+    for kind, bins in sorted(counts.items()):
+        out[kind] = [
+            {
+                "low": i / BINS,
+                "high": (i + 1) / BINS,
+                "n": n,
+                "approved": a,
+                "rate": rate(a, n),
+                "interval": wilson(a, n),
+            }
+            for i, (a, n) in enumerate(bins)
+        ]
+    return out
+
+
+# --- failure modes and outcomes ------------------------------------------------------------
+
+
+def failure_cause(error: str) -> str:
+    e = error.lower()
+    if "verification" in e:
+        return "verification failure"
+    if "model" in e or "modeloutputerror" in e or "modelerror" in e or "needs attention" in e:
+        return "model error"
+    if "timeout" in e or "timed out" in e or "time limit" in e:
+        return "timeout"
+    if "cancel" in e:
+        return "cancelled"
+    return "other error"
+
+
+def failure_cases(scope: Scope, limit: int = 30) -> dict[str, list[dict[str, Any]]]:
+    """Individual cases, grouped by cause, newest first; each links to its trace."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+
+    def add(cause: str, item: dict[str, Any]) -> None:
+        bucket = groups.setdefault(cause, [])
+        if len(bucket) < limit:
+            bucket.append(item)
+
+    for run in scope.runs().filter(status=RunStatus.FAILED).order_by("-created_at")[: limit * 4]:
+        add(
+            failure_cause(run.error),
+            {
+                "kind": "run failed",
+                "when": run.finished_at or run.created_at,
+                "text": run.error,
+                "run_id": run.pk,
+                "title": run.title,
+            },
+        )
+    for d in (
+        scope.decisions()
+        .exclude(verdict=Verdict.APPROVE, edited_payload__isnull=True)
+        .select_related("escalation__action__run", "decided_by")
+        .order_by("-created_at")[: limit * 4]
+    ):
+        action = d.escalation.action
+        if d.verdict == Verdict.APPROVE:
+            cause, kind = "edited by a reviewer", f"{action.action_type} edited"
+        else:
+            reason = (d.reason or "no reason").strip().splitlines()[0][:80]
+            cause, kind = f"rejected: {reason}", f"{action.action_type} {d.get_verdict_display()}"
+        add(
+            cause,
+            {
+                "kind": kind,
+                "when": d.created_at,
+                "text": d.reason,
+                "run_id": action.run_id,
+                "escalation_id": d.escalation_id,
+                "title": action.run.title if action.run else action.action_type,
+                "by": d.decided_by.get_username(),
+            },
+        )
+    for o in (
+        Outcome.objects.filter(quality=OutcomeQuality.BAD, action__in=scope.actions())
+        .select_related("action__run")
+        .order_by("-recorded_at")[: limit * 4]
+    ):
+        add(
+            "bad outcome: " + o.metric,
+            {
+                "kind": f"{o.action.action_type if o.action else 'run'} turned out badly",
+                "when": o.recorded_at,
+                "text": o.note,
+                "run_id": o.run_id,
+                "title": o.run.title if o.run else o.metric,
+            },
+        )
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
+def outcome_quality(scope: Scope) -> dict[str, dict[str, Any]]:
+    """Outcome quality for autonomous vs reviewed actions: is a threshold too loose?"""
+    qs = Outcome.objects.filter(action__in=scope.actions())
+    result = {}
+    for label, cond in (
+        ("autonomous", Q(action__outcome=PolicyOutcome.AUTO)),
+        ("reviewed", Q(action__outcome=PolicyOutcome.REVIEW)),
+    ):
+        agg = qs.filter(cond).aggregate(
+            n=Count("pk"),
+            good=Count("pk", filter=Q(quality=OutcomeQuality.GOOD)),
+            bad=Count("pk", filter=Q(quality=OutcomeQuality.BAD)),
+        )
+        agg["bad_rate"] = rate(agg["bad"], agg["n"])
+        agg["interval"] = wilson(agg["bad"], agg["n"])
+        result[label] = agg
+    return result
+
+
+def recent_autonomous_actions(scope: Scope, limit: int = 15) -> list[Action]:
+    """Executed actions no person saw, for reviewers to mark as wrong after the fact."""
+    return list(
+        scope.actions()
+        .filter(outcome=PolicyOutcome.AUTO, executed_at__isnull=False)
+        .select_related("run", "agent")
+        .order_by("-executed_at")[:limit]
+    )
