@@ -12,7 +12,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from escalations.models import AgentProfile, AutonomyPolicy, Team, TrustLevel
+from escalations.actions import save_policy
+from escalations.models import AgentProfile, AutonomyPolicy, ExpiryBehaviour, Team, TrustLevel
 from workflows.models import PolicyOutcome
 
 DEMO_USERS = (
@@ -21,6 +22,71 @@ DEMO_USERS = (
     ("alice", "support", False),
     ("bob", "billing", False),
 )
+
+
+def _demo_policies(support: Team, billing: Team) -> list[dict[str, Any]]:
+    """What the demo shows off. Nothing here may stop the triage stream from acting alone once
+    the bench loosens outcome, confidence and irreversibility (bench_e2e): the extra
+    conditions sit on refunds (which triage never proposes), on a disabled policy, or far
+    above the demo's rate."""
+    return [
+        {
+            "name": "CRM updates act alone when confident",
+            "action_type": "update_crm",
+            "outcome": PolicyOutcome.AUTO,
+            "min_confidence": 0.7,
+            "min_confidence_probation": 0.9,
+            "min_confidence_trusted": 0.6,
+            "rate_limit_count": 5000,
+            "rate_limit_window_minutes": 60,
+            "team": support,
+        },
+        {
+            "name": "Customer replies are reviewed",
+            "action_type": "send_reply",
+            "outcome": PolicyOutcome.AUTO,
+            "min_confidence": 0.85,
+            "irreversible_requires_review": True,
+            "irreversible_trusted_min_confidence": 0.97,
+            "block_patterns": "password\\s*[:=]\n\\bapi[_ ]?key\\s*[:=]",
+            "team": support,
+            "sla_minutes": 30,
+            "escalation_chain": "billing",
+            "expiry_behaviour": ExpiryBehaviour.REJECT,
+        },
+        {
+            "name": "Routing acts alone when confident",
+            "action_type": "route_to_team",
+            "outcome": PolicyOutcome.AUTO,
+            "min_confidence": 0.8,
+            "team": billing,
+        },
+        {
+            "name": "Refunds: small ones alone, large ones by two people",
+            "action_type": "issue_refund",
+            "outcome": PolicyOutcome.AUTO,
+            "min_confidence": 0.9,
+            "max_amount": 50,
+            "irreversible_requires_review": False,
+            "approvals_required": 2,
+            "approvals_required_above": 200,
+            "team": billing,
+            "sla_minutes": 60,
+            "escalation_chain": "support",
+            "expiry_behaviour": ExpiryBehaviour.REJECT,
+        },
+        {
+            "name": "Replies promising money need review (enable it: try the what-if first)",
+            "enabled": False,
+            "action_type": "send_reply",
+            "outcome": PolicyOutcome.AUTO,
+            "min_confidence": 0.0,
+            "irreversible_requires_review": False,
+            "review_patterns": "\\brefund\n\\bcompensat\n\\bcredit\\b",
+            "priority": 200,
+            "team": billing,
+        },
+    ]
 
 
 class Command(BaseCommand):
@@ -43,37 +109,15 @@ class Command(BaseCommand):
             defaults={
                 "description": "Reads support tickets, classifies them, drafts replies.",
                 "team": support,
+                "agent_type": "support triage",
                 "trust_level": TrustLevel.STANDARD,
                 "customer_facing": True,
             },
         )
-        if not AutonomyPolicy.objects.exists():
-            AutonomyPolicy.objects.bulk_create(
-                [
-                    AutonomyPolicy(
-                        name="CRM updates act alone when confident",
-                        action_type="update_crm",
-                        outcome=PolicyOutcome.AUTO,
-                        min_confidence=0.7,
-                        team=support,
-                    ),
-                    AutonomyPolicy(
-                        name="Customer replies are reviewed",
-                        action_type="send_reply",
-                        outcome=PolicyOutcome.AUTO,
-                        min_confidence=0.85,
-                        irreversible_requires_review=True,
-                        team=support,
-                    ),
-                    AutonomyPolicy(
-                        name="Routing acts alone when confident",
-                        action_type="route_to_team",
-                        outcome=PolicyOutcome.AUTO,
-                        min_confidence=0.8,
-                        team=billing,
-                    ),
-                ]
-            )
+        for fields in _demo_policies(support, billing):
+            # By name, so an older install gets the newer demo policies without losing edits.
+            if not AutonomyPolicy.objects.filter(name=fields["name"]).exists():
+                save_policy(policy=AutonomyPolicy(**fields), reason="demo data")
         User = get_user_model()
         logins = []
         for username, team_slug, is_admin in DEMO_USERS:
