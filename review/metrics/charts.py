@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ def _y(v: float, top: float) -> float:
     return PAD_T + (H - PAD_T - PAD_B) * (1 - (v / top if top else 0))
 
 
-def _frame(top: float, percent: bool, labels: Sequence[str]) -> list[str]:
+def _frame(top: float, percent: bool, labels: Sequence[str], *, bins: bool = False) -> list[str]:
     parts = []
     for frac in (0, 0.5, 1):
         y = _y(top * frac, top)
@@ -32,11 +33,15 @@ def _frame(top: float, percent: bool, labels: Sequence[str]) -> list[str]:
             f'text-anchor="end">{text}</text>'
         )
     n = len(labels)
-    step = max(1, n // 7)
+    span = W - PAD_L - PAD_R
+    step = 1 if bins else max(1, n // 7)
     for i in range(0, n, step):
+        # Bins: label i is the left edge of bar i (the last label closes the axis).
+        x = PAD_L + span * i / (n - 1) if bins and n > 1 else _x(i, n)
+        anchor = "start" if i == 0 else "end" if i == n - 1 else "middle"
         parts.append(
-            f'<text class="axis" x="{_x(i, n):.1f}" y="{H - 8}" '
-            f'text-anchor="middle">{escape(labels[i])}</text>'
+            f'<text class="axis" x="{x:.1f}" y="{H - 8}" '
+            f'text-anchor="{anchor}">{escape(labels[i])}</text>'
         )
     return parts
 
@@ -49,7 +54,7 @@ def line_chart(
     title: str = "",
 ) -> SafeString:
     values = [v for _, vs in series for v in vs if v is not None]
-    top = 1.0 if percent else max(values or [1]) * 1.1 or 1.0
+    top = 1.0 if percent else float(max(1, math.ceil(max(values or [1]) * 1.1)))
     parts = [
         f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{escape(title)}">',
         *_frame(top, percent, labels),
@@ -88,7 +93,7 @@ def calibration_chart(
     parts = [
         f'<svg class="chart calibration" viewBox="0 0 {W} {H}" role="img" '
         f'aria-label="approval rate by confidence">',
-        *_frame(1.0, True, [f"{b['low']:.1f}" for b in bins]),
+        *_frame(1.0, True, [f"{b['low']:.1f}" for b in bins] + ["1.0"], bins=True),
     ]
     parts.append(
         f'<line class="ideal" x1="{PAD_L}" y1="{_y(0, 1):.1f}" x2="{W - PAD_R}" '
