@@ -853,7 +853,15 @@ def wake_runs(*, limit: int = 500) -> int:
             .filter(status=RunStatus.WAITING, wake_at__lte=timezone.now())
             .values_list("pk", flat=True)[:limit]
         )
-        WorkflowRun.objects.filter(pk__in=due).update(wake_at=None, updated_at=timezone.now())
+        now = timezone.now()
+        WorkflowRun.objects.filter(pk__in=due).update(wake_at=None, updated_at=now)
+        # The run's column is the timer; its sleeping steps are due when it fires (an operator
+        # may have moved it earlier).
+        for step in StepRun.objects.filter(
+            run_id__in=due, status=StepStatus.WAITING, waiting_for__has_key="until"
+        ):
+            step.waiting_for = {**(step.waiting_for or {}), "until": now.isoformat()}
+            step.save(update_fields=["waiting_for"])
         for run_id in due:
             outbox_enqueue(ADVANCE, str(run_id))
     return len(due)
