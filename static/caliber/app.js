@@ -152,9 +152,10 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     tick();
+    if (!document.getElementById("queue-rows")) return;
     var stored = null;
     try { stored = sessionStorage.getItem(SELECTED_KEY); sessionStorage.removeItem(SELECTED_KEY); } catch (err) { /* private mode */ }
-    if (stored !== null && document.getElementById("queue-rows")) {
+    if (stored !== null) {
       var all = rows();
       if (all.length) select(all[Math.min(parseInt(stored, 10) || 0, all.length - 1)], true);
     }
