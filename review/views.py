@@ -107,7 +107,7 @@ def decide(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     form = DecisionForm(request.POST, payload=esc.action.payload, tool=tool)
     if form.is_valid():
         try:
-            decide_escalation(
+            result = decide_escalation(
                 escalation_id=esc.pk,
                 user=request.user,  # type: ignore[arg-type]
                 verdict=form.cleaned_data["verdict"],
@@ -123,7 +123,15 @@ def decide(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
                 for error in errors:
                     form.add_error(field if field in form.fields else None, error)
         else:
-            messages.success(request, form.success_message())
+            if isinstance(result, Decision):
+                messages.success(request, form.success_message())
+            else:
+                # A quorum escalation: this approval counts, others are still needed.
+                esc.refresh_from_db()
+                missing = esc.approval_progress()["missing"]
+                messages.success(
+                    request, f"Your approval is recorded; {missing} more needed before it runs."
+                )
             return redirect("review:queue")
     ctx = _detail_context(request, pk)
     ctx["form"] = form
