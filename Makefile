@@ -12,9 +12,10 @@ $(PY):
 	echo "Creating $(VENV) with $$PYBIN"; \
 	"$$PYBIN" -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml caliber_client/pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./caliber_client
 	@touch $(STAMP)
 
 venv: $(STAMP)

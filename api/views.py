@@ -144,6 +144,19 @@ def _unprocessable(loc: list[str | int], msg: str) -> NinjaValidationError:
     return NinjaValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
 
 
+@api.exception_handler(NinjaValidationError)
+def _validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+    # ninja puts the body parameter's own name in every body error's loc ("body", "body",
+    # "confidence"); clients should see ("body", "confidence").
+    errors = []
+    for error in exc.errors:
+        loc = list(error.get("loc", ()))
+        if loc[:2] == ["body", "body"]:
+            loc = loc[1:]
+        errors.append({**error, "loc": loc})
+    return api.create_response(request, {"detail": errors}, status=422)
+
+
 @api.exception_handler(DjangoValidationError)
 def _django_validation_error(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
     if hasattr(exc, "error_dict"):

@@ -146,9 +146,7 @@ def test_a_body_over_the_limit_is_413_before_parsing(api, policies):
 def test_a_body_over_the_limit_is_413_even_without_a_valid_token(client, policies):
     from api.views import MAX_BODY_BYTES
 
-    r = client.post(
-        "/api/v1/actions", b"x" * (MAX_BODY_BYTES + 1), content_type="application/json"
-    )
+    r = client.post("/api/v1/actions", b"x" * (MAX_BODY_BYTES + 1), content_type="application/json")
     assert r.status_code == 413
 
 
