@@ -174,6 +174,10 @@ class PolicySet:
     by_type: dict[str, tuple[CompiledPolicy, ...]]
     agents: dict[int, AgentState]
     size: int
+    # (workflow, agent, action type) -> covering policies: few distinct keys, many lookups.
+    _covering: dict[tuple[str, int, str], tuple[CompiledPolicy, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(cls, policies: Iterable[CompiledPolicy], agents: Iterable[AgentState]) -> PolicySet:
@@ -188,16 +192,28 @@ class PolicySet:
             size=count,
         )
 
-    def covering(self, *, workflow: str, agent_id: int, action_type: str) -> list[CompiledPolicy]:
+    def covering(
+        self, *, workflow: str, agent_id: int, action_type: str
+    ) -> tuple[CompiledPolicy, ...]:
         """Every policy whose scope matches, highest priority first."""
-        candidates = self.by_type.get(action_type, ()) + self.by_type.get("", ())
-        found = [
-            p
-            for p in candidates
-            if (not p.workflow or p.workflow == workflow)
-            and (p.agent_id is None or p.agent_id == agent_id)
-        ]
-        found.sort(key=lambda p: p.sort_key)
+        key = (workflow, agent_id, action_type)
+        found = self._covering.get(key)
+        if found is None:
+            candidates = self.by_type.get(action_type, ()) + self.by_type.get("", ())
+            found = tuple(
+                sorted(
+                    (
+                        p
+                        for p in candidates
+                        if (not p.workflow or p.workflow == workflow)
+                        and (p.agent_id is None or p.agent_id == agent_id)
+                    ),
+                    key=lambda p: p.sort_key,
+                )
+            )
+            if len(self._covering) > 50_000:
+                self._covering.clear()
+            self._covering[key] = found
         return found
 
     def replacing(self, draft: CompiledPolicy, *, enabled: bool) -> PolicySet:
@@ -266,7 +282,7 @@ class PolicyDecision:
     policy_version: int | None
     team_id: int
     approvals_required: int = 1
-    matched: list[str] = field(default_factory=list)
+    policies_considered: int = 0
 
 
 def amount_of(tool: ActionType, payload: dict[str, Any]) -> Decimal | None:
@@ -341,74 +357,96 @@ def _verdict(
     texts: list[tuple[str, str]],
     now: datetime,
     count_recent: RecentCounter,
+    explain: bool,
 ) -> tuple[PolicyOutcome, list[str]]:
-    name, label = tool.name, policy.label
+    """One policy's outcome, and with `explain` its reasons (a person can read each alone).
+
+    Evaluation runs this twice: first without reasons for every covering policy (formatting
+    hundreds of strings would dominate the hot path), then with them for the winners only.
+    """
+    name, label = tool.name, policy.label if explain else ""
     if policy.outcome == PolicyOutcome.BLOCK:
-        return PolicyOutcome.BLOCK, [f"{label} blocks {name}"]
-    hit = _first_match(policy.block_patterns, texts)
+        return PolicyOutcome.BLOCK, [f"{label} blocks {name}"] if explain else []
+    hit = _first_match(policy.block_patterns, texts) if policy.block_patterns else None
     if hit:
         return PolicyOutcome.BLOCK, [
             f"payload field '{hit[1]}' matches block pattern '{hit[0]}' ({label})"
-        ]
-    hit = _first_match(policy.review_patterns, texts)
+        ] if explain else []
+    hit = _first_match(policy.review_patterns, texts) if policy.review_patterns else None
     if hit:
         return PolicyOutcome.REVIEW, [
             f"payload field '{hit[1]}' matches review pattern '{hit[0]}' ({label})"
-        ]
+        ] if explain else []
     if policy.outcome == PolicyOutcome.REVIEW:
-        return PolicyOutcome.REVIEW, [f"{label} always requires review of {name}"]
+        return PolicyOutcome.REVIEW, [
+            f"{label} always requires review of {name}"
+        ] if explain else []
 
+    failed = 0
     reasons: list[str] = []
     passed: list[str] = []
     bar = policy.bar_for(agent.trust_level)
     if confidence < bar:
-        reasons.append(
-            f"confidence {confidence:.2f} < {bar:.2f} required for {name} at trust "
-            f"'{agent.trust_level}' ({label})"
-        )
-    else:
+        failed += 1
+        if explain:
+            reasons.append(
+                f"confidence {confidence:.2f} < {bar:.2f} required for {name} at trust "
+                f"'{agent.trust_level}' ({label})"
+            )
+    elif explain:
         passed.append(
             f"confidence {confidence:.2f} >= {bar:.2f} required for {name} at trust "
             f"'{agent.trust_level}' ({label})"
         )
     if policy.max_amount is not None and tool.amount_field is not None:
         if amount is None:
-            reasons.append(
-                f"{name} has no numeric '{tool.amount_field}', and {label} lets it act alone "
-                f"only up to {policy.max_amount}"
-            )
+            failed += 1
+            if explain:
+                reasons.append(
+                    f"{name} has no numeric '{tool.amount_field}', and {label} lets it act "
+                    f"alone only up to {policy.max_amount}"
+                )
         elif amount > policy.max_amount:
-            reasons.append(
-                f"{tool.amount_field} {amount} > {policy.max_amount}, the most {name} may move "
-                f"alone ({label})"
-            )
-        else:
+            failed += 1
+            if explain:
+                reasons.append(
+                    f"{tool.amount_field} {amount} > {policy.max_amount}, the most {name} may "
+                    f"move alone ({label})"
+                )
+        elif explain:
             passed.append(f"{tool.amount_field} {amount} <= {policy.max_amount} ({label})")
     if policy.irreversible_requires_review and not tool.reversible:
         strict = policy.irreversible_trusted_min_confidence
         if strict is not None and agent.trust_level == TrustLevel.TRUSTED and confidence >= strict:
-            passed.append(
-                f"irreversible {name} may act alone: agent '{agent.name}' is trusted and "
-                f"confidence {confidence:.2f} >= {strict:.2f} ({label})"
-            )
+            if explain:
+                passed.append(
+                    f"irreversible {name} may act alone: agent '{agent.name}' is trusted and "
+                    f"confidence {confidence:.2f} >= {strict:.2f} ({label})"
+                )
         else:
-            unless = (
-                f" unless a trusted agent is at least {strict:.2f} confident"
-                if strict is not None
-                else ""
-            )
-            reasons.append(f"{name} is irreversible and {label} requires review of those{unless}")
-    if not reasons and policy.rate_limit_count is not None and policy.rate_limit_window:
-        minutes = int(policy.rate_limit_window.total_seconds() // 60)
+            failed += 1
+            if explain:
+                unless = (
+                    f" unless a trusted agent is at least {strict:.2f} confident"
+                    if strict is not None
+                    else ""
+                )
+                reasons.append(
+                    f"{name} is irreversible and {label} requires review of those{unless}"
+                )
+    if not failed and policy.rate_limit_count is not None and policy.rate_limit_window:
         recent = count_recent(policy, agent.id, now - policy.rate_limit_window)
         if recent >= policy.rate_limit_count:
-            scope = policy.action_type or "in-scope"
-            reasons.append(
-                f"rate cap reached: agent '{agent.name}' already took {recent} {scope} "
-                f"action(s) alone in the last {minutes} min (cap {policy.rate_limit_count}, "
-                f"{label})"
-            )
-    if reasons:
+            failed += 1
+            if explain:
+                minutes = int(policy.rate_limit_window.total_seconds() // 60)
+                scope = policy.action_type or "in-scope"
+                reasons.append(
+                    f"rate cap reached: agent '{agent.name}' already took {recent} {scope} "
+                    f"action(s) alone in the last {minutes} min (cap {policy.rate_limit_count}, "
+                    f"{label})"
+                )
+    if failed:
         return PolicyOutcome.REVIEW, reasons
     return PolicyOutcome.AUTO, passed
 
@@ -462,26 +500,41 @@ def evaluate(
     )
     moment = now or timezone.now()
     counter = count_recent or count_recent_autonomous
-    verdicts = [
-        (
-            p,
-            *_verdict(
-                p,
-                agent=state,
-                tool=tool,
-                confidence=float(confidence),
-                amount=amount,
-                texts=texts,
-                now=moment,
-                count_recent=counter,
-            ),
+    considered = len(covering)
+    counts: dict[int | None, int] = {}
+
+    def count_once(policy: CompiledPolicy, agent_id: int, since: datetime) -> int:
+        # The explaining pass must quote the number the deciding pass saw, without a query.
+        if policy.id not in counts:
+            counts[policy.id] = counter(policy, agent_id, since)
+        return counts[policy.id]
+
+    kwargs: dict[str, Any] = {
+        "agent": state,
+        "tool": tool,
+        "confidence": float(confidence),
+        "amount": amount,
+        "texts": texts,
+        "now": moment,
+        "count_recent": count_once,
+    }
+    if any(p.outcome == PolicyOutcome.BLOCK for p in covering):
+        # Nothing is stricter than a block: only what can block needs evaluating.
+        covering = tuple(
+            p for p in covering if p.outcome == PolicyOutcome.BLOCK or p.block_patterns
         )
-        for p in covering
-    ]
-    worst = max(_SEVERITY[v[1]] for v in verdicts)
-    winners = [v for v in verdicts if _SEVERITY[v[1]] == worst]
-    policy, outcome, _ = winners[0]
-    reasons = [r for _, _, rs in winners for r in rs]
+    severities = [_SEVERITY[_verdict(p, explain=False, **kwargs)[0]] for p in covering]
+    worst = max(severities)
+    winners = [p for p, sev in zip(covering, severities, strict=True) if sev == worst]
+    policy = winners[0]
+    outcome = next(o for o, sev in _SEVERITY.items() if sev == worst)
+    if outcome == PolicyOutcome.AUTO:
+        # Every covering policy allows it; the recorded one says why, the rest are counted.
+        reasons = _verdict(policy, explain=True, **kwargs)[1]
+        if len(winners) > 1:
+            reasons.append(f"{len(winners) - 1} other matching policies allow it too")
+    else:
+        reasons = [r for p in winners for r in _verdict(p, explain=True, **kwargs)[1]]
     if apply_kill_switch and state.paused and outcome == PolicyOutcome.AUTO:
         outcome = PolicyOutcome.REVIEW
         reasons = [f"autonomy is paused for agent '{state.name}' (kill switch)"]
@@ -492,7 +545,7 @@ def evaluate(
         policy_version=policy.version,
         team_id=policy.team_id or state.team_id,
         approvals_required=policy.approvals_for(amount) if outcome == PolicyOutcome.REVIEW else 1,
-        matched=[p.label for p in covering],
+        policies_considered=considered,
     )
 
 
