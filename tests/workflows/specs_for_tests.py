@@ -47,8 +47,15 @@ def _hold(ctx: StepContext, key: str) -> None:
     """Sleep `hold_seconds` on the attempts listed in `hold_attempts` (default: the first),
     so a test can kill or cut off the worker while the step is mid-flight."""
     data = ctx.run.input
-    if ctx.step.attempts in data.get("hold_attempts", [1]) and key in data.get("hold", [key]):
-        time.sleep(float(data.get("hold_seconds", 0)))
+    seconds = float(data.get("hold_seconds", 0))
+    if (
+        seconds
+        and ctx.step.attempts in data.get("hold_attempts", [1])
+        and key in data.get("hold", [key])
+    ):
+        # A write first, so the step's transaction is open (and visible) while it holds.
+        ctx.trace(ctx_kind("system"), f"holding for {seconds:g}s")
+        time.sleep(seconds)
 
 
 def _charge(ctx: StepContext, name: str) -> dict[str, Any]:
@@ -214,5 +221,34 @@ LEAKY = register(
         title="Tries to store a secret in systemic state",
         agent="triage-agent",
         steps=(StepSpec("leak", "Writes a raw secret", _bad_secret, retry=Retry(max_attempts=1)),),
+    )
+)
+
+
+def _victim(ctx: StepContext) -> StepResult:
+    _hold(ctx, "hold")
+    effect = _charge(ctx, "written")
+    return {"held": True, "effect": effect["idempotency_key"]}
+
+
+# A step with room to be cut off from its database mid-flight (timeout well above its hold).
+DB_VICTIM = register(
+    WorkflowSpec(
+        name="db_victim",
+        version=1,
+        title="Loses its database connection",
+        agent="triage-agent",
+        steps=(
+            StepSpec(
+                "hold",
+                "Holds a transaction open",
+                _victim,
+                depends_on=(),
+                mode=Mode.ASYNC,
+                retry=Retry(max_attempts=3, backoff_seconds=0.2),
+                timeout_seconds=15.0,
+            ),
+            StepSpec("after", "After", lambda ctx: {"after": True}, timeout_seconds=15.0),
+        ),
     )
 )

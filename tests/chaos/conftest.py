@@ -1,0 +1,279 @@
+"""The chaos harness: real celery worker processes we may kill, a reconciler doing beat's job
+every half second, a private Redis we may kill, and the invariants checked after each test.
+
+Chaos workers consume their own queue, so killing one never touches the session's worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from celery import Celery
+from django.db import connection
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from escalations.models import UNDECIDED_STATUSES, Decision
+from tests.conftest import ROOT, _service_env
+from workflows import engine, outbox
+from workflows.models import (
+    TERMINAL_RUN_STATUSES,
+    Effect,
+    RunStatus,
+    StepRun,
+    StepStatus,
+    WorkflowRun,
+)
+from workflows.state import verify_chain
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "chaos: kills workers, Redis and database connections (select with -m chaos)"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """Workers on one queue and broker, and the test process's sends pointed at them."""
+
+    def __init__(self, *, redis_url: str, log_dir: Path, django_db_blocker: Any) -> None:
+        self.redis_url = redis_url
+        self.queue = f"chaos-{uuid.uuid4().hex[:8]}"
+        self.log_dir = log_dir
+        with django_db_blocker.unblock():
+            self.env = {
+                **_service_env(),
+                "REDIS_URL": redis_url,
+                "CELERY_QUEUE": self.queue,
+            }
+        self.app = Celery("chaos-sender", broker=redis_url, set_as_current=False)
+        self.app.conf.broker_connection_retry_on_startup = True
+        self.app.conf.broker_transport_options = {"visibility_timeout": 1200}
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def send(self, task: str, args: list[Any], countdown: float = 0) -> None:
+        self.app.send_task(
+            task, args=args, queue=self.queue, countdown=countdown if countdown > 0 else None
+        )
+
+    def start_worker(self, *, concurrency: int = 2) -> subprocess.Popen[bytes]:
+        log_path = self.log_dir / f"worker-{len(self.workers)}-{self.queue}.log"
+        log = open(log_path, "wb")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "--pool=prefork",
+                f"--concurrency={concurrency}",
+                "-Q",
+                self.queue,
+                "--loglevel=INFO",
+                "--without-heartbeat",
+                "--without-mingle",
+                "--without-gossip",
+                "-n",
+                f"chaos{len(self.workers)}-{self.queue}@%h",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killed whole at teardown
+        )
+        deadline = time.monotonic() + 40
+        while b"ready." not in log_path.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("chaos worker did not start:\n" + log_path.read_text()[-3000:])
+            time.sleep(0.1)
+        self.workers.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        self.app.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    c = Cluster(
+        redis_url=os.environ["REDIS_URL"],
+        log_dir=tmp_path_factory.mktemp("chaos"),
+        django_db_blocker=django_db_blocker,
+    )
+    c.start_worker(concurrency=3)
+    yield c
+    c.stop()
+
+
+class Reconciler:
+    """What beat does, every half second: re-enqueue stalled runs, wake due ones, relay the
+    outbox. Runs in a thread of the test process, sending through the cluster."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.errors: list[str] = []
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(0.5):
+                try:
+                    engine.reconcile_runs()
+                    engine.wake_runs()
+                    outbox.relay_due(grace_seconds=1)
+                except Exception as exc:  # a killed broker: keep going, like beat does
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            connection.close()
+
+    def __enter__(self) -> Reconciler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def sends_to(request: pytest.FixtureRequest) -> Any:
+    """Point this process's task sends (outbox relay, decisions, the reconciler) at a cluster."""
+    patches: list[Any] = []
+
+    def point(c: Cluster) -> Cluster:
+        for p in (
+            mock.patch("workflows.outbox.send", side_effect=c.send),
+            mock.patch(
+                "workflows.tasks.enqueue_advance",
+                side_effect=lambda run_id, countdown=0: c.send(
+                    outbox.ADVANCE, [str(run_id)], countdown
+                ),
+            ),
+        ):
+            p.start()
+            patches.append(p)
+        return c
+
+    yield point
+    for p in patches:
+        p.stop()
+
+
+@pytest.fixture
+def reconciler() -> Iterator[Reconciler]:
+    with Reconciler() as r:
+        yield r
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def running_step(run: WorkflowRun, name: str, timeout: float = 20) -> StepRun:
+    return wait_until(
+        lambda: (
+            StepRun.objects.filter(run=run, name=name, status=StepStatus.RUNNING)
+            .exclude(lease_owner="")
+            .first()
+        ),
+        timeout,
+        f"{name} to be running",
+    )
+
+
+def owner_pid(step: StepRun) -> int:
+    return int(step.lease_owner.split(":")[1])
+
+
+def settle(runs: list[WorkflowRun], timeout: float = 60) -> None:
+    """Wait until every run is terminal or legitimately waiting."""
+
+    def settled() -> bool:
+        return all(_settled(WorkflowRun.objects.get(pk=r.pk)) for r in runs)
+
+    try:
+        wait_until(settled, timeout, "the runs to settle")
+    except AssertionError:
+        stuck = [
+            f"{r.workflow} {r.pk} {r.status}: "
+            + " | ".join(r.trace.values_list("message", flat=True))
+            for r in WorkflowRun.objects.filter(pk__in=[r.pk for r in runs])
+            if not _settled(r)
+        ]
+        raise AssertionError("runs did not settle:\n" + "\n".join(stuck)) from None
+
+
+def _settled(run: WorkflowRun) -> bool:
+    if run.status in TERMINAL_RUN_STATUSES:
+        return True
+    if run.status != RunStatus.WAITING:
+        return False
+    undecided = run.actions.filter(escalation__status__in=UNDECIDED_STATUSES).exists()
+    sleeping = run.wake_at is not None and run.wake_at > timezone.now()
+    return undecided or sleeping
+
+
+def assert_invariants() -> None:
+    """Every run terminal or legitimately waiting; at most one ledger row per effect key; at
+    most one decision per escalation; no run or step running past its lease; chains intact.
+
+    Runs still moving (e.g. a follow-up just started) get time to settle first."""
+    settle(list(WorkflowRun.objects.all()), timeout=30)
+    now = timezone.now()
+    for run in WorkflowRun.objects.all():
+        assert _settled(run), f"run {run.pk} is {run.status}, neither finished nor waiting"
+        assert verify_chain(run) == [], f"run {run.pk}: {verify_chain(run)}"
+    assert not WorkflowRun.objects.filter(
+        Q(status=RunStatus.RUNNING) & ~Q(lease_owner="") & Q(lease_expires_at__lt=now)
+    ).exists(), "a run is running past its lease"
+    assert not StepRun.objects.filter(
+        status=StepStatus.RUNNING, lease_expires_at__lt=now
+    ).exists(), "a step is running past its lease"
+    assert not StepRun.objects.filter(
+        status=StepStatus.RUNNING, run__status__in=TERMINAL_RUN_STATUSES
+    ).exists(), "a finished run still has a running step"
+    dupes = Effect.objects.values("key").annotate(n=Count("id")).filter(n__gt=1)
+    assert not dupes.exists(), f"effects applied twice: {list(dupes)}"
+    per_step = (
+        Effect.objects.filter(run__isnull=False)
+        .values("run", "step_name", "key")
+        .annotate(n=Count("id"))
+        .filter(n__gt=1)
+    )
+    assert not per_step.exists()
+    two_decisions = Decision.objects.values("escalation").annotate(n=Count("id")).filter(n__gt=1)
+    assert not two_decisions.exists(), "an escalation was decided twice"

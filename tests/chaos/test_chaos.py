@@ -1,0 +1,327 @@
+"""Chaos: real workers SIGKILLed mid-step, duplicate deliveries, Redis restarted empty, a
+PostgreSQL backend terminated mid-step, a step that always crashes its worker, a crash between
+commit and enqueue. After each, the invariants hold and the runs finish (or dead-letter)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from unittest import mock
+
+import pytest
+from django.db import connection
+
+from escalations.actions import decide_escalation
+from escalations.models import Verdict, Via
+from tests.chaos.conftest import (
+    Cluster,
+    assert_invariants,
+    free_port,
+    owner_pid,
+    running_step,
+    settle,
+    wait_until,
+)
+from tests.conftest import ROOT, wait_for_run
+from workflows import engine
+from workflows.actions import start_run
+from workflows.models import (
+    Action,
+    DeadLetter,
+    Effect,
+    Outbox,
+    RunStatus,
+    StepRun,
+    StepStatus,
+    TraceKind,
+)
+
+pytestmark = [pytest.mark.chaos, pytest.mark.django_db(transaction=True)]
+
+HOLD = {"hold_seconds": 30, "hold_attempts": [1]}
+
+
+def _assert_fan_out_done_once(run):
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert Effect.objects.filter(run=run).count() == 4
+    assert StepRun.objects.get(run=run, name="join").output["joined"] == [
+        "gather_a",
+        "gather_b",
+        "gather_c",
+    ]
+    assert run.trace.filter(message__startswith="joined 3 results").count() == 1
+
+
+@pytest.mark.parametrize("step", ["gather_b", "join"])
+def test_a_worker_child_sigkilled_mid_step_loses_nothing(
+    cluster, sends_to, reconciler, agent, step
+):
+    sends_to(cluster)
+    run = start_run(workflow="fan_out", input={**HOLD, "hold": [step]})
+    victim = running_step(run, step)
+    os.kill(owner_pid(victim), signal.SIGKILL)
+    wait_for_run(run, RunStatus.SUCCEEDED, timeout=40)
+    _assert_fan_out_done_once(run)
+    victim.refresh_from_db()
+    assert victim.attempts == 2
+    assert run.trace.filter(step_name=step, message__contains="lost its worker").exists()
+    assert run.trace.filter(kind=TraceKind.RECOVERY, message__contains="after a crash").exists()
+    assert_invariants()
+
+
+def test_a_worker_main_process_sigkilled_mid_step_loses_nothing(
+    cluster, sends_to, reconciler, agent, tmp_path, django_db_blocker
+):
+    # A cluster of its own: its only worker is the one killed.
+    c = sends_to(
+        Cluster(redis_url=cluster.redis_url, log_dir=tmp_path, django_db_blocker=django_db_blocker)
+    )
+    try:
+        doomed = c.start_worker(concurrency=2)
+        run = start_run(workflow="fan_out", input={**HOLD, "hold": ["gather_a"]})
+        running_step(run, "gather_a")
+        os.kill(doomed.pid, signal.SIGKILL)  # the main process; its children are orphaned
+        doomed.wait(10)
+        c.start_worker(concurrency=2)
+        wait_for_run(run, RunStatus.SUCCEEDED, timeout=40)
+        _assert_fan_out_done_once(run)
+        assert StepRun.objects.get(run=run, name="gather_a").attempts == 2
+        assert_invariants()
+    finally:
+        c.stop()
+
+
+def test_the_same_step_delivered_twice_sequentially_and_concurrently_runs_once(
+    cluster, sends_to, reconciler, agent
+):
+    sends_to(cluster)
+    runs = [start_run(workflow="fan_out", input={}) for _ in range(4)]
+    stop = threading.Event()
+
+    def hammer():
+        # Every delivery the engine can get, again and again, racing the worker's own.
+        try:
+            while not stop.is_set():
+                for run in runs:
+                    engine.advance_run(run_id=run.pk)
+                    for name in ("start", "gather_a", "gather_b", "gather_c", "join", "finish"):
+                        engine.run_step(run_id=run.pk, step_name=name)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for run in runs:
+            wait_for_run(run, RunStatus.SUCCEEDED, timeout=40)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(20)
+    for run in runs:
+        _assert_fan_out_done_once(run)
+        # Nothing crashed, so every step ran exactly one attempt.
+        assert set(StepRun.objects.filter(run=run).values_list("attempts", flat=True)) == {1}
+    # And sequentially, after the fact: all no-ops.
+    effects, trace = Effect.objects.count(), sum(r.trace.count() for r in runs)
+    for run in runs:
+        engine.advance_run(run_id=run.pk)
+        engine.run_step(run_id=run.pk, step_name="gather_a")
+    assert (Effect.objects.count(), sum(r.trace.count() for r in runs)) == (effects, trace)
+    assert_invariants()
+
+
+def test_a_decision_delivered_from_two_channels_resumes_the_run_once(
+    cluster, sends_to, reconciler, policies, ticket, alice, carol
+):
+    from escalations.actions import AlreadyDecided
+
+    sends_to(cluster)
+    run = start_run(workflow="support_triage", input=ticket)
+    wait_for_run(run, RunStatus.WAITING, timeout=30)
+    reply = Action.objects.get(run=run, action_type="send_reply")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def decide(user, via):
+        barrier.wait()
+        try:
+            decide_escalation(
+                escalation_id=reply.escalation.pk, user=user, verdict=Verdict.APPROVE, via=via
+            )
+            outcomes.append("won")
+        except AlreadyDecided:
+            outcomes.append("lost")
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=decide, args=(alice, Via.WEB)),
+        threading.Thread(target=decide, args=(carol, Via.SLACK)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["lost", "won"]
+    wait_for_run(run, RunStatus.SUCCEEDED, timeout=30)
+    assert Effect.objects.filter(action=reply).count() == 1
+    assert_invariants()
+
+
+def test_redis_killed_and_restarted_empty_during_a_batch_loses_no_run(
+    sends_to, agent, tmp_path, django_db_blocker
+):
+    port = free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+
+    def redis_server():
+        return subprocess.Popen(
+            [
+                "redis-server",
+                "--daemonize",
+                "no",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(data),
+                "--logfile",
+                str(tmp_path / "redis.log"),
+            ]
+        )
+
+    redis = redis_server()
+    wait_until(lambda: _listening(port), 10, "redis to listen")
+    c = sends_to(
+        Cluster(
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            log_dir=tmp_path,
+            django_db_blocker=django_db_blocker,
+        )
+    )
+    from tests.chaos.conftest import Reconciler
+
+    try:
+        c.start_worker(concurrency=3)
+        with Reconciler():
+            runs = [
+                start_run(
+                    workflow="fan_out",
+                    input={"hold_seconds": 0.3, "hold": ["gather_a", "gather_b", "gather_c"]},
+                )
+                for _ in range(20)
+            ]
+            wait_until(
+                lambda: StepRun.objects.filter(status=StepStatus.SUCCEEDED).count() >= 10,
+                30,
+                "the batch to be under way",
+            )
+            redis.kill()  # SIGKILL: everything queued in it is gone
+            redis.wait(10)
+            time.sleep(1)
+            redis = redis_server()  # same port, empty
+            wait_until(lambda: _listening(port), 10, "redis to come back")
+            settle(runs, timeout=90)
+        for run in runs:
+            _assert_fan_out_done_once(run)
+        assert_invariants()
+    finally:
+        c.stop()
+        redis.kill()
+        redis.wait(10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_postgresql_backend_terminated_mid_step_is_retried(cluster, sends_to, reconciler, agent):
+    sends_to(cluster)
+    run = start_run(workflow="db_victim", input={"hold_seconds": 4})
+    running_step(run, "hold")
+
+    def victim_backend():
+        with connection.cursor() as cur:
+            cur.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'idle in transaction' AND pid <> pg_backend_pid() "
+                "AND query ILIKE %s",
+                ["%workflows_traceevent%"],
+            )
+            row = cur.fetchone()
+        return row[0] if row else None
+
+    pid = wait_until(victim_backend, 10, "the step's open transaction")
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", [pid])
+    wait_for_run(run, RunStatus.SUCCEEDED, timeout=40)
+    hold = StepRun.objects.get(run=run, name="hold")
+    assert hold.attempts == 2
+    assert Effect.objects.filter(run=run).count() == 1
+    errors = " ".join(run.trace.filter(kind=TraceKind.ERROR).values_list("message", flat=True))
+    assert "attempt 1/3 failed" in errors
+    assert_invariants()
+
+
+def test_a_step_that_always_kills_its_worker_is_dead_lettered_after_its_attempts(
+    cluster, sends_to, reconciler, agent
+):
+    sends_to(cluster)
+    run = start_run(workflow="kills_its_worker", input={})
+    wait_for_run(run, RunStatus.FAILED, timeout=60)
+    step = StepRun.objects.get(run=run)
+    assert (step.status, step.attempts) == (StepStatus.FAILED, 2)
+    letter = DeadLetter.objects.get(run=run)
+    assert letter.attempts == 2 and "lost its worker" in letter.error
+    assert "lost its worker" in run.error
+    assert_invariants()
+
+
+def test_a_crash_between_commit_and_enqueue_is_recovered_from_the_outbox(cluster, sends_to, agent):
+    from tests.chaos.conftest import Reconciler
+
+    sends_to(cluster)
+    with mock.patch("workflows.outbox.relay"):
+        run = start_run(workflow="fan_out", input={})
+    assert Outbox.objects.filter(args__0=str(run.pk)).count() == 1
+    Outbox.objects.filter(args__0=str(run.pk)).delete()  # this process "sent" that one
+    # Another process advances the run and dies right after its commit, before any send.
+    script = (
+        "import os, uuid, django\n"
+        "django.setup()\n"
+        "from workflows import outbox, engine\n"
+        "outbox.send = lambda *a, **k: os._exit(70)\n"
+        f"engine.advance_run(run_id=uuid.UUID('{run.pk}'))\n"
+    )
+    from tests.conftest import _service_env
+
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_service_env(), timeout=60)
+    assert done.returncode == 70
+    # Committed: start ran and the fan-out is queued in the outbox, but nothing was sent.
+    assert StepRun.objects.get(run=run, name="start").status == StepStatus.SUCCEEDED
+    assert StepRun.objects.filter(run=run, status=StepStatus.QUEUED).count() == 3
+    assert Outbox.objects.filter(args__0=str(run.pk), task="workflows.tasks.run_step").count() == 3
+    with Reconciler():  # beat's relay finds the rows
+        wait_for_run(run, RunStatus.SUCCEEDED, timeout=40)
+    _assert_fan_out_done_once(run)
+    assert not Outbox.objects.filter(args__0=str(run.pk)).exists()
+    assert_invariants()
