@@ -174,19 +174,17 @@ class AutonomyPolicyAdmin(SimpleHistoryAdmin):
         "name",
         "enabled",
         "priority",
-        "workflow",
-        "agent",
-        "action_type",
+        "scope",
         "outcome",
         "min_confidence",
         "max_amount",
-        "irreversible_requires_review",
         "team",
         "sla_minutes",
         "approvals_required",
         "version",
     ]
     list_filter = ["enabled", "outcome", "action_type"]
+    list_select_related = ["agent", "team"]
     search_fields = ["name", "review_patterns", "block_patterns"]
     readonly_fields = ["version", "updated_at"]
     history_list_display = ["version", "history_change_reason"]
@@ -226,6 +224,15 @@ class AutonomyPolicyAdmin(SimpleHistoryAdmin):
         ),
         ("Version", {"fields": ["version", "updated_at"]}),
     ]
+
+    @admin.display(description="scope")
+    def scope(self, obj: AutonomyPolicy) -> str:
+        parts = [
+            obj.action_type or "any action",
+            f"workflow {obj.workflow}" if obj.workflow else "",
+            f"agent {obj.agent}" if obj.agent_id else "",
+        ]
+        return ", ".join(p for p in parts if p)
 
     def get_form(
         self,
