@@ -1,0 +1,25 @@
+"""The hot path Slack waits on: a signed Approve, counted in queries."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from escalations.models import Decision
+from escalations.slack import blocks
+
+from .conftest import click, deliver_all, link, make_escalation, post_signed
+
+
+@pytest.mark.django_db
+def test_a_signed_approve_costs_a_bounded_number_of_queries(slack, agent, policies, alice, client):
+    esc = make_escalation(agent)
+    deliver_all()
+    link("U_ALICE", alice)
+    with CaptureQueriesContext(connection) as ctx:
+        assert post_signed(client, click(esc, blocks.APPROVE)).status_code == 200
+    assert Decision.objects.filter(escalation=esc).exists()
+    sql = [q["sql"] for q in ctx.captured_queries if "SAVEPOINT" not in q["sql"]]
+    # Slack's own share: the replay nonce, the identity, the outbox rows (select + bump).
+    assert len([s for s in sql if '"slack_' in s.split(" WHERE ")[0]]) == 4, sql
+    # The rest is the decide action every channel shares.
+    assert len(sql) <= 30, sql
