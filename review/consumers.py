@@ -54,6 +54,7 @@ def _db(func: Any) -> Any:
     """
     return database_sync_to_async(func, thread_sensitive=False)
 
+
 # Close codes: the page's script sends people to log in on 4401 and never retries 4403/4404.
 UNAUTHENTICATED = 4401
 FORBIDDEN = 4403
@@ -67,6 +68,8 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
     shown: list[str]
     _counts_task: asyncio.Task[None] | None
     _counts_dirty: bool
+    _diff_task: asyncio.Task[None] | None
+    _pending: set[str]
 
     async def connect(self) -> None:
         register_server_loop(asyncio.get_running_loop())
@@ -74,6 +77,8 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
         self.shown = []
         self._counts_task = None
         self._counts_dirty = False
+        self._diff_task = None
+        self._pending = set()
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
@@ -103,8 +108,9 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=html)
 
     async def disconnect(self, code: int) -> None:
-        if self._counts_task is not None:
-            self._counts_task.cancel()
+        for task in (self._counts_task, self._diff_task):
+            if task is not None:
+                task.cancel()
         for group in self.groups_joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -121,14 +127,25 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
             if pk == str(self.watch):
                 await self.send(text_data=await _db(self._render_watched)())
             return
-        html = await _db(self._render_change)(pk)
-        if html:
-            await self.send(text_data=html)
-        self._schedule_counts()
+        # Under load, changes arriving while this page's last diff is still rendering are
+        # folded into the next one: one window query per batch, not per change, so a
+        # burst never builds a backlog that delays what the reviewer sees.
+        self._pending.add(pk)
+        if self._diff_task is None or self._diff_task.done():
+            self._diff_task = asyncio.create_task(self._flush_changes())
+
+    async def _flush_changes(self) -> None:
+        while self._pending:
+            changed, self._pending = self._pending, set()
+            html = await _db(self._render_changes)(changed)
+            if html:
+                with contextlib.suppress(Exception):
+                    await self.send(text_data=html)
+            self._schedule_counts()
 
     # --- the queue page -------------------------------------------------------------------
 
-    def _render_change(self, changed: str) -> str:
+    def _render_changes(self, changed: set[str]) -> str:
         """Swaps that turn what the page shows into the connection's current window.
 
         Access is re-checked here (the window query goes through the access helper): group
@@ -143,14 +160,17 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
         kept_old = [pk for pk in old if pk in new_set]
         kept_new = [pk for pk in new if pk in old_set]
         if kept_old != kept_new:
-            if [p for p in kept_old if p != changed] != [p for p in kept_new if p != changed]:
-                # One change cannot reorder the other rows among themselves; if they did,
+            if [p for p in kept_old if p not in changed] != [
+                p for p in kept_new if p not in changed
+            ]:
+                # Changes cannot reorder the unchanged rows among themselves; if they did,
                 # this page missed something: start over from the truth.
                 html, self.shown = render_snapshot(user, self.filters)
                 return html
-            moved.add(changed)  # e.g. its SLA due time changed: it goes elsewhere
+            # e.g. an SLA due time changed: those rows go elsewhere.
+            moved = {pk for pk in changed if pk in old_set and pk in new_set}
         added = [pk for pk in new if pk not in old_set or pk in moved]
-        in_place = [changed] if changed in old_set and changed in new_set and not moved else []
+        in_place = [pk for pk in new if pk in changed and pk in old_set and pk not in moved]
         rows = rows_by_id(user, added + in_place)
         parts = [f'<div id="esc-{pk}" hx-swap-oob="delete"></div>' for pk in removed]
         parts += [f'<div id="esc-{pk}" hx-swap-oob="delete"></div>' for pk in moved]
@@ -158,7 +178,6 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
             if pk in rows:
                 parts.append(render_row_replacement(rows[pk], user=user))
         # Inserted last to first, so each row's successor is already on the page.
-        inserts = []
         added_set = set(added)
         for i in range(len(new) - 1, -1, -1):
             pk = new[i]
@@ -167,8 +186,7 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
             after = new[i + 1] if i + 1 < len(new) else None
             target = f"beforebegin:#esc-{after}" if after else "beforeend:#queue-rows"
             row = render_row(rows[pk], user=user, arrived=True)
-            inserts.append(f'<div hx-swap-oob="{target}">{row}</div>')
-        parts += inserts
+            parts.append(f'<div hx-swap-oob="{target}">{row}</div>')
         self.shown = [pk for pk in new if pk in old_set or pk in rows]
         return "".join(parts)
 
