@@ -119,10 +119,25 @@ def _same_request(action: Action, action_type: str, payload: dict[str, Any]) -> 
 
 
 def _existing(key: str, action_type: str, payload: dict[str, Any]) -> Action | None:
-    action = Action.objects.select_related(*ACTION_RELATED).filter(idempotency_key=key).first()
-    if action is not None and not _same_request(action, action_type, payload):
+    # A plain indexed lookup first: the common case is "no such key", and the full read
+    # (with the escalation and decision) is only worth compiling when there is one.
+    found = (
+        Action.objects.filter(idempotency_key=key)
+        .values_list("pk", "action_type", "payload")
+        .first()
+    )
+    if found is None:
+        return None
+    pk, existing_type, existing_payload = found
+    action = Action.objects.select_related(*ACTION_RELATED).get(pk=pk)
+    if existing_type != action_type or existing_payload != payload:
         raise IdempotencyConflict(action)
     return action
+
+
+def _prime(obj: object, field: str, value: object) -> None:
+    """Record a reverse one-to-one we know the value of, so reading it costs no query."""
+    type(obj)._meta.get_field(field).set_cached_value(obj, value)  # type: ignore[attr-defined]
 
 
 def _json_number(amount: Decimal) -> int | float:
@@ -196,17 +211,20 @@ def submit_action(
                 reversible=reversible,
                 context=context or {},
             )
+            escalation = None
             if decision.outcome == PolicyOutcome.REVIEW:
                 from escalations.actions import escalate_action
 
-                escalate_action(action=action, team_id=decision.team_id)
+                escalation = escalate_action(action=action, team_id=decision.team_id)
+                _prime(escalation, "decision", None)
+            _prime(action, "escalation", escalation)
     except IntegrityError:
         # A concurrent identical request committed first (its INSERT held ours until then).
         winner = _existing(key, tool.name, payload)
         if winner is None:
             raise
         return winner, False
-    return Action.objects.select_related(*ACTION_RELATED).get(pk=action.pk), True
+    return action, True
 
 
 def evaluate_for_api(

@@ -241,8 +241,13 @@ def test_the_async_client_and_decorator(live_server_url, agent, policies, alice)
             return await send_reply(**REPLY)
 
     thread = decide_soon(alice)
-    assert asyncio.run(main()) == "ok"
+    # On a thread of its own: the browser tests leave Playwright's loop on the main thread.
+    outcome: list[str] = []
+    runner = threading.Thread(target=lambda: outcome.append(asyncio.run(main())))
+    runner.start()
+    runner.join(60)
     thread.join()
+    assert outcome == ["ok"]
     assert sent == [REPLY["body"]]
     assert Action.objects.get(action_type="send_reply").status == "executed"
 
