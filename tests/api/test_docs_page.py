@@ -16,9 +16,9 @@ def test_the_docs_page_renders_under_the_csp_with_nothing_from_outside(page, liv
     outside: list[str] = []
     page.on(
         "request",
-        lambda req: outside.append(req.url)
-        if not req.url.startswith((live_server_url, "data:"))
-        else None,
+        lambda req: (
+            outside.append(req.url) if not req.url.startswith((live_server_url, "data:")) else None
+        ),
     )
     page.goto("/api/v1/docs")
     page.wait_for_selector("text=Caliber agent API")
