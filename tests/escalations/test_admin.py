@@ -12,7 +12,8 @@ def test_the_policy_list_documents_precedence_and_recommends(admin_client, polic
     assert page.status_code == 200
     assert "How policies combine" in body
     assert "BLOCK over REVIEW over" in body
-    assert "Threshold recommender: issue_refund" in body
+    assert "Threshold recommender" in body
+    assert "not enough evidence: 0 decided issue_refund actions, at least 30 needed" in body
 
 
 def test_an_admin_restores_an_earlier_version_as_a_new_one(admin_client, admin_user, policies):

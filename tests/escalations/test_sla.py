@@ -3,6 +3,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from escalations.actions import (
     AlreadyDecided,
@@ -216,3 +217,15 @@ def test_expiry_racing_a_decision_has_exactly_one_outcome(
             assert action.status == ActionStatus.APPROVED
         outcomes.append(results["person"])
     assert set(outcomes) <= {"rejected", "refused"}
+
+
+def test_the_beat_task_scans_what_is_due_now(refund_policy, propose, billing):
+    from escalations.tasks import check_slas
+
+    refund_policy(sla_minutes=30, escalation_chain="billing", expiry_behaviour="reject")
+    due = escalation_of(propose("issue_refund", REFUND, 0.9))
+    later = escalation_of(propose("issue_refund", {"ticket_id": "T-2", "amount": 5}, 0.9))
+    Escalation.objects.filter(pk=due.pk).update(sla_due_at=timezone.now() - timedelta(seconds=1))
+    assert check_slas() == {"moved": 1}
+    assert Escalation.objects.get(pk=due.pk).team_id == billing.pk
+    assert Escalation.objects.get(pk=later.pk).team_id != billing.pk
