@@ -13,6 +13,7 @@ urlpatterns = [
     path("healthz", review_views.healthz, name="healthz"),
     path("review/", include("review.urls")),
     path("runs/", include("review.run_urls")),
+    path("metrics/", include("review.metrics.urls")),
     path("slack/", include("escalations.slack.urls")),
     path("api/v1/", include("api.urls")),
 ]

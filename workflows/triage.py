@@ -9,10 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from .actions import execute_action, propose_action
+from .agents import call_for_step
 from .engine import StepContext
 from .follow_up import schedule_follow_up
+from .llm import has_placeholder, promises_refund
 from .models import Action, ActionStatus, TraceKind
+from .schemas import Classification, Draft, Proposal
 from .specs import StepResult, StepSpec, Wait, WorkflowSpec, register
+from .tools import ToolError, get_action_type
+from .verification import Verification, feedback, model_judge, review_reasons, rule, verified
+
+TRIAGE_ACTION_TYPES = ("update_crm", "send_reply", "route_to_team")
 
 CATEGORY_TEAMS = {
     "billing": "Billing",
@@ -38,74 +45,136 @@ def read_ticket(ctx: StepContext) -> StepResult:
 
 def classify(ctx: StepContext) -> StepResult:
     ticket = ctx.run.input
-    result = ctx.model.classify_ticket(subject=ticket["subject"], body=ticket["body"])
+    out, _ = call_for_step(
+        ctx,
+        "triage.classify",
+        {"subject": ticket["subject"], "body": ticket["body"]},
+        Classification,
+    )
     ctx.trace(
         TraceKind.DECIDED,
-        f"classified as {result.data['category']}, urgency {result.data['urgency']} "
-        f"(confidence {result.data['confidence']:.2f})",
-        model=result.model,
-        notes=result.notes,
-        tokens={"input": result.input_tokens, "output": result.output_tokens},
+        f"classified as {out.category}, urgency {out.urgency} (confidence {out.confidence:.2f})"
+        + (f"; unsure: {out.uncertain_about}" if out.uncertain_about else ""),
     )
-    return dict(result.data)
+    return out.model_dump()
 
 
-def draft_reply(ctx: StepContext) -> StepResult:
+def _draft(ctx: StepContext) -> StepResult:
     ticket = ctx.run.input
-    category = ctx.output_of("classify")["category"]
-    result = ctx.model.draft_reply(
-        subject=ticket["subject"],
-        body=ticket["body"],
-        customer=ticket["customer"],
-        category=category,
+    problems = feedback()
+    out, _ = call_for_step(
+        ctx,
+        "triage.draft_reply",
+        {
+            "subject": ticket["subject"],
+            "body": ticket["body"],
+            "customer": ticket["customer"],
+            "category": ctx.output_of("classify")["category"],
+            "feedback": (
+                "A reviewer of your previous draft found these problems; fix them: "
+                + "; ".join(problems)
+            )
+            if problems
+            else "",
+        },
+        Draft,
     )
     ctx.trace(
-        TraceKind.DECIDED,
-        f"drafted a reply (confidence {result.data['confidence']:.2f})",
-        model=result.model,
-        reply=result.data["reply"],
+        TraceKind.DECIDED, f"drafted a reply (confidence {out.confidence:.2f})", reply=out.reply
     )
-    return dict(result.data)
+    return out.model_dump()
+
+
+def _no_refund_promise(output: dict[str, Any]) -> str | None:
+    if promises_refund(str(output.get("reply", ""))):
+        return "the reply promises a refund, which support policy forbids"
+    return None
+
+
+def _no_placeholder(output: dict[str, Any]) -> str | None:
+    if has_placeholder(str(output.get("reply", ""))):
+        return "the reply contains placeholder text"
+    return None
+
+
+draft_reply = verified(
+    _draft,
+    Verification(
+        checks=(
+            rule("no refund promise", _no_refund_promise),
+            rule("no placeholders", _no_placeholder),
+            model_judge(
+                "triage.judge_reply",
+                lambda ctx, out: {"subject": ctx.run.input["subject"], "reply": out["reply"]},
+            ),
+        ),
+        on_fail="retry",
+        max_retries=1,
+    ),
+)
+
+MAX_PROPOSED_ACTIONS = 5
+
+
+def _check_proposal(proposal: Proposal) -> list[str]:
+    """Only declared action types, each once, with the fields their tools need."""
+    problems = []
+    if len(proposal.actions) > MAX_PROPOSED_ACTIONS:
+        problems.append(f"{len(proposal.actions)} actions proposed; at most {MAX_PROPOSED_ACTIONS}")
+    seen = set()
+    for item in proposal.actions:
+        if item.action_type not in TRIAGE_ACTION_TYPES:
+            problems.append(
+                f"unknown action type {item.action_type!r}; allowed: "
+                + ", ".join(TRIAGE_ACTION_TYPES)
+            )
+            continue
+        if item.action_type in seen:
+            problems.append(f"{item.action_type} proposed twice")
+        seen.add(item.action_type)
+        try:
+            get_action_type(item.action_type).validate(item.payload)
+        except ToolError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def propose_actions(ctx: StepContext) -> StepResult:
     ticket = ctx.run.input
     cls = ctx.output_of("classify")
     draft = ctx.output_of("draft_reply")
-    team = CATEGORY_TEAMS.get(cls["category"], "Support")
-    proposals: list[tuple[str, dict[str, Any], float, str]] = [
-        (
-            "update_crm",
-            {
-                "ticket_id": ticket["ticket_id"],
-                "category": cls["category"],
-                "urgency": cls["urgency"],
-            },
-            cls["confidence"],
-            "record the classification on the ticket",
-        ),
-        (
-            "send_reply",
-            {"ticket_id": ticket["ticket_id"], "to": ticket["customer"], "body": draft["reply"]},
-            draft["confidence"],
-            "answer the customer with the drafted reply",
-        ),
-        (
-            "route_to_team",
-            {"ticket_id": ticket["ticket_id"], "team": team},
-            round(max(cls["confidence"] - 0.05, 0.0), 2),
-            f"{cls['category']} tickets are handled by {team}",
-        ),
-    ]
+    described = "\n".join(
+        f"- {name}: payload fields {', '.join(get_action_type(name).required_fields)}"
+        for name in TRIAGE_ACTION_TYPES
+    )
+    proposal, _ = call_for_step(
+        ctx,
+        "triage.propose",
+        {
+            "ticket_id": ticket["ticket_id"],
+            "customer": ticket["customer"],
+            "category": cls["category"],
+            "urgency": cls["urgency"],
+            "classification_confidence": cls["confidence"],
+            "reply": draft["reply"],
+            "draft_confidence": draft["confidence"],
+            "team": CATEGORY_TEAMS.get(cls["category"], "Support"),
+            "action_types": described,
+        },
+        Proposal,
+        check=_check_proposal,
+    )
+    draft_problems = review_reasons(draft)
     ids = []
-    for action_type, payload, confidence, rationale in proposals:
+    for item in proposal.actions:
         action = propose_action(
             run=ctx.run,
             step_name=ctx.step.name,
-            action_type=action_type,
-            payload=payload,
-            confidence=confidence,
-            rationale=rationale,
+            action_type=item.action_type,
+            payload=item.payload,
+            confidence=item.confidence,
+            rationale=item.rationale,
+            force_review_reasons=draft_problems if item.action_type == "send_reply" else [],
         )
         ids.append(str(action.pk))
     return {"actions": ids}

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "workflows.prompts",
     "escalations",
     "review",
+    "review.metrics",
     "escalations.slack",
     "api",
 ]

@@ -30,4 +30,7 @@ SLACK_API_URL = env_url("SLACK_API_URL", schemes=("http", "https"))
 # a queue full of agent steps never delays a message update.
 SLACK_CELERY_QUEUE = env_str("SLACK_CELERY_QUEUE")
 
+# Bearer token for /metrics/prometheus (staff sessions may also read it). Unset: staff only.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+
 CALIBER_BASE_URL = env_url("CALIBER_BASE_URL", schemes=("http", "https")).rstrip("/")

@@ -100,6 +100,8 @@ CELERY_BEAT_SCHEDULE = {
     "slack-sweep": {"task": "slack.sweep", "schedule": 30.0},
     # Escalations whose SLA passed: move down the chain or apply the declared expiry.
     "escalation-slas": {"task": "escalations.tasks.check_slas", "schedule": 10.0},
+    # Degradation alerts: a rate outside its band opens one incident and tells the team.
+    "metrics-alerts": {"task": "metrics.evaluate_alerts", "schedule": 60.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
