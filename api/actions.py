@@ -282,6 +282,8 @@ def record_action_result(
     no-op (a retried request), a different one raises ResultConflict. An executed action is
     written to the effect ledger under its idempotency key.
     """
+    if succeeded and result is None:
+        result = {}
     with transaction.atomic():
         action = get_action_for(token, action_id)
         action = Action.objects.select_for_update().get(pk=action.pk)

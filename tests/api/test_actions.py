@@ -219,6 +219,13 @@ def test_the_agent_reports_the_result_of_an_approved_action(api, policies):
     assert Effect.objects.count() == 1
 
 
+def test_a_run_may_be_reported_without_a_result(api, policies):
+    created = api.post("/actions", action_body()).json()
+    r = api.post(f"/actions/{created['id']}/result", {"status": "executed"})
+    assert r.status_code == 200
+    assert r.json()["result"] == {}
+
+
 def test_a_failure_needs_an_error(api, policies):
     created = api.post("/actions", action_body()).json()
     r = api.post(f"/actions/{created['id']}/result", {"status": "failed"})

@@ -110,6 +110,47 @@ def test_long_polls_do_not_hold_the_server(live_server_url, caliber, alice):
         t.join()
 
 
+def test_concurrent_identical_requests_over_http_make_one_action(live_server_url, caliber):
+    body = {
+        "agent": "triage-agent",
+        "action_type": "send_reply",
+        "payload": REPLY,
+        "confidence": 0.9,
+        "idempotency_key": "retry-storm",
+    }
+    answers = []
+
+    def post():
+        answers.append(
+            httpx.post(
+                f"{live_server_url}/api/v1/actions", json=body, headers=caliber._headers, timeout=30
+            )
+        )
+
+    threads = [threading.Thread(target=post) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.status_code for r in answers) == [200] * 9 + [201]
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert Action.objects.count() == 1
+    assert Escalation.objects.count() == 1
+
+
+def test_daphne_refuses_an_oversized_body_with_413(live_server_url, caliber):
+    from api.views import MAX_BODY_BYTES
+
+    r = httpx.post(
+        f"{live_server_url}/api/v1/actions",
+        content=b"{" + b" " * MAX_BODY_BYTES + b"}",
+        headers={**caliber._headers, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 413
+    assert not Action.objects.exists()
+
+
 def test_the_client_sees_auto_approval_at_once(caliber):
     approval = caliber.request_approval(
         "update_crm", {"ticket_id": "T-1", "priority": "high"}, confidence=0.95
