@@ -12,8 +12,8 @@ from escalations.models import Escalation, Team
 
 
 class IdentitySource(models.TextChoices):
-    ADMIN = "admin", "linked by an admin"
-    EMAIL = "email", "matched by email"
+    ADMIN = "admin", "Linked by an admin"
+    EMAIL = "email", "Matched by email"
 
 
 class SlackIdentity(models.Model):
@@ -51,10 +51,10 @@ class SlackIdentity(models.Model):
 
 
 class MessageStatus(models.TextChoices):
-    PENDING = "pending", "not posted yet"
-    POSTED = "posted"
-    FAILED = "failed", "failed permanently"
-    SKIPPED = "skipped", "not posted: decided or moved first"
+    PENDING = "pending", "Not posted yet"
+    POSTED = "posted", "Posted"
+    FAILED = "failed", "Failed permanently"
+    SKIPPED = "skipped", "Skipped (decided or moved first)"
 
 
 class SlackMessage(models.Model):
