@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from decimal import Decimal
+from typing import Any
 
 from bench.harness import BenchEnv, Result, percentile
 
@@ -55,10 +56,10 @@ def _policies(n: int, agents: list, rng: random.Random) -> list:
     return out
 
 
-def _time_evals(agent, rng: random.Random, n: int) -> list[float]:
+def _time_evals(agent, rng: random.Random, n: int) -> tuple[list[float], list[float]]:
     from escalations.policy import evaluate
 
-    payloads = {
+    payloads: dict[str, dict[str, Any]] = {
         "update_crm": {"ticket_id": "T-1", "category": "billing", "urgency": "high"},
         "send_reply": {"ticket_id": "T-1", "to": "a@example.com", "body": "Hello, thanks " * 20},
         "route_to_team": {"ticket_id": "T-1", "team": "Billing"},
