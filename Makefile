@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench chromium clean
+.PHONY: run test lint typecheck pytest bench bench-peers chromium clean
 
 $(PY):
 	@PYBIN=$$(scripts/find-python) || exit 1; \
@@ -43,9 +43,26 @@ pytest: $(STAMP) chromium
 
 test: lint typecheck pytest
 
+# BENCH: module names (e2e policy ...); BENCH_WORKERS x BENCH_CONCURRENCY: worker processes
+# x prefork children; BENCH_REPEAT: repetitions (medians reported).
+BENCH_WORKERS ?= 1
+BENCH_CONCURRENCY ?= 2
+BENCH_REPEAT ?= 3
+BENCH_ARGS = --workers $(BENCH_WORKERS) --concurrency $(BENCH_CONCURRENCY) --repeat $(BENCH_REPEAT)
+PEERS_STAMP := $(VENV)/.peers-installed
+
 bench: $(STAMP)
 	scripts/ensure-services
-	$(PY) -m bench $(BENCH)
+	$(PY) -m bench $(BENCH_ARGS) $(BENCH)
+
+# The peer comparison's LangGraph is an optional extra, installed only here.
+$(PEERS_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install --quiet -e '.[peers]'
+	@touch $(PEERS_STAMP)
+
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	scripts/ensure-services
+	$(PY) -m bench.peers $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

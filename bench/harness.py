@@ -2,13 +2,19 @@
 
 Benchmarks are modules `bench/bench_<area>.py` exposing `run(env: BenchEnv) -> list[Result]`.
 `python -m bench` (make bench) runs each `--repeat` times and reports the median of every
-figure, beside the machine's own limits measured in the same run (bench_limits).
+figure, beside the machine's own limits measured in the same run (bench_limits): a figure
+names the limit it is bounded by (`Result.limit`, a `limits.*` figure) and the table shows it
+as a ratio to that limit.
+
+Worker processes: `env.workers()` starts `env.n_workers` celery workers of `env.concurrency`
+prefork children each (`--workers` / `--concurrency`, or BENCH_WORKERS / BENCH_CONCURRENCY).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -23,6 +29,13 @@ BENCH_DB = os.environ.get("BENCH_DB", "caliber_bench")
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 
+# The limits every figure can be read against (names of `limits.*` figures).
+PG_COMMITS = "postgres_commits_per_s"
+PG_QUERIES = "postgres_query_round_trips_per_s"
+REDIS_RTT = "redis_round_trips_per_s"
+CELERY_RTT = "celery_noop_round_trips_per_s"
+CELERY_THROUGHPUT = "celery_noop_throughput_per_s"
+
 
 @dataclass
 class Result:
@@ -32,6 +45,10 @@ class Result:
     target: str = ""
     better: Literal["higher", "lower"] = "higher"
     notes: str = ""
+    # The machine limit this figure is bounded by: one of the `limits.*` names above. A rate
+    # is shown as a fraction of the limit's rate; a latency (ms) as a multiple of the limit's
+    # own round trip (1000 / its rate).
+    limit: str = ""
 
 
 @dataclass
@@ -42,10 +59,43 @@ class Figure:
     target: str = ""
     better: str = "higher"
     notes: str = ""
+    limit: str = ""
 
     @property
     def median(self) -> float:
         return statistics.median(self.values)
+
+    def ratio(self, limit_rate: float | None) -> float | None:
+        """This figure against its limit (see Result.limit); None without one."""
+        if not limit_rate or not self.values:
+            return None
+        if self.unit == "ms":
+            return self.median / (1000.0 / limit_rate)
+        return self.median / limit_rate
+
+    def met(self) -> bool | None:
+        """Whether a numeric target like "< 100 ms", "p99 < 1 ms" or ">= 2x" is met."""
+        return target_met(self.target, self.median)
+
+
+_TARGET = re.compile(r"(<=|>=|<|>)\s*([0-9]+(?:\.[0-9]+)?)")
+
+
+def target_met(target: str, value: float) -> bool | None:
+    match = _TARGET.search(target)
+    if match is None:
+        return None
+    op, bound = match.group(1), float(match.group(2))
+    return {
+        "<": value < bound,
+        "<=": value <= bound,
+        ">": value > bound,
+        ">=": value >= bound,
+    }[op]
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
 
 
 def configure_environment() -> None:
@@ -73,10 +123,23 @@ def recreate_database() -> None:
 class BenchEnv:
     """What a benchmark gets: Django on the bench database, demo data, real workers."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, n_workers: int | None = None, concurrency: int | None = None) -> None:
         self.root = ROOT
         self.log_dir = ROOT / "var" / "bench-logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.n_workers = n_workers or int(os.environ.get("BENCH_WORKERS", "1"))
+        self.concurrency = concurrency or int(os.environ.get("BENCH_CONCURRENCY", "2"))
+        # Set by a quick smoke run (tests/bench): benchmarks shrink their N to seconds.
+        self.quick = os.environ.get("BENCH_QUICK") == "1"
+
+    def scale(self, n: int, quick: int) -> int:
+        """`n` normally; `quick` in a smoke run, so the harness is exercised, not measured."""
+        return quick if self.quick else n
+
+    @property
+    def process_count(self) -> int:
+        """How many OS processes execute tasks: what a peer gets to be fair."""
+        return self.n_workers * self.concurrency
 
     # --- data -------------------------------------------------------------------------------
 
@@ -116,9 +179,14 @@ class BenchEnv:
     # --- processes --------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def workers(self, n: int = 1, concurrency: int = 2, pool: str = "prefork") -> Iterator[None]:
-        """`n` real `celery worker` processes on the bench queue, stopped on exit."""
-        procs = []
+    def workers(
+        self, n: int | None = None, concurrency: int | None = None, pool: str = "prefork"
+    ) -> Iterator[list[subprocess.Popen[bytes]]]:
+        """`n` real `celery worker` processes on the bench queue, stopped on exit. Yields the
+        worker (parent) processes; `worker_pids` finds their pool children."""
+        n = n or self.n_workers
+        concurrency = concurrency or self.concurrency
+        procs: list[subprocess.Popen[bytes]] = []
         logs = []
         try:
             for i in range(n):
@@ -157,7 +225,7 @@ class BenchEnv:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"worker did not start: {log_path.read_text()[-2000:]}")
                     time.sleep(0.1)
-            yield
+            yield procs
         finally:
             for proc in procs:
                 proc.terminate()
@@ -168,6 +236,29 @@ class BenchEnv:
                     proc.kill()
             for log, _ in logs:
                 log.close()
+
+    @staticmethod
+    def worker_pids(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+        """The pool children of the given worker processes (where tasks actually run)."""
+        pids = []
+        for proc in procs:
+            try:
+                raw = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text()
+            except OSError:
+                continue
+            pids += [int(p) for p in raw.split()]
+        return pids
+
+    @staticmethod
+    def rss_kib(pid: int) -> int:
+        """Resident set size of a process, from /proc (0 if it is gone)."""
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -189,3 +280,112 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
+
+
+# --- what one run costs: queries, write commits, Celery hops (counted in this process) ------
+
+
+_WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+@dataclass
+class Costs:
+    queries: int = 0
+    commits: int = 0  # transactions that wrote (each one a WAL flush on commit)
+    tasks: int = 0  # Celery messages sent
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def count_costs() -> Iterator[Costs]:
+    """Count every query this process's default connection runs, the transactions among
+    them that wrote, and the Celery tasks the outbox sends (sent for real)."""
+    from django.db import connections
+
+    from workflows import outbox, tasks
+
+    conn = connections["default"]
+    costs = Costs()
+    dirty = [False]
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        costs.queries += 1
+        head = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+        costs.by_kind[head] = costs.by_kind.get(head, 0) + 1
+        writes = head in _WRITES or "FOR UPDATE" in sql.upper() or "FOR NO KEY" in sql.upper()
+        if writes:
+            if conn.in_atomic_block:
+                dirty[0] = True
+            else:
+                costs.commits += 1
+        return execute(sql, params, many, context)
+
+    real_commit = conn.commit
+    real_send = outbox.send
+    real_enqueue = tasks.enqueue_advance
+
+    def commit() -> None:
+        if dirty[0]:
+            costs.commits += 1
+            dirty[0] = False
+        real_commit()
+
+    def send(task: str, args: list[Any], countdown: float = 0) -> None:
+        costs.tasks += 1
+        real_send(task, args, countdown)
+
+    def enqueue_advance(run_id: Any, countdown: float = 0) -> None:
+        costs.tasks += 1
+        real_enqueue(run_id, countdown)
+
+    conn.commit = commit  # type: ignore[method-assign]
+    outbox.send = send
+    tasks.enqueue_advance = enqueue_advance
+    try:
+        with conn.execute_wrapper(wrapper):
+            yield costs
+    finally:
+        conn.commit = real_commit  # type: ignore[method-assign]
+        outbox.send = real_send
+        tasks.enqueue_advance = real_enqueue
+
+
+@contextlib.contextmanager
+def inline_engine() -> Iterator[Callable[[], int]]:
+    """Run the engine in this process instead of in workers: the outbox's sends are kept in a
+    list, and the yielded `drain()` runs them (and what they send) until none is left. For
+    counting what a run costs; the order is the one a single worker would see."""
+    from workflows import engine, outbox, tasks
+
+    pending: list[tuple[str, list[Any]]] = []
+    real_send = outbox.send
+    real_enqueue = tasks.enqueue_advance
+
+    def send(task: str, args: list[Any], countdown: float = 0) -> None:
+        pending.append((task, list(args)))
+
+    def enqueue_advance(run_id: Any, countdown: float = 0) -> None:
+        pending.append((outbox.ADVANCE, [str(run_id)]))
+
+    def drain() -> int:
+        import uuid
+
+        ran = 0
+        while pending:
+            task, args = pending.pop(0)
+            ran += 1
+            if task == outbox.ADVANCE:
+                engine.advance_run(run_id=uuid.UUID(args[0]))
+            elif task == outbox.RUN_STEP:
+                engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])
+            else:
+                raise RuntimeError(f"inline engine: no handler for {task}")
+        return ran
+
+    outbox.send = send
+    tasks.enqueue_advance = enqueue_advance
+    try:
+        yield drain
+    finally:
+        outbox.send = real_send
+        tasks.enqueue_advance = real_enqueue

@@ -1,0 +1,255 @@
+"""The peer workload on both systems, in one process tree, against one PostgreSQL.
+
+Caliber: runs of `peer_approval` / `peer_auto` (bench.peers.caliber_flow) started from this
+process through `start_run`, executed by the bench's celery workers; approvals through
+`decide_escalation` (what the API and the browser call), from this process.
+LangGraph: bench.peers.langgraph_flow, in as many processes as Caliber has pool children.
+
+Per run, each side's database work is read from pg_stat_database (transactions committed,
+rows written) for the bench database only, after every process that did the work exited
+(backends flush their counters on exit); this process's own polling is subtracted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.harness import CELERY_RTT, CELERY_THROUGHPUT, PG_COMMITS, PG_QUERIES, BenchEnv, Result
+from bench.peers import langgraph_flow
+
+# LangGraph's durability modes: "async" is its default (checkpoints written while the next
+# step runs, awaited before invoke returns or interrupts); "sync" writes each before the next
+# step starts; "exit" only when the graph returns or interrupts (a crash mid-run loses it).
+DURABLE_MODES = ("async", "sync")
+INFORMATIONAL_MODES = ("exit",)
+LANGGRAPH_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+
+
+@dataclass
+class DbWork:
+    xacts: int
+    rows: int
+
+
+def _conninfo() -> str:
+    return os.environ["DATABASE_URL"]
+
+
+def _counters() -> DbWork:
+    import psycopg
+    from django.db import connection
+
+    # Our own Django connection's pending counters, then a fresh reader's view.
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_stat_force_next_flush()")
+    time.sleep(0.05)
+    with psycopg.connect(_conninfo(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted "
+            "FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    assert row is not None
+    return DbWork(xacts=int(row[0]), rows=int(row[1]))
+
+
+class _Polls:
+    """Counts this process's autocommit statements while waiting (not part of the work)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        from django.db import connection
+
+        if not connection.in_atomic_block:
+            self.count += 1
+        return execute(sql, params, many, context)
+
+
+def _policy(outcome: str, workflow: str) -> None:
+    from bench.peers.caliber_flow import ACTION_TYPE
+    from escalations.models import AutonomyPolicy
+
+    # Only the benchmark's policy: the seeded ones would add their own (unrelated) verdicts.
+    AutonomyPolicy.objects.all().delete()
+    AutonomyPolicy.objects.create(
+        name=f"peer benchmark: {outcome}",
+        workflow=workflow,
+        action_type=ACTION_TYPE,
+        outcome=outcome,
+        min_confidence=0.0,
+        irreversible_requires_review=False,
+    )
+    from escalations.policy import clear_cache
+
+    clear_cache()
+
+
+def _caliber(env: BenchEnv, *, n: int, approval: bool) -> tuple[float, float, DbWork]:
+    """(seconds for all n, seconds until all were waiting, db work) for one Caliber batch."""
+    from django.db import connection
+
+    from bench.bench_e2e import approve_open
+    from bench.peers.caliber_flow import APPROVAL, AUTO
+    from escalations.models import Escalation, EscalationStatus
+    from workflows.actions import start_run
+    from workflows.models import PolicyOutcome, RunStatus, WorkflowRun
+
+    data = env.reset()
+    workflow = APPROVAL if approval else AUTO
+    _policy(PolicyOutcome.REVIEW if approval else PolicyOutcome.AUTO, workflow)
+    runs = WorkflowRun.objects.filter(workflow=workflow)
+
+    def finished(count: int) -> bool:
+        failed = runs.filter(status=RunStatus.FAILED).first()
+        if failed is not None:
+            raise RuntimeError(f"Caliber run {failed.pk} failed: {failed.error}")
+        return runs.filter(status=RunStatus.SUCCEEDED).count() >= count
+
+    polls = _Polls()
+    with env.workers():
+        # Warm every pool child (imports, connections, the compiled policy set): untimed.
+        warm = env.process_count * 2
+        for i in range(warm):
+            start_run(workflow=workflow, input={"item": f"warm-{i}"})
+        if approval:
+            env.wait_until(
+                lambda: Escalation.objects.filter(status=EscalationStatus.OPEN).count() >= warm
+            )
+            approve_open(data["admin"], limit=warm)
+        env.wait_until(lambda: finished(warm))
+        before = _counters()
+        with connection.execute_wrapper(polls):
+            t0 = time.perf_counter()
+            for i in range(n):
+                start_run(workflow=workflow, input={"item": f"item-{i}"})
+            waiting = 0.0
+            if approval:
+                open_ = Escalation.objects.filter(status=EscalationStatus.OPEN)
+                env.wait_until(lambda: open_.count() >= n, interval=0.01)
+                waiting = time.perf_counter() - t0
+                decided = 0
+                while decided < n:
+                    decided += approve_open(data["admin"], limit=200)
+            env.wait_until(lambda: finished(warm + n), interval=0.01)
+            total = time.perf_counter() - t0
+    after = _counters()
+    work = DbWork(xacts=after.xacts - before.xacts - polls.count, rows=after.rows - before.rows)
+    return total, waiting or total, work
+
+
+def _langgraph(
+    env: BenchEnv, *, n: int, approval: bool, durability: str
+) -> tuple[float, float, DbWork]:
+    import psycopg
+
+    with psycopg.connect(_conninfo(), autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(LANGGRAPH_TABLES)}")
+    processes = env.process_count
+    # Warm: imports and first connections happen before the start line anyway; one small
+    # batch primes PostgreSQL's caches for these tables like Caliber's warm runs do.
+    langgraph_flow.run_batch(
+        _conninfo(),
+        n=processes * 2,
+        processes=processes,
+        approval=approval,
+        durability=durability,
+        prefix=f"warm-{time.monotonic_ns()}",
+    )
+    before = _counters()
+    timing = langgraph_flow.run_batch(
+        _conninfo(),
+        n=n,
+        processes=processes,
+        approval=approval,
+        durability=durability,
+        prefix=f"run-{time.monotonic_ns()}",
+    )
+    after = _counters()
+    work = DbWork(xacts=after.xacts - before.xacts, rows=after.rows - before.rows)
+    return timing.total, timing.started, work
+
+
+def _figures(
+    system: str, path: str, n: int, total: float, started: float, work: DbWork, notes: str
+) -> list[Result]:
+    unit_rate = "rt/s" if path == "approval" else "runs/s"
+    # Caliber's runs hop through Celery; LangGraph's are bounded by its checkpoint writes.
+    caliber = system == "caliber"
+    out = [
+        Result(
+            f"{system}.{path}_per_s",
+            n / total,
+            unit_rate,
+            notes=notes,
+            limit=CELERY_THROUGHPUT if caliber else PG_COMMITS,
+        ),
+        Result(
+            f"{system}.{path}_ms_per_run",
+            total / n * 1000,
+            "ms",
+            better="lower",
+            notes="wall time per run at this concurrency (1 / throughput)",
+            limit=CELERY_RTT if caliber else PG_QUERIES,
+        ),
+        Result(
+            f"{system}.{path}_xacts_per_run",
+            work.xacts / n,
+            "xacts",
+            better="lower",
+            notes="transactions committed per run (pg_stat_database; read-only ones too)",
+        ),
+        Result(
+            f"{system}.{path}_rows_written_per_run",
+            work.rows / n,
+            "rows",
+            better="lower",
+            notes="rows inserted + updated + deleted per run (pg_stat_database)",
+        ),
+    ]
+    if path == "approval":
+        out.append(
+            Result(
+                f"{system}.approval_start_to_paused_per_s",
+                n / started,
+                "runs/s",
+                notes="phase 1: started until every run waits for its approval",
+            )
+        )
+    return out
+
+
+def run(env: BenchEnv) -> list[Result]:
+    n = env.scale(int(os.environ.get("BENCH_PEER_RUNS", "300")), 4)
+    procs = f"{env.process_count} processes"
+    langgraph_flow.setup(_conninfo())
+    results: list[Result] = []
+    modes = DURABLE_MODES + INFORMATIONAL_MODES
+    for path in ("approval", "auto"):
+        approval = path == "approval"
+        total, started, work = _caliber(env, n=n, approval=approval)
+        results += _figures(
+            "caliber",
+            path,
+            n,
+            total,
+            started,
+            work,
+            f"{n} runs; {env.n_workers} celery worker(s) x{env.concurrency}, started and "
+            "approved from the bench process",
+        )
+        for mode in modes:
+            total, started, work = _langgraph(env, n=n, approval=approval, durability=mode)
+            results += _figures(
+                f"langgraph_{mode}",
+                path,
+                n,
+                total,
+                started,
+                work,
+                f"{n} runs; {procs}, PostgresSaver, durability={mode!r}",
+            )
+    return results

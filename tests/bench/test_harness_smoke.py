@@ -1,0 +1,143 @@
+"""The benchmark harness and the peer harness still run (tiny N): a smoke test, not a
+measurement. Nothing here asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+
+from bench.harness import Figure, count_costs, inline_engine, target_met
+from escalations.models import AgentProfile, AutonomyPolicy, Escalation, EscalationStatus
+from workflows.models import PolicyOutcome, RunStatus
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_targets_are_read_from_their_text() -> None:
+    assert target_met("p99 < 1 ms", 0.4) is True
+    assert target_met("p95 < 100 ms under load", 120.0) is False
+    assert target_met(">= 2x LangGraph", 2.0) is True
+    assert target_met("", 5.0) is None
+
+
+def test_a_figure_is_shown_against_its_limit() -> None:
+    from bench.__main__ import render_table
+
+    rate = Figure("e2e.auto_runs_per_s", "runs/s", [10.0, 12.0, 11.0], limit="celery_x_per_s")
+    latency = Figure("e2e.p95", "ms", [20.0], target="< 10 ms", better="lower", limit="pg_per_s")
+    limits = {
+        "limits.celery_x_per_s": Figure("limits.celery_x_per_s", "tasks/s", [110.0]),
+        "limits.pg_per_s": Figure("limits.pg_per_s", "rt/s", [1000.0]),
+    }
+    assert rate.ratio(110.0) == pytest.approx(0.1)
+    assert latency.ratio(1000.0) == pytest.approx(20.0)  # 20 ms = 20 one-ms round trips
+    table = render_table({**limits, rate.name: rate, latency.name: latency})
+    assert "10.0% of celery_x" in table
+    assert "20.0x one pg" in table
+    assert "NOT MET" in table
+
+
+def test_the_side_by_side_table_compares_with_the_best_durable_peer() -> None:
+    from bench.peers.__main__ import side_by_side
+
+    def fig(name: str, value: float) -> Figure:
+        return Figure(f"side_by_side.{name}", "runs/s", [value])
+
+    figures = {
+        f.name: f
+        for f in [
+            fig("caliber.approval_per_s", 100.0),
+            fig("langgraph_async.approval_per_s", 40.0),
+            fig("langgraph_sync.approval_per_s", 60.0),
+            fig("langgraph_exit.approval_per_s", 90.0),
+        ]
+    }
+    text, verdicts = side_by_side(figures)
+    # "exit" is not durable between steps: shown, never the yardstick.
+    assert verdicts["approval_per_s"]["best_durable_langgraph"] == 60.0
+    assert verdicts["approval_per_s"]["met"] is False
+    assert "1.67x" in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_peer_workflow_pauses_for_approval_and_its_costs_are_counted(
+    agent: AgentProfile, admin_user: User
+) -> None:
+    from bench.bench_e2e import approve_open
+    from bench.peers.caliber_flow import ACTION_TYPE, APPROVAL
+    from workflows.actions import start_run
+
+    AutonomyPolicy.objects.create(
+        name="peer", workflow=APPROVAL, action_type=ACTION_TYPE, outcome=PolicyOutcome.REVIEW
+    )
+    with inline_engine() as drain, count_costs() as costs:
+        run = start_run(workflow=APPROVAL, input={"item": "one"})
+        drain()
+        run.refresh_from_db()
+        assert run.status == RunStatus.WAITING
+        assert Escalation.objects.filter(status=EscalationStatus.OPEN).count() == 1
+        assert approve_open(admin_user) == 1
+        drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    output = run.steps.get(name="execute").output
+    assert output is not None
+    assert output["result"] == {
+        "done": "one",
+        "key": f"{run.pk}:propose:{ACTION_TYPE}",
+    }
+    assert costs.queries > 0
+    assert costs.commits > 0
+    assert costs.tasks == 2  # the start and the resume after the decision
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_langgraph_peer_pauses_and_resumes_on_postgres() -> None:
+    pytest.importorskip("langgraph.checkpoint.postgres", reason="optional extra: .[peers]")
+    from bench.peers import langgraph_flow
+
+    s = connection.settings_dict
+    conninfo = f"postgresql://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+    langgraph_flow.setup(conninfo)
+    prefix = uuid.uuid4().hex
+    approval = langgraph_flow.run_batch(
+        conninfo, n=2, processes=1, approval=True, durability="sync", prefix=prefix
+    )
+    auto = langgraph_flow.run_batch(
+        conninfo, n=2, processes=1, approval=False, durability="async", prefix=prefix + "a"
+    )
+    assert approval.completed == auto.completed == 2
+
+
+def test_python_m_bench_measures_the_limits_and_writes_its_json(tmp_path: Path) -> None:
+    name = f"caliber_bench_smoke_{os.getpid()}"
+    env = dict(os.environ, BENCH_DB=name, BENCH_RESULTS_DIR=str(tmp_path))
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench", "limits", "--quick", "--repeat", "1"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        out = json.loads((tmp_path / "latest.json").read_text())
+        assert out["quick"] is True
+        assert out["figures"]["limits.celery_noop_round_trips_per_s"]["median"] > 0
+        assert out["machine"]["workers"] == 1
+        assert "vs machine limit" in done.stdout
+    finally:
+        base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
