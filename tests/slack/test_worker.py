@@ -78,7 +78,7 @@ def test_slack_and_the_browser_deciding_at_once_make_exactly_one_decision_every_
         esc = make_escalation(agent, title=f"race {i}")
         wait_for(lambda esc=esc: posted(esc))
         barrier = threading.Barrier(2)
-        status: dict[str, int] = {}
+        status = {"slack": 0, "web": 0}
 
         def via_slack(esc=esc, barrier=barrier, status=status):
             try:
