@@ -96,8 +96,7 @@ class FakeSlack:
 
     @property
     def api_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/api/"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/api/"
 
     def reset(self) -> None:
         with self._lock:
