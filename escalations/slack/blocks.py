@@ -187,7 +187,7 @@ def message(
                 "block_id": "caliber.outcome",
                 "text": md(
                     f":arrow_heading_up: *Moved to {escape_within(esc.team.name, 200)}*"
-                    " (the deadline passed); they decide it now."
+                    "; they decide it now."
                 ),
             }
         )
