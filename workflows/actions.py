@@ -77,7 +77,12 @@ def start_run(
     plan = spec.make_plan(input, force_sync=force_sync)
     plan_json = [p.to_json() for p in plan]
     initial = normalise(spec.initial_state(input))
-    agent = AgentProfile.objects.get(name=spec.agent)
+    agent = AgentProfile.objects.filter(name=spec.agent).first()
+    if agent is None:
+        raise InvalidInput(
+            f"{spec.name} acts as agent {spec.agent!r}, which has no profile: create it in the "
+            "admin (Agent profiles) with the team that reviews its work"
+        )
     now = timezone.now()
     try:
         with transaction.atomic():

@@ -192,3 +192,24 @@ def test_no_follow_up_when_no_reply_was_sent(policies, ticket, alice, inline_tas
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED
     assert not WorkflowRun.objects.filter(parent=run).exists()
+
+
+def test_a_workflow_whose_agent_has_no_profile_is_refused_clearly(support):
+    with pytest.raises(InvalidInput, match="research-agent"):
+        start_run(workflow="mention_research", input=ACME)
+    assert not WorkflowRun.objects.exists()
+
+
+def test_runs_can_be_started_from_the_command_line(research_agent, inline_tasks):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out = StringIO()
+    call_command("start_run", "mention_research", input='{"company": "Globex"}', stdout=out)
+    assert "mention_research v1: 10 steps" in out.getvalue()
+    with pytest.raises(CommandError, match="registered"):
+        call_command("start_run", "nope")
+    with pytest.raises(CommandError, match="not JSON"):
+        call_command("start_run", "mention_research", input="{")
+    assert WorkflowRun.objects.count() == 1
