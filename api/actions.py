@@ -11,7 +11,7 @@ import random
 import time
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -454,3 +454,24 @@ def attempt_webhook_delivery(*, delivery_id: uuid.UUID | str) -> float | None:
             ]
         )
     return delay
+
+
+# A pending delivery this far past its due time has lost its task (a broker outage at
+# enqueue, a purged queue): the sweep sends it again.
+STALLED_AFTER = timedelta(minutes=2)
+
+
+def requeue_stalled_deliveries(*, now: datetime | None = None) -> int:
+    """Re-enqueue pending deliveries whose task is evidently lost; how many. Safe to run
+    any time: the lease in attempt_webhook_delivery keeps a duplicate task from sending."""
+    now = now or timezone.now()
+    stalled = list(
+        WebhookDelivery.objects.filter(
+            status=DeliveryStatus.PENDING, next_attempt_at__lt=now - STALLED_AFTER
+        )
+        .exclude(leased_until__gt=now)
+        .values_list("pk", flat=True)[:500]
+    )
+    for pk in stalled:
+        _enqueue_delivery(pk)
+    return len(stalled)

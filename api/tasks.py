@@ -14,3 +14,9 @@ def deliver_webhook(self: Any, delivery_id: str) -> None:
     delay = actions.attempt_webhook_delivery(delivery_id=delivery_id)
     if delay is not None:
         raise self.retry(countdown=delay)
+
+
+@shared_task(name="api.tasks.requeue_stalled_webhooks")
+def requeue_stalled_webhooks() -> int:
+    """For celery beat (e.g. every minute): deliveries whose task was lost are sent again."""
+    return actions.requeue_stalled_deliveries()

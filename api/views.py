@@ -6,7 +6,6 @@ Errors are `{"detail": "..."}`, or for bad fields `{"detail": [{"loc", "msg", "t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import json
@@ -47,7 +46,6 @@ from .representations import (
     describe_escalation,
     describe_outcome,
     describe_run,
-    is_decided,
 )
 from .schemas import (
     ActionIn,
@@ -245,7 +243,7 @@ async def get_action(
     view = await _read_action(token, action_id)
     if view["decided"] or wait <= 0:
         return view
-    return await _wait_for_decision(token, action_id, view, wait)
+    return await _wait_for_decision(token, action_id, wait)
 
 
 @sync_to_async
@@ -253,9 +251,7 @@ def _read_action(token: ApiToken, action_id: uuid.UUID) -> dict[str, Any]:
     return describe_action(get_action_for(token, action_id))
 
 
-async def _wait_for_decision(
-    token: ApiToken, action_id: uuid.UUID, view: dict[str, Any], wait: float
-) -> dict[str, Any]:
+async def _wait_for_decision(token: ApiToken, action_id: uuid.UUID, wait: float) -> dict[str, Any]:
     """Hold the request on the event loop, never a thread: woken by the decision's message
     on the channel layer, re-reading the database now and then in case a message is lost."""
     loop = asyncio.get_running_loop()
@@ -279,8 +275,14 @@ async def _wait_for_decision(
                 break
             step = min(remaining, LONG_POLL_RECHECK_SECONDS)
             if layer is not None and channel is not None:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(layer.receive(channel), step)
+                except TimeoutError:
+                    pass
+                except Exception:
+                    # A broken channel layer costs promptness, never the answer.
+                    log.warning("long-poll of %s falls back to polling the database", action_id)
+                    channel = None
             else:
                 await asyncio.sleep(min(step, 0.5))
             view = await _read_action(token, action_id)
@@ -458,6 +460,3 @@ def create_outcome(request: HttpRequest, body: OutcomeIn) -> Status[Any]:
         recorded_by=token.actor,
     )
     return Status(201, describe_outcome(outcome))
-
-
-__all__ = ["api", "is_decided"]

@@ -207,3 +207,22 @@ def test_only_decisions_of_agents_with_an_enabled_webhook_are_sent(
         escalation_id=other.escalation.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB
     )
     assert not WebhookDelivery.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_delivery_whose_task_was_lost_is_found_by_the_sweep(agent, policies, webhook, alice):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from api.actions import requeue_stalled_deliveries
+
+    action = _escalated_action(agent)
+    decide_escalation(
+        escalation_id=action.escalation.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB
+    )
+    assert requeue_stalled_deliveries() == 0
+    later = timezone.now() + timedelta(minutes=5)
+    assert requeue_stalled_deliveries(now=later) == 1
+    WebhookDelivery.objects.update(status=DeliveryStatus.DELIVERED)
+    assert requeue_stalled_deliveries(now=later) == 0
