@@ -35,12 +35,11 @@ VIA_LABEL = {
     "web": "in the browser",
     "slack": "in Slack",
     "api": "via the API",
-    "system": "automatically, when the deadline passed",
 }
 OUTCOME = {
     EscalationStatus.APPROVED: ":white_check_mark: *Approved*",
     EscalationStatus.REJECTED: ":x: *Rejected*",
-    EscalationStatus.EXPIRED: ":hourglass: *Expired* before anyone decided",
+    EscalationStatus.EXPIRED: ":hourglass: *Expired*: nobody decided in time",
     EscalationStatus.CANCELLED: ":no_entry_sign: *Cancelled*",
 }
 
@@ -119,6 +118,12 @@ def outcome_text(esc: Escalation, decision: Decision | None) -> str | None:
     if decision is None:
         when = slack_date(esc.decided_at) if esc.decided_at else ""
         return f"{head} {when}".strip()
+    if decision.via == "system":
+        # Nobody clicked anything: say what the deadline did, and the policy's reason.
+        text = f"{head} · {slack_date(decision.created_at)}"
+        if decision.reason:
+            text += "\n" + quote(escape_within(decision.reason, 1500))
+        return text
     if decision.verdict == Verdict.RESPOND:
         head = ":speech_balloon: *Answered instead of running*"
     edited = " with edits" if decision.edited_payload is not None else ""

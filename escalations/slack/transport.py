@@ -47,6 +47,11 @@ def escalation_changed(escalation: Escalation, *, previous_team_id: int | None =
     """Every message of the escalation must show the change (decided, moved, claimed...)."""
     if not conf.enabled():
         return
+    if previous_team_id is not None and previous_team_id != escalation.team_id:
+        # A move, by an SLA chain or a person: the new team must see it in its channel
+        # whether or not the caller also announces it as opened (that second call is a no-op).
+        escalation_opened(escalation)
+        return
     _enqueue_after_commit(_bump(escalation))
 
 

@@ -305,3 +305,49 @@ def test_a_change_made_while_slack_was_being_called_is_shown_too(
     [shown] = slack.all_messages()
     assert "*Approved* by *carol*" in outcome_of(shown)
     assert not SlackMessage.objects.get(escalation=esc).needs_sync
+
+
+@pytest.mark.django_db
+def test_a_reassignment_by_a_person_posts_to_the_new_team_too(
+    slack, agent, policies, alice, billing
+):
+    from escalations.actions import reassign_escalation
+
+    esc = make_escalation(agent)
+    deliver_all()
+    reassign_escalation(escalation_id=esc.pk, user=alice, team_id=billing.pk)
+    deliver_all()
+    assert set(SlackMessage.objects.filter(escalation=esc).values_list("channel", flat=True)) == {
+        SUPPORT_CHANNEL,
+        BILLING_CHANNEL,
+    }
+    assert len(slack.calls_to("chat.postMessage")) == 2
+    assert len(slack.calls_to("chat.update")) == 1
+
+
+@pytest.mark.django_db
+def test_the_sla_chain_posts_to_the_next_team_and_the_expiry_shows_everywhere(
+    slack, agent, policies, billing
+):
+    from escalations.actions import handle_sla_breach
+
+    esc = make_escalation(agent)
+    deliver_all()
+    past = timezone.now() - timedelta(minutes=1)
+    Escalation.objects.filter(pk=esc.pk).update(
+        chain=[billing.pk], hops=0, sla_minutes=5, sla_due_at=past, expiry_behaviour="reject"
+    )
+    assert handle_sla_breach(escalation_id=esc.pk) == "moved"
+    deliver_all()
+    assert SlackMessage.objects.get(escalation=esc, channel=BILLING_CHANNEL).ts
+    assert len(slack.calls_to("chat.update")) == 1
+
+    Escalation.objects.filter(pk=esc.pk).update(sla_due_at=past)
+    handle_sla_breach(escalation_id=esc.pk)
+    deliver_all()
+    shown = slack.all_messages()
+    assert len(shown) == 2
+    for message in shown:
+        assert not has_buttons(message)
+        assert ":hourglass: *Expired*: nobody decided in time" in outcome_of(message)
+        assert "reject on expiry" in outcome_of(message)
