@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin, messages
@@ -7,6 +8,7 @@ from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils.html import format_html
 
 from .actions import create_api_token, resend_delivery, revoke_api_token
 from .models import AgentWebhook, ApiToken, WebhookAttempt, WebhookDelivery
@@ -113,12 +115,31 @@ class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
         "delivered_at",
     ]
     list_filter = ["status", "event", "webhook"]
-    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+    exclude = ["body"]
+    readonly_fields = [
+        *(f.name for f in WebhookDelivery._meta.fields if f.name != "body"),
+        "pretty_body",
+    ]
     inlines = [WebhookAttemptInline]
     actions = ["resend"]
 
+    # The log of what was sent is not edited or deleted by hand; it is re-sent.
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Body (as signed)")
+    def pretty_body(self, obj: WebhookDelivery) -> str:
+        try:
+            text = json.dumps(json.loads(obj.body), indent=2, ensure_ascii=False)
+        except ValueError:
+            text = obj.body
+        return format_html("<pre>{}</pre>", text)
 
     @admin.action(description="Re-send the selected deliveries")
     def resend(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
