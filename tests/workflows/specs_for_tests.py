@@ -135,7 +135,7 @@ FAN_OUT = register(
         version=1,
         title="Fan out and join",
         agent="triage-agent",
-        steps=_fan_out_steps(Mode.ASYNC, timeout=3.0),
+        steps=_fan_out_steps(Mode.ASYNC, timeout=5.0),
     )
 )
 
