@@ -38,7 +38,10 @@ SOCKETS = 4
 BACKGROUND = 1_000
 PRODUCERS = 6
 
-_ROW = re.compile(r'<article id="esc-([0-9a-f-]{36})"')
+# Only inserted rows count as arrivals; a row re-rendered in place later is not a delivery.
+_INSERTED = re.compile(
+    r'hx-swap-oob="before(?:begin|end):[^"]*">\s*<article id="esc-([0-9a-f-]{36})"'
+)
 
 
 def _seed_open(env_data: dict[str, Any], count: int) -> None:
@@ -189,6 +192,7 @@ class _Listeners:
     def __init__(self, url: str, cookies: list[str], origin: str) -> None:
         self.url, self.cookies, self.origin = url, cookies, origin
         self.arrivals: dict[str, list[float]] = {}
+        self._seen: set[tuple[int, str]] = set()
         self.ready = threading.Event()
         self.stop = threading.Event()
         self.error: BaseException | None = None
@@ -205,7 +209,7 @@ class _Listeners:
     async def _main(self) -> None:
         import websockets
 
-        async def listen(cookie: str, opened: asyncio.Event) -> None:
+        async def listen(index: int, cookie: str, opened: asyncio.Event) -> None:
             async with websockets.connect(
                 self.url,
                 additional_headers={"Cookie": cookie},
@@ -229,7 +233,8 @@ class _Listeners:
 
         events = [asyncio.Event() for _ in self.cookies]
         tasks = [
-            asyncio.create_task(listen(c, e)) for c, e in zip(self.cookies, events, strict=True)
+            asyncio.create_task(listen(i, c, e))
+            for i, (c, e) in enumerate(zip(self.cookies, events, strict=True))
         ]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 30)
         self.ready.set()
