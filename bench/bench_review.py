@@ -225,11 +225,11 @@ class _Listeners:
                         continue
                     now = time.time()
                     text = message if isinstance(message, str) else message.decode()
-                    if 'hx-swap-oob="before' not in text:
-                        continue
                     with self._lock:
-                        for pk in _ROW.findall(text):
-                            self.arrivals.setdefault(pk, []).append(now)
+                        for pk in _INSERTED.findall(text):
+                            if (index, pk) not in self._seen:
+                                self._seen.add((index, pk))
+                                self.arrivals.setdefault(pk, []).append(now)
 
         events = [asyncio.Event() for _ in self.cookies]
         tasks = [
