@@ -187,7 +187,24 @@ def run(env: BenchEnv) -> list[Result]:
                 handled.append(time.perf_counter() - started)
                 assert response.status_code == 200, response.text
             assert Decision.objects.filter(via="slack").count() == N_HANDLED
+            # The floor under those figures on this machine: the same server refusing a
+            # forged click (no database, no Celery), so the cost of the approve itself shows.
+            refused = []
+            for esc_id in ids[:100]:
+                body, headers = _signed_click(esc_id)
+                headers["X-Slack-Signature"] = "v0=" + "0" * 64
+                started = time.perf_counter()
+                response = http.post(url, content=body, headers=headers)
+                refused.append(time.perf_counter() - started)
+                assert response.status_code == 401
             results += [
+                Result(
+                    "slack_refused_p50",
+                    percentile(refused, 50) * 1000,
+                    "ms",
+                    better="lower",
+                    notes="floor: a forged click refused with 401 by the same server",
+                ),
                 Result(
                     "slack_interaction_p50",
                     percentile(handled, 50) * 1000,
