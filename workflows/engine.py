@@ -364,9 +364,11 @@ def _wait_over(step: StepRun, now: datetime) -> bool:
 
 def _claim(run: WorkflowRun, step: StepRun, token: str, now: datetime) -> Claim | None:
     """Precondition: run and step rows locked. Counts the attempt before it runs."""
-    resumed = step.status == StepStatus.WAITING
-    woken = resumed and _until(step) is not None
-    if not resumed:
+    resumed = step.status == StepStatus.WAITING or bool(step.waiting_for)
+    until = _until(step)
+    # Also on a fresh attempt after a crash: a step that already slept is not put back to sleep.
+    woken = until is not None and until <= now
+    if step.status != StepStatus.WAITING:
         if step.attempts >= step.max_attempts:
             _dead_letter(run, step, step.error or "no attempts left")
             return None
