@@ -162,8 +162,13 @@ def test_expiry_first_refuses_the_late_decision_naming_the_winner(refund_policy,
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("approvals", [1, 2])
 def test_expiry_racing_a_decision_has_exactly_one_outcome(
-    refund_policy, propose, alice, carol, approvals
+    refund_policy, propose, alice, carol, approvals, monkeypatch
 ):
+    # Kept off the broker: a worker left advancing these runs would race the test's flush.
+    woken: list[str] = []
+    monkeypatch.setattr(
+        "workflows.tasks.enqueue_advance", lambda run_id, countdown=0: woken.append(str(run_id))
+    )
     refund_policy(sla_minutes=30, expiry_behaviour="approve", approvals_required=approvals)
     outcomes = []
     for i in range(6):
@@ -215,6 +220,8 @@ def test_expiry_racing_a_decision_has_exactly_one_outcome(
             assert results["timer"] == "approved"
             assert esc.status == EscalationStatus.EXPIRED
             assert action.status == ActionStatus.APPROVED
+        # Whoever won, the run was woken exactly once, after commit.
+        assert woken.count(str(esc.action.run_id)) == 1
         outcomes.append(results["person"])
     assert set(outcomes) <= {"rejected", "refused"}
 
