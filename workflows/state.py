@@ -162,39 +162,63 @@ def write_state(
     """
     validate(new_state)
     version = expected_version + 1
-    won = WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
-        state=new_state, state_version=version, updated_at=timezone.now()
-    )
-    if not won:
-        raise StaleState(f"run {run.pk} state is past v{expected_version}")
-    snapshot = None
-    if run.durable:
-        parent = "" if anchor else _parent_digest(run, expected_version)
-        try:
-            with transaction.atomic():
-                snapshot = RunSnapshot.objects.create(
-                    run=run,
-                    version=version,
-                    conversation=new_state["conversation"],
-                    workspace=new_state["workspace"],
-                    systemic=new_state["systemic"],
-                    changed=changed,
-                    step_name=step_name,
-                    reason=reason[:300],
-                    actor=actor,
-                    parent_digest=parent,
-                    digest=chain_digest(parent, new_state),
-                    anchor=anchor,
-                )
-        except IntegrityError:
-            raise StaleState(f"run {run.pk} already has state v{version}") from None
+    if not run.durable:
+        if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
+            state=new_state, state_version=version, updated_at=timezone.now()
+        ):
+            raise StaleState(f"run {run.pk} state is past v{expected_version}")
+        run.state, run.state_version = new_state, version
+        return None
+    parent = "" if anchor else _parent_digest(run, expected_version)
+    digest = chain_digest(parent, new_state)
+    try:
+        # One savepoint for both rows: a snapshot that already exists undoes the UPDATE too.
+        with transaction.atomic():
+            if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
+                state=new_state, state_version=version, updated_at=timezone.now()
+            ):
+                raise StaleState(f"run {run.pk} state is past v{expected_version}")
+            snapshot = RunSnapshot.objects.create(
+                run=run,
+                version=version,
+                conversation=new_state["conversation"],
+                workspace=new_state["workspace"],
+                systemic=new_state["systemic"],
+                changed=changed,
+                step_name=step_name,
+                reason=reason[:300],
+                actor=actor,
+                parent_digest=parent,
+                digest=digest,
+                anchor=anchor,
+            )
+    except IntegrityError:
+        raise StaleState(f"run {run.pk} already has state v{version}") from None
     run.state, run.state_version = new_state, version
+    # Only once committed: a rolled-back attempt's snapshot must never be taken as a parent.
+    key = (run.pk, version)
+    transaction.on_commit(lambda: _remember_digest(key, digest))
     return snapshot
+
+
+# Digests of committed snapshots, by (run, version): a committed snapshot never changes, so
+# the next write of the run in this process need not read its parent's digest back.
+_DIGESTS: dict[tuple[Any, int], str] = {}
+_DIGESTS_MAX = 4096
+
+
+def _remember_digest(key: tuple[Any, int], digest: str) -> None:
+    if len(_DIGESTS) >= _DIGESTS_MAX:
+        _DIGESTS.clear()
+    _DIGESTS[key] = digest
 
 
 def _parent_digest(run: WorkflowRun, version: int) -> str:
     if version == 0:
         return ""
+    cached = _DIGESTS.get((run.pk, version))
+    if cached is not None:
+        return cached
     return (
         RunSnapshot.objects.filter(run=run, version=version)
         .values_list("digest", flat=True)
@@ -224,16 +248,16 @@ def update_state(
             run.state, run.state_version = state, current["state_version"]
             return None
         try:
-            with transaction.atomic():
-                return write_state(
-                    run=run,
-                    expected_version=current["state_version"],
-                    new_state=new,
-                    changed=changed or list(DIMENSIONS),
-                    step_name=step_name,
-                    reason=reason,
-                    actor=actor,
-                )
+            # write_state undoes its own partial work on a conflict (its savepoint).
+            return write_state(
+                run=run,
+                expected_version=current["state_version"],
+                new_state=new,
+                changed=changed or list(DIMENSIONS),
+                step_name=step_name,
+                reason=reason,
+                actor=actor,
+            )
         except StaleState:
             log.info("stale state write on run %s (attempt %d); re-reading", run.pk, attempt + 1)
     raise StaleState(f"run {run.pk}: gave up after {MAX_CAS_RETRIES} conflicting writes")
