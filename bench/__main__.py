@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.harness import (
     CELERY_RTT,
+    CELERY_THROUGHPUT,
     PG_COMMITS,
     PG_QUERIES,
     REDIS_RTT,
@@ -38,18 +39,20 @@ from bench.harness import (
 # what one unit of the work cannot go faster than.
 DEFAULT_LIMITS = {
     # one cached-stamp query per evaluation
-    "policy.eval_p*": PG_QUERIES,
+    "policy.eval_p[0-9][0-9]_*": PG_QUERIES,
     # a signed click is one decision transaction
-    "slack.slack_interaction_p*": PG_COMMITS,
+    "slack.slack_interaction_p[0-9][0-9]": PG_COMMITS,
     # a click resumes the run through a Celery hop
-    "slack.slack_click_to_resumed_p*": CELERY_RTT,
+    "slack.slack_click_to_resumed_p[0-9][0-9]": CELERY_RTT,
     # a page is a handful of queries
-    "review.*page*_p*": PG_QUERIES,
-    "review.*queue*_p*": PG_QUERIES,
+    "review.queue_*_p[0-9][0-9]": PG_QUERIES,
     # a commit reaches the socket through the Redis channel layer
-    "review.*deliver*_p*": REDIS_RTT,
-    "review.*websocket*_p*": REDIS_RTT,
-    "api.*_p*": PG_QUERIES,
+    "review.push_p[0-9][0-9]": REDIS_RTT,
+    # a run is a chain of Celery tasks
+    "engine.*_runs_per_s": CELERY_THROUGHPUT,
+    # an API submission is a policy evaluation and a commit
+    "api.submit_*_per_s": PG_COMMITS,
+    "api.*_p[0-9][0-9]": PG_QUERIES,
 }
 
 
@@ -69,8 +72,10 @@ def run_modules(
     figures: dict[str, Figure] = {}
     failures: list[str] = []
     for name, module in modules:
-        for rep in range(repeat):
-            print(f"[{name}] repetition {rep + 1}/{repeat}  (load {_load()})", flush=True)
+        # A module may ask for fewer repetitions (a long soak says more once than thrice).
+        reps = min(repeat, getattr(module, "REPEAT", repeat))
+        for rep in range(reps):
+            print(f"[{name}] repetition {rep + 1}/{reps}  (load {_load()})", flush=True)
             env.reset()
             started = time.monotonic()
             try:

@@ -29,6 +29,8 @@ BENCH_DB = os.environ.get("BENCH_DB", "caliber_bench")
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 
+PEER_FLOW = "bench.peers.caliber_flow"
+
 # The limits every figure can be read against (names of `limits.*` figures).
 PG_COMMITS = "postgres_commits_per_s"
 PG_QUERIES = "postgres_query_round_trips_per_s"
@@ -110,6 +112,10 @@ def configure_environment() -> None:
         CELERY_RESULT_BACKEND=REDIS_URL,
         LOG_LEVEL="WARNING",
     )
+    # The peer comparison's 3-step workflow, for every benchmark and the workers they start.
+    extra = [m for m in os.environ.get("WORKFLOW_MODULES", "").split(",") if m.strip()]
+    if PEER_FLOW not in extra:
+        os.environ["WORKFLOW_MODULES"] = ",".join([*extra, PEER_FLOW])
 
 
 def recreate_database() -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 from bench.harness import Figure, load_average
 
-PEER_MODULE = "bench.peers.caliber_flow"
 TARGET_RATIO = 2.0
 
 
@@ -44,9 +43,11 @@ def side_by_side(figures: dict[str, Figure]) -> tuple[str, dict[str, Any]]:
         ("approval_start_to_paused_per_s", "  phase 1: started -> paused, runs/s"),
         ("approval_xacts_per_run", "  transactions per approval run"),
         ("approval_rows_written_per_run", "  rows written per approval run"),
+        ("approval_connections_per_run", "  connections opened per approval run"),
         ("auto_per_s", "auto runs/s"),
         ("auto_xacts_per_run", "  transactions per auto run"),
         ("auto_rows_written_per_run", "  rows written per auto run"),
+        ("auto_connections_per_run", "  connections opened per auto run"),
     ]
 
     def med(system: str, measure: str) -> float | None:
@@ -118,9 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     _need_langgraph()
     if args.runs:
         os.environ["BENCH_PEER_RUNS"] = str(args.runs)
-    # The peer workflow must be registered in this process and in the workers it starts.
-    modules = [m for m in os.environ.get("WORKFLOW_MODULES", "").split(",") if m.strip()]
-    os.environ["WORKFLOW_MODULES"] = ",".join([*modules, PEER_MODULE])
     load_before = load_average()
     env = prepare(args)
     print(

@@ -32,6 +32,7 @@ LANGGRAPH_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 class DbWork:
     xacts: int
     rows: int
+    sessions: int = 0
 
 
 def _conninfo() -> str:
@@ -48,11 +49,20 @@ def _counters() -> DbWork:
     time.sleep(0.05)
     with psycopg.connect(_conninfo(), autocommit=True) as conn:
         row = conn.execute(
-            "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted "
+            "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted, sessions "
             "FROM pg_stat_database WHERE datname = current_database()"
         ).fetchone()
     assert row is not None
-    return DbWork(xacts=int(row[0]), rows=int(row[1]))
+    # This reader's own session and transaction are counted too: taken off in _delta.
+    return DbWork(xacts=int(row[0]), rows=int(row[1]), sessions=int(row[2]))
+
+
+def _delta(before: DbWork, after: DbWork, polls: int = 0) -> DbWork:
+    return DbWork(
+        xacts=after.xacts - before.xacts - polls - 1,
+        rows=after.rows - before.rows,
+        sessions=after.sessions - before.sessions - 1,
+    )
 
 
 class _Polls:
@@ -137,8 +147,7 @@ def _caliber(env: BenchEnv, *, n: int, approval: bool) -> tuple[float, float, Db
             env.wait_until(lambda: finished(warm + n), interval=0.01)
             total = time.perf_counter() - t0
     after = _counters()
-    work = DbWork(xacts=after.xacts - before.xacts - polls.count, rows=after.rows - before.rows)
-    return total, waiting or total, work
+    return total, waiting or total, _delta(before, after, polls.count)
 
 
 def _langgraph(
@@ -169,8 +178,7 @@ def _langgraph(
         prefix=f"run-{time.monotonic_ns()}",
     )
     after = _counters()
-    work = DbWork(xacts=after.xacts - before.xacts, rows=after.rows - before.rows)
-    return timing.total, timing.started, work
+    return timing.total, timing.started, _delta(before, after)
 
 
 def _figures(
@@ -210,6 +218,15 @@ def _figures(
             notes="rows inserted + updated + deleted per run (pg_stat_database)",
         ),
     ]
+    out.append(
+        Result(
+            f"{system}.{path}_connections_per_run",
+            work.sessions / n,
+            "conns",
+            better="lower",
+            notes="PostgreSQL sessions opened per run (pg_stat_database)",
+        )
+    )
     if path == "approval":
         out.append(
             Result(
