@@ -7,6 +7,10 @@ round trip: an agent submits a customer reply (escalated), starts waiting for it
 Python client (long-poll), a reviewer token approves it through the API at once, and the
 agent's wait returns with the verdict. Two figures per trip: submit -> verdict seen, and
 decision sent -> verdict seen (the system's own delay, without the submission).
+
+One daphne process serves everything, with the app's default settings (DB_CONN_MAX_AGE=0).
+Django runs sync views one at a time per ASGI process, so the submit rate is one process's
+ceiling; more server processes scale it.
 """
 
 from __future__ import annotations
