@@ -3,12 +3,38 @@
 import os
 
 from celery import Celery
+from celery.signals import task_prerun, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.main")
 
 app = Celery("caliber")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_process_init.connect
+def _keep_database_connections(**kwargs: object) -> None:
+    """A prefork child runs one task at a time on one thread, so it can keep its PostgreSQL
+    connection between tasks (settings.WORKER_CONN_MAX_AGE) instead of opening one per task;
+    `_check_database_connections` drops it after an error or once it is too old, and
+    CONN_HEALTH_CHECKS pings it before the next task uses it (a killed backend is replaced)."""
+    from django.conf import settings
+    from django.db import connections
+
+    for alias in connections:
+        db = connections[alias]
+        if db.vendor == "postgresql" and db.settings_dict.get("CONN_MAX_AGE") == 0:
+            db.settings_dict["CONN_MAX_AGE"] = settings.WORKER_CONN_MAX_AGE
+
+
+@task_prerun.connect
+def _check_database_connections(**kwargs: object) -> None:
+    """What Django does at the start of every request: drop a connection that errored, is in
+    the wrong transaction mode or too old, and have the next query health-check it first."""
+    from django.db import connections
+
+    for db in connections.all(initialized_only=True):
+        db.close_if_unusable_or_obsolete()
 
 
 @app.task(name="caliber.ping", ignore_result=False)

@@ -45,6 +45,12 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     }
     _db.setdefault("TEST", {})["NAME"] = str(VAR_DIR / "test.sqlite3")
 DATABASES = {"default": _db}
+# A celery pool child keeps its connection this long (config.celery): a new PostgreSQL
+# backend per task cost as much as ~50 of the queries a task runs. 0: one per task.
+WORKER_CONN_MAX_AGE = env_int("DB_WORKER_CONN_MAX_AGE", 300, minimum=0)
+# Celery's Django fixup closes every connection around every task unless this is set; with it,
+# connections live by WORKER_CONN_MAX_AGE and health checks (config.celery) instead.
+CELERY_DB_REUSE_MAX = 1_000_000 if WORKER_CONN_MAX_AGE else None
 
 if REDIS_URL:
     CHANNEL_LAYERS = {
