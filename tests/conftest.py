@@ -353,3 +353,9 @@ def login(page: Page, username: str) -> None:
     page.fill("input[name=password]", "pw-" + username)
     page.click("button[type=submit]")
     page.wait_for_url("**/review/")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests run last: Playwright's sync API keeps an event loop running in the main
+    thread for the session, and async_to_sync refuses to run under a running loop."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
