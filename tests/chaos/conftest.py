@@ -69,6 +69,7 @@ class Cluster:
         self.app.conf.broker_connection_retry_on_startup = True
         self.app.conf.broker_transport_options = {"visibility_timeout": 1200}
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
 
     def send(self, task: str, args: list[Any], countdown: float = 0) -> None:
         self.app.send_task(
@@ -109,7 +110,36 @@ class Cluster:
                 raise RuntimeError("chaos worker did not start:\n" + log_path.read_text()[-3000:])
             time.sleep(0.1)
         self.workers.append(proc)
+        self.logs.append(log_path)
         return proc
+
+    @contextlib.contextmanager
+    def supervised(self) -> Iterator[list[int]]:
+        """Restart a worker that exits on its own, as systemd or Kubernetes would: kombu's
+        Redis transport can crash the worker's main process when the broker vanishes while
+        it restores unacked messages (AttributeError on a closed connection, kombu#970).
+        Yields the exit codes of the workers it replaced."""
+        replaced: list[int] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.5):
+                current = self.workers[-1]
+                log = self.logs[-1].read_bytes()
+                # Exited, or stopped consuming after the crash and hanging on its way out.
+                if current.poll() is not None or b"Error on stopping Hub" in log:
+                    replaced.append(current.poll() if current.poll() is not None else -1)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(current.pid, signal.SIGKILL)
+                    self.start_worker(concurrency=3)
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        try:
+            yield replaced
+        finally:
+            stop.set()
+            thread.join(60)
 
     def stop(self) -> None:
         for proc in self.workers:

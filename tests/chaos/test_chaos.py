@@ -216,7 +216,7 @@ def test_redis_killed_and_restarted_empty_during_a_batch_loses_no_run(
 
     try:
         c.start_worker(concurrency=3)
-        with Reconciler():
+        with c.supervised(), Reconciler():
             runs = [
                 start_run(
                     workflow="fan_out",
