@@ -8,11 +8,15 @@ from tests.conftest import ARTIFACTS
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
 
-def test_the_dashboard_shows_its_charts(browser, live_server_url, admin_user, propose, decide,
-                                        policies):
+def test_the_dashboard_shows_its_charts(
+    browser, live_server_url, admin_user, propose, decide, policies
+):
     for i in range(6):
-        decide(propose("send_reply", 0.95 if i % 2 else 0.55), "approve" if i < 4 else "reject",
-               reason="" if i < 4 else "tone")
+        decide(
+            propose("send_reply", 0.95 if i % 2 else 0.55),
+            "approve" if i < 4 else "reject",
+            reason="" if i < 4 else "tone",
+        )
     propose("update_crm", 0.9)
     context = browser.new_context(base_url=live_server_url, viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -39,5 +43,3 @@ def test_the_dashboard_shows_its_charts(browser, live_server_url, admin_user, pr
     page.screenshot(path=str(ARTIFACTS / "metrics.png"), full_page=True)
     assert not [e for e in errors if "Content Security Policy" in e], errors
     context.close()
-
-
