@@ -128,7 +128,8 @@ class Cluster:
                 log = self.logs[-1].read_bytes()
                 # Exited, or stopped consuming after the crash and hanging on its way out.
                 if current.poll() is not None or b"Error on stopping Hub" in log:
-                    replaced.append(current.poll() if current.poll() is not None else -1)
+                    code = current.poll()
+                    replaced.append(code if code is not None else -1)
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(current.pid, signal.SIGKILL)
                     self.start_worker(concurrency=3)
