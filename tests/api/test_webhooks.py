@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +16,7 @@ from api.models import AgentWebhook, DeliveryStatus, WebhookAttempt, WebhookDeli
 from caliber_client import InvalidSignature, verify_signature, verify_webhook
 from escalations.actions import decide_escalation
 from escalations.models import Verdict, Via
-from tests.conftest import wait_for
+from tests.conftest import ROOT, _service_env, _stop, wait_for
 
 REPLY = {"ticket_id": "T-1", "to": "ada@example.com", "body": "Refunded, sorry."}
 
@@ -68,10 +70,46 @@ def _escalated_action(agent):
     return action
 
 
+@pytest.fixture
+def own_worker(transactional_db, worker_log_dir):
+    """A real `celery worker` process for this test only. The session's shared worker would
+    stay up for every later test, where other suites' teardown flushes race its tasks."""
+    env = _service_env()
+    log_path = worker_log_dir / "api-worker.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "--pool=solo",
+                "-Q",
+                env["CELERY_QUEUE"],
+                "--loglevel=INFO",
+                "--without-heartbeat",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: b"ready." in log_path.read_bytes() or proc.poll() is not None, 60)
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            yield proc
+        finally:
+            _stop(proc)
+
+
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_decision_is_delivered_signed_and_retried_until_it_lands(
-    celery_worker, agent, policies, webhook, receiver, alice
+    own_worker, agent, policies, webhook, receiver, alice
 ):
     action = _escalated_action(agent)
     decide_escalation(
