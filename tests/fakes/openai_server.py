@@ -102,7 +102,7 @@ class FakeOpenAI:
                 content = (
                     step.content if isinstance(step.content, str) else json.dumps(step.content)
                 )
-                tokens = [
+                tokens: list[dict[str, Any]] = [
                     {"token": t, "logprob": -0.05, "bytes": None, "top_logprobs": []}
                     for t in ("a", "b")
                 ]

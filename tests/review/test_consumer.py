@@ -50,7 +50,7 @@ async def _open(user, query: str = "") -> tuple[WebsocketCommunicator, str]:
 
 async def _until(ws: WebsocketCommunicator, check: Callable[[str], bool], timeout=5.0) -> str:
     """Messages until one passes `check` (counts and rows arrive as separate messages)."""
-    seen = []
+    seen: list[str] = []
     while True:
         try:
             message = await ws.receive_from(timeout=timeout)
