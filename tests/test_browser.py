@@ -148,7 +148,7 @@ def test_a_rejection_reason_reaches_the_agent(page, celery_worker, alice, polici
     page.keyboard.press("r")
     expect(page.locator(".messages")).to_contain_text("Rejected")
     run = wait_for_run(run, RunStatus.SUCCEEDED)
-    feedback = run.state["act"]["feedback"]
+    feedback = run.state["workspace"]["outputs"]["act"]["feedback"]
     assert feedback == [
         {
             "action_type": "send_reply",
