@@ -213,7 +213,13 @@ def _acquire_run_lease(run_id: uuid.UUID, token: str) -> bool | None:
     """None: not acquired (finished, or someone else holds it — they were poked). Otherwise
     whether an expired lease was taken over (its holder died: recovery must check)."""
     with transaction.atomic():
-        run = WorkflowRun.objects.select_for_update(no_key=True).filter(pk=run_id).first()
+        # Only the lease columns: the state, plan and input are decoded by _coordinate.
+        run = (
+            WorkflowRun.objects.select_for_update(no_key=True)
+            .only("status", "lease_owner", "lease_expires_at")
+            .filter(pk=run_id)
+            .first()
+        )
         if run is None or run.is_terminal:
             return None
         if run.has_live_lease:
@@ -644,7 +650,11 @@ def _commit(
     from .actions import record_trace
 
     run, step = ctx.run, ctx.step
-    locked = WorkflowRun.objects.select_for_update(no_key=True).get(pk=run.pk)
+    locked = (
+        WorkflowRun.objects.select_for_update(no_key=True)
+        .only("status", "attention", "wake_at", "state", "state_version")
+        .get(pk=run.pk)
+    )
     if locked.is_terminal or locked.attention:
         raise LeaseLost(f"the run is {locked.status}")
     now = timezone.now()
@@ -678,7 +688,13 @@ def _commit(
             ("workspace", lambda ws: {**ws, "outputs": {**ws.get("outputs", {}), name: result}})
         )
     if changes:
-        update_state(run=run, changes=changes, step_name=step.name, reason=f"{step.name} committed")
+        update_state(
+            run=run,
+            changes=changes,
+            step_name=step.name,
+            reason=f"{step.name} committed",
+            current=(locked.state, locked.state_version),
+        )
     if message:
         record_trace(run=run, kind=TraceKind.SYSTEM, step_name=step.name, message=message)
     if isinstance(result, Sleep):

@@ -234,24 +234,31 @@ def update_state(
     step_name: str = "",
     reason: str = "",
     actor: str = "",
+    current: tuple[dict[str, Any], int] | None = None,
 ) -> RunSnapshot | None:
     """Apply change functions to the current state, retrying on a stale read.
 
     Must run inside a transaction. Each retry re-reads the latest committed version (READ
     COMMITTED gives every statement a fresh snapshot) and re-applies every change to it.
+    `current`: (state, version) the caller read under the run's row lock in this transaction,
+    used for the first attempt instead of reading them again.
     """
     for attempt in range(MAX_CAS_RETRIES):
-        current = WorkflowRun.objects.filter(pk=run.pk).values("state", "state_version").get()
-        state = normalise(current["state"])
+        if attempt == 0 and current is not None:
+            raw, version = current
+        else:
+            read = WorkflowRun.objects.filter(pk=run.pk).values("state", "state_version").get()
+            raw, version = read["state"], int(read["state_version"])
+        state = normalise(raw)
         new, changed = apply_changes(state, changes)
-        if not changed and attempt == 0 and current["state_version"] > 0:
-            run.state, run.state_version = state, current["state_version"]
+        if not changed and attempt == 0 and version > 0:
+            run.state, run.state_version = state, version
             return None
         try:
             # write_state undoes its own partial work on a conflict (its savepoint).
             return write_state(
                 run=run,
-                expected_version=current["state_version"],
+                expected_version=version,
                 new_state=new,
                 changed=changed or list(DIMENSIONS),
                 step_name=step_name,
