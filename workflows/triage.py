@@ -13,7 +13,7 @@ from .agents import call_for_step
 from .engine import StepContext
 from .follow_up import schedule_follow_up
 from .llm import has_placeholder, promises_refund
-from .models import Action, ActionStatus, TraceKind
+from .models import ActionStatus, TraceKind
 from .schemas import Classification, Draft, Proposal
 from .specs import StepResult, StepSpec, Wait, WorkflowSpec, register
 from .tools import ToolError, get_action_type
@@ -185,7 +185,8 @@ def act(ctx: StepContext) -> StepResult:
     executed, skipped, feedback = [], [], []
     waiting = 0
     waiting_on = []
-    proposed = Action.objects.filter(run=ctx.run, step_name="propose_actions")
+    # Through the run's manager: each action's run is this one, not loaded again per action.
+    proposed = ctx.run.actions.filter(step_name="propose_actions")
     for action in proposed.order_by("created_at"):
         if action.status in (ActionStatus.AUTO_APPROVED, ActionStatus.APPROVED):
             action = execute_action(action=action)

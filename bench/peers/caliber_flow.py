@@ -12,7 +12,7 @@ from typing import Any
 
 from workflows.actions import execute_action, propose_action
 from workflows.engine import StepContext
-from workflows.models import Action, ActionStatus
+from workflows.models import ActionStatus
 from workflows.specs import StepResult, StepSpec, Wait, WorkflowSpec, register
 from workflows.tools import ACTION_TYPES, ActionType
 
@@ -52,14 +52,15 @@ def propose(ctx: StepContext) -> StepResult:
 
 def gate(ctx: StepContext) -> StepResult:
     action_id = ctx.output_of("propose")["action"]
-    status = Action.objects.filter(pk=action_id).values_list("status", flat=True).get()
+    status = ctx.run.actions.filter(pk=action_id).values_list("status", flat=True).get()
     if status == ActionStatus.ESCALATED:
         return Wait("awaiting approval", actions=(action_id,))
     return {"status": status}
 
 
 def execute(ctx: StepContext) -> StepResult:
-    action = Action.objects.get(pk=ctx.output_of("propose")["action"])
+    # Through the run's manager: the action's run is this one, not loaded again.
+    action = ctx.run.actions.get(pk=ctx.output_of("propose")["action"])
     if action.status in (ActionStatus.AUTO_APPROVED, ActionStatus.APPROVED):
         action = execute_action(action=action)
     return {"status": action.status, "result": action.result}
