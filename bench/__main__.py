@@ -15,7 +15,7 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -66,9 +66,15 @@ def limit_for(fig: Figure) -> str:
 
 
 def run_modules(
-    modules: Sequence[tuple[str, ModuleType]], *, repeat: int, env: BenchEnv
+    modules: Sequence[tuple[str, ModuleType]],
+    *,
+    repeat: int,
+    env: BenchEnv,
+    after_each: Callable[[dict[str, Figure], list[str]], object] | None = None,
 ) -> tuple[dict[str, Figure], list[str]]:
-    """Each module `repeat` times on a freshly reset database; every figure's values."""
+    """Each module `repeat` times on a freshly reset database; every figure's values.
+    `after_each` sees the figures so far after every module (partial results survive a
+    run that is stopped)."""
     figures: dict[str, Figure] = {}
     failures: list[str] = []
     for name, module in modules:
@@ -99,8 +105,10 @@ def run_modules(
                     ),
                 )
                 fig.values.append(r.value)
-    for fig in figures.values():
-        fig.limit = limit_for(fig)
+        for fig in figures.values():
+            fig.limit = limit_for(fig)
+        if after_each is not None:
+            after_each(figures, failures)
     return figures, failures
 
 
@@ -266,21 +274,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     modules = [(n, importlib.import_module(f"bench.bench_{n}")) for n in names]
-    figures, failures = run_modules(modules, repeat=args.repeat, env=env)
+    when = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
+    def save(figures: dict[str, Figure], failures: list[str], *, partial: bool) -> Path:
+        out = {
+            "when": when,
+            "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "quick": bool(args.quick),
+            "partial": partial,
+            "machine": machine(env, load_before),
+            "repeat": args.repeat,
+            "figures": {f.name: figure_json(f, figures) for f in figures.values()},
+            "failed": failures,
+        }
+        return write_results("", out, render_table(figures))
+
+    figures, failures = run_modules(
+        modules,
+        repeat=args.repeat,
+        env=env,
+        after_each=lambda figs, fails: save(figs, fails, partial=True),
+    )
     table = render_table(figures)
     print()
     print(table)
-    out = {
-        "when": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
-        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "quick": bool(args.quick),
-        "machine": machine(env, load_before),
-        "repeat": args.repeat,
-        "figures": {f.name: figure_json(f, figures) for f in figures.values()},
-        "failed": failures,
-    }
-    path = write_results("", out, table)
+    path = save(figures, failures, partial=False)
     print(
         f"\nload before {' '.join(f'{x:.2f}' for x in load_before)}, after {_load()}; "
         f"written {path}" + (f"; FAILED: {failures}" if failures else "")
