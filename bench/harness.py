@@ -169,10 +169,23 @@ class BenchEnv:
         }
 
     def reset(self) -> dict[str, Any]:
-        """Empty every table, purge the queue, and seed again."""
-        from django.core.management import call_command
+        """Empty every table, purge the queue, and seed again.
 
-        call_command("flush", interactive=False, verbosity=0)
+        Workers may still be busy (a finished triage run's follow-up run still being
+        planned): the queue is purged first so nothing new starts, and a TRUNCATE that
+        deadlocks with a worker's last transaction is retried once that has finished."""
+        from django.core.management import call_command
+        from django.core.management.base import CommandError
+
+        self.purge_queue()
+        for attempt in range(10):
+            try:
+                call_command("flush", interactive=False, verbosity=0)
+                break
+            except CommandError:
+                if attempt == 9:
+                    raise
+                time.sleep(0.5)
         self.purge_queue()
         return self.seed()
 

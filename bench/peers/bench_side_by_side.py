@@ -2,7 +2,8 @@
 
 Caliber: runs of `peer_approval` / `peer_auto` (bench.peers.caliber_flow) started from this
 process through `start_run`, executed by the bench's celery workers; approvals through
-`decide_escalation` (what the API and the browser call), from this process.
+`decide_escalation` (what the API and the browser call), from this process. Starts and
+approvals come from as many threads as LangGraph has processes.
 LangGraph: bench.peers.langgraph_flow, in as many processes as Caliber has pool children.
 
 Per run, each side's database work is read from pg_stat_database (transactions committed,
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,13 +101,30 @@ def _policy(outcome: str, workflow: str) -> None:
     clear_cache()
 
 
+def _in_threads(k: int, fn: Callable[[Any], object], items: list[Any]) -> None:
+    """`fn` over `items` from `k` threads, each on its own database connection: as many
+    starters and approvers as LangGraph has processes (one thread would be the bottleneck)."""
+    from django.db import connection
+
+    def work(chunk: list[Any]) -> None:
+        try:
+            for item in chunk:
+                fn(item)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(k) as pool:
+        list(pool.map(work, [items[i::k] for i in range(k)]))
+
+
 def _caliber(env: BenchEnv, *, n: int, approval: bool) -> tuple[float, float, DbWork]:
     """(seconds for all n, seconds until all were waiting, db work) for one Caliber batch."""
     from django.db import connection
 
     from bench.bench_e2e import approve_open
     from bench.peers.caliber_flow import APPROVAL, AUTO
-    from escalations.models import Escalation, EscalationStatus
+    from escalations.actions import decide_escalation
+    from escalations.models import Escalation, EscalationStatus, Verdict, Via
     from workflows.actions import start_run
     from workflows.models import PolicyOutcome, RunStatus, WorkflowRun
 
@@ -134,16 +154,23 @@ def _caliber(env: BenchEnv, *, n: int, approval: bool) -> tuple[float, float, Db
         before = _counters()
         with connection.execute_wrapper(polls):
             t0 = time.perf_counter()
-            for i in range(n):
-                start_run(workflow=workflow, input={"item": f"item-{i}"})
+            _in_threads(
+                env.process_count,
+                lambda i: start_run(workflow=workflow, input={"item": f"item-{i}"}),
+                list(range(n)),
+            )
             waiting = 0.0
             if approval:
                 open_ = Escalation.objects.filter(status=EscalationStatus.OPEN)
                 env.wait_until(lambda: open_.count() >= n, interval=0.01)
                 waiting = time.perf_counter() - t0
-                decided = 0
-                while decided < n:
-                    decided += approve_open(data["admin"], limit=200)
+                _in_threads(
+                    env.process_count,
+                    lambda pk: decide_escalation(
+                        escalation_id=pk, user=data["admin"], verdict=Verdict.APPROVE, via=Via.API
+                    ),
+                    list(open_.values_list("pk", flat=True)),
+                )
             env.wait_until(lambda: finished(warm + n), interval=0.01)
             total = time.perf_counter() - t0
     after = _counters()
