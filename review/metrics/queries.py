@@ -466,5 +466,5 @@ def recent_autonomous_actions(scope: Scope, limit: int = 15) -> list[Action]:
         scope.actions()
         .filter(outcome=PolicyOutcome.AUTO, executed_at__isnull=False)
         .select_related("run", "agent")
-        .order_by("-executed_at")[:limit]
+        .order_by("-created_at")[:limit]
     )
