@@ -114,6 +114,18 @@ class Command(BaseCommand):
                 "customer_facing": True,
             },
         )
+        # The mention-research workflow acts as its own agent; its public responses are
+        # irreversible, so they are reviewed by Support under the default rules.
+        AgentProfile.objects.get_or_create(
+            name="research-agent",
+            defaults={
+                "description": "Finds mentions of the company, weighs sentiment, drafts responses.",
+                "team": support,
+                "agent_type": "mention research",
+                "trust_level": TrustLevel.STANDARD,
+                "customer_facing": True,
+            },
+        )
         for fields in _demo_policies(support, billing):
             # By name, so an older install gets the newer demo policies without losing edits.
             if not AutonomyPolicy.objects.filter(name=fields["name"]).exists():
