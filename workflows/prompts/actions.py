@@ -88,7 +88,9 @@ def install_default_prompts() -> int:
 
 def active_version(name: str) -> PromptVersion:
     version = PromptVersion.objects.filter(name=name, status=PromptStatus.ACTIVE).first()
-    if version is None and install_default_prompts():
+    if version is None:
+        # Installed here or, racing us, by another process: read again either way.
+        install_default_prompts()
         version = PromptVersion.objects.filter(name=name, status=PromptStatus.ACTIVE).first()
     if version is None:
         raise PromptError(f"no active version of prompt {name!r}")
