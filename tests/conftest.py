@@ -258,6 +258,7 @@ def celery_worker(
     deadline = time.monotonic() + 30
     while b"ready." not in (worker_log_dir / "worker.log").read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)  # never leave a half-started worker holding the test database
             raise RuntimeError(
                 "celery worker did not start:\n"
                 + (worker_log_dir / "worker.log").read_text()[-3000:]
@@ -300,6 +301,7 @@ def live_server_url(
                 break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
+                _stop(proc)
                 raise RuntimeError(
                     "daphne did not start:\n" + (worker_log_dir / "daphne.log").read_text()[-3000:]
                 ) from None
