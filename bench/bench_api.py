@@ -15,10 +15,6 @@ ceiling; more server processes scale it.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,20 +24,6 @@ from typing import Any
 from bench.harness import BenchEnv, Result, percentile
 
 CLIENTS = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _quick(env: BenchEnv) -> bool:
@@ -133,34 +115,7 @@ def run(env: BenchEnv) -> list[Result]:
     data = env.reset()
     _, agent_raw = create_api_token(agent=data["agent"], name="bench")
     _, reviewer_raw = create_api_token(agent=data["agent"], reviewer=True, user=data["alice"])
-    port = _free_port()
-    log = open(env.log_dir / "daphne-api.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "config.asgi:application",
-        ],
-        cwd=env.root,
-        env=dict(os.environ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        env.wait_until(lambda: _listening(port), timeout=60)
+    with env.daphne("api") as base:
         results = _submit_auto(base, agent_raw, 40 if _quick(env) else 800)
         results += _round_trips(base, agent_raw, reviewer_raw, 5 if _quick(env) else 60)
         return results
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()

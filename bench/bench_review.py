@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -171,12 +167,6 @@ def _server_time(env: BenchEnv, data: dict[str, Any]) -> list[Result]:
 # --- push latency ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _session_cookie(user: Any) -> str:
     from django.conf import settings
     from django.test import Client
@@ -289,31 +279,10 @@ def _produce(agent: Any, committed: dict[str, float], k: int, started: float, to
 
 def _push_latency(env: BenchEnv, data: dict[str, Any]) -> list[Result]:
     _seed_open(data, BACKGROUND)
-    port = _free_port()
-    log = open(env.log_dir / "daphne-review.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "config.asgi:application",
-        ],
-        cwd=env.root,
-        env=dict(os.environ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        env.wait_until(lambda: _listening(port), timeout=60)
+    with env.daphne("review") as base:
         cookies = [_session_cookie(data["alice"]) for _ in range(SOCKETS - 1)]
         cookies.append(_session_cookie(data["admin"]))
-        listeners = _Listeners(
-            f"ws://127.0.0.1:{port}/ws/review/", cookies, f"http://127.0.0.1:{port}"
-        )
+        listeners = _Listeners(base.replace("http://", "ws://") + "/ws/review/", cookies, base)
         listeners.thread.start()
         listeners.ready.wait(60)
         if listeners.error is not None:
@@ -340,13 +309,6 @@ def _push_latency(env: BenchEnv, data: dict[str, Any]) -> list[Result]:
             )
         listeners.stop.set()
         listeners.thread.join(10)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
     latencies = [
         (arrived - committed[pk]) * 1000
         for pk, times in listeners.arrivals.items()
@@ -368,14 +330,6 @@ def _push_latency(env: BenchEnv, data: dict[str, Any]) -> list[Result]:
             notes=notes,
         ),
     ]
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-    except OSError:
-        return False
 
 
 def run(env: BenchEnv) -> list[Result]:

@@ -26,53 +26,6 @@ SECRET = "bench-signing-secret"
 
 
 @contextmanager
-def _server(env: BenchEnv) -> Iterator[str]:
-    """Daphne serving the real ASGI app with this process's environment (Slack on)."""
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(env.log_dir / "daphne-slack.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "config.asgi:application",
-        ],
-        cwd=env.root,
-        env=dict(os.environ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), 0.5):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("daphne did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@contextmanager
 def _slack_on(api_url: str) -> Iterator[None]:
     """Slack on for this process (settings) and for workers started inside (environment)."""
     from django.conf import settings
@@ -170,7 +123,7 @@ def run(env: BenchEnv) -> list[Result]:
     fake = FakeSlack(token=TOKEN).start()
     results: list[Result] = []
     try:
-        with _slack_on(fake.api_url), _server(env) as base, httpx.Client(timeout=10) as http:
+        with _slack_on(fake.api_url), env.daphne("slack") as base, httpx.Client(timeout=10) as http:
             url = f"{base}/slack/interactions/"
             data = env.seed()
             SlackIdentity.objects.create(

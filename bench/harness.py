@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -196,6 +197,43 @@ class BenchEnv:
             conn.default_channel.queue_purge(os.environ["CELERY_QUEUE"])  # type: ignore[attr-defined]
 
     # --- processes --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def daphne(self, name: str) -> Iterator[str]:
+        """Daphne serving the real ASGI app with this process's environment, on a free
+        loopback port; yields its base URL and stops it on exit."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        log_path = self.log_dir / f"daphne-{name}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "config.asgi:application",
+                ],
+                cwd=self.root,
+                env=dict(os.environ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                self.wait_until(lambda: proc.poll() is not None or _listening(port), timeout=60)
+                if proc.poll() is not None:
+                    raise RuntimeError(f"daphne did not start: {log_path.read_text()[-2000:]}")
+                yield f"http://127.0.0.1:{port}"
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
     @contextlib.contextmanager
     def workers(
@@ -408,3 +446,11 @@ def inline_engine() -> Iterator[Callable[[], int]]:
     finally:
         outbox.send = real_send
         tasks.enqueue_advance = real_enqueue
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+    except OSError:
+        return False
