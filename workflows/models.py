@@ -309,6 +309,16 @@ class Action(models.Model):
 
     class Meta:
         ordering = ["created_at"]
+        indexes = [
+            # The recommender's population: the latest actions of one type.
+            models.Index(fields=["action_type", "-created_at"], name="action_type_recent"),
+            # The dashboard's "executed alone, judge them": newest first, never a full scan.
+            models.Index(
+                fields=["-created_at"],
+                name="action_auto_executed",
+                condition=models.Q(outcome="auto", executed_at__isnull=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.action_type} ({self.status})"

@@ -108,6 +108,8 @@ CELERY_BEAT_SCHEDULE = {
     "escalation-slas": {"task": "escalations.tasks.check_slas", "schedule": 10.0},
     # Degradation alerts: a rate outside its band opens one incident and tells the team.
     "metrics-alerts": {"task": "metrics.evaluate_alerts", "schedule": 60.0},
+    # Fold the trigger-written action-count deltas into the daily rollup the dashboard reads.
+    "metrics-rollups": {"task": "metrics.compact_rollups", "schedule": 60.0},
     # Webhook deliveries whose enqueue was lost (broker down at commit) go out again.
     "api-webhook-sweep": {"task": "api.tasks.requeue_stalled_webhooks", "schedule": 60.0},
 }

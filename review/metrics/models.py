@@ -92,3 +92,47 @@ class AlertIncident(models.Model):
     @property
     def is_open(self) -> bool:
         return self.closed_at is None
+
+
+class ActionDay(models.Model):
+    """Actions per UTC day, agent, workflow, action type and policy outcome: what the
+    dashboard reads instead of scanning every action.
+
+    Kept exact by the database itself: triggers on the action table append signed deltas to
+    `ActionDelta` in the writing transaction (so any write path — the engine, the API, the
+    admin, a bulk import in SQL — is counted, and a rolled-back write is not), and
+    `rollups.compact()` folds them in here. A reading sums both tables."""
+
+    day = models.DateField()
+    agent_id = models.BigIntegerField()
+    workflow = models.CharField(max_length=100, blank=True)  # "" for API actions (no run)
+    action_type = models.CharField(max_length=100)
+    outcome = models.CharField(max_length=8)
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "agent_id", "workflow", "action_type", "outcome"],
+                name="action_day_key",
+            )
+        ]
+        indexes = [models.Index(fields=["day"], name="action_day_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.action_type} {self.outcome}: {self.n}"
+
+
+class ActionDelta(models.Model):
+    """Signed changes to `ActionDay`, appended by triggers, folded in by `rollups.compact()`.
+    Never written by application code."""
+
+    day = models.DateField()
+    agent_id = models.BigIntegerField()
+    workflow = models.CharField(max_length=100, blank=True)
+    action_type = models.CharField(max_length=100)
+    outcome = models.CharField(max_length=8)
+    n = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.action_type} {self.outcome}: {self.n:+d}"

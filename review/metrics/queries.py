@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.db import connection
@@ -20,10 +20,11 @@ from django.db.models import (
     Q,
     QuerySet,
     Sum,
+    Value,
 )
-from django.db.models.functions import TruncDate
+from django.db.models.functions import Floor, Greatest, Least, TruncDate
 
-from escalations.models import Decision, Escalation, EscalationStatus, Verdict
+from escalations.models import AgentProfile, Decision, Escalation, EscalationStatus, Verdict
 from workflows.models import (
     Action,
     DeadLetter,
@@ -35,6 +36,8 @@ from workflows.models import (
 )
 from workflows.prompts.models import ModelCall
 
+from . import rollups
+
 
 @dataclass(frozen=True)
 class Scope:
@@ -45,27 +48,56 @@ class Scope:
     action_type: str = ""
     team_ids: tuple[int, ...] | None = None  # None: every team (admins)
 
-    def runs(self) -> QuerySet[WorkflowRun]:
-        qs = WorkflowRun.objects.filter(created_at__gte=self.since, created_at__lt=self.until)
+    def run_q(self, prefix: str = "") -> Q:
+        q = Q(**{f"{prefix}created_at__gte": self.since, f"{prefix}created_at__lt": self.until})
         if self.workflow:
-            qs = qs.filter(workflow=self.workflow)
+            q &= Q(**{f"{prefix}workflow": self.workflow})
         if self.agent_id:
-            qs = qs.filter(agent_id=self.agent_id)
+            q &= Q(**{f"{prefix}agent_id": self.agent_id})
         if self.team_ids is not None:
-            qs = qs.filter(agent__team_id__in=self.team_ids)
-        return qs
+            q &= Q(**{f"{prefix}agent__team_id__in": self.team_ids})
+        return q
+
+    def runs(self) -> QuerySet[WorkflowRun]:
+        return WorkflowRun.objects.filter(self.run_q())
+
+    def action_q(self, prefix: str = "") -> Q:
+        """The scope's actions as a condition on `prefix` (e.g. "action__" from outcomes):
+        a join, where `action__in=actions()` would make PostgreSQL scan every action."""
+        q = Q(**{f"{prefix}created_at__gte": self.since, f"{prefix}created_at__lt": self.until})
+        if self.workflow:
+            q &= Q(**{f"{prefix}run__workflow": self.workflow})
+        if self.agent_id:
+            q &= Q(**{f"{prefix}agent_id": self.agent_id})
+        if self.action_type:
+            q &= Q(**{f"{prefix}action_type": self.action_type})
+        if self.team_ids is not None:
+            q &= Q(**{f"{prefix}agent__team_id__in": self.team_ids})
+        return q
 
     def actions(self) -> QuerySet[Action]:
-        qs = Action.objects.filter(created_at__gte=self.since, created_at__lt=self.until)
-        if self.workflow:
-            qs = qs.filter(run__workflow=self.workflow)
+        return Action.objects.filter(self.action_q())
+
+    def action_counts(self) -> dict[tuple[Any, ...], int] | None:
+        """Action counts per (day, agent id, workflow, action type, outcome) from the daily
+        rollup, or None when the period is not made of whole days (then scan `actions()`)."""
+        if not rollups.covers(self.since, self.until):
+            return None
+        agent_ids: list[int] | None = None
         if self.agent_id:
-            qs = qs.filter(agent_id=self.agent_id)
-        if self.action_type:
-            qs = qs.filter(action_type=self.action_type)
+            agent_ids = [self.agent_id]
         if self.team_ids is not None:
-            qs = qs.filter(agent__team_id__in=self.team_ids)
-        return qs
+            team_agents = AgentProfile.objects.filter(team_id__in=self.team_ids)
+            if self.agent_id:
+                team_agents = team_agents.filter(pk=self.agent_id)
+            agent_ids = list(team_agents.values_list("pk", flat=True))
+        return rollups.counts(
+            since=self.since.astimezone(UTC).date(),
+            until=self.until.astimezone(UTC).date(),
+            workflow=self.workflow,
+            agent_ids=agent_ids,
+            action_type=self.action_type,
+        )
 
     def decisions(self) -> QuerySet[Decision]:
         qs = Decision.objects.filter(created_at__gte=self.since, created_at__lt=self.until)
@@ -123,17 +155,36 @@ def run_figures(scope: Scope) -> dict[str, Any]:
     # "finished and met its objective": the completion rate's numerator.
     agg["completion_rate"] = rate(agg["succeeded"], finished)
     agg["finished"] = finished
-    agg["dead_lettered"] = DeadLetter.objects.filter(run__in=scope.runs()).count()
+    agg["dead_lettered"] = DeadLetter.objects.filter(scope.run_q("run__")).count()
     return agg
 
 
+def _outcome_totals(counts: dict[tuple[Any, ...], int], group: int | None) -> dict[Any, Any]:
+    """Sum rollup counts by one KEY position (None: everything) into total/auto/review/block."""
+    out: dict[Any, dict[str, int]] = {}
+    for key, n in counts.items():
+        row = out.setdefault(
+            None if group is None else key[group], {"total": 0, "auto": 0, "review": 0, "block": 0}
+        )
+        row["total"] += n
+        if key[4] in row:
+            row[key[4]] += n
+    return out
+
+
 def action_figures(scope: Scope) -> dict[str, Any]:
-    agg = scope.actions().aggregate(
-        total=Count("pk"),
-        auto=Count("pk", filter=Q(outcome=PolicyOutcome.AUTO)),
-        review=Count("pk", filter=Q(outcome=PolicyOutcome.REVIEW)),
-        block=Count("pk", filter=Q(outcome=PolicyOutcome.BLOCK)),
-    )
+    counts = scope.action_counts()
+    if counts is not None:
+        agg: dict[str, Any] = _outcome_totals(counts, None).get(
+            None, {"total": 0, "auto": 0, "review": 0, "block": 0}
+        )
+    else:
+        agg = scope.actions().aggregate(
+            total=Count("pk", filter=~Q(outcome="")),
+            auto=Count("pk", filter=Q(outcome=PolicyOutcome.AUTO)),
+            review=Count("pk", filter=Q(outcome=PolicyOutcome.REVIEW)),
+            block=Count("pk", filter=Q(outcome=PolicyOutcome.BLOCK)),
+        )
     agg["escalation_rate"] = rate(agg["review"], agg["total"])
     agg["autonomous_share"] = rate(agg["auto"], agg["total"])
     agg["block_rate"] = rate(agg["block"], agg["total"])
@@ -200,7 +251,7 @@ def sla_figures(scope: Scope, now: datetime) -> dict[str, int]:
 
 
 def cost_figures(scope: Scope, succeeded: int) -> dict[str, Any]:
-    agg = ModelCall.objects.filter(run__in=scope.runs()).aggregate(
+    agg = ModelCall.objects.filter(scope.run_q("run__")).aggregate(
         cost=Sum("cost_usd"),
         input_tokens=Sum("input_tokens"),
         output_tokens=Sum("output_tokens"),
@@ -252,14 +303,26 @@ def daily_trend(scope: Scope) -> list[dict[str, Any]]:
             days[rr["day"]].update(
                 runs=rr["runs"], succeeded=rr["succeeded"], finished=rr["finished"]
             )
-    for ra in (
-        scope.actions()
-        .annotate(day=TruncDate("created_at"))
-        .values("day")
-        .annotate(
-            actions=Count("pk"), escalated=Count("pk", filter=Q(outcome=PolicyOutcome.REVIEW))
-        )
-    ):
+    counts = scope.action_counts()
+    per_day: list[dict[str, Any]]
+    if counts is not None:
+        per_day = [
+            {"day": day, "actions": row["total"], "escalated": row["review"]}
+            for day, row in _outcome_totals(counts, 0).items()
+        ]
+    else:
+        per_day = [
+            dict(row)
+            for row in scope.actions()
+            .exclude(outcome="")
+            .annotate(day=TruncDate("created_at"))
+            .values("day")
+            .annotate(
+                actions=Count("pk"),
+                escalated=Count("pk", filter=Q(outcome=PolicyOutcome.REVIEW)),
+            )
+        ]
+    for ra in per_day:
         if ra["day"] in days:
             days[ra["day"]].update(actions=ra["actions"], escalated=ra["escalated"])
     for rd in (
@@ -283,46 +346,90 @@ def daily_trend(scope: Scope) -> list[dict[str, Any]]:
     return out
 
 
-def breakdown(scope: Scope, by: str) -> list[dict[str, Any]]:
-    """Rates per action type, agent or workflow."""
-    field = {"action_type": "action_type", "agent": "agent__name", "workflow": "run__workflow"}[by]
-    rows = {
-        r[field] or "(API)": {
-            "key": r[field] or "(API)",
-            "actions": r["n"],
-            "autonomous_share": rate(r["auto"], r["n"]),
-            "escalation_rate": rate(r["review"], r["n"]),
-            "blocked": r["block"],
+BREAKDOWNS = ("action_type", "agent", "workflow")
+
+
+def breakdowns(scope: Scope) -> dict[str, list[dict[str, Any]]]:
+    """Rates per action type, per agent and per workflow: one read of the action counts and
+    one grouped decision query serve all three."""
+    counts = scope.action_counts()
+    if counts is None:
+        counts = {
+            (None, r["agent_id"], r["run__workflow"] or "", r["action_type"], r["outcome"]): r["n"]
+            for r in scope.actions()
+            .exclude(outcome="")
+            .values("agent_id", "run__workflow", "action_type", "outcome")
+            .annotate(n=Count("pk"))
+            .order_by()
         }
-        for r in scope.actions()
-        .values(field)
-        .annotate(
-            n=Count("pk"),
-            auto=Count("pk", filter=Q(outcome=PolicyOutcome.AUTO)),
-            review=Count("pk", filter=Q(outcome=PolicyOutcome.REVIEW)),
-            block=Count("pk", filter=Q(outcome=PolicyOutcome.BLOCK)),
+    names = dict(AgentProfile.objects.values_list("pk", "name"))
+    decided: list[dict[str, Any]] = [
+        dict(r)
+        for r in scope.decisions()
+        .values(
+            "escalation__action__agent_id",
+            "escalation__action__run__workflow",
+            "escalation__action__action_type",
         )
-    }
-    dfield = "escalation__action__" + field
-    for r in (
-        scope.decisions()
-        .values(dfield)
         .annotate(
             n=Count("pk"),
             approved=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=True)),
             edited=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=False)),
             rejected=Count("pk", filter=~Q(verdict=Verdict.APPROVE)),
         )
-    ):
-        row = rows.setdefault(r[dfield] or "(API)", {"key": r[dfield] or "(API)", "actions": 0})
-        row.update(
-            decisions=r["n"],
-            approval_rate=rate(r["approved"], r["n"]),
-            edit_rate=rate(r["edited"], r["n"]),
-            reject_rate=rate(r["rejected"], r["n"]),
-            override_rate=rate(r["edited"] + r["rejected"], r["n"]),
+        .order_by()
+    ]
+
+    def label(by: str, agent_id: int, workflow: str | None, action_type: str) -> str:
+        value = {"action_type": action_type, "agent": names.get(agent_id), "workflow": workflow}
+        return value[by] or "(API)"
+
+    out = {}
+    for by in BREAKDOWNS:
+        rows: dict[str, dict[str, Any]] = {}
+        for key, n in counts.items():
+            row = rows.setdefault(
+                label(by, key[1], key[2], key[3]),
+                {"actions": 0, "auto": 0, "review": 0, "block": 0},
+            )
+            row["actions"] += n
+            if key[4] in row:
+                row[key[4]] += n
+        for row in rows.values():
+            row["autonomous_share"] = rate(row["auto"], row["actions"])
+            row["escalation_rate"] = rate(row["review"], row["actions"])
+            row["blocked"] = row["block"]
+        judged: dict[str, dict[str, int]] = {}
+        for r in decided:
+            name = label(
+                by,
+                r["escalation__action__agent_id"],
+                r["escalation__action__run__workflow"],
+                r["escalation__action__action_type"],
+            )
+            acc = judged.setdefault(name, {"n": 0, "approved": 0, "edited": 0, "rejected": 0})
+            for field in acc:
+                acc[field] += r[field]
+        for name, acc in judged.items():
+            row = rows.setdefault(name, {"actions": 0})
+            n = acc["n"]
+            row.update(
+                decisions=n,
+                approval_rate=rate(acc["approved"], n),
+                edit_rate=rate(acc["edited"], n),
+                reject_rate=rate(acc["rejected"], n),
+                override_rate=rate(acc["edited"] + acc["rejected"], n),
+            )
+        out[by] = sorted(
+            ({"key": name, **row} for name, row in rows.items()),
+            key=lambda r: (-int(r.get("actions") or 0), str(r["key"])),
         )
-    return sorted(rows.values(), key=lambda r: -int(r.get("actions") or 0))
+    return out
+
+
+def breakdown(scope: Scope, by: str) -> list[dict[str, Any]]:
+    """Rates per action type, agent or workflow."""
+    return breakdowns(scope)[by]
 
 
 # --- calibration -----------------------------------------------------------------------------
@@ -333,21 +440,26 @@ BINS = 10
 def calibration(scope: Scope) -> dict[str, list[dict[str, Any]]]:
     """Per action type, confidence bins against how often people approved unchanged."""
     out: dict[str, list[dict[str, Any]]] = {}
-    rows = scope.decisions().values(
-        "escalation__action__action_type",
-        "escalation__action__confidence",
-        "verdict",
-        "edited_payload",
+    confidence = F("escalation__action__confidence")
+    rows = (
+        scope.decisions()
+        .annotate(
+            kind=F("escalation__action__action_type"),
+            bin=Least(Greatest(Floor(confidence * BINS), Value(0.0)), Value(float(BINS - 1))),
+        )
+        .values("kind", "bin")
+        .annotate(
+            n=Count("pk"),
+            approved=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=True)),
+        )
+        .order_by()
     )
     counts: dict[str, list[list[int]]] = {}
-    for r in rows.iterator(chunk_size=5000):
-        kind = r["escalation__action__action_type"]
-        conf = float(r["escalation__action__confidence"])
-        b = min(BINS - 1, max(0, int(conf * BINS)))
-        bins = counts.setdefault(kind, [[0, 0] for _ in range(BINS)])
-        bins[b][1] += 1
-        if r["verdict"] == Verdict.APPROVE and r["edited_payload"] is None:
-            bins[b][0] += 1
+    for r in rows:
+        bins = counts.setdefault(r["kind"], [[0, 0] for _ in range(BINS)])
+        b = int(r["bin"])
+        bins[b][0] += r["approved"]
+        bins[b][1] += r["n"]
     for kind, bins in sorted(counts.items()):
         out[kind] = [
             {
@@ -403,6 +515,17 @@ def failure_cases(scope: Scope, limit: int = 30) -> dict[str, list[dict[str, Any
         scope.decisions()
         .exclude(verdict=Verdict.APPROVE, edited_payload__isnull=True)
         .select_related("escalation__action__run", "decided_by")
+        # What a case shows, not every payload and state snapshot on the way.
+        .only(
+            "verdict",
+            "reason",
+            "created_at",
+            "escalation_id",
+            "decided_by__username",
+            "escalation__action__action_type",
+            "escalation__action__run__input",
+            "escalation__action__run__workflow",
+        )
         .order_by("-created_at")[: limit * 4]
     ):
         action = d.escalation.action
@@ -424,7 +547,7 @@ def failure_cases(scope: Scope, limit: int = 30) -> dict[str, list[dict[str, Any
             },
         )
     for o in (
-        Outcome.objects.filter(quality=OutcomeQuality.BAD, action__in=scope.actions())
+        Outcome.objects.filter(scope.action_q("action__"), quality=OutcomeQuality.BAD)
         .select_related("action__run")
         .order_by("-recorded_at")[: limit * 4]
     ):
@@ -443,7 +566,7 @@ def failure_cases(scope: Scope, limit: int = 30) -> dict[str, list[dict[str, Any
 
 def outcome_quality(scope: Scope) -> dict[str, dict[str, Any]]:
     """Outcome quality for autonomous vs reviewed actions: is a threshold too loose?"""
-    qs = Outcome.objects.filter(action__in=scope.actions())
+    qs = Outcome.objects.filter(scope.action_q("action__"))
     result = {}
     for label, cond in (
         ("autonomous", Q(action__outcome=PolicyOutcome.AUTO)),

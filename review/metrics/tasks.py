@@ -24,3 +24,10 @@ def notify_incident(self: Any, incident_id: int) -> None:
         return
     if not notify(incident):
         raise self.retry(countdown=min(300, 5 * 2**self.request.retries))
+
+
+@shared_task(name="metrics.compact_rollups")
+def compact_rollups() -> int:
+    from .rollups import compact
+
+    return compact()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hmac
 import uuid
 from datetime import datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.db.models import Max
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -19,7 +21,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from escalations.access import team_ids_for
-from escalations.models import AgentProfile, AutonomyPolicy
+from escalations.models import AgentProfile, AutonomyPolicy, Decision
+from escalations.recommender import Recommendation, recommend_for
 from workflows.actions import record_outcome
 from workflows.models import Action, OutcomeQuality, OutcomeSource, PolicyOutcome
 from workflows.specs import all_specs
@@ -81,6 +84,20 @@ def _current_threshold(action_type: str) -> float | None:
     return policy.min_confidence if policy else None
 
 
+RECOMMENDATION_TTL = 60
+
+
+def _recommendation(action_type: str, stamp: int | None) -> Recommendation:
+    """The recommender's answer, recomputed when a person decides something new and at least
+    once a minute (its population, the latest actions of the type, moves with every action)."""
+    key = f"metrics:recommendation:{action_type}:{stamp}"
+    cached = cache.get(key)
+    if cached is None:
+        cached = recommend_for(action_type)
+        cache.set(key, cached, RECOMMENDATION_TTL)
+    return cast(Recommendation, cached)
+
+
 @login_required
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
@@ -89,11 +106,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         return render(request, "metrics/dashboard.html", {"form": form}, status=400)
     scope = _scope(request, form)
     runs = queries.run_figures(scope)
+    by = queries.breakdowns(scope)
     trend = queries.daily_trend(scope)
     labels = [row["day"].strftime("%b %d") for row in trend]
     calibration = []
-    from escalations.recommender import recommend_for
-
+    stamp = Decision.objects.aggregate(last=Max("pk"))["last"]
     for action_type, bins in queries.calibration(scope).items():
         threshold = _current_threshold(action_type)
         calibration.append(
@@ -102,7 +119,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                 "bins": bins,
                 "chart": calibration_chart(bins, threshold=threshold),
                 "threshold": threshold,
-                "recommendation": recommend_for(action_type),
+                "recommendation": _recommendation(action_type, stamp),
             }
         )
     return render(
@@ -134,9 +151,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                 percent=False,
                 title="volume per day",
             ),
-            "by_type": queries.breakdown(scope, "action_type"),
-            "by_agent": queries.breakdown(scope, "agent"),
-            "by_workflow": queries.breakdown(scope, "workflow"),
+            "by_type": by["action_type"],
+            "by_agent": by["agent"],
+            "by_workflow": by["workflow"],
             "calibration": calibration,
             "failures": queries.failure_cases(scope),
             "outcomes": queries.outcome_quality(scope),
