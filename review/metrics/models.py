@@ -94,18 +94,27 @@ class AlertIncident(models.Model):
         return self.closed_at is None
 
 
-class ActionDay(models.Model):
-    """Actions per UTC day, agent, workflow, action type and policy outcome: what the
-    dashboard reads instead of scanning every action.
+# --- daily rollups (review/metrics/rollups.py keeps them; nothing else writes them) ---------
 
-    Kept exact by the database itself: triggers on the action table append signed deltas to
-    `ActionDelta` in the writing transaction (so any write path — the engine, the API, the
-    admin, a bulk import in SQL — is counted, and a rolled-back write is not), and
-    `rollups.compact()` folds them in here. A reading sums both tables."""
+
+class _DayRow(models.Model):
+    """One UTC day of one agent's work in one workflow ("" for API actions, no run).
+
+    Triggers on the source table append signed deltas to the *Delta table inside the
+    writing transaction; `rollups.compact()` folds them into the *Day table; a reading sums
+    both, so it is exact whether or not compaction has run."""
 
     day = models.DateField()
     agent_id = models.BigIntegerField()
-    workflow = models.CharField(max_length=100, blank=True)  # "" for API actions (no run)
+    workflow = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class ActionDay(_DayRow):
+    """Actions per day, agent, workflow, action type and policy outcome."""
+
     action_type = models.CharField(max_length=100)
     outcome = models.CharField(max_length=8)
     n = models.BigIntegerField(default=0)
@@ -123,16 +132,66 @@ class ActionDay(models.Model):
         return f"{self.day} {self.action_type} {self.outcome}: {self.n}"
 
 
-class ActionDelta(models.Model):
-    """Signed changes to `ActionDay`, appended by triggers, folded in by `rollups.compact()`.
-    Never written by application code."""
-
-    day = models.DateField()
-    agent_id = models.BigIntegerField()
-    workflow = models.CharField(max_length=100, blank=True)
+class ActionDelta(_DayRow):
     action_type = models.CharField(max_length=100)
     outcome = models.CharField(max_length=8)
     n = models.BigIntegerField()
 
     def __str__(self) -> str:
         return f"{self.day} {self.action_type} {self.outcome}: {self.n:+d}"
+
+
+class RunDay(_DayRow):
+    """Runs per day (of their creation), agent, workflow and current status."""
+
+    status = models.CharField(max_length=16)
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "agent_id", "workflow", "status"], name="run_day_key"
+            )
+        ]
+        indexes = [models.Index(fields=["day"], name="run_day_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.workflow} {self.status}: {self.n}"
+
+
+class RunDelta(_DayRow):
+    status = models.CharField(max_length=16)
+    n = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.workflow} {self.status}: {self.n:+d}"
+
+
+class ModelCallDay(_DayRow):
+    """Model calls, tokens and cost per day of their run's creation, agent and workflow."""
+
+    n = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=18, decimal_places=6, default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "agent_id", "workflow"], name="model_call_day_key"
+            )
+        ]
+        indexes = [models.Index(fields=["day"], name="model_call_day_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.workflow}: {self.n} calls"
+
+
+class ModelCallDelta(_DayRow):
+    n = models.BigIntegerField()
+    cost_usd = models.DecimalField(max_digits=18, decimal_places=6)
+    input_tokens = models.BigIntegerField()
+    output_tokens = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.workflow}: {self.n:+d} calls"

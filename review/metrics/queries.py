@@ -78,9 +78,9 @@ class Scope:
     def actions(self) -> QuerySet[Action]:
         return Action.objects.filter(self.action_q())
 
-    def action_counts(self) -> dict[tuple[Any, ...], int] | None:
-        """Action counts per (day, agent id, workflow, action type, outcome) from the daily
-        rollup, or None when the period is not made of whole days (then scan `actions()`)."""
+    def rolled(self, rollup: rollups.Rollup, **filters: str) -> dict[tuple[Any, ...], Any] | None:
+        """Sums per key (day, agent id, workflow, the rollup's own keys) from a daily rollup,
+        or None when the period is not made of whole days (then the source is scanned)."""
         if not rollups.covers(self.since, self.until):
             return None
         agent_ids: list[int] | None = None
@@ -91,13 +91,24 @@ class Scope:
             if self.agent_id:
                 team_agents = team_agents.filter(pk=self.agent_id)
             agent_ids = list(team_agents.values_list("pk", flat=True))
-        return rollups.counts(
+        return rollups.read(
+            rollup,
             since=self.since.astimezone(UTC).date(),
             until=self.until.astimezone(UTC).date(),
             workflow=self.workflow,
             agent_ids=agent_ids,
-            action_type=self.action_type,
+            **filters,
         )
+
+    def action_counts(self) -> dict[tuple[Any, ...], int] | None:
+        """Action counts per (day, agent id, workflow, action type, outcome)."""
+        rows = self.rolled(rollups.ACTIONS, action_type=self.action_type)
+        return None if rows is None else {k: int(v[0]) for k, v in rows.items()}
+
+    def run_counts(self) -> dict[tuple[Any, ...], int] | None:
+        """Run counts per (day, agent id, workflow, status)."""
+        rows = self.rolled(rollups.RUNS)
+        return None if rows is None else {k: int(v[0]) for k, v in rows.items()}
 
     def decisions(self) -> QuerySet[Decision]:
         qs = Decision.objects.filter(created_at__gte=self.since, created_at__lt=self.until)
@@ -143,13 +154,23 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | Non
 
 
 def run_figures(scope: Scope) -> dict[str, Any]:
-    agg = scope.runs().aggregate(
-        total=Count("pk"),
-        succeeded=Count("pk", filter=Q(status=RunStatus.SUCCEEDED)),
-        failed=Count("pk", filter=Q(status=RunStatus.FAILED)),
-        cancelled=Count("pk", filter=Q(status=RunStatus.CANCELLED)),
-        waiting=Count("pk", filter=Q(status=RunStatus.WAITING)),
-    )
+    counts = scope.run_counts()
+    if counts is not None:
+        by_status: dict[str, int] = {}
+        for key, n in counts.items():
+            by_status[key[3]] = by_status.get(key[3], 0) + n
+        agg: dict[str, Any] = {
+            "total": sum(by_status.values()),
+            **{s: by_status.get(s, 0) for s in ("succeeded", "failed", "cancelled", "waiting")},
+        }
+    else:
+        agg = scope.runs().aggregate(
+            total=Count("pk"),
+            succeeded=Count("pk", filter=Q(status=RunStatus.SUCCEEDED)),
+            failed=Count("pk", filter=Q(status=RunStatus.FAILED)),
+            cancelled=Count("pk", filter=Q(status=RunStatus.CANCELLED)),
+            waiting=Count("pk", filter=Q(status=RunStatus.WAITING)),
+        )
     finished = agg["succeeded"] + agg["failed"] + agg["cancelled"]
     # A run succeeds only when every step met its success criteria, so "succeeded" is
     # "finished and met its objective": the completion rate's numerator.
@@ -251,12 +272,19 @@ def sla_figures(scope: Scope, now: datetime) -> dict[str, int]:
 
 
 def cost_figures(scope: Scope, succeeded: int) -> dict[str, Any]:
-    agg = ModelCall.objects.filter(scope.run_q("run__")).aggregate(
-        cost=Sum("cost_usd"),
-        input_tokens=Sum("input_tokens"),
-        output_tokens=Sum("output_tokens"),
-        calls=Count("pk"),
-    )
+    rolled = scope.rolled(rollups.MODEL_CALLS)
+    if rolled is not None:
+        sums = [sum(v[i] for v in rolled.values()) for i in range(4)]
+        agg: dict[str, Any] = dict(
+            zip(("calls", "cost", "input_tokens", "output_tokens"), sums, strict=True)
+        )
+    else:
+        agg = ModelCall.objects.filter(scope.run_q("run__")).aggregate(
+            cost=Sum("cost_usd"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            calls=Count("pk"),
+        )
     tokens = (agg["input_tokens"] or 0) + (agg["output_tokens"] or 0)
     return {
         "cost_usd": float(agg["cost"] or 0),
@@ -286,19 +314,37 @@ def daily_trend(scope: Scope) -> list[dict[str, Any]]:
             "decisions": 0,
             "approved": 0,
         }
-    for rr in (
-        scope.runs()
-        .annotate(day=TruncDate("created_at"))
-        .values("day")
-        .annotate(
-            runs=Count("pk"),
-            succeeded=Count("pk", filter=Q(status=RunStatus.SUCCEEDED)),
-            finished=Count(
-                "pk",
-                filter=Q(status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED]),
-            ),
-        )
-    ):
+    run_counts = scope.run_counts()
+    per_run_day: list[dict[str, Any]]
+    if run_counts is not None:
+        finished_statuses = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
+        by_day: dict[date, dict[str, Any]] = {}
+        for key, n in run_counts.items():
+            acc = by_day.setdefault(
+                key[0], {"day": key[0], "runs": 0, "succeeded": 0, "finished": 0}
+            )
+            acc["runs"] += n
+            acc["succeeded"] += n if key[3] == RunStatus.SUCCEEDED else 0
+            acc["finished"] += n if key[3] in finished_statuses else 0
+        per_run_day = list(by_day.values())
+    else:
+        per_run_day = [
+            dict(r)
+            for r in scope.runs()
+            .annotate(day=TruncDate("created_at"))
+            .values("day")
+            .annotate(
+                runs=Count("pk"),
+                succeeded=Count("pk", filter=Q(status=RunStatus.SUCCEEDED)),
+                finished=Count(
+                    "pk",
+                    filter=Q(
+                        status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED]
+                    ),
+                ),
+            )
+        ]
+    for rr in per_run_day:
         if rr["day"] in days:
             days[rr["day"]].update(
                 runs=rr["runs"], succeeded=rr["succeeded"], finished=rr["finished"]

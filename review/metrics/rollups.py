@@ -1,183 +1,289 @@
-"""Daily action rollups: the dashboard's counts without scanning every action.
+"""Daily rollups: the dashboard's counts without scanning every action, run and model call.
 
-`ActionDay` holds one row per (UTC day, agent, workflow, action type, policy outcome).
-Triggers on the action table append signed deltas to `ActionDelta` inside the writing
-transaction — an insert with an outcome adds +1, an update that changes the outcome (the
-engine records the action first and its policy outcome a moment later), the agent, the type,
-the run or the time moves the count, a delete subtracts — so the rollup is exact for every
-write path and a rolled-back write leaves nothing. `compact()` (beat, every minute) folds the
-deltas into `ActionDay`; a reading sums both, so it is exact whether or not compaction ran.
+Each rollup is a pair of tables (review/metrics/models.py): `<X>Day`, one row per UTC day,
+agent, workflow and the rollup's own keys, and `<X>Delta`, signed changes. Row triggers on
+the source table append the deltas inside the writing transaction — an insert adds, an
+update of a counted column (a run's status, an action's policy outcome: the engine records
+an action first and its outcome a moment later) subtracts the old row and adds the new, a
+delete subtracts — so a rollup is exact for every write path (the engine, the API, the
+admin, bulk SQL) and a rolled-back write leaves nothing. `compact()` (beat, every minute)
+folds the deltas into the day table; `read()` sums both, so it is exact either way.
 
-An action without an outcome yet (proposed, not evaluated) is not counted; the live query
-did count it in `total` — for the instant between the two writes of the same transaction.
+What is counted: actions once they have a policy outcome (the proposal row exists without
+one only inside the transaction that evaluates it); runs by their current status, on the
+day they were created; model calls made for a run, on that run's day (calls outside a run
+are not in the cost per completed task, as before).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from .models import ActionDay, ActionDelta
+from .models import (
+    ActionDay,
+    ActionDelta,
+    ModelCallDay,
+    ModelCallDelta,
+    RunDay,
+    RunDelta,
+)
 
-KEY = ("day", "agent_id", "workflow", "action_type", "outcome")
-
-# --- triggers (installed by migration 0002; `install_triggers` is also used by `rebuild`) --
-
-_PG_FUNCTION = """
-CREATE OR REPLACE FUNCTION metrics_action_delta() RETURNS trigger AS $$
-BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.outcome <> '' THEN
-        INSERT INTO metrics_actiondelta (day, agent_id, workflow, action_type, outcome, n)
-        VALUES ((OLD.created_at AT TIME ZONE 'UTC')::date, OLD.agent_id,
-                COALESCE((SELECT workflow FROM workflows_workflowrun WHERE id = OLD.run_id), ''),
-                OLD.action_type, OLD.outcome, -1);
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.outcome <> '' THEN
-        INSERT INTO metrics_actiondelta (day, agent_id, workflow, action_type, outcome, n)
-        VALUES ((NEW.created_at AT TIME ZONE 'UTC')::date, NEW.agent_id,
-                COALESCE((SELECT workflow FROM workflows_workflowrun WHERE id = NEW.run_id), ''),
-                NEW.action_type, NEW.outcome, 1);
-    END IF;
-    RETURN NULL;
-END
-$$ LANGUAGE plpgsql;
-"""
-_COLUMNS = ("outcome", "agent_id", "action_type", "created_at", "run_id")
-_PG_CHANGED = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in _COLUMNS)
-_SQLITE_CHANGED = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _COLUMNS)
-_TRIGGERS = ("rollup_ins", "rollup_upd", "rollup_del")
+_RUN = "(SELECT {col} FROM workflows_workflowrun WHERE id = {{r}}.run_id)"
 
 
-def _sqlite_insert(row: str, sign: int) -> str:
-    # Only the trigger row names NEW/OLD and the sign +-1 are interpolated.
+@dataclass(frozen=True)
+class Rollup:
+    name: str
+    source: str  # the table whose rows are counted
+    day_model: type[models.Model]
+    delta_model: type[models.Model]
+    timestamp: str  # SQL for the row's time, "{r}" standing for NEW or OLD
+    keys: tuple[tuple[str, str], ...]  # (rollup column, SQL), after day
+    values: tuple[tuple[str, str], ...]  # (rollup column, SQL), summed
+    condition: str  # SQL: whether the row counts at all
+    watched: tuple[str, ...]  # source columns whose change moves a row between keys
+
+    @property
+    def day_table(self) -> str:
+        return str(self.day_model._meta.db_table)
+
+    @property
+    def delta_table(self) -> str:
+        return str(self.delta_model._meta.db_table)
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return ("day", *(k for k, _ in self.keys))
+
+    @property
+    def value_columns(self) -> tuple[str, ...]:
+        return tuple(v for v, _ in self.values)
+
+
+ACTIONS = Rollup(
+    name="action",
+    source="workflows_action",
+    day_model=ActionDay,
+    delta_model=ActionDelta,
+    timestamp="{r}.created_at",
+    keys=(
+        ("agent_id", "{r}.agent_id"),
+        ("workflow", f"COALESCE({_RUN.format(col='workflow')}, '')"),
+        ("action_type", "{r}.action_type"),
+        ("outcome", "{r}.outcome"),
+    ),
+    values=(("n", "1"),),
+    condition="{r}.outcome <> ''",
+    watched=("outcome", "agent_id", "action_type", "created_at", "run_id"),
+)
+RUNS = Rollup(
+    name="run",
+    source="workflows_workflowrun",
+    day_model=RunDay,
+    delta_model=RunDelta,
+    timestamp="{r}.created_at",
+    keys=(("agent_id", "{r}.agent_id"), ("workflow", "{r}.workflow"), ("status", "{r}.status")),
+    values=(("n", "1"),),
+    condition="{r}.id IS NOT NULL",
+    watched=("status", "agent_id", "workflow", "created_at"),
+)
+MODEL_CALLS = Rollup(
+    name="model_call",
+    source="prompts_modelcall",
+    day_model=ModelCallDay,
+    delta_model=ModelCallDelta,
+    timestamp=_RUN.format(col="created_at"),
+    keys=(("agent_id", _RUN.format(col="agent_id")), ("workflow", _RUN.format(col="workflow"))),
+    values=(
+        ("n", "1"),
+        ("cost_usd", "COALESCE({r}.cost_usd, 0)"),
+        ("input_tokens", "{r}.input_tokens"),
+        ("output_tokens", "{r}.output_tokens"),
+    ),
+    condition="{r}.run_id IS NOT NULL",
+    watched=("run_id", "cost_usd", "input_tokens", "output_tokens"),
+)
+ROLLUPS = (ACTIONS, RUNS, MODEL_CALLS)
+
+# Everything below interpolates only the constant table and column names and SQL fragments
+# defined above (and NEW/OLD, +/-); no input reaches these statements.
+
+
+def _day_sql(vendor: str, timestamp: str) -> str:
+    if vendor == "postgresql":
+        return f"(({timestamp}) AT TIME ZONE 'UTC')::date"
+    return f"date({timestamp})"
+
+
+def _delta_insert(rollup: Rollup, vendor: str, row: str, sign: str) -> str:
+    def fill(sql: str) -> str:
+        return sql.replace("{r}", row)
+
+    columns = ", ".join((*rollup.key_columns, *rollup.value_columns))
+    selected = ", ".join(
+        (
+            _day_sql(vendor, fill(rollup.timestamp)),
+            *(fill(sql) for _, sql in rollup.keys),
+            *(f"{sign}({fill(sql)})" for _, sql in rollup.values),
+        )
+    )
     return (
-        "INSERT INTO metrics_actiondelta (day, agent_id, workflow, action_type, outcome, n) "  # noqa: S608
-        f"SELECT date({row}.created_at), {row}.agent_id, COALESCE((SELECT workflow FROM "
-        f"workflows_workflowrun WHERE id = {row}.run_id), ''), {row}.action_type, "
-        f"{row}.outcome, {sign} WHERE {row}.outcome <> '';"
+        f"INSERT INTO {rollup.delta_table} ({columns}) "
+        f"SELECT {selected} WHERE {fill(rollup.condition)};"
     )
 
 
-def trigger_sql(vendor: str) -> list[str]:
-    table = "workflows_action"
-    columns = ", ".join(_COLUMNS)
-    if vendor == "postgresql":
-        run = "FOR EACH ROW {when} EXECUTE FUNCTION metrics_action_delta()"
-        return [
-            _PG_FUNCTION,
-            f"CREATE TRIGGER {table}_rollup_ins AFTER INSERT ON {table} "
-            + run.format(when="WHEN (NEW.outcome <> '')"),
-            f"CREATE TRIGGER {table}_rollup_upd AFTER UPDATE OF {columns} ON {table} "
-            + run.format(when=f"WHEN ({_PG_CHANGED})"),
-            f"CREATE TRIGGER {table}_rollup_del AFTER DELETE ON {table} "
-            + run.format(when="WHEN (OLD.outcome <> '')"),
-        ]
-    if vendor == "sqlite":
-        return [
-            f"CREATE TRIGGER {table}_rollup_ins AFTER INSERT ON {table} "
-            f"WHEN NEW.outcome <> '' BEGIN {_sqlite_insert('NEW', 1)} END",
-            f"CREATE TRIGGER {table}_rollup_upd AFTER UPDATE OF {columns} ON {table} "
-            f"WHEN {_SQLITE_CHANGED} BEGIN {_sqlite_insert('OLD', -1)} "
-            f"{_sqlite_insert('NEW', 1)} END",
-            f"CREATE TRIGGER {table}_rollup_del AFTER DELETE ON {table} "
-            f"WHEN OLD.outcome <> '' BEGIN {_sqlite_insert('OLD', -1)} END",
-        ]
-    raise RuntimeError(f"no rollup triggers for {vendor}")
+def _trigger_names(rollup: Rollup) -> tuple[str, str, str]:
+    base = f"{rollup.source}_{rollup.name}_rollup"
+    return f"{base}_ins", f"{base}_upd", f"{base}_del"
 
 
-def drop_trigger_sql(vendor: str) -> list[str]:
-    table = "workflows_action"
-    if vendor == "postgresql":
-        return [f"DROP TRIGGER IF EXISTS {table}_{t} ON {table}" for t in _TRIGGERS] + [
-            "DROP FUNCTION IF EXISTS metrics_action_delta()"
-        ]
-    return [f"DROP TRIGGER IF EXISTS {table}_{t}" for t in _TRIGGERS]
+def trigger_sql(vendor: str, rollups: Sequence[Rollup] = ROLLUPS) -> list[str]:
+    statements = []
+    for rollup in rollups:
+        ins, upd, delete = _trigger_names(rollup)
+        watched = ", ".join(rollup.watched)
+        if vendor == "postgresql":
+            function = f"metrics_{rollup.name}_delta"
+            changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in rollup.watched)
+            statements += [
+                f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger AS $$\n"
+                "BEGIN\n"
+                "    IF TG_OP IN ('UPDATE', 'DELETE') THEN\n"
+                f"        {_delta_insert(rollup, vendor, 'OLD', '-')}\n"
+                "    END IF;\n"
+                "    IF TG_OP IN ('INSERT', 'UPDATE') THEN\n"
+                f"        {_delta_insert(rollup, vendor, 'NEW', '')}\n"
+                "    END IF;\n"
+                "    RETURN NULL;\n"
+                "END\n"
+                "$$ LANGUAGE plpgsql;",
+                f"CREATE TRIGGER {ins} AFTER INSERT ON {rollup.source} FOR EACH ROW "
+                f"EXECUTE FUNCTION {function}()",
+                f"CREATE TRIGGER {upd} AFTER UPDATE OF {watched} ON {rollup.source} FOR EACH ROW "
+                f"WHEN ({changed}) EXECUTE FUNCTION {function}()",
+                f"CREATE TRIGGER {delete} AFTER DELETE ON {rollup.source} FOR EACH ROW "
+                f"EXECUTE FUNCTION {function}()",
+            ]
+        elif vendor == "sqlite":
+            changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in rollup.watched)
+            old = _delta_insert(rollup, vendor, "OLD", "-")
+            new = _delta_insert(rollup, vendor, "NEW", "")
+            statements += [
+                f"CREATE TRIGGER {ins} AFTER INSERT ON {rollup.source} BEGIN {new} END",
+                f"CREATE TRIGGER {upd} AFTER UPDATE OF {watched} ON {rollup.source} "
+                f"WHEN {changed} BEGIN {old} {new} END",
+                f"CREATE TRIGGER {delete} AFTER DELETE ON {rollup.source} BEGIN {old} END",
+            ]
+        else:
+            raise RuntimeError(f"no rollup triggers for {vendor}")
+    return statements
 
 
-_DAY_SQL = {
-    "postgresql": "(a.created_at AT TIME ZONE 'UTC')::date",
-    "sqlite": "date(a.created_at)",
-}
-
-BACKFILL_SQL = """
-INSERT INTO metrics_actionday (day, agent_id, workflow, action_type, outcome, n)
-SELECT {day}, a.agent_id, COALESCE(r.workflow, ''), a.action_type, a.outcome, COUNT(*)
-FROM workflows_action a LEFT JOIN workflows_workflowrun r ON r.id = a.run_id
-WHERE a.outcome <> ''
-GROUP BY {day}, a.agent_id, COALESCE(r.workflow, ''), a.action_type, a.outcome
-"""
+def drop_trigger_sql(vendor: str, rollups: Sequence[Rollup] = ROLLUPS) -> list[str]:
+    statements = []
+    for rollup in rollups:
+        for name in _trigger_names(rollup):
+            on = f" ON {rollup.source}" if vendor == "postgresql" else ""
+            statements.append(f"DROP TRIGGER IF EXISTS {name}{on}")
+        if vendor == "postgresql":
+            statements.append(f"DROP FUNCTION IF EXISTS metrics_{rollup.name}_delta()")
+    return statements
 
 
-def backfill(cursor: Any, vendor: str) -> None:
-    """Count every existing action into `ActionDay` (which must be empty)."""
-    cursor.execute(BACKFILL_SQL.format(day=_DAY_SQL[vendor]))
+def backfill(cursor: Any, vendor: str, rollup: Rollup) -> None:
+    """Count every existing source row into the (empty) day table."""
+
+    def fill(sql: str) -> str:
+        return sql.replace("{r}", "s")
+
+    keys = [_day_sql(vendor, fill(rollup.timestamp)), *(fill(sql) for _, sql in rollup.keys)]
+    values = ", ".join(f"SUM({fill(sql)})" for _, sql in rollup.values)
+    columns = ", ".join((*rollup.key_columns, *rollup.value_columns))
+    cursor.execute(
+        f"INSERT INTO {rollup.day_table} ({columns}) "  # noqa: S608
+        f"SELECT {', '.join(keys)}, {values} FROM {rollup.source} s "
+        f"WHERE {fill(rollup.condition)} "
+        f"GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}"
+    )
 
 
 # --- maintenance ----------------------------------------------------------------------------
 
-_PG_COMPACT = """
-WITH moved AS (
-    DELETE FROM metrics_actiondelta
-    RETURNING day, agent_id, workflow, action_type, outcome, n
-)
-INSERT INTO metrics_actionday (day, agent_id, workflow, action_type, outcome, n)
-SELECT day, agent_id, workflow, action_type, outcome, SUM(n) FROM moved
-GROUP BY day, agent_id, workflow, action_type, outcome
-ON CONFLICT (day, agent_id, workflow, action_type, outcome)
-DO UPDATE SET n = metrics_actionday.n + EXCLUDED.n
-"""
-_SQLITE_COMPACT = """
-INSERT INTO metrics_actionday (day, agent_id, workflow, action_type, outcome, n)
-SELECT day, agent_id, workflow, action_type, outcome, SUM(n) FROM metrics_actiondelta
-WHERE id <= %s GROUP BY day, agent_id, workflow, action_type, outcome
-ON CONFLICT (day, agent_id, workflow, action_type, outcome)
-DO UPDATE SET n = metrics_actionday.n + excluded.n
-"""
 # Any other PostgreSQL session holding this lock is compacting: skip, don't queue behind it.
 _LOCK_KEY = 0x6361_6C72  # "calr"
 
 
-def compact() -> int:
-    """Fold the deltas into `ActionDay`; returns how many rollup rows it wrote.
+def _compact_sql(rollup: Rollup, vendor: str) -> str:
+    keys = ", ".join(rollup.key_columns)
+    columns = ", ".join((*rollup.key_columns, *rollup.value_columns))
+    sums = ", ".join(f"SUM({v})" for v in rollup.value_columns)
+    added = ", ".join(f"{v} = {rollup.day_table}.{v} + excluded.{v}" for v in rollup.value_columns)
+    upsert = f"ON CONFLICT ({keys}) DO UPDATE SET {added}"
+    if vendor == "postgresql":
+        # One statement deletes the deltas and adds exactly the deleted rows: a delta that
+        # commits meanwhile is left for the next call, never lost or counted twice.
+        return (
+            f"WITH moved AS (DELETE FROM {rollup.delta_table} RETURNING {columns}) "  # noqa: S608
+            f"INSERT INTO {rollup.day_table} ({columns}) SELECT {keys}, {sums} FROM moved "
+            f"GROUP BY {keys} {upsert}"
+        )
+    return (
+        f"INSERT INTO {rollup.day_table} ({columns}) SELECT {keys}, {sums} "  # noqa: S608
+        f"FROM {rollup.delta_table} WHERE id <= %s GROUP BY {keys} {upsert}"
+    )
 
-    PostgreSQL: one statement deletes the deltas and adds exactly the deleted rows, so a
-    delta committed meanwhile is left for the next call, never lost or counted twice."""
+
+def _empty_rows_sql(rollup: Rollup) -> str:
+    return f"DELETE FROM {rollup.day_table} WHERE n = 0"  # noqa: S608
+
+
+def compact() -> int:
+    """Fold every rollup's deltas into its day table; returns the day rows written."""
+    written = 0
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_LOCK_KEY])
             if not cursor.fetchone()[0]:
                 return 0
-            cursor.execute(_PG_COMPACT)
-            written = max(0, cursor.rowcount)
-            cursor.execute("DELETE FROM metrics_actionday WHERE n = 0")
-            return written
-        last = ActionDelta.objects.order_by("-id").values_list("id", flat=True).first()
-        if last is None:
-            return 0
-        # SQLite transactions here are IMMEDIATE: no other writer until this commits.
-        cursor.execute(_SQLITE_COMPACT, [last])
-        written = max(0, cursor.rowcount)
-        ActionDelta.objects.filter(id__lte=last).delete()
-        cursor.execute("DELETE FROM metrics_actionday WHERE n = 0")
-        return written
+        for rollup in ROLLUPS:
+            if connection.vendor == "postgresql":
+                cursor.execute(_compact_sql(rollup, "postgresql"))
+                written += max(0, cursor.rowcount)
+            else:
+                # SQLite transactions here are IMMEDIATE: no other writer until this commits.
+                manager = rollup.delta_model._default_manager
+                last = manager.order_by("-pk").values_list("pk", flat=True).first()
+                if last is None:
+                    continue
+                cursor.execute(_compact_sql(rollup, connection.vendor), [last])
+                written += max(0, cursor.rowcount)
+                manager.filter(pk__lte=last).delete()
+            cursor.execute(_empty_rows_sql(rollup))
+    return written
 
 
 def rebuild() -> int:
-    """Recount `ActionDay` from the action table (after a restore, or to check the
-    triggers); returns the number of rollup rows."""
+    """Recount every rollup from its source table (after a restore, or to check the
+    triggers); returns the number of day rows."""
+    rows = 0
     with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # Hold writers off the action table so the recount and the triggers agree.
-            cursor.execute("LOCK TABLE workflows_action IN SHARE MODE")
-        ActionDelta.objects.all().delete()
-        ActionDay.objects.all().delete()
-        backfill(cursor, connection.vendor)
-        return ActionDay.objects.count()
+        for rollup in ROLLUPS:
+            if connection.vendor == "postgresql":
+                # Hold writers off so the recount and the triggers agree.
+                cursor.execute(f"LOCK TABLE {rollup.source} IN SHARE MODE")
+            rollup.delta_model._default_manager.all().delete()
+            rollup.day_model._default_manager.all().delete()
+            backfill(cursor, connection.vendor, rollup)
+            rows += rollup.day_model._default_manager.count()
+    return rows
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -193,6 +299,41 @@ def covers(since: datetime, until: datetime, now: datetime | None = None) -> boo
     )
 
 
+def read(
+    rollup: Rollup,
+    *,
+    since: date,
+    until: date,
+    workflow: str = "",
+    agent_ids: Iterable[int] | None = None,
+    **filters: str,
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """Sums per key (day first, then the rollup's keys) for days since..until inclusive:
+    the day table plus the deltas not folded in yet. Zero rows are left out."""
+    totals: dict[tuple[Any, ...], list[Any]] = {}
+    values = rollup.value_columns
+    for model in (rollup.day_model, rollup.delta_model):
+        qs = model._default_manager.filter(day__gte=since, day__lte=until)
+        if workflow:
+            qs = qs.filter(workflow=workflow)
+        if agent_ids is not None:
+            qs = qs.filter(agent_id__in=list(agent_ids))
+        for field, value in filters.items():
+            if value:
+                qs = qs.filter(**{field: value})
+        rows = (
+            qs.values(*rollup.key_columns)
+            .annotate(**{f"sum_{v}": Sum(v) for v in values})
+            .order_by()
+        )
+        for row in rows:
+            key = tuple(row[k] for k in rollup.key_columns)
+            acc = totals.setdefault(key, [0] * len(values))
+            for i, v in enumerate(values):
+                acc[i] += row[f"sum_{v}"] or 0
+    return {k: tuple(v) for k, v in totals.items() if any(v)}
+
+
 def counts(
     *,
     since: date,
@@ -201,17 +342,13 @@ def counts(
     agent_ids: Iterable[int] | None = None,
     action_type: str = "",
 ) -> dict[tuple[Any, ...], int]:
-    """Action counts per KEY for days since..until inclusive, rollup and pending deltas."""
-    totals: dict[tuple[Any, ...], int] = {}
-    for model in (ActionDay, ActionDelta):
-        qs = model.objects.filter(day__gte=since, day__lte=until)
-        if workflow:
-            qs = qs.filter(workflow=workflow)
-        if agent_ids is not None:
-            qs = qs.filter(agent_id__in=list(agent_ids))
-        if action_type:
-            qs = qs.filter(action_type=action_type)
-        for row in qs.values(*KEY).annotate(total=Sum("n")).order_by():
-            key = tuple(row[k] for k in KEY)
-            totals[key] = totals.get(key, 0) + int(row["total"])
-    return {k: v for k, v in totals.items() if v}
+    """Action counts per (day, agent id, workflow, action type, outcome)."""
+    rows = read(
+        ACTIONS,
+        since=since,
+        until=until,
+        workflow=workflow,
+        agent_ids=agent_ids,
+        action_type=action_type,
+    )
+    return {k: int(v[0]) for k, v in rows.items()}

@@ -116,10 +116,10 @@ def test_the_dashboard_figures_from_the_rollup_match_a_scan(propose, decide, pol
     assert queries.action_figures(rolled) == queries.action_figures(scanned)
     assert queries.action_figures(rolled)["total"] == 6
     assert queries.breakdowns(rolled) == queries.breakdowns(scanned)
-    trend_r = {r["day"]: (r["actions"], r["escalated"]) for r in queries.daily_trend(rolled)}
-    trend_s = {r["day"]: (r["actions"], r["escalated"]) for r in queries.daily_trend(scanned)}
-    assert trend_r == trend_s
-    assert trend_r[midnight(2).date()] == (1, 0)
+    trend = queries.daily_trend(rolled)
+    assert trend == queries.daily_trend(scanned)
+    by_day = {r["day"]: (r["actions"], r["escalated"]) for r in trend}
+    assert by_day[midnight(2).date()] == (1, 0)
     # Filters narrow the rollup the same way they narrow the scan.
     for kw in ({"action_type": "update_crm"}, {"team_ids": (billing.pk,)}, {"workflow": "x"}):
         r = queries.Scope(since=rolled.since, until=rolled.until, **kw)
@@ -130,9 +130,12 @@ def test_the_dashboard_figures_from_the_rollup_match_a_scan(propose, decide, pol
 def test_compaction_folds_exactly_what_it_deleted(propose, policies):
     for _ in range(3):
         propose("update_crm", 0.9)
-    assert rollups.compact() == 1  # one (day, agent, workflow, type, outcome) row
+    # One action row (day, agent, workflow, type, outcome) and one run row (three runs, one
+    # day and status).
+    assert rollups.compact() == 2
+    assert not ActionDelta.objects.exists()
     propose("update_crm", 0.9)
-    assert rollups.compact() == 1
+    assert rollups.compact() == 2
     row = ActionDay.objects.get()
     assert row.n == 4 and row.outcome == PolicyOutcome.AUTO
     assert rollups.compact() == 0
@@ -144,3 +147,48 @@ def test_covers_only_whole_days():
     assert rollups.covers(midnight(3), midnight(1), now)
     assert not rollups.covers(midnight(3) + timedelta(hours=1), now, now)
     assert not rollups.covers(midnight(3), now - timedelta(hours=2), now)
+
+
+def test_runs_by_status_and_model_costs_follow_every_change(make_run, agent):
+    from decimal import Decimal
+
+    from workflows.models import RunStatus, WorkflowRun
+    from workflows.prompts.models import ModelCall
+
+    runs = [make_run(status=RunStatus.RUNNING) for _ in range(4)]
+    for run, cost in zip(runs, ("0.010000", "0.020000", None, "0.005000"), strict=True):
+        ModelCall.objects.create(
+            run=run,
+            prompt_name="triage",
+            prompt_version=1,
+            model="m",
+            ok=True,
+            input_tokens=100,
+            output_tokens=20,
+            cost_usd=Decimal(cost) if cost else None,
+        )
+    ModelCall.objects.create(prompt_name="summary", prompt_version=1, model="m", ok=True)
+    rollups.compact()
+    # Runs finish after their day was folded: the status moves, the count follows.
+    WorkflowRun.objects.filter(pk__in=[r.pk for r in runs[:3]]).update(status=RunStatus.SUCCEEDED)
+    runs[3].status = RunStatus.FAILED
+    runs[3].save(update_fields=["status"])
+    old = make_run(status=RunStatus.SUCCEEDED)
+    WorkflowRun.objects.filter(pk=old.pk).update(created_at=midnight(3) + timedelta(hours=1))
+
+    rolled = whole_days()
+    scanned = queries.Scope(since=rolled.since + timedelta(microseconds=1), until=rolled.until)
+    assert rolled.run_counts() is not None
+    figures = queries.run_figures(rolled)
+    assert figures == queries.run_figures(scanned)
+    assert (figures["total"], figures["succeeded"], figures["failed"]) == (5, 4, 1)
+    cost = queries.cost_figures(rolled, figures["succeeded"])
+    assert cost == queries.cost_figures(scanned, figures["succeeded"])
+    assert cost["model_calls"] == 4 and cost["tokens"] == 480
+    assert cost["cost_usd"] == pytest.approx(0.035)
+    assert queries.daily_trend(rolled) == queries.daily_trend(scanned)
+    rollups.compact()
+    assert queries.run_figures(rolled) == figures
+    assert rollups.rebuild() > 0
+    assert queries.run_figures(rolled) == figures
+    assert queries.cost_figures(rolled, 4) == cost
