@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from bench.harness import BenchEnv, Result, percentile
@@ -23,11 +24,11 @@ REQUESTS = 20
 
 
 def _seed(data: dict[str, Any]) -> int:
-    from django.db import connection
     from django.utils import timezone
 
     from escalations.models import Decision, Escalation, EscalationStatus, Verdict, Via
     from workflows.models import Action, ActionStatus, PolicyOutcome, RunStatus, WorkflowRun
+    from workflows.prompts.models import ModelCall
 
     rng = random.Random(11)
     now = timezone.now()
@@ -97,24 +98,56 @@ def _seed(data: dict[str, Any]) -> int:
         ],
         batch_size=2000,
     )
-    table = Action._meta.db_table
-    cols = [str(f.column) for f in Action._meta.concrete_fields]
-    copied = ", ".join(
-        "gen_random_uuid()"
-        if c == "id"
-        else "idempotency_key || '-' || {n}"
-        if c == "idempotency_key"
-        else c
-        for c in cols
+    ModelCall.objects.bulk_create(
+        [
+            ModelCall(
+                run=run,
+                step_name="classify",
+                prompt_name="triage.classify",
+                prompt_version=1,
+                model="bench-model",
+                ok=True,
+                input_tokens=rng.randint(300, 900),
+                output_tokens=rng.randint(40, 200),
+                cost_usd=Decimal("0.000420"),
+                created_at=run.created_at,
+            )
+            for run in runs
+        ],
+        batch_size=2000,
     )
-    count = BASE_ACTIONS
+    # A history of a million actions has hundreds of thousands of runs and model calls too.
+    size = _double(Action, BASE_ACTIONS, TARGET_ACTIONS, unique="idempotency_key")
+    _double(WorkflowRun, len(runs), TARGET_ACTIONS // 3)
+    _double(ModelCall, len(runs), TARGET_ACTIONS // 3)
+    return size
+
+
+def _double(model: Any, count: int, target: int, unique: str = "") -> int:
+    """Copy the table onto itself in SQL (new ids) until it holds at least `target` rows."""
+    from django.db import connection
+
+    table = model._meta.db_table
+    pk = model._meta.pk
     n = 0
     with connection.cursor() as cursor:
-        while count < TARGET_ACTIONS:
+        while count < target:
             n += 1
-            # Only this module's own column list and a loop counter are interpolated.
+            exprs: dict[str, str] = {}
+            for field in model._meta.concrete_fields:
+                column = str(field.column)
+                if field is pk:
+                    if pk.get_internal_type() == "UUIDField":
+                        exprs[column] = "gen_random_uuid()"
+                    # else: the sequence gives the copy its id
+                elif column == unique:
+                    exprs[column] = f"{column} || '-{n}'"
+                else:
+                    exprs[column] = column
+            # Only the model's own table and column names and a loop counter are interpolated.
             cursor.execute(
-                f"INSERT INTO {table} ({', '.join(cols)}) SELECT {copied.format(n=n)} FROM {table}"
+                f"INSERT INTO {table} ({', '.join(exprs)}) "
+                f"SELECT {', '.join(exprs.values())} FROM {table}"
             )
             count *= 2
         cursor.execute(f"ANALYZE {table}")
@@ -144,8 +177,9 @@ def run(env: BenchEnv) -> list[Result]:
         times.append((time.perf_counter() - t0) * 1000)
         assert response.status_code == 200, response.status_code
     notes = (
-        f"{size:,} actions, {DECIDED:,} decided escalations, admin view of 30 days; "
-        f"history built in {seeded_in:.0f} s; folding its {size:,} rollup deltas "
+        f"{size:,} actions, ~{size // 3:,} runs and model calls, {DECIDED:,} decided "
+        "escalations, admin view of 30 days; "
+        f"history built in {seeded_in:.0f} s; folding its rollup deltas "
         f"(beat's job) took {compacted_in:.1f} s"
     )
     return [

@@ -7,7 +7,7 @@ the viewer may see) so the dashboard, the alerts and the Prometheus endpoint agr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -47,6 +47,11 @@ class Scope:
     agent_id: int | None = None
     action_type: str = ""
     team_ids: tuple[int, ...] | None = None  # None: every team (admins)
+    # Rollup readings already made through this scope (one dashboard request reads the
+    # action counts for the figures, the trend and the breakdowns).
+    _read: dict[Any, Any] = field(
+        default_factory=dict, init=False, compare=False, hash=False, repr=False
+    )
 
     def run_q(self, prefix: str = "") -> Q:
         q = Q(**{f"{prefix}created_at__gte": self.since, f"{prefix}created_at__lt": self.until})
@@ -83,6 +88,12 @@ class Scope:
         or None when the period is not made of whole days (then the source is scanned)."""
         if not rollups.covers(self.since, self.until):
             return None
+        memo = (rollup.name, tuple(sorted(filters.items())))
+        if memo not in self._read:
+            self._read[memo] = self._rolled(rollup, **filters)
+        return dict(self._read[memo])
+
+    def _rolled(self, rollup: rollups.Rollup, **filters: str) -> dict[tuple[Any, ...], Any]:
         agent_ids: list[int] | None = None
         if self.agent_id:
             agent_ids = [self.agent_id]
@@ -454,8 +465,8 @@ def breakdowns(scope: Scope) -> dict[str, list[dict[str, Any]]]:
                 r["escalation__action__action_type"],
             )
             acc = judged.setdefault(name, {"n": 0, "approved": 0, "edited": 0, "rejected": 0})
-            for field in acc:
-                acc[field] += r[field]
+            for column in acc:
+                acc[column] += r[column]
         for name, acc in judged.items():
             row = rows.setdefault(name, {"actions": 0})
             n = acc["n"]
