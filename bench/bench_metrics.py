@@ -70,34 +70,6 @@ def _seed(data: dict[str, Any]) -> int:
             )
         )
     Action.objects.bulk_create(actions, batch_size=2000)
-    decided = [a for a in actions if a.outcome == PolicyOutcome.REVIEW][:DECIDED]
-    escalations = Escalation.objects.bulk_create(
-        [
-            Escalation(
-                action=a,
-                team=data["support"],
-                status=EscalationStatus.APPROVED,
-                reasons=["bench"],
-                created_at=a.created_at,
-            )
-            for a in decided
-        ],
-        batch_size=2000,
-    )
-    Decision.objects.bulk_create(
-        [
-            Decision(
-                escalation=e,
-                verdict=rng.choice([Verdict.APPROVE] * 4 + [Verdict.REJECT]),
-                decided_by=data["alice"],
-                via=Via.WEB,
-                reason="bench",
-                created_at=e.created_at + timedelta(seconds=rng.randint(5, 3600)),
-            )
-            for e in escalations
-        ],
-        batch_size=2000,
-    )
     ModelCall.objects.bulk_create(
         [
             ModelCall(
@@ -120,6 +92,44 @@ def _seed(data: dict[str, Any]) -> int:
     size = _double(Action, BASE_ACTIONS, TARGET_ACTIONS, unique="idempotency_key")
     _double(WorkflowRun, len(runs), TARGET_ACTIONS // 3)
     _double(ModelCall, len(runs), TARGET_ACTIONS // 3)
+    # 20,000 of the escalated actions (spread over the whole history) decided by a person.
+    decided = list(
+        Action.objects.filter(outcome=PolicyOutcome.REVIEW)
+        .only("pk", "created_at")
+        .order_by("idempotency_key")[:DECIDED]
+    )
+    verdicts = [rng.choice([Verdict.APPROVE] * 4 + [Verdict.REJECT]) for _ in decided]
+    escalations = Escalation.objects.bulk_create(
+        [
+            Escalation(
+                action=a,
+                team=data["support"],
+                status=EscalationStatus.APPROVED
+                if verdict == Verdict.APPROVE
+                else EscalationStatus.REJECTED,
+                reasons=["bench"],
+                created_at=a.created_at,
+            )
+            for a, verdict in zip(decided, verdicts, strict=True)
+        ],
+        batch_size=2000,
+    )
+    Decision.objects.bulk_create(
+        [
+            Decision(
+                escalation=e,
+                verdict=verdict,
+                decided_by=data["alice"],
+                via=Via.WEB,
+                reason=""
+                if verdict == Verdict.APPROVE
+                else rng.choice(["wrong customer", "tone", "missing order number"]),
+                created_at=e.created_at + timedelta(seconds=rng.randint(5, 3600)),
+            )
+            for e, verdict in zip(escalations, verdicts, strict=True)
+        ],
+        batch_size=2000,
+    )
     return size
 
 

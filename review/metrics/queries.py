@@ -557,7 +557,13 @@ def failure_cases(scope: Scope, limit: int = 30) -> dict[str, list[dict[str, Any
         if len(bucket) < limit:
             bucket.append(item)
 
-    for run in scope.runs().filter(status=RunStatus.FAILED).order_by("-created_at")[: limit * 4]:
+    failed = (
+        scope.runs()
+        .filter(status=RunStatus.FAILED)
+        .only("error", "finished_at", "created_at", "input", "workflow")
+        .order_by("-created_at")
+    )
+    for run in failed[: limit * 4]:
         add(
             failure_cause(run.error),
             {
