@@ -310,6 +310,8 @@ class Action(models.Model):
     class Meta:
         ordering = ["created_at"]
         indexes = [
+            # Rate caps: how many actions an agent ran alone since a moment, per evaluation.
+            models.Index(fields=["agent", "outcome", "created_at"], name="action_agent_rate"),
             # The recommender's population: the latest actions of one type.
             models.Index(fields=["action_type", "-created_at"], name="action_type_recent"),
             # The dashboard's "executed alone, judge them": newest first, never a full scan.
