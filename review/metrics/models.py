@@ -195,3 +195,38 @@ class ModelCallDelta(_DayRow):
 
     def __str__(self) -> str:
         return f"{self.day} {self.workflow}: {self.n:+d} calls"
+
+
+class DecisionDay(_DayRow):
+    """People's decisions per day, agent, workflow, action type, the escalation's team, what
+    they decided (approved unchanged, edited, rejected, responded) and the action's
+    confidence decile: the rates, breakdowns and calibration bins in one table."""
+
+    action_type = models.CharField(max_length=100)
+    team_id = models.BigIntegerField()
+    kind = models.CharField(max_length=16)
+    bin = models.SmallIntegerField()
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "agent_id", "workflow", "action_type", "team_id", "kind", "bin"],
+                name="decision_day_key",
+            )
+        ]
+        indexes = [models.Index(fields=["day"], name="decision_day_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.action_type} {self.kind}: {self.n}"
+
+
+class DecisionDelta(_DayRow):
+    action_type = models.CharField(max_length=100)
+    team_id = models.BigIntegerField()
+    kind = models.CharField(max_length=16)
+    bin = models.SmallIntegerField()
+    n = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.action_type} {self.kind}: {self.n:+d}"

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import (
+    Case,
     Count,
     DurationField,
     ExpressionWrapper,
@@ -21,6 +22,7 @@ from django.db.models import (
     QuerySet,
     Sum,
     Value,
+    When,
 )
 from django.db.models.functions import Floor, Greatest, Least, TruncDate
 
@@ -37,6 +39,19 @@ from workflows.models import (
 from workflows.prompts.models import ModelCall
 
 from . import rollups
+
+APPROVED, EDITED = "approved", "edited"  # approved unchanged; approved after an edit
+
+
+@dataclass(frozen=True)
+class DecisionCount:
+    day: date
+    agent_id: int
+    workflow: str
+    action_type: str
+    kind: str  # "approved" (unchanged), "edited", "reject", "respond"
+    bin: int  # confidence decile, 0-9
+    n: int
 
 
 @dataclass(frozen=True)
@@ -94,10 +109,12 @@ class Scope:
         return dict(self._read[memo])
 
     def _rolled(self, rollup: rollups.Rollup, **filters: str) -> dict[tuple[Any, ...], Any]:
-        agent_ids: list[int] | None = None
-        if self.agent_id:
-            agent_ids = [self.agent_id]
-        if self.team_ids is not None:
+        agent_ids: list[int] | None = [self.agent_id] if self.agent_id else None
+        team_ids = None
+        if rollup is rollups.DECISIONS:
+            # A decision belongs to the team its escalation went to, as in `decisions()`.
+            team_ids = self.team_ids
+        elif self.team_ids is not None:
             team_agents = AgentProfile.objects.filter(team_id__in=self.team_ids)
             if self.agent_id:
                 team_agents = team_agents.filter(pk=self.agent_id)
@@ -108,6 +125,7 @@ class Scope:
             until=self.until.astimezone(UTC).date(),
             workflow=self.workflow,
             agent_ids=agent_ids,
+            team_ids=team_ids,
             **filters,
         )
 
@@ -120,6 +138,59 @@ class Scope:
         """Run counts per (day, agent id, workflow, status)."""
         rows = self.rolled(rollups.RUNS)
         return None if rows is None else {k: int(v[0]) for k, v in rows.items()}
+
+    def decision_counts(self) -> list[DecisionCount]:
+        """People's decisions counted per (day, agent id, workflow, action type, kind —
+        approved unchanged / edited / reject / respond — and confidence decile): from the
+        daily rollup over whole days, else in one grouped query."""
+        if "decision_counts" not in self._read:
+            self._read["decision_counts"] = self._decision_counts()
+        return list(self._read["decision_counts"])
+
+    def _decision_counts(self) -> list[DecisionCount]:
+        rows = self.rolled(rollups.DECISIONS, action_type=self.action_type)
+        if rows is not None:
+            return [
+                DecisionCount(k[0], k[1], k[2], k[3], k[5], int(k[6]), int(v[0]))
+                for k, v in rows.items()
+            ]
+        confidence = F("escalation__action__confidence")
+        grouped = (
+            self.decisions()
+            .annotate(
+                day=TruncDate("created_at"),
+                kind=Case(
+                    When(
+                        verdict=Verdict.APPROVE, edited_payload__isnull=True, then=Value("approved")
+                    ),
+                    When(verdict=Verdict.APPROVE, then=Value(EDITED)),
+                    default=F("verdict"),
+                ),
+                bin=Least(Greatest(Floor(confidence * BINS), Value(0.0)), Value(float(BINS - 1))),
+            )
+            .values(
+                "day",
+                "escalation__action__agent_id",
+                "escalation__action__run__workflow",
+                "escalation__action__action_type",
+                "kind",
+                "bin",
+            )
+            .annotate(n=Count("pk"))
+            .order_by()
+        )
+        return [
+            DecisionCount(
+                r["day"],
+                r["escalation__action__agent_id"],
+                r["escalation__action__run__workflow"] or "",
+                r["escalation__action__action_type"],
+                r["kind"],
+                int(r["bin"]),
+                r["n"],
+            )
+            for r in grouped
+        ]
 
     def decisions(self) -> QuerySet[Decision]:
         qs = Decision.objects.filter(created_at__gte=self.since, created_at__lt=self.until)
@@ -224,13 +295,16 @@ def action_figures(scope: Scope) -> dict[str, Any]:
 
 
 def decision_figures(scope: Scope) -> dict[str, Any]:
-    agg = scope.decisions().aggregate(
-        total=Count("pk"),
-        approved=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=True)),
-        edited=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=False)),
-        rejected=Count("pk", filter=Q(verdict=Verdict.REJECT)),
-        responded=Count("pk", filter=Q(verdict=Verdict.RESPOND)),
-    )
+    kinds: dict[str, int] = {}
+    for c in scope.decision_counts():
+        kinds[c.kind] = kinds.get(c.kind, 0) + c.n
+    agg: dict[str, Any] = {
+        "total": sum(kinds.values()),
+        "approved": kinds.get(APPROVED, 0),
+        "edited": kinds.get(EDITED, 0),
+        "rejected": kinds.get(Verdict.REJECT, 0),
+        "responded": kinds.get(Verdict.RESPOND, 0),
+    }
     n = agg["total"]
     agg["approval_rate"] = rate(agg["approved"], n)
     agg["edit_rate"] = rate(agg["edited"], n)
@@ -382,17 +456,10 @@ def daily_trend(scope: Scope) -> list[dict[str, Any]]:
     for ra in per_day:
         if ra["day"] in days:
             days[ra["day"]].update(actions=ra["actions"], escalated=ra["escalated"])
-    for rd in (
-        scope.decisions()
-        .annotate(day=TruncDate("created_at"))
-        .values("day")
-        .annotate(
-            decisions=Count("pk"),
-            approved=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=True)),
-        )
-    ):
-        if rd["day"] in days:
-            days[rd["day"]].update(decisions=rd["decisions"], approved=rd["approved"])
+    for c in scope.decision_counts():
+        if c.day in days:
+            days[c.day]["decisions"] += c.n
+            days[c.day]["approved"] += c.n if c.kind == APPROVED else 0
     out = []
     for d in sorted(days):
         row: dict[str, Any] = days[d]
@@ -420,22 +487,7 @@ def breakdowns(scope: Scope) -> dict[str, list[dict[str, Any]]]:
             .order_by()
         }
     names = dict(AgentProfile.objects.values_list("pk", "name"))
-    decided: list[dict[str, Any]] = [
-        dict(r)
-        for r in scope.decisions()
-        .values(
-            "escalation__action__agent_id",
-            "escalation__action__run__workflow",
-            "escalation__action__action_type",
-        )
-        .annotate(
-            n=Count("pk"),
-            approved=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=True)),
-            edited=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=False)),
-            rejected=Count("pk", filter=~Q(verdict=Verdict.APPROVE)),
-        )
-        .order_by()
-    ]
+    decided = scope.decision_counts()
 
     def label(by: str, agent_id: int, workflow: str | None, action_type: str) -> str:
         value = {"action_type": action_type, "agent": names.get(agent_id), "workflow": workflow}
@@ -457,16 +509,14 @@ def breakdowns(scope: Scope) -> dict[str, list[dict[str, Any]]]:
             row["escalation_rate"] = rate(row["review"], row["actions"])
             row["blocked"] = row["block"]
         judged: dict[str, dict[str, int]] = {}
-        for r in decided:
-            name = label(
-                by,
-                r["escalation__action__agent_id"],
-                r["escalation__action__run__workflow"],
-                r["escalation__action__action_type"],
-            )
+        for c in decided:
+            name = label(by, c.agent_id, c.workflow, c.action_type)
             acc = judged.setdefault(name, {"n": 0, "approved": 0, "edited": 0, "rejected": 0})
-            for column in acc:
-                acc[column] += r[column]
+            acc["n"] += c.n
+            if c.kind in (APPROVED, EDITED):
+                acc[c.kind] += c.n
+            else:
+                acc["rejected"] += c.n
         for name, acc in judged.items():
             row = rows.setdefault(name, {"actions": 0})
             n = acc["n"]
@@ -497,26 +547,11 @@ BINS = 10
 def calibration(scope: Scope) -> dict[str, list[dict[str, Any]]]:
     """Per action type, confidence bins against how often people approved unchanged."""
     out: dict[str, list[dict[str, Any]]] = {}
-    confidence = F("escalation__action__confidence")
-    rows = (
-        scope.decisions()
-        .annotate(
-            kind=F("escalation__action__action_type"),
-            bin=Least(Greatest(Floor(confidence * BINS), Value(0.0)), Value(float(BINS - 1))),
-        )
-        .values("kind", "bin")
-        .annotate(
-            n=Count("pk"),
-            approved=Count("pk", filter=Q(verdict=Verdict.APPROVE, edited_payload__isnull=True)),
-        )
-        .order_by()
-    )
     counts: dict[str, list[list[int]]] = {}
-    for r in rows:
-        bins = counts.setdefault(r["kind"], [[0, 0] for _ in range(BINS)])
-        b = int(r["bin"])
-        bins[b][0] += r["approved"]
-        bins[b][1] += r["n"]
+    for c in scope.decision_counts():
+        bins = counts.setdefault(c.action_type, [[0, 0] for _ in range(BINS)])
+        bins[c.bin][0] += c.n if c.kind == APPROVED else 0
+        bins[c.bin][1] += c.n
     for kind, bins in sorted(counts.items()):
         out[kind] = [
             {

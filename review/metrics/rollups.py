@@ -29,6 +29,8 @@ from django.utils import timezone
 from .models import (
     ActionDay,
     ActionDelta,
+    DecisionDay,
+    DecisionDelta,
     ModelCallDay,
     ModelCallDelta,
     RunDay,
@@ -36,6 +38,17 @@ from .models import (
 )
 
 _RUN = "(SELECT {col} FROM workflows_workflowrun WHERE id = {{r}}.run_id)"
+# A decision's action (and its run), through its escalation.
+_ESCALATED = (
+    "(SELECT {col} FROM escalations_escalation e JOIN workflows_action a ON a.id = e.action_id "
+    "LEFT JOIN workflows_workflowrun w ON w.id = a.run_id WHERE e.id = {{r}}.escalation_id)"
+)
+# SQL, or SQL per database vendor where they differ.
+SQL = str | dict[str, str]
+
+
+def _vendor_sql(sql: SQL, vendor: str) -> str:
+    return sql if isinstance(sql, str) else sql[vendor]
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,7 @@ class Rollup:
     day_model: type[models.Model]
     delta_model: type[models.Model]
     timestamp: str  # SQL for the row's time, "{r}" standing for NEW or OLD
-    keys: tuple[tuple[str, str], ...]  # (rollup column, SQL), after day
+    keys: tuple[tuple[str, SQL], ...]  # (rollup column, SQL), after day
     values: tuple[tuple[str, str], ...]  # (rollup column, SQL), summed
     condition: str  # SQL: whether the row counts at all
     watched: tuple[str, ...]  # source columns whose change moves a row between keys
@@ -110,7 +123,38 @@ MODEL_CALLS = Rollup(
     condition="{r}.run_id IS NOT NULL",
     watched=("run_id", "cost_usd", "input_tokens", "output_tokens"),
 )
-ROLLUPS = (ACTIONS, RUNS, MODEL_CALLS)
+_BIN = "(SELECT a.confidence FROM escalations_escalation e JOIN workflows_action a "
+_BIN += "ON a.id = e.action_id WHERE e.id = {r}.escalation_id) * 10"
+DECISIONS = Rollup(
+    name="decision",
+    source="escalations_decision",
+    day_model=DecisionDay,
+    delta_model=DecisionDelta,
+    timestamp="{r}.created_at",
+    keys=(
+        ("agent_id", _ESCALATED.format(col="a.agent_id")),
+        ("workflow", f"COALESCE({_ESCALATED.format(col='w.workflow')}, '')"),
+        ("action_type", _ESCALATED.format(col="a.action_type")),
+        ("team_id", "(SELECT team_id FROM escalations_escalation WHERE id = {r}.escalation_id)"),
+        (
+            "kind",
+            "CASE WHEN {r}.verdict = 'approve' AND {r}.edited_payload IS NULL THEN 'approved' "
+            "WHEN {r}.verdict = 'approve' THEN 'edited' ELSE {r}.verdict END",
+        ),
+        (
+            "bin",
+            {
+                "postgresql": f"LEAST(GREATEST(FLOOR({_BIN}), 0), 9)",
+                # CAST truncates, which is FLOOR for a confidence >= 0.
+                "sqlite": f"min(max(CAST({_BIN} AS INTEGER), 0), 9)",
+            },
+        ),
+    ),
+    values=(("n", "1"),),
+    condition="{r}.id IS NOT NULL",
+    watched=("verdict", "edited_payload", "created_at", "escalation_id"),
+)
+ROLLUPS = (ACTIONS, RUNS, MODEL_CALLS, DECISIONS)
 
 # Everything below interpolates only the constant table and column names and SQL fragments
 # defined above (and NEW/OLD, +/-); no input reaches these statements.
@@ -123,8 +167,8 @@ def _day_sql(vendor: str, timestamp: str) -> str:
 
 
 def _delta_insert(rollup: Rollup, vendor: str, row: str, sign: str) -> str:
-    def fill(sql: str) -> str:
-        return sql.replace("{r}", row)
+    def fill(sql: SQL) -> str:
+        return _vendor_sql(sql, vendor).replace("{r}", row)
 
     columns = ", ".join((*rollup.key_columns, *rollup.value_columns))
     selected = ", ".join(
@@ -201,8 +245,8 @@ def drop_trigger_sql(vendor: str, rollups: Sequence[Rollup] = ROLLUPS) -> list[s
 def backfill(cursor: Any, vendor: str, rollup: Rollup) -> None:
     """Count every existing source row into the (empty) day table."""
 
-    def fill(sql: str) -> str:
-        return sql.replace("{r}", "s")
+    def fill(sql: SQL) -> str:
+        return _vendor_sql(sql, vendor).replace("{r}", "s")
 
     keys = [_day_sql(vendor, fill(rollup.timestamp)), *(fill(sql) for _, sql in rollup.keys)]
     values = ", ".join(f"SUM({fill(sql)})" for _, sql in rollup.values)
@@ -313,6 +357,7 @@ def read(
     until: date,
     workflow: str = "",
     agent_ids: Iterable[int] | None = None,
+    team_ids: Iterable[int] | None = None,
     **filters: str,
 ) -> dict[tuple[Any, ...], tuple[Any, ...]]:
     """Sums per key (day first, then the rollup's keys) for days since..until inclusive:
@@ -325,6 +370,8 @@ def read(
             qs = qs.filter(workflow=workflow)
         if agent_ids is not None:
             qs = qs.filter(agent_id__in=list(agent_ids))
+        if team_ids is not None:
+            qs = qs.filter(team_id__in=list(team_ids))
         for field, value in filters.items():
             if value:
                 qs = qs.filter(**{field: value})

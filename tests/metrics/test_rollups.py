@@ -103,6 +103,11 @@ def test_the_dashboard_figures_from_the_rollup_match_a_scan(propose, decide, pol
     for confidence in (0.9, 0.95, 0.1):
         propose("update_crm", confidence)
     decide(propose("send_reply", 0.99), "approve")
+    decide(propose("send_reply", 0.42), "reject", reason="wrong customer")
+    decide(propose("send_reply", 0.05), "respond", reason="ask for the order number")
+    edited = {"ticket_id": "T-1", "to": "a@example.com", "body": "better"}
+    decide(propose("send_reply", 0.71), "approve", edited=edited)
+    decide(propose("update_crm", 0.1), "approve")
     old = propose("update_crm", 0.9)
     Action.objects.filter(pk=old.pk).update(created_at=midnight(2) + timedelta(hours=5))
     rollups.compact()
@@ -114,8 +119,20 @@ def test_the_dashboard_figures_from_the_rollup_match_a_scan(propose, decide, pol
     assert scanned.action_counts() is None  # not whole days: the action table is scanned
 
     assert queries.action_figures(rolled) == queries.action_figures(scanned)
-    assert queries.action_figures(rolled)["total"] == 6
+    assert queries.action_figures(rolled)["total"] == 10
     assert queries.breakdowns(rolled) == queries.breakdowns(scanned)
+    decisions = queries.decision_figures(rolled)
+    assert decisions == queries.decision_figures(scanned)
+    assert (decisions["approved"], decisions["edited"], decisions["rejected"]) == (2, 1, 1)
+    assert decisions["responded"] == 1
+    calibration = queries.calibration(rolled)
+    assert calibration == queries.calibration(scanned)
+    assert [(b["approved"], b["n"]) for b in calibration["send_reply"] if b["n"]] == [
+        (0, 1),  # 0.05: responded
+        (0, 1),  # 0.42: rejected
+        (0, 1),  # 0.71: edited
+        (1, 1),  # 0.99: approved unchanged
+    ]
     trend = queries.daily_trend(rolled)
     assert trend == queries.daily_trend(scanned)
     by_day = {r["day"]: (r["actions"], r["escalated"]) for r in trend}
@@ -125,6 +142,11 @@ def test_the_dashboard_figures_from_the_rollup_match_a_scan(propose, decide, pol
         r = queries.Scope(since=rolled.since, until=rolled.until, **kw)
         s = queries.Scope(since=scanned.since, until=scanned.until, **kw)
         assert queries.action_figures(r) == queries.action_figures(s), kw
+        assert queries.decision_figures(r) == queries.decision_figures(s), kw
+    rollups.compact()
+    assert rollups.rebuild() > 0
+    assert queries.calibration(whole_days()) == calibration
+    assert queries.decision_figures(whole_days()) == decisions
 
 
 def test_compaction_folds_exactly_what_it_deleted(propose, policies):

@@ -35,8 +35,9 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('metrics', '0001_initial'),
-        ('workflows', '0004_action_dashboard_indexes'),
+        ('workflows', '0005_action_rate_cap_index'),
         ('prompts', '0001_initial'),
+        ('escalations', '0006_policy_cache_stamp_triggers'),
     ]
 
     operations = [
@@ -49,6 +50,23 @@ class Migration(migrations.Migration):
                 ('workflow', models.CharField(blank=True, max_length=100)),
                 ('action_type', models.CharField(max_length=100)),
                 ('outcome', models.CharField(max_length=8)),
+                ('n', models.BigIntegerField()),
+            ],
+            options={
+                'abstract': False,
+            },
+        ),
+        migrations.CreateModel(
+            name='DecisionDelta',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('day', models.DateField()),
+                ('agent_id', models.BigIntegerField()),
+                ('workflow', models.CharField(blank=True, max_length=100)),
+                ('action_type', models.CharField(max_length=100)),
+                ('team_id', models.BigIntegerField()),
+                ('kind', models.CharField(max_length=16)),
+                ('bin', models.SmallIntegerField()),
                 ('n', models.BigIntegerField()),
             ],
             options={
@@ -99,6 +117,24 @@ class Migration(migrations.Migration):
             options={
                 'indexes': [models.Index(fields=['day'], name='action_day_day')],
                 'constraints': [models.UniqueConstraint(fields=('day', 'agent_id', 'workflow', 'action_type', 'outcome'), name='action_day_key')],
+            },
+        ),
+        migrations.CreateModel(
+            name='DecisionDay',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('day', models.DateField()),
+                ('agent_id', models.BigIntegerField()),
+                ('workflow', models.CharField(blank=True, max_length=100)),
+                ('action_type', models.CharField(max_length=100)),
+                ('team_id', models.BigIntegerField()),
+                ('kind', models.CharField(max_length=16)),
+                ('bin', models.SmallIntegerField()),
+                ('n', models.BigIntegerField(default=0)),
+            ],
+            options={
+                'indexes': [models.Index(fields=['day'], name='decision_day_day')],
+                'constraints': [models.UniqueConstraint(fields=('day', 'agent_id', 'workflow', 'action_type', 'team_id', 'kind', 'bin'), name='decision_day_key')],
             },
         ),
         migrations.CreateModel(
