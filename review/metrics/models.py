@@ -112,12 +112,20 @@ class _DayRow(models.Model):
         abstract = True
 
 
-class ActionDay(_DayRow):
-    """Actions per day, agent, workflow, action type and policy outcome."""
-
+class _ActionKey(_DayRow):
     action_type = models.CharField(max_length=100)
     outcome = models.CharField(max_length=8)
     n = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.action_type} {self.outcome}: {self.n}"
+
+
+class ActionDay(_ActionKey):
+    """Actions per day, agent, workflow, action type and policy outcome."""
 
     class Meta:
         constraints = [
@@ -128,24 +136,24 @@ class ActionDay(_DayRow):
         ]
         indexes = [models.Index(fields=["day"], name="action_day_day")]
 
-    def __str__(self) -> str:
-        return f"{self.day} {self.action_type} {self.outcome}: {self.n}"
+
+class ActionDelta(_ActionKey):
+    pass
 
 
-class ActionDelta(_DayRow):
-    action_type = models.CharField(max_length=100)
-    outcome = models.CharField(max_length=8)
-    n = models.BigIntegerField()
-
-    def __str__(self) -> str:
-        return f"{self.day} {self.action_type} {self.outcome}: {self.n:+d}"
-
-
-class RunDay(_DayRow):
-    """Runs per day (of their creation), agent, workflow and current status."""
-
+class _RunKey(_DayRow):
     status = models.CharField(max_length=16)
     n = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.workflow} {self.status}: {self.n}"
+
+
+class RunDay(_RunKey):
+    """Runs per day (of their creation), agent, workflow and current status."""
 
     class Meta:
         constraints = [
@@ -155,25 +163,26 @@ class RunDay(_DayRow):
         ]
         indexes = [models.Index(fields=["day"], name="run_day_day")]
 
-    def __str__(self) -> str:
-        return f"{self.day} {self.workflow} {self.status}: {self.n}"
+
+class RunDelta(_RunKey):
+    pass
 
 
-class RunDelta(_DayRow):
-    status = models.CharField(max_length=16)
-    n = models.BigIntegerField()
-
-    def __str__(self) -> str:
-        return f"{self.day} {self.workflow} {self.status}: {self.n:+d}"
-
-
-class ModelCallDay(_DayRow):
-    """Model calls, tokens and cost per day of their run's creation, agent and workflow."""
-
+class _ModelCallKey(_DayRow):
     n = models.BigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=18, decimal_places=6, default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.workflow}: {self.n} calls"
+
+
+class ModelCallDay(_ModelCallKey):
+    """Model calls, tokens and cost per day of their run's creation, agent and workflow."""
 
     class Meta:
         constraints = [
@@ -183,30 +192,29 @@ class ModelCallDay(_DayRow):
         ]
         indexes = [models.Index(fields=["day"], name="model_call_day_day")]
 
-    def __str__(self) -> str:
-        return f"{self.day} {self.workflow}: {self.n} calls"
+
+class ModelCallDelta(_ModelCallKey):
+    pass
 
 
-class ModelCallDelta(_DayRow):
-    n = models.BigIntegerField()
-    cost_usd = models.DecimalField(max_digits=18, decimal_places=6)
-    input_tokens = models.BigIntegerField()
-    output_tokens = models.BigIntegerField()
-
-    def __str__(self) -> str:
-        return f"{self.day} {self.workflow}: {self.n:+d} calls"
-
-
-class DecisionDay(_DayRow):
-    """People's decisions per day, agent, workflow, action type, the escalation's team, what
-    they decided (approved unchanged, edited, rejected, responded) and the action's
-    confidence decile: the rates, breakdowns and calibration bins in one table."""
-
+class _DecisionKey(_DayRow):
     action_type = models.CharField(max_length=100)
     team_id = models.BigIntegerField()
     kind = models.CharField(max_length=16)
     bin = models.SmallIntegerField()
     n = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.action_type} {self.kind}: {self.n}"
+
+
+class DecisionDay(_DecisionKey):
+    """People's decisions per day, agent, workflow, action type, the escalation's team, what
+    they decided (approved unchanged, edited, rejected, responded) and the action's
+    confidence decile: the rates, breakdowns and calibration bins in one table."""
 
     class Meta:
         constraints = [
@@ -217,16 +225,6 @@ class DecisionDay(_DayRow):
         ]
         indexes = [models.Index(fields=["day"], name="decision_day_day")]
 
-    def __str__(self) -> str:
-        return f"{self.day} {self.action_type} {self.kind}: {self.n}"
 
-
-class DecisionDelta(_DayRow):
-    action_type = models.CharField(max_length=100)
-    team_id = models.BigIntegerField()
-    kind = models.CharField(max_length=16)
-    bin = models.SmallIntegerField()
-    n = models.BigIntegerField()
-
-    def __str__(self) -> str:
-        return f"{self.day} {self.action_type} {self.kind}: {self.n:+d}"
+class DecisionDelta(_DecisionKey):
+    pass

@@ -50,7 +50,7 @@ class Migration(migrations.Migration):
                 ('workflow', models.CharField(blank=True, max_length=100)),
                 ('action_type', models.CharField(max_length=100)),
                 ('outcome', models.CharField(max_length=8)),
-                ('n', models.BigIntegerField()),
+                ('n', models.BigIntegerField(default=0)),
             ],
             options={
                 'abstract': False,
@@ -67,7 +67,7 @@ class Migration(migrations.Migration):
                 ('team_id', models.BigIntegerField()),
                 ('kind', models.CharField(max_length=16)),
                 ('bin', models.SmallIntegerField()),
-                ('n', models.BigIntegerField()),
+                ('n', models.BigIntegerField(default=0)),
             ],
             options={
                 'abstract': False,
@@ -80,10 +80,10 @@ class Migration(migrations.Migration):
                 ('day', models.DateField()),
                 ('agent_id', models.BigIntegerField()),
                 ('workflow', models.CharField(blank=True, max_length=100)),
-                ('n', models.BigIntegerField()),
-                ('cost_usd', models.DecimalField(decimal_places=6, max_digits=18)),
-                ('input_tokens', models.BigIntegerField()),
-                ('output_tokens', models.BigIntegerField()),
+                ('n', models.BigIntegerField(default=0)),
+                ('cost_usd', models.DecimalField(decimal_places=6, default=0, max_digits=18)),
+                ('input_tokens', models.BigIntegerField(default=0)),
+                ('output_tokens', models.BigIntegerField(default=0)),
             ],
             options={
                 'abstract': False,
@@ -97,7 +97,7 @@ class Migration(migrations.Migration):
                 ('agent_id', models.BigIntegerField()),
                 ('workflow', models.CharField(blank=True, max_length=100)),
                 ('status', models.CharField(max_length=16)),
-                ('n', models.BigIntegerField()),
+                ('n', models.BigIntegerField(default=0)),
             ],
             options={
                 'abstract': False,
