@@ -609,9 +609,16 @@ def failure_cases(scope: Scope, limit: int = 30) -> dict[str, list[dict[str, Any
                 "title": run.title,
             },
         )
-    for d in (
+    # The newest cases first, by themselves; only then their actions and runs (joining first
+    # made PostgreSQL fetch every overridden decision's action before sorting).
+    newest = list(
         scope.decisions()
         .exclude(verdict=Verdict.APPROVE, edited_payload__isnull=True)
+        .order_by("-created_at")
+        .values_list("pk", flat=True)[: limit * 4]
+    )
+    for d in (
+        Decision.objects.filter(pk__in=newest)
         .select_related("escalation__action__run", "decided_by")
         # What a case shows, not every payload and state snapshot on the way.
         .only(
