@@ -34,12 +34,14 @@ from .models import AlertIncident
 from .prometheus import exposition
 
 PERIODS = {"1": 1, "7": 7, "30": 30, "90": 90}
+DEFAULT_PERIOD = "7"
 
 
 class FilterForm(forms.Form):
     period = forms.ChoiceField(
         choices=[(k, f"last {v} day{'s' if v > 1 else ''}") for k, v in PERIODS.items()],
         required=False,
+        initial=DEFAULT_PERIOD,  # what an unfiltered page shows, so the select says so
     )
     workflow = forms.CharField(required=False, max_length=100)
     agent = forms.ModelChoiceField(
@@ -58,7 +60,7 @@ class FilterForm(forms.Form):
 
 def _scope(request: HttpRequest, form: FilterForm) -> queries.Scope:
     data = form.cleaned_data if form.is_valid() else {}
-    days = PERIODS.get(data.get("period") or "7", 7)
+    days = PERIODS[data.get("period") or DEFAULT_PERIOD]
     now = timezone.now()
     since = timezone.make_aware(datetime.combine((now - timedelta(days=days - 1)).date(), time()))
     teams = team_ids_for(request.user)
@@ -101,7 +103,10 @@ def _recommendation(action_type: str, stamp: int | None) -> Recommendation:
 @login_required
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
-    form = FilterForm(request.GET or None)
+    params = request.GET.copy()
+    if params and not params.get("period"):
+        params["period"] = DEFAULT_PERIOD  # filtering by agent alone keeps the default period
+    form = FilterForm(params or None)
     if request.GET and not form.is_valid():
         return render(request, "metrics/dashboard.html", {"form": form}, status=400)
     scope = _scope(request, form)

@@ -26,6 +26,13 @@ def test_the_dashboard_renders_figures_and_charts(admin_user, propose, decide, p
     assert "Recommender" in body
 
 
+@pytest.mark.parametrize("query", ["", "?action_type=send_reply"])
+def test_the_period_select_shows_the_period_the_figures_cover(admin_user, query):
+    body = _client(admin_user).get(reverse("metrics:dashboard") + query).text
+    assert '<option value="7" selected>last 7 days</option>' in body
+    assert '<option value="1" selected>' not in body
+
+
 def test_a_bad_filter_is_a_clear_400(admin_user):
     response = _client(admin_user).get(reverse("metrics:dashboard") + "?workflow=nope")
     assert response.status_code == 400
