@@ -53,6 +53,8 @@ DEFAULT_LIMITS = {
     # an API submission is a policy evaluation and a commit
     "api.submit_*_per_s": PG_COMMITS,
     "api.*_p[0-9][0-9]": PG_QUERIES,
+    # a dashboard is a few dozen small queries over the rollups
+    "metrics.dashboard_*": PG_QUERIES,
 }
 
 
