@@ -54,7 +54,7 @@ DEFAULT_LIMITS = {
     "api.submit_*_per_s": PG_COMMITS,
     "api.*_p[0-9][0-9]": PG_QUERIES,
     # a dashboard is a few dozen small queries over the rollups
-    "metrics.dashboard_*": PG_QUERIES,
+    "metrics.dashboard_1m_p[0-9][0-9]": PG_QUERIES,
 }
 
 

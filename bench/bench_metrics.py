@@ -165,7 +165,9 @@ def _double(model: Any, count: int, target: int, unique: str = "") -> int:
 
 
 def run(env: BenchEnv) -> list[Result]:
+    from django.db import connection
     from django.test import Client
+    from django.test.utils import CaptureQueriesContext
 
     data = env.seed()
     from review.metrics.rollups import compact
@@ -180,6 +182,8 @@ def run(env: BenchEnv) -> list[Result]:
     client = Client(HTTP_HOST="127.0.0.1")  # production settings: no testserver host
     client.force_login(data["admin"])
     client.get("/metrics/?period=30")  # warm: templates, the policy cache, the connection
+    with CaptureQueriesContext(connection) as queries:
+        client.get("/metrics/?period=30")
     times = []
     for _ in range(REQUESTS):
         t0 = time.perf_counter()
@@ -193,6 +197,13 @@ def run(env: BenchEnv) -> list[Result]:
         f"(beat's job) took {compacted_in:.1f} s"
     )
     return [
+        Result(
+            "dashboard_queries",
+            len(queries.captured_queries),
+            "queries",
+            better="lower",
+            notes="per dashboard request, the session's included",
+        ),
         Result("dashboard_1m_p50", percentile(times, 50), "ms", better="lower", notes=notes),
         Result(
             "dashboard_1m_p95",
