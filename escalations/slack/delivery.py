@@ -277,6 +277,19 @@ def post_ephemeral(*, escalation_id: str | None, channel: str, user: str, text: 
         )
 
 
+def stale_message_ids(*, escalation_id: str) -> list[int]:
+    """The escalation's live messages that do not show its latest change yet."""
+    return list(
+        SlackMessage.objects.filter(
+            escalation_id=escalation_id,
+            status__in=[MessageStatus.PENDING, MessageStatus.POSTED],
+            synced__lt=F("sync_requested"),
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
 def due_message_ids(*, now: Any = None) -> list[int]:
     """Messages whose task was lost or whose retry is due: the sweeper's work list."""
     now = now or timezone.now()
