@@ -364,3 +364,41 @@ def test_the_ack_comes_well_inside_slacks_three_seconds_even_when_slack_is_slow(
     post_signed(client, click(esc, blocks.APPROVE))
     assert time.monotonic() - started < 2.5
     assert Decision.objects.filter(escalation=esc).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_click_whose_resume_cannot_be_sent_is_still_acked_and_decided(esc, client, monkeypatch):
+    from kombu.exceptions import OperationalError
+
+    from workflows import tasks
+
+    def broker_down(run_id, countdown=0):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks, "enqueue_advance", broker_down)
+    # The decision is committed before the send is tried: an error page would tell the
+    # clicker it failed when it did not (the reconciler resumes the run later).
+    assert post_signed(client, click(esc, blocks.APPROVE)).status_code == 200
+    assert Decision.objects.get(escalation=esc).via == "slack"
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_the_same_click_delivered_twice_decides_once_and_the_second_is_told_who_won(
+    slack, agent, policies, client, alice, slack_worker
+):
+    from tests.conftest import wait_for
+
+    esc = make_escalation(agent)
+    link("U_ALICE", alice)
+    wait_for(lambda: slack.calls_to("chat.postMessage"))
+    payload = click(esc, blocks.APPROVE)
+    # Slack re-sends a click it got no timely ack for, signed anew: not a replay, a duplicate.
+    assert post_signed(client, payload).status_code == 200
+    assert post_signed(client, payload, ts=int(time.time()) - 1).status_code == 200
+    [decision] = Decision.objects.filter(escalation=esc)
+    assert (decision.decided_by, decision.via) == (alice, "slack")
+    [notice] = wait_for(lambda: slack.calls_to("chat.postEphemeral"))
+    assert notice.params["user"] == "U_ALICE"
+    told = notice.params["text"]
+    assert "Too late: this escalation was already approved by alice via slack" in told
