@@ -125,6 +125,7 @@ def _costs_per_click(agent: Any, n: int) -> list[Result]:
     """What one signed Approve costs the database, the broker and the channel layer: the same
     view through Django's test client in this process, every query counted (no timing)."""
     from celery.signals import before_task_publish
+    from django.db import connections
     from django.test import Client
 
     from bench.harness import count_costs
@@ -147,8 +148,22 @@ def _costs_per_click(agent: Any, n: int) -> list[Result]:
 
     before_task_publish.connect(on_publish, weak=False)
     live.send_to_groups = send_to_groups
+    conn = connections["default"]
+    transactions = [0]
     try:
         with count_costs() as costs:
+            # Each transaction ended is a BEGIN and a COMMIT (or ROLLBACK) round trip too.
+            counted_commit, counted_rollback = conn.commit, conn.rollback
+
+            def commit() -> None:
+                transactions[0] += 1
+                counted_commit()
+
+            def rollback() -> None:
+                transactions[0] += 1
+                counted_rollback()
+
+            conn.commit, conn.rollback = commit, rollback  # type: ignore[method-assign]
             for esc_id in ids:
                 body, headers = _signed_click(esc_id)
                 response = client.post(
@@ -159,6 +174,8 @@ def _costs_per_click(agent: Any, n: int) -> list[Result]:
                 )
                 assert response.status_code == 200, response.content
     finally:
+        for name in ("commit", "rollback"):
+            conn.__dict__.pop(name, None)
         before_task_publish.disconnect(on_publish)
         live.send_to_groups = real_send_to_groups
     assert Decision.objects.filter(escalation_id__in=ids, via="slack").count() == n
@@ -168,6 +185,14 @@ def _costs_per_click(agent: Any, n: int) -> list[Result]:
     note = f"{n} signed Approve clicks through the same view in-process, counted exactly"
     return [
         Result("slack_queries_per_click", statements / n, "queries", better="lower", notes=note),
+        Result(
+            "slack_db_round_trips_per_click",
+            (costs.queries + 2 * transactions[0]) / n,
+            "round trips",
+            better="lower",
+            notes="statements + savepoints + BEGIN/COMMIT of each transaction; daphne also "
+            "opens a new PostgreSQL connection per request (CONN_MAX_AGE=0 under ASGI)",
+        ),
         Result(
             "slack_savepoints_per_click",
             (costs.queries - statements) / n,

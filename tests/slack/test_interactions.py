@@ -227,6 +227,18 @@ def test_a_replayed_request_is_refused_and_decides_nothing_twice(esc, client):
     assert Decision.objects.filter(escalation=esc).count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_is_refused_as_the_server_runs_it_outside_any_transaction(esc, client):
+    # As daphne runs the view: the nonce INSERT in autocommit, no savepoint around it.
+    body = form_body(click(esc, blocks.APPROVE))
+    headers = signature_headers(body)
+    assert _post(client, body, headers).status_code == 200
+    before = snapshot(esc)
+    assert _post(client, body, headers).status_code == 401
+    assert snapshot(esc) == before
+    assert Decision.objects.filter(escalation=esc).count() == 1
+
+
 @pytest.mark.django_db
 def test_a_replayed_modal_submission_is_refused(esc, client):
     body = form_body(submission(esc, "No."))
