@@ -414,3 +414,20 @@ def test_the_same_click_delivered_twice_decides_once_and_the_second_is_told_who_
     assert notice.params["user"] == "U_ALICE"
     told = notice.params["text"]
     assert "Too late: this escalation was already approved by alice via slack" in told
+
+
+@pytest.mark.django_db
+def test_a_slow_slack_cannot_hold_the_reject_click_past_slacks_three_seconds(esc, slack, client):
+    # views.open has to happen inside the click's request (its trigger_id expires), so it
+    # is the one Slack call there: it is given up on in time to still ack.
+    from tests.conftest import wait_for
+
+    slack.delay = 3.5
+    started = time.monotonic()
+    assert post_signed(client, click(esc, blocks.REJECT)).status_code == 200
+    assert time.monotonic() - started < 2.9
+    [attempt] = Notification.objects.filter(method="views.open")
+    assert not attempt.ok and attempt.error.startswith("network:")
+    assert not Decision.objects.exists()
+    # Let the fake finish the call we gave up on, so it lands in this test's record.
+    wait_for(lambda: slack.calls_to("views.open"), timeout=5)
