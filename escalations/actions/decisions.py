@@ -244,7 +244,10 @@ def finalise_decision(
             },
         )
         run_id = action.run.pk
-        transaction.on_commit(lambda: enqueue_advance(run_id))
+        # robust: the decision is committed by then; a broker hiccup must not turn it into an
+        # error page (Slack would tell the clicker it failed). engine.reconcile_runs resumes a
+        # waiting run whose escalations are all decided, so a lost send is only late.
+        transaction.on_commit(lambda: enqueue_advance(run_id), robust=True)
     notify.escalation_changed(escalation)
     return decision
 

@@ -67,12 +67,12 @@ class Attempt:
         return self.http_status == 429 or self.error == "ratelimited"
 
 
-def call(method: str, **kwargs: Any) -> tuple[Attempt, int]:
+def call(method: str, *, timeout: int = 10, **kwargs: Any) -> tuple[Attempt, int]:
     """Call Slack once; classify what came back. Never raises for Slack's or the network's
-    sake: the caller records the attempt either way."""
+    sake: the caller records the attempt either way. `timeout` in seconds."""
     started = time.monotonic()
     try:
-        response = conf.client().api_call(method, json=kwargs)
+        response = conf.client(timeout=timeout).api_call(method, json=kwargs)
         attempt = Attempt(ok=True, data=dict(response.data), http_status=response.status_code)  # type: ignore[arg-type]
     except SlackApiError as exc:
         attempt = _failed(exc)
@@ -275,6 +275,19 @@ def post_ephemeral(*, escalation_id: str | None, channel: str, user: str, text: 
             http_status=attempt.http_status,
             duration_ms=ms,
         )
+
+
+def stale_message_ids(*, escalation_id: str) -> list[int]:
+    """The escalation's live messages that do not show its latest change yet."""
+    return list(
+        SlackMessage.objects.filter(
+            escalation_id=escalation_id,
+            status__in=[MessageStatus.PENDING, MessageStatus.POSTED],
+            synced__lt=F("sync_requested"),
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
 
 
 def due_message_ids(*, now: Any = None) -> list[int]:

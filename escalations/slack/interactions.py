@@ -31,6 +31,8 @@ NOT_LINKED = (
     "Your Slack account is not linked to a Caliber reviewer, so nothing was decided. "
     "Ask an admin to link it, or decide in the browser: {url}"
 )
+# Seconds. Slack waits 3 s for the ack of the click that opens the form, this call included.
+VIEWS_OPEN_TIMEOUT = 2
 NOT_YOURS = "You are not a reviewer of the team this escalation belongs to; nothing was decided."
 
 
@@ -108,9 +110,13 @@ def _open_reject_modal(payload: dict[str, Any], esc_id: str, user: Any) -> HttpR
     trigger_id = str(payload.get("trigger_id") or "")
     channel_id = str((payload.get("channel") or {}).get("id") or "")
     # views.open must happen within 3 s of the click (the trigger_id expires), so it is done
-    # here rather than behind a queue that may be busy with agent steps.
+    # here rather than behind a queue that may be busy with agent steps. The same 3 s bound
+    # the ack: a slow Slack is given up on in time to still answer (and say so).
     attempt, ms = delivery.call(
-        "views.open", trigger_id=trigger_id, view=blocks.reject_modal(esc, channel_id=channel_id)
+        "views.open",
+        timeout=VIEWS_OPEN_TIMEOUT,
+        trigger_id=trigger_id,
+        view=blocks.reject_modal(esc, channel_id=channel_id),
     )
     Notification.objects.create(
         escalation=esc,

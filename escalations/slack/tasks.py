@@ -15,6 +15,14 @@ def sync_message(message_id: int) -> None:
         enqueue_sync(message_id, countdown=retry_in)
 
 
+@shared_task(name="slack.sync_escalation")
+def sync_escalation(escalation_id: str) -> None:
+    """Every message of one escalation that is behind what was asked of it (the outbox
+    counters), each with its own lease and its own retries."""
+    for pk in delivery.stale_message_ids(escalation_id=escalation_id):
+        sync_message(pk)
+
+
 @shared_task(name="slack.post_ephemeral")
 def post_ephemeral(escalation_id: str | None, channel: str, user: str, text: str) -> None:
     delivery.post_ephemeral(escalation_id=escalation_id, channel=channel, user=user, text=text)
@@ -38,6 +46,10 @@ def _queue() -> str:
 
 def enqueue_sync(message_id: int, *, countdown: float = 0) -> None:
     sync_message.apply_async(args=(message_id,), countdown=countdown, queue=_queue())
+
+
+def enqueue_sync_escalation(escalation_id: str) -> None:
+    sync_escalation.apply_async(args=(escalation_id,), queue=_queue())
 
 
 def enqueue_ephemeral(*, escalation_id: str | None, channel: str, user: str, text: str) -> None:

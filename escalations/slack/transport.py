@@ -8,7 +8,6 @@ after commit. Nothing here talks to Slack.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 from django.db import transaction
 from django.db.models import F
@@ -39,8 +38,9 @@ def escalation_opened(escalation: Escalation) -> None:
         )
         if created:
             created_id = msg.pk
-    others = _bump(escalation, exclude=created_id)
-    _enqueue_after_commit([created_id, *others] if created_id else others)
+    bumped = _bump(escalation, exclude=created_id)
+    if created_id is not None or bumped:
+        _enqueue_after_commit(escalation)
 
 
 def escalation_changed(escalation: Escalation, *, previous_team_id: int | None = None) -> None:
@@ -52,32 +52,28 @@ def escalation_changed(escalation: Escalation, *, previous_team_id: int | None =
         # whether or not the caller also announces it as opened (that second call is a no-op).
         escalation_opened(escalation)
         return
-    _enqueue_after_commit(_bump(escalation))
+    if _bump(escalation):
+        _enqueue_after_commit(escalation)
 
 
-def _bump(escalation: Escalation, *, exclude: int | None = None) -> list[int]:
+def _bump(escalation: Escalation, *, exclude: int | None = None) -> int:
+    """Ask for one more sync of each live message. One UPDATE, whose row count says whether
+    there is anything to deliver: it runs inside every deciding transaction, Slack's ack
+    waiting on some of them."""
     qs = SlackMessage.objects.filter(escalation=escalation, status__in=LIVE)
     if exclude is not None:
         qs = qs.exclude(pk=exclude)
-    ids = list(qs.values_list("pk", flat=True))
-    if ids:
-        SlackMessage.objects.filter(pk__in=ids).update(
-            sync_requested=F("sync_requested") + 1, requested_at=timezone.now()
-        )
-    return ids
+    return qs.update(sync_requested=F("sync_requested") + 1, requested_at=timezone.now())
 
 
-def _enqueue_after_commit(ids: Iterable[int]) -> None:
-    ids = list(ids)
-    if not ids:
-        return
+def _enqueue_after_commit(escalation: Escalation) -> None:
+    escalation_id = str(escalation.pk)
 
     def send() -> None:
-        from .tasks import enqueue_sync
+        from .tasks import enqueue_sync_escalation
 
-        for pk in ids:
-            enqueue_sync(pk)
+        enqueue_sync_escalation(escalation_id)
 
     # robust: a broker hiccup must not turn a recorded decision into an error page; the
-    # outbox rows stay behind for the sweeper.
+    # outbox rows stay behind for the sweeper. One send per escalation, not per channel.
     transaction.on_commit(send, robust=True)

@@ -351,3 +351,29 @@ def test_the_sla_chain_posts_to_the_next_team_and_the_expiry_shows_everywhere(
         assert not has_buttons(message)
         assert ":hourglass: *Expired*: nobody decided in time" in outcome_of(message)
         assert "reject on expiry" in outcome_of(message)
+
+
+@pytest.mark.django_db
+def test_one_task_brings_every_channel_of_an_escalation_up_to_date(
+    slack, agent, policies, billing, bob, django_capture_on_commit_callbacks
+):
+    from escalations.slack.tasks import sync_escalation
+
+    esc = make_escalation(agent)
+    deliver_all()
+    esc = move(esc, billing)  # now shown in the support and the billing channel
+    deliver_all()
+    assert SlackMessage.objects.filter(escalation=esc, status=MessageStatus.POSTED).count() == 2
+    slack.calls.clear()
+    with django_capture_on_commit_callbacks() as callbacks:
+        decide_escalation(escalation_id=esc.pk, user=bob, verdict=Verdict.APPROVE, via=Via.WEB)
+    slack_sends = [c for c in callbacks if "slack" in c.__module__]
+    assert len(slack_sends) == 1  # one Celery send per change, however many channels
+
+    sync_escalation(str(esc.pk))  # what the worker runs for it
+    assert len(slack.calls_to("chat.update")) == 2
+    for shown in slack.all_messages():
+        assert ":white_check_mark: *Approved* by *bob*" in outcome_of(shown)
+    assert not any(m.needs_sync for m in SlackMessage.objects.filter(escalation=esc))
+    sync_escalation(str(esc.pk))  # a duplicate task finds nothing to do
+    assert len(slack.calls_to("chat.update")) == 2

@@ -227,6 +227,18 @@ def test_a_replayed_request_is_refused_and_decides_nothing_twice(esc, client):
     assert Decision.objects.filter(escalation=esc).count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_is_refused_as_the_server_runs_it_outside_any_transaction(esc, client):
+    # As daphne runs the view: the nonce INSERT in autocommit, no savepoint around it.
+    body = form_body(click(esc, blocks.APPROVE))
+    headers = signature_headers(body)
+    assert _post(client, body, headers).status_code == 200
+    before = snapshot(esc)
+    assert _post(client, body, headers).status_code == 401
+    assert snapshot(esc) == before
+    assert Decision.objects.filter(escalation=esc).count() == 1
+
+
 @pytest.mark.django_db
 def test_a_replayed_modal_submission_is_refused(esc, client):
     body = form_body(submission(esc, "No."))
@@ -364,3 +376,58 @@ def test_the_ack_comes_well_inside_slacks_three_seconds_even_when_slack_is_slow(
     post_signed(client, click(esc, blocks.APPROVE))
     assert time.monotonic() - started < 2.5
     assert Decision.objects.filter(escalation=esc).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_click_whose_resume_cannot_be_sent_is_still_acked_and_decided(esc, client, monkeypatch):
+    from kombu.exceptions import OperationalError
+
+    from workflows import tasks
+
+    def broker_down(run_id, countdown=0):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks, "enqueue_advance", broker_down)
+    # The decision is committed before the send is tried: an error page would tell the
+    # clicker it failed when it did not (the reconciler resumes the run later).
+    assert post_signed(client, click(esc, blocks.APPROVE)).status_code == 200
+    assert Decision.objects.get(escalation=esc).via == "slack"
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_the_same_click_delivered_twice_decides_once_and_the_second_is_told_who_won(
+    slack, agent, policies, client, alice, slack_worker
+):
+    from tests.conftest import wait_for
+
+    esc = make_escalation(agent)
+    link("U_ALICE", alice)
+    wait_for(lambda: slack.calls_to("chat.postMessage"))
+    payload = click(esc, blocks.APPROVE)
+    # Slack re-sends a click it got no timely ack for, signed anew: not a replay, a duplicate.
+    assert post_signed(client, payload).status_code == 200
+    assert post_signed(client, payload, ts=int(time.time()) - 1).status_code == 200
+    [decision] = Decision.objects.filter(escalation=esc)
+    assert (decision.decided_by, decision.via) == (alice, "slack")
+    [notice] = wait_for(lambda: slack.calls_to("chat.postEphemeral"))
+    assert notice.params["user"] == "U_ALICE"
+    told = notice.params["text"]
+    assert "Too late: this escalation was already approved by alice via slack" in told
+
+
+@pytest.mark.django_db
+def test_a_slow_slack_cannot_hold_the_reject_click_past_slacks_three_seconds(esc, slack, client):
+    # views.open has to happen inside the click's request (its trigger_id expires), so it
+    # is the one Slack call there: it is given up on in time to still ack.
+    from tests.conftest import wait_for
+
+    slack.delay = 3.5
+    started = time.monotonic()
+    assert post_signed(client, click(esc, blocks.REJECT)).status_code == 200
+    assert time.monotonic() - started < 2.9
+    [attempt] = Notification.objects.filter(method="views.open")
+    assert not attempt.ok and attempt.error.startswith("network:")
+    assert not Decision.objects.exists()
+    # Let the fake finish the call we gave up on, so it lands in this test's record.
+    wait_for(lambda: slack.calls_to("views.open"), timeout=5)

@@ -21,8 +21,13 @@ def test_a_signed_approve_costs_a_bounded_number_of_queries(slack, agent, polici
         assert post_signed(client, click(esc, blocks.APPROVE)).status_code == 200
     assert Decision.objects.filter(escalation=esc).exists()
     sql = [q["sql"] for q in ctx.captured_queries if "SAVEPOINT" not in q["sql"]]
-    # Slack's own share: the replay nonce, the identity, the outbox rows (select + bump).
+    # Slack's own share: the replay nonce, the identity, one UPDATE of the outbox rows
+    # (its row count says whether a delivery must be enqueued: no SELECT first).
     ours = [s for s in sql if re.search(r'(FROM|INTO|UPDATE) "slack_', s)]
-    assert len(ours) == 4, "\n".join(q[:120] for q in ours)
-    # The rest is the decide action every channel shares.
-    assert len(sql) <= 30, sql
+    assert [s.split()[0] for s in ours] == ["INSERT", "SELECT", "UPDATE"], "\n".join(
+        q[:120] for q in ours
+    )
+    # The rest is the decide action every channel shares: the reviewer's teams, the
+    # escalation, the conditional UPDATE, the Decision, the action, the trace event, the
+    # agent's webhook. Each statement is a round trip Slack's ack waits on.
+    assert len(sql) <= 10, "\n".join(q[:120] for q in sql)
