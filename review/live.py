@@ -14,11 +14,13 @@ review bench, on-commit hook to group_send done took 77 ms (p50); with one loop,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 from django.db import transaction
@@ -27,14 +29,15 @@ from escalations.models import Escalation
 
 log = logging.getLogger(__name__)
 
+# Every change goes to this one group, naming the teams it concerns; each server process
+# subscribes once (QueueHub) and hands it to its own pages in memory. One group per team,
+# with every page in it, cost a channel-layer message per page per change: with channels_redis
+# a process reads those one Redis round trip at a time, and at 50 changes a second to four
+# pages that queue grew without bound (seconds of delay, measured) while daphne sat idle.
 ALL_TEAMS_GROUP = "queue.all"
 
 _server_loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
-
-
-def team_group(team_id: int) -> str:
-    return f"queue.team.{team_id}"
 
 
 def register_server_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -44,12 +47,93 @@ def register_server_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def announce_escalation(escalation: Escalation, *, previous_team_id: int | None = None) -> None:
-    """On commit, tell the escalation's team(s) and the admins' group that it changed."""
-    message = {"type": "escalation.changed", "id": str(escalation.pk)}
-    groups = [team_group(escalation.team_id), ALL_TEAMS_GROUP]
+    """On commit, tell every queue page of the escalation's team(s) that it changed."""
+    teams = [escalation.team_id]
     if previous_team_id is not None and previous_team_id != escalation.team_id:
-        groups.append(team_group(previous_team_id))
-    transaction.on_commit(lambda: send_to_groups(groups, message))
+        teams.append(previous_team_id)
+    message = {
+        "type": "escalation.changed",
+        "id": str(escalation.pk),
+        "teams": teams,
+        # Names this one change: the pages of a process load the row once between them.
+        "seq": uuid.uuid4().hex,
+    }
+    transaction.on_commit(lambda: send_to_groups([ALL_TEAMS_GROUP], message))
+
+
+class QueuePage(Protocol):
+    def deliver(self, message: dict[str, Any]) -> None: ...
+
+
+class QueueHub:
+    """This process's one subscription to queue changes, fanned out to its pages in memory.
+
+    A page joins before it reads its snapshot, and joining waits for the subscription, so
+    nothing committed after the snapshot's read can be missed. Deliveries never block: each
+    page queues the message and handles its own in order.
+    """
+
+    # The channel layer forgets group members after a day (channels_redis group_expiry).
+    REJOIN_SECONDS = 3600.0
+
+    def __init__(self) -> None:
+        self.pages: set[QueuePage] = set()
+        self._channel: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Lock()
+
+    async def join(self, page: QueuePage) -> None:
+        async with self._ready:
+            if self._task is None or self._task.done():
+                layer = get_channel_layer()
+                assert layer is not None
+                self._channel = await layer.new_channel("review-hub")
+                await layer.group_add(ALL_TEAMS_GROUP, self._channel)
+                self._task = asyncio.create_task(self._run(layer, self._channel))
+        self.pages.add(page)
+
+    def leave(self, page: QueuePage) -> None:
+        self.pages.discard(page)
+
+    async def _run(self, layer: Any, channel: str) -> None:
+        loop = asyncio.get_running_loop()
+        joined = loop.time()
+        try:
+            while True:
+                try:
+                    message = await layer.receive(channel)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # channels_redis blocks 5 s for a message and redis-py times reads out
+                    # at 5 s: a quiet hub sees a timeout every few seconds, and nothing is
+                    # lost by it (the message stays in the layer's backup queue).
+                    if type(exc).__name__ != "TimeoutError":
+                        log.exception("queue hub: receive failed; retrying")
+                        await asyncio.sleep(0.5)
+                    continue
+                for page in list(self.pages):
+                    page.deliver(message)
+                if loop.time() - joined > self.REJOIN_SECONDS:
+                    await layer.group_add(ALL_TEAMS_GROUP, channel)
+                    joined = loop.time()
+        finally:
+            with contextlib.suppress(BaseException):
+                await layer.group_discard(ALL_TEAMS_GROUP, channel)
+
+
+# One hub per event loop: daphne has one; tests run each scenario on a loop of its own.
+_hubs: dict[asyncio.AbstractEventLoop, QueueHub] = {}
+
+
+def queue_hub() -> QueueHub:
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        for closed in [other for other in _hubs if other.is_closed()]:
+            del _hubs[closed]
+        hub = _hubs[loop] = QueueHub()
+    return hub
 
 
 def send_to_groups(groups: list[str], message: dict[str, Any]) -> None:
