@@ -1,25 +1,25 @@
 """The live queue's websocket: session-authenticated, origin-checked (in config/asgi.py).
 
 Each connection renders for its own page: the filters and page it was opened with (the
-page's query string) or the one escalation a detail page watches. It joins its groups
-*before* sending the snapshot, so a change between page load and subscription is in the
-snapshot or arrives as an event: never lost. A reconnect is a new connection, so it re-syncs
-the same way.
+page's query string) or the one escalation a detail page watches. It joins its process's
+QueueHub *before* reading the snapshot, so a change between page load and subscription is
+in the snapshot or arrives as an event: never lost. A reconnect is a new connection, so it
+re-syncs the same way.
 
 Why the server renders instead of signalling "changed" and letting every page re-fetch its
 list over HTTP: at 50 changes a second, re-fetching would cost every open page a full
 list-and-counts request per change, and rows would still land wherever the re-fetch put
 them. Here a change costs one query per daphne process, however many pages are open: the
-first consumer to see a message loads the row (`load_row`, keyed by the message's `seq`)
-and every other page in the process awaits the same load. Each page then decides in memory,
-from the row's team, facet values and place in the order, whether it belongs in its window
-(the filtered, SLA-sorted PAGE_SIZE rows after the page's cursor): insert it before its
-successor, replace it in place, or ignore it. Only a row leaving or moving within a window
-costs that page a window query (the diff against what it shows yields exact swaps: delete
-what left, insert what arrived *before its successor*). Counts are an aggregate over the
-queue, so they are coalesced: sent at once, then at most every COUNTS_INTERVAL while
-changes keep coming; the same pass re-reads the window, so a page that missed a message
-(the channel layer drops them past its capacity) is put right within that interval.
+process's one subscription (review.live.QueueHub) hands each message to its pages, and
+the row is loaded once (`load_row`, keyed by the message's `seq`) as soon as it is handed
+over. Each page then decides in memory, from the row's team, facet values and place in
+the order, whether it belongs in its window (the filtered, SLA-sorted PAGE_SIZE rows after
+the page's cursor): insert it before its successor, replace it in place, or ignore it.
+Only a row leaving or moving within a window costs that page a window query (the diff
+against what it shows yields exact swaps: delete what left, insert what arrived *before
+its successor*). Counts are an aggregate over the queue, so they are coalesced: sent at
+once, then at most every COUNTS_INTERVAL while changes keep coming; once they stop, the
+page re-reads its window, so a page that missed a message is put right.
 """
 
 from __future__ import annotations
@@ -110,16 +110,19 @@ def close_connections() -> None:
 _loads: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
 
-async def _shared_row(seq: str | None, pk: str) -> dict[str, Any] | None:
-    if not seq:
-        return await _db(load_row, pk)
-    future = _loads.get(seq)
+def _load_started(message: dict[str, Any]) -> asyncio.Future[dict[str, Any] | None]:
+    """The row of a changed escalation, loading from the moment the hub delivers it: the
+    loads of a burst run side by side while each page applies its changes in order (a
+    page that loaded as it got to each change waited out one query per change in turn,
+    measured: most of the push latency under load)."""
+    pk, seq = str(message.get("id")), str(message.get("seq") or "")
+    future = _loads.get(seq) if seq else None
     if future is None:
         future = asyncio.ensure_future(_db(load_row, pk))
-        _loads[seq] = future
-        asyncio.get_running_loop().call_later(SHARED_LOAD_SECONDS, _loads.pop, seq, None)
-    # Shielded: one page disconnecting mid-load must not cancel the others' load.
-    return await asyncio.shield(future)
+        if seq:
+            _loads[seq] = future
+            asyncio.get_running_loop().call_later(SHARED_LOAD_SECONDS, _loads.pop, seq, None)
+    return future
 
 
 # Close codes: the page's script sends people to log in on 4401 and never retries 4403/4404.
@@ -148,7 +151,7 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
     _counts_dirty: bool
     # Held while this page's picture (shown, keys, more) is read and changed across awaits.
     _lock: asyncio.Lock
-    _inbox: asyncio.Queue[dict[str, Any]]
+    _inbox: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[dict[str, Any] | None] | None]]
     _drain_task: asyncio.Task[None] | None
 
     async def connect(self) -> None:
@@ -207,21 +210,28 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
 
     def deliver(self, message: dict[str, Any]) -> None:
         """From the hub: queued, never handled here (the hub serves every page)."""
+        try:
+            message["id"] = str(uuid.UUID(str(message.get("id"))))
+        except ValueError:
+            return
         teams = message.get("teams") or []
         # What a team group did: a page hears only of its own teams' escalations.
         if self.teams is None or self.teams.intersection(teams):
-            self._inbox.put_nowait(message)
+            row = _load_started(message) if self.watch is None else None
+            self._inbox.put_nowait((message, row))
 
     async def _drain(self) -> None:
         while True:
-            message = await self._inbox.get()
+            message, row = await self._inbox.get()
             try:
-                await self._changed(message)
+                await self._changed(message, row)
             except Exception:
                 # One bad change must not stop the page's live updates.
                 log.exception("review queue: could not apply change %s", message.get("id"))
 
-    async def _changed(self, event: dict[str, Any]) -> None:
+    async def _changed(
+        self, event: dict[str, Any], loading: asyncio.Future[dict[str, Any] | None] | None
+    ) -> None:
         try:
             pk = str(uuid.UUID(str(event.get("id"))))
         except ValueError:
@@ -230,7 +240,9 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
             if pk == str(self.watch):
                 await self.send(text_data=await _db(self._render_watched))
             return
-        row = await _shared_row(event.get("seq"), pk)
+        assert loading is not None
+        # Shielded: one page going away mid-load must not cancel the others' load.
+        row = await asyncio.shield(loading)
         async with self._lock:
             html = self._apply(pk, row)
             if html is None:
