@@ -196,7 +196,8 @@ def queue_layer() -> Any:
     if _pubsub_layer is None:
         from channels_redis.pubsub import RedisPubSubChannelLayer
 
-        config = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
+        default: dict[str, Any] = settings.CHANNEL_LAYERS["default"]
+        config = default.get("CONFIG", {})
         _pubsub_layer = RedisPubSubChannelLayer(
             hosts=config.get("hosts"), prefix=f"{config.get('prefix', 'asgi')}.review."
         )
