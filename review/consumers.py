@@ -68,16 +68,35 @@ SHARED_LOAD_SECONDS = 5.0
 
 # The consumers' database work runs on these threads, each keeping its connection.
 # channels' database_sync_to_async closes the connection around every call, and with
-# CONN_MAX_AGE = 0 (the default here) that meant a new PostgreSQL backend for every
-# change on every open page: most of the push latency under load, measured. A failed call
+# CONN_MAX_AGE = 0 (the default here) that meant a new PostgreSQL connection (a backend
+# process forked, authenticated, set up) for every change on every open page. A failed call
 # drops its thread's connection, so a broken one is replaced on that thread's next call.
-# Single-thread executors rather than one pool, so close_connections() reaches every one.
-_DB_THREADS = 3
-_threads = [
-    ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"review-ws-db-{i}")
-    for i in range(_DB_THREADS)
-]
-_pending = [0] * _DB_THREADS
+# Single-thread executors rather than one pool, so close_connections() reaches every one;
+# the row loads of changes have threads of their own, so a burst of them never waits
+# behind the pages' counts queries.
+
+
+class _Threads:
+    def __init__(self, name: str, n: int) -> None:
+        self.executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-{i}") for i in range(n)
+        ]
+        self.pending = [0] * n
+
+    async def run[T](self, func: Callable[..., T], *args: Any) -> T:
+        # The least busy thread.
+        i = min(range(len(self.executors)), key=self.pending.__getitem__)
+        self.pending[i] += 1
+        try:
+            loop = asyncio.get_running_loop()
+            call = functools.partial(_call, func, *args)
+            return await loop.run_in_executor(self.executors[i], call)
+        finally:
+            self.pending[i] -= 1
+
+
+_pages_threads = _Threads("review-ws-db", 3)
+_load_threads = _Threads("review-ws-load", 2)
 
 
 def _call[T](func: Callable[..., T], *args: Any) -> T:
@@ -89,21 +108,15 @@ def _call[T](func: Callable[..., T], *args: Any) -> T:
 
 
 async def _db[T](func: Callable[..., T], *args: Any) -> T:
-    # The least busy thread: a quick row load should not queue behind a page's counts.
-    i = min(range(_DB_THREADS), key=_pending.__getitem__)
-    _pending[i] += 1
-    try:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_threads[i], functools.partial(_call, func, *args))
-    finally:
-        _pending[i] -= 1
+    return await _pages_threads.run(func, *args)
 
 
 def close_connections() -> None:
     """Close the consumers' database connections (tests: before the test database goes)."""
-    for thread in _threads:
-        # Looked up on the thread itself: each thread has its own connection object.
-        thread.submit(lambda: connection.close()).result()
+    for threads in (_pages_threads, _load_threads):
+        for executor in threads.executors:
+            # Looked up on the thread itself: each thread has its own connection object.
+            executor.submit(lambda: connection.close()).result()
 
 
 # seq of a message -> the load of its row, shared by every page of this process.
@@ -118,7 +131,7 @@ def _load_started(message: dict[str, Any]) -> asyncio.Future[dict[str, Any] | No
     pk, seq = str(message.get("id")), str(message.get("seq") or "")
     future = _loads.get(seq) if seq else None
     if future is None:
-        future = asyncio.ensure_future(_db(load_row, pk))
+        future = asyncio.ensure_future(_load_threads.run(load_row, pk))
         if seq:
             _loads[seq] = future
             asyncio.get_running_loop().call_later(SHARED_LOAD_SECONDS, _loads.pop, seq, None)
