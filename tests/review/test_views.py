@@ -442,12 +442,22 @@ def test_counts_past_the_cap_say_so_instead_of_counting_everything(
     from review import queue
 
     monkeypatch.setattr(queue, "COUNT_CAP", 3)
+    monkeypatch.setattr(queue, "FACET_SAMPLE", 2)
     for i in range(5):
-        escalate(agent, subject=f"t{i}", action_type=("update_crm", "send_reply")[i % 2])
+        escalate(
+            agent,
+            subject=f"t{i}",
+            action_type=("update_crm", "send_reply")[i % 2],
+            due_in=timedelta(minutes=i),
+        )
     client = _client(alice)
     html = client.get(reverse("review:queue")).text
     assert re.search(r'id="queue-count"[^>]*>3\+<', html)
-    assert "the counts below are over the 3 due soonest" in html
+    assert "the counts below are over the 2 due soonest" in html
+    # The two due soonest: one CRM update, one reply.
+    for action_type in ("update_crm", "send_reply"):
+        n = re.search(rf'data-value="{action_type}"[^>]*>.*?class="n">(\d+)<', html, re.S)
+        assert n and n.group(1) == "1"
     narrowed = client.get(reverse("review:queue"), {"action_type": "update_crm"}).text
     assert re.search(r'id="queue-count"[^>]*>3<', narrowed) and "of 3+" in narrowed
 
