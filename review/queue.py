@@ -383,8 +383,13 @@ def queue_counts(base: QuerySet[Escalation], filters: QueueFilters, user: AnyUse
     sample = ordered(base).annotate(**annotations).values(*annotations)[:FACET_SAMPLE]
     inner, params = sample.query.sql_with_params()
     total_sql, total_params = _capped_count_sql(base)
-    matching_sql, matching_params = _capped_count_sql(base.filter(filters.condition(user)))
+    condition = filters.condition(user)
     mine_sql, mine_params = _capped_count_sql(base.filter(mine))
+    if condition:
+        matching_sql, matching_params = _capped_count_sql(base.filter(condition))
+    else:
+        # No filter: what matches is the total; not counted twice.
+        matching_sql, matching_params = "NULL", ()
     parts = [f"SELECT 'total', '', '', {total_sql}, {matching_sql}, {mine_sql}"]
     for name in _FACET_COLUMNS:
         parts.append(
@@ -400,7 +405,8 @@ def queue_counts(base: QuerySet[Escalation], filters: QueueFilters, user: AnyUse
         cursor.execute(sql, (*params, *total_params, *matching_params, *mine_params))
         for facet, value, label, n, matching, mine_n in cursor.fetchall():
             if facet == "total":
-                counts.total, counts.matching, counts.mine = n, matching, mine_n
+                counts.total, counts.mine = n, mine_n
+                counts.matching = n if matching is None else matching
                 continue
             if value is None:
                 value, label = "", "(no workflow)"
