@@ -365,6 +365,20 @@ class Escalation(models.Model):
         indexes = [
             models.Index(fields=["team", "status", "-created_at"], name="esc_team_status_created"),
             models.Index(fields=["status", "-created_at"], name="esc_status_created"),
+            # The live queue's order (review.queue.ordered) over undecided rows only: a page
+            # is an index range read however many are open, and decided history (most rows,
+            # in time) is not in these indexes at all. team_id rides along in the first so an
+            # admin's or a multi-team reviewer's page filters on the index, not the heap.
+            models.Index(
+                fields=["sla_due_at", "created_at", "id", "team"],
+                name="esc_undecided_queue",
+                condition=models.Q(status__in=UNDECIDED_STATUSES),
+            ),
+            models.Index(
+                fields=["team", "sla_due_at", "created_at", "id"],
+                name="esc_undecided_team_queue",
+                condition=models.Q(status__in=UNDECIDED_STATUSES),
+            ),
         ]
 
     def __str__(self) -> str:

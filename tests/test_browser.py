@@ -80,10 +80,18 @@ def test_an_escalation_appears_live_and_approving_it_finishes_the_run(
 def test_rows_arrive_live_in_sla_order_without_moving_the_others(page, alice, agent, policies):
     escalate(agent, subject="Due in an hour", due_in=timedelta(hours=1))
     escalate(agent, subject="Due in ten minutes", due_in=timedelta(minutes=10))
+    page.add_init_script(
+        "document.addEventListener('htmx:wsAfterMessage', () => {"
+        " window.wsMessages = (window.wsMessages || 0) + 1; });"
+    )
     login(page, "alice")
     titles = page.locator("#queue-rows .row .title")
     expect(titles).to_have_text(["Due in ten minutes", "Due in an hour"])
+    # The socket's snapshot swaps the rows in again: measure after it, not during it (a row
+    # detached mid-swap has no box; on a busy machine the snapshot can land that late).
+    page.wait_for_function("() => window.wsMessages > 0")
     first_box = page.locator("#queue-rows .row").first.bounding_box()
+    assert first_box is not None
 
     escalate(agent, subject="Due in half an hour", due_in=timedelta(minutes=30))
     expect(titles).to_have_text(["Due in ten minutes", "Due in half an hour", "Due in an hour"])

@@ -85,8 +85,8 @@ def test_reassigning_drops_the_claim_keeps_the_sla_and_tells_both_teams(
 ):
     from review import live
 
-    sent: list[list[str]] = []
-    monkeypatch.setattr(live, "send_to_groups", lambda groups, message: sent.append(groups))
+    sent: list[dict] = []
+    monkeypatch.setattr(live, "send_to_groups", lambda groups, message: sent.append(message))
     claim_escalation(escalation_id=esc.pk, user=alice)
     due = esc.sla_due_at
     with django_capture_on_commit_callbacks(execute=True):
@@ -94,10 +94,7 @@ def test_reassigning_drops_the_claim_keeps_the_sla_and_tells_both_teams(
     esc.refresh_from_db()
     assert esc.team == billing and esc.status == EscalationStatus.OPEN
     assert esc.claimed_by is None and esc.sla_due_at == due
-    assert {g for g in sent[-1] if g.startswith("queue.team.")} == {
-        f"queue.team.{billing.pk}",
-        f"queue.team.{alice.teams.get().pk}",
-    }
+    assert set(sent[-1]["teams"]) == {billing.pk, alice.teams.get().pk}
     assert TraceEvent.objects.filter(message__contains="from Support to Billing: $$").exists()
 
 

@@ -21,9 +21,19 @@ from escalations.actions import (
     release_escalation,
 )
 from escalations.models import Verdict, Via
+from review.consumers import close_connections
 from tests.review.factories import escalate
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _consumer_connections():
+    yield
+    # The consumers keep their database connections between calls; the test database must
+    # not be left with them open.
+    close_connections()
+
 
 ORIGIN = (b"origin", b"http://localhost")
 db = database_sync_to_async
@@ -260,5 +270,59 @@ def test_watching_another_teams_escalation_is_refused(bob, agent, policies):
         ws = _communicator(ORIGIN, cookie, query=f"watch={esc.pk}")
         connected, code = await ws.connect()
         assert not connected and code == 4404
+
+    async_to_sync(scenario)()
+
+
+def test_a_full_page_takes_in_a_sooner_row_and_lets_its_last_one_go(
+    alice, agent, policies, monkeypatch
+):
+    from review import consumers, queue
+
+    monkeypatch.setattr(queue, "PAGE_SIZE", 2)
+    monkeypatch.setattr(consumers, "PAGE_SIZE", 2)
+    soon = escalate(agent, subject="Soon", due_in=timedelta(minutes=10))
+    later = escalate(agent, subject="Later", due_in=timedelta(minutes=20))
+
+    async def scenario():
+        ws, snapshot = await _open(alice)
+        assert _row_ids(snapshot) == [str(soon.pk), str(later.pk)]
+        assert "Next 2" not in snapshot
+        # Due after the page's last row: the next page's, never pushed to this one; but
+        # now there is a next page to go to.
+        await db(escalate)(agent, subject="Much later", due_in=timedelta(hours=5))
+        pager = await _until(ws, lambda m: "queue-pager" in m)
+        assert "Much later" not in pager and f"after={later.pk}" in pager and "Next 2" in pager
+        sooner = await db(escalate)(agent, subject="Sooner", due_in=timedelta(minutes=5))
+        pushed = await _until(ws, lambda m: "Sooner" in m)
+        assert "Much later" not in pushed
+        assert f'hx-swap-oob="beforebegin:#esc-{soon.pk}"' in pushed
+        assert f'<div id="esc-{later.pk}" hx-swap-oob="delete"></div>' in pushed
+        # The pager follows: the next page now starts after the new last row.
+        assert f"after={soon.pk}" in pushed
+        _, fresh = await _open(alice)
+        assert _row_ids(fresh) == [str(sooner.pk), str(soon.pk)]
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_a_change_is_loaded_once_for_every_page_of_the_process(
+    alice, carol, admin_user, agent, policies, monkeypatch
+):
+    from review import consumers
+
+    loads: list[str] = []
+    real = consumers.load_row
+    monkeypatch.setattr(consumers, "load_row", lambda pk: loads.append(pk) or real(pk))
+
+    async def scenario():
+        pages = [await _open(user) for user in (alice, carol, admin_user)]
+        esc = await db(escalate)(agent, subject="Seen by three")
+        for ws, _ in pages:
+            await _until(ws, lambda m: "Seen by three" in m)
+        assert loads == [str(esc.pk)]
+        for ws, _ in pages:
+            await ws.disconnect()
 
     async_to_sync(scenario)()

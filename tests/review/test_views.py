@@ -397,3 +397,81 @@ def test_healthz_reports_each_dependency(client):
         "broker": "ok",
         "channel_layer": "ok",
     }
+
+
+def test_every_open_escalation_is_reachable_page_by_page(alice, agent, policies, monkeypatch):
+    from review import queue
+
+    monkeypatch.setattr(queue, "PAGE_SIZE", 3)
+    made = [escalate(agent, subject=f"t{i}", due_in=timedelta(minutes=i % 4)) for i in range(7)]
+    made.append(escalate(agent, subject="no SLA"))
+    client = _client(alice)
+    url, seen, pages = reverse("review:queue"), [], 0
+    query: str | None = ""
+    while query is not None:
+        html = client.get(f"{url}?{query}").text
+        rows = _rows(html)
+        assert len(rows) <= 3
+        seen += rows
+        pages += 1
+        more = re.search(r'href="\?([^"]*after=[^"]*)"[^>]*>Next 3', html)
+        query = more.group(1).replace("&amp;", "&") if more else None
+    expected = sorted(made, key=lambda e: (e.sla_due_at is None, e.sla_due_at, e.created_at, e.pk))
+    assert seen == [str(e.pk) for e in expected]
+    assert pages == 3
+    assert "Due soonest" in html  # the way back to the first page
+
+
+def test_a_page_starting_after_a_decided_row_still_starts_where_it_did(
+    alice, carol, agent, policies, monkeypatch
+):
+    from review import queue
+
+    monkeypatch.setattr(queue, "PAGE_SIZE", 2)
+    _first, second, third = (
+        escalate(agent, subject=f"t{i}", due_in=timedelta(minutes=i + 1)) for i in range(3)
+    )
+    decide_escalation(escalation_id=second.pk, user=carol, verdict=Verdict.APPROVE, via=Via.WEB)
+    html = _client(alice).get(reverse("review:queue"), {"after": str(second.pk)}).text
+    assert _rows(html) == [str(third.pk)]
+
+
+def test_counts_past_the_cap_say_so_instead_of_counting_everything(
+    alice, agent, policies, monkeypatch
+):
+    from review import queue
+
+    monkeypatch.setattr(queue, "COUNT_CAP", 3)
+    monkeypatch.setattr(queue, "FACET_SAMPLE", 2)
+    for i in range(5):
+        escalate(
+            agent,
+            subject=f"t{i}",
+            action_type=("update_crm", "send_reply")[i % 2],
+            due_in=timedelta(minutes=i),
+        )
+    client = _client(alice)
+    html = client.get(reverse("review:queue")).text
+    assert re.search(r'id="queue-count"[^>]*>3\+<', html)
+    assert "the counts below are over the 2 due soonest" in html
+    # The two due soonest: one CRM update, one reply.
+    for action_type in ("update_crm", "send_reply"):
+        n = re.search(rf'data-value="{action_type}"[^>]*>.*?class="n">(\d+)<', html, re.S)
+        assert n and n.group(1) == "1"
+    narrowed = client.get(reverse("review:queue"), {"action_type": "update_crm"}).text
+    assert re.search(r'id="queue-count"[^>]*>3<', narrowed) and "of 3+" in narrowed
+
+
+def test_the_page_reads_in_an_index_range_however_long_the_queue(alice, agent, policies):
+    """The first page's query is served by the partial queue index, not a sort of the queue."""
+    from review.queue import QueueFilters, _values, _windows, undecided_for
+
+    escalate(agent, subject="one", due_in=timedelta(minutes=5))
+    qs = _values(_windows(undecided_for(alice), QueueFilters(), alice, None)[0])[:51]
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        sql, params = qs.query.sql_with_params()
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(r[0] for r in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan")
+    assert "esc_undecided" in plan and "Sort" not in plan.split("esc_undecided")[0]
