@@ -29,6 +29,17 @@ if DATABASE_URL:
     if _db["ENGINE"] == "django.db.backends.postgresql":
         _db["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
         _db["CONN_HEALTH_CHECKS"] = True
+        # The web server (config.asgi turns this on) serves each request on a thread of its
+        # own; without a pool every request opened a new PostgreSQL backend, the largest
+        # single cost of a Slack click or a queue page. Workers keep one connection per pool
+        # child instead (WORKER_CONN_MAX_AGE), which a pool would forbid.
+        DB_POOL_MAX = env_int("DB_POOL_MAX", 0, minimum=0)
+        if DB_POOL_MAX:
+            _db["CONN_MAX_AGE"] = 0  # Django's pool and persistent connections exclude each other
+            _db["OPTIONS"] = {
+                **_db.get("OPTIONS", {}),
+                "pool": {"min_size": min(2, DB_POOL_MAX), "max_size": DB_POOL_MAX, "timeout": 10},
+            }
 else:
     VAR_DIR.mkdir(exist_ok=True)
     _db = {
