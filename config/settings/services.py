@@ -67,7 +67,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "caliber")},
+            "CONFIG": {
+                # channels_redis blocks up to 5 s waiting for a message; a read timeout at or
+                # under that dropped every idle consumer's socket with a TimeoutError.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": env_str("CHANNELS_PREFIX", "caliber"),
+            },
         }
     }
 else:
