@@ -3,13 +3,24 @@
 import os
 
 from celery import Celery
-from celery.signals import task_prerun, worker_process_init
+from celery.signals import task_prerun, worker_init, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.main")
 
 app = Celery("caliber")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_init.connect
+def _no_connection_pool(**kwargs: object) -> None:
+    """Workers never pool: a pool child keeps one persistent connection instead (below), and
+    Django refuses both at once. The web server turns its pool on through the environment,
+    which a worker started from it (tests, `make run`) would otherwise inherit."""
+    from django.db import connections
+
+    for alias in connections:
+        connections[alias].settings_dict.get("OPTIONS", {}).pop("pool", None)
 
 
 @worker_process_init.connect
@@ -21,6 +32,7 @@ def _keep_database_connections(**kwargs: object) -> None:
     from django.conf import settings
     from django.db import connections
 
+    _no_connection_pool()
     for alias in connections:
         db = connections[alias]
         if db.vendor == "postgresql" and db.settings_dict.get("CONN_MAX_AGE") == 0:
