@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -35,6 +38,10 @@ from .tools import ToolError, get_action_type
 log = logging.getLogger(__name__)
 
 
+# Set by `buffered_trace`: the events recorded so far in the engine's current transaction.
+_TRACE_BUFFER: ContextVar[list[TraceEvent] | None] = ContextVar("trace_buffer", default=None)
+
+
 def record_trace(
     *,
     run: WorkflowRun,
@@ -44,9 +51,37 @@ def record_trace(
     data: dict[str, Any] | None = None,
     actor: str = "",
 ) -> TraceEvent:
-    return TraceEvent.objects.create(
+    """Write a trace event, or, inside `buffered_trace`, keep it for that block's one INSERT
+    (the event then has no pk until the block ends)."""
+    event = TraceEvent(
         run=run, kind=kind, message=message, step_name=step_name, data=data or {}, actor=actor
     )
+    buffer = _TRACE_BUFFER.get()
+    if buffer is not None:
+        buffer.append(event)
+    else:
+        event.save(force_insert=True)
+    return event
+
+
+@contextmanager
+def buffered_trace() -> Iterator[None]:
+    """Collect the trace events recorded in this block and write them in one INSERT at its
+    end. Precondition: inside the transaction they belong to, with no savepoint in between
+    that could roll back while the block goes on (an event kept here would outlive it). If
+    the block raises, the events are dropped, as the transaction's rollback would drop them.
+    Nested blocks write with the outermost."""
+    if _TRACE_BUFFER.get() is not None:
+        yield
+        return
+    events: list[TraceEvent] = []
+    token = _TRACE_BUFFER.set(events)
+    try:
+        yield
+    finally:
+        _TRACE_BUFFER.reset(token)
+    if events:
+        TraceEvent.objects.bulk_create(events)
 
 
 def start_run(

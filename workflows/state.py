@@ -155,10 +155,14 @@ def write_state(
     reason: str = "",
     actor: str = "",
     anchor: bool = False,
+    savepoint: bool = True,
 ) -> RunSnapshot | None:
     """Write version expected_version + 1, or raise StaleState. Must run inside a transaction.
 
     A non-durable run (benchmark's no-op store) keeps only the current state: no snapshot.
+    `savepoint=False` when the caller holds the run's row lock and read the state under it:
+    no writer can then get in between, and the two round trips of a savepoint buy nothing
+    (a snapshot that exists anyway means a broken chain: the error aborts the transaction).
     """
     validate(new_state)
     version = expected_version + 1
@@ -171,29 +175,36 @@ def write_state(
         return None
     parent = "" if anchor else _parent_digest(run, expected_version)
     digest = chain_digest(parent, new_state)
-    try:
-        # One savepoint for both rows: a snapshot that already exists undoes the UPDATE too.
-        with transaction.atomic():
-            if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
-                state=new_state, state_version=version, updated_at=timezone.now()
-            ):
-                raise StaleState(f"run {run.pk} state is past v{expected_version}")
-            snapshot = RunSnapshot.objects.create(
-                run=run,
-                version=version,
-                conversation=new_state["conversation"],
-                workspace=new_state["workspace"],
-                systemic=new_state["systemic"],
-                changed=changed,
-                step_name=step_name,
-                reason=reason[:300],
-                actor=actor,
-                parent_digest=parent,
-                digest=digest,
-                anchor=anchor,
-            )
-    except IntegrityError:
-        raise StaleState(f"run {run.pk} already has state v{version}") from None
+
+    def write() -> RunSnapshot:
+        if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
+            state=new_state, state_version=version, updated_at=timezone.now()
+        ):
+            raise StaleState(f"run {run.pk} state is past v{expected_version}")
+        return RunSnapshot.objects.create(
+            run=run,
+            version=version,
+            conversation=new_state["conversation"],
+            workspace=new_state["workspace"],
+            systemic=new_state["systemic"],
+            changed=changed,
+            step_name=step_name,
+            reason=reason[:300],
+            actor=actor,
+            parent_digest=parent,
+            digest=digest,
+            anchor=anchor,
+        )
+
+    if savepoint:
+        try:
+            # One savepoint for both rows: a snapshot that already exists undoes the UPDATE.
+            with transaction.atomic():
+                snapshot = write()
+        except IntegrityError:
+            raise StaleState(f"run {run.pk} already has state v{version}") from None
+    else:
+        snapshot = write()
     run.state, run.state_version = new_state, version
     # Only once committed: a rolled-back attempt's snapshot must never be taken as a parent.
     key = (run.pk, version)
@@ -235,13 +246,15 @@ def update_state(
     reason: str = "",
     actor: str = "",
     current: tuple[dict[str, Any], int] | None = None,
+    locked: bool = False,
 ) -> RunSnapshot | None:
     """Apply change functions to the current state, retrying on a stale read.
 
     Must run inside a transaction. Each retry re-reads the latest committed version (READ
     COMMITTED gives every statement a fresh snapshot) and re-applies every change to it.
     `current`: (state, version) the caller read under the run's row lock in this transaction,
-    used for the first attempt instead of reading them again.
+    used for the first attempt instead of reading them again. `locked`: the caller holds that
+    lock (see `write_state`'s savepoint).
     """
     for attempt in range(MAX_CAS_RETRIES):
         if attempt == 0 and current is not None:
@@ -264,6 +277,7 @@ def update_state(
                 step_name=step_name,
                 reason=reason,
                 actor=actor,
+                savepoint=not locked,
             )
         except StaleState:
             log.info("stale state write on run %s (attempt %d); re-reading", run.pk, attempt + 1)
