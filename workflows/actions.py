@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
@@ -179,14 +179,28 @@ def start_run(
     return run
 
 
-def finish_run(*, run: WorkflowRun, status: RunStatus, error: str = "") -> None:
-    """Precondition: the caller holds the run's row lock. Only non-terminal runs finish."""
+def finish_run(
+    *,
+    run: WorkflowRun,
+    status: RunStatus,
+    error: str = "",
+    also: Sequence[str] = (),
+    pending: list[str] | None = None,
+) -> None:
+    """Precondition: the caller holds the run's row lock. Only non-terminal runs finish.
+
+    `also`: more fields the caller set on `run`, saved in the same UPDATE. With `pending`,
+    the fields are added to it and left for the caller to save, in this transaction."""
     if run.is_terminal:
         return
     run.status = status
     run.error = error
     run.finished_at = run.updated_at = timezone.now()
-    run.save(update_fields=["status", "error", "finished_at", "updated_at"])
+    fields = ["status", "error", "finished_at", "updated_at", *also]
+    if pending is not None:
+        pending.extend(f for f in fields if f not in pending)
+    else:
+        run.save(update_fields=fields)
     record_trace(
         run=run,
         kind=TraceKind.ERROR if status == RunStatus.FAILED else TraceKind.SYSTEM,

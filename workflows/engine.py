@@ -268,13 +268,21 @@ def _coordinate(run_id: uuid.UUID, token: str, *, acquire: bool = False) -> Clai
 
 
 def _coordinate_locked(
-    run: WorkflowRun, token: str, *, took_over: bool, acquired: bool = False
+    run: WorkflowRun,
+    token: str,
+    *,
+    took_over: bool,
+    acquired: bool = False,
+    pending: list[str] | None = None,
 ) -> Claim | None:
     """One round under the run's row lock (held by the caller, in its transaction): repair,
     check, dispatch async steps, claim the next sync step. Returns the claimed sync step, or
     None once nothing more can start now — then the lease has been let go (in this
     transaction, so whoever waits on the row lock to advance the run finds it free: no nudge
-    is lost) or was never ours."""
+    is lost) or was never ours.
+
+    With `pending`, the run's fields this round changed at its end are added to it, not
+    saved: the caller saves them in this transaction (with the state it writes)."""
     from .actions import record_trace
 
     if run.lease_owner != token or run.is_terminal:
@@ -352,7 +360,7 @@ def _coordinate_locked(
             run.status = RunStatus.RUNNING
         run.wake_at = None
     elif all(s.is_done for s in steps):
-        _finish(run, RunStatus.SUCCEEDED)
+        _finish(run, RunStatus.SUCCEEDED, all_done=True, pending=pending)
         return None
     else:
         in_flight = any(s.status in (StepStatus.RUNNING, StepStatus.QUEUED) for s in steps)
@@ -369,7 +377,10 @@ def _coordinate_locked(
         # Nothing to run here now: let go in this transaction (see the docstring).
         run.lease_owner, run.lease_expires_at = "", None
     run.updated_at = now
-    run.save(update_fields=fields)
+    if pending is not None:
+        pending.extend(f for f in fields if f not in pending)
+    else:
+        run.save(update_fields=fields)
     return claim
 
 
@@ -752,6 +763,16 @@ def _commit(
         changes.append(
             ("workspace", lambda ws: {**ws, "outputs": {**ws.get("outputs", {}), name: result}})
         )
+    if message:
+        record_trace(run=run, kind=TraceKind.SYSTEM, step_name=step.name, message=message)
+    pending: list[str] = []
+    nxt: Claim | _Again | None = AGAIN
+    if chain:
+        # The next round first (it sees this step's new status; the state and its snapshots
+        # as they were, consistent for a recovery check), then one UPDATE of the run row for
+        # both the round's fields and the new state. The round recomputes wake_at from every
+        # waiting step, this one included.
+        nxt = _coordinate_locked(locked, token, took_over=False, pending=pending)
     if changes:
         update_state(
             # Chained, the locked row is the run the next step gets: it must see this state.
@@ -762,12 +783,12 @@ def _commit(
             current=(locked.state, locked.state_version),
             # The run's row lock is held: no other writer can get between read and write.
             locked=True,
+            also=pending,
         )
-    if message:
-        record_trace(run=run, kind=TraceKind.SYSTEM, step_name=step.name, message=message)
+    elif pending:
+        locked.save(update_fields=pending)
     if chain:
-        # The round below recomputes wake_at from every waiting step, this one included.
-        return _coordinate_locked(locked, token, took_over=False)
+        return nxt
     if isinstance(result, Sleep):
         wake = result.until if locked.wake_at is None else min(locked.wake_at, result.until)
         WorkflowRun.objects.filter(pk=run.pk).update(wake_at=wake, updated_at=now)
@@ -878,18 +899,32 @@ def _fail_run(run: WorkflowRun, error: str) -> None:
     _finish(run, RunStatus.FAILED, error)
 
 
-def _finish(run: WorkflowRun, status: RunStatus, error: str = "") -> None:
-    """Precondition: run row locked. Steps still queued or pending are cancelled with it."""
+def _finish(
+    run: WorkflowRun,
+    status: RunStatus,
+    error: str = "",
+    *,
+    all_done: bool = False,
+    pending: list[str] | None = None,
+) -> None:
+    """Precondition: run row locked. Steps still queued or pending are cancelled with it
+    (`all_done`: the caller saw every step done, there are none). `pending`: see finish_run."""
     from .actions import finish_run
 
-    StepRun.objects.filter(
-        run=run, status__in=[StepStatus.PENDING, StepStatus.QUEUED, StepStatus.WAITING]
-    ).update(status=StepStatus.CANCELLED, lease_owner="", lease_expires_at=None)
+    if not all_done:
+        StepRun.objects.filter(
+            run=run, status__in=[StepStatus.PENDING, StepStatus.QUEUED, StepStatus.WAITING]
+        ).update(status=StepStatus.CANCELLED, lease_owner="", lease_expires_at=None)
     run.lease_owner = ""
     run.lease_expires_at = None
     run.wake_at = None
-    run.save(update_fields=["lease_owner", "lease_expires_at", "wake_at"])
-    finish_run(run=run, status=status, error=error)
+    finish_run(
+        run=run,
+        status=status,
+        error=error,
+        also=["lease_owner", "lease_expires_at", "wake_at"],
+        pending=pending,
+    )
 
 
 # --- beat: the reconciler and the wake-ups -----------------------------------------------

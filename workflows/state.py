@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +156,7 @@ def write_state(
     actor: str = "",
     anchor: bool = False,
     savepoint: bool = True,
+    also: Sequence[str] = (),
 ) -> RunSnapshot | None:
     """Write version expected_version + 1, or raise StaleState. Must run inside a transaction.
 
@@ -163,12 +164,16 @@ def write_state(
     `savepoint=False` when the caller holds the run's row lock and read the state under it:
     no writer can then get in between, and the two round trips of a savepoint buy nothing
     (a snapshot that exists anyway means a broken chain: the error aborts the transaction).
+    `also`: more of the run's fields to write in the same UPDATE, from `run`'s attributes.
     """
     validate(new_state)
     version = expected_version + 1
+    values: dict[str, Any] = {"updated_at": timezone.now()}
+    values |= {f: getattr(run, f) for f in also}
+    values |= {"state": new_state, "state_version": version}
     if not run.durable:
         if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
-            state=new_state, state_version=version, updated_at=timezone.now()
+            **values
         ):
             raise StaleState(f"run {run.pk} state is past v{expected_version}")
         run.state, run.state_version = new_state, version
@@ -178,7 +183,7 @@ def write_state(
 
     def write() -> RunSnapshot:
         if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
-            state=new_state, state_version=version, updated_at=timezone.now()
+            **values
         ):
             raise StaleState(f"run {run.pk} state is past v{expected_version}")
         return RunSnapshot.objects.create(
@@ -247,6 +252,7 @@ def update_state(
     actor: str = "",
     current: tuple[dict[str, Any], int] | None = None,
     locked: bool = False,
+    also: Sequence[str] = (),
 ) -> RunSnapshot | None:
     """Apply change functions to the current state, retrying on a stale read.
 
@@ -254,7 +260,8 @@ def update_state(
     COMMITTED gives every statement a fresh snapshot) and re-applies every change to it.
     `current`: (state, version) the caller read under the run's row lock in this transaction,
     used for the first attempt instead of reading them again. `locked`: the caller holds that
-    lock (see `write_state`'s savepoint).
+    lock (see `write_state`'s savepoint). `also`: more of the run's fields to write with the
+    state (see `write_state`), or on their own if the state did not change.
     """
     for attempt in range(MAX_CAS_RETRIES):
         if attempt == 0 and current is not None:
@@ -266,6 +273,8 @@ def update_state(
         new, changed = apply_changes(state, changes)
         if not changed and attempt == 0 and version > 0:
             run.state, run.state_version = state, version
+            if also:
+                run.save(update_fields=list(also))
             return None
         try:
             # write_state undoes its own partial work on a conflict (its savepoint).
@@ -278,6 +287,7 @@ def update_state(
                 reason=reason,
                 actor=actor,
                 savepoint=not locked,
+                also=also,
             )
         except StaleState:
             log.info("stale state write on run %s (attempt %d); re-reading", run.pk, attempt + 1)
