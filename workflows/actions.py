@@ -32,7 +32,8 @@ from .models import (
     WorkflowRun,
 )
 from .specs import InvalidInput, digest, get_spec
-from .state import normalise, write_state
+from .state import normalise, write_first_state, write_state
+from .state import validate as validate_state
 from .tools import ToolError, get_action_type
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def start_run(
     plan = spec.make_plan(input, force_sync=force_sync)
     plan_json = [p.to_json() for p in plan]
     initial = normalise(spec.initial_state(input))
+    validate_state(initial)
     agent = AgentProfile.objects.filter(name=spec.agent).first()
     if agent is None:
         raise InvalidInput(
@@ -133,6 +135,9 @@ def start_run(
                 parent=parent,
                 idempotency_key=idempotency_key or None,
                 durable=spec.durable,
+                # Version 1 written with the row (write_first_state snapshots it below).
+                state=initial,
+                state_version=1,
                 created_at=now,
                 updated_at=now,
                 deadline_at=now + timedelta(seconds=spec.timeout_seconds)
@@ -140,7 +145,7 @@ def start_run(
                 else None,
             )
             # The run keeps the prompt versions live now, whatever is activated while it runs.
-            pin_prompts(run=run)
+            pin_prompts(run=run, new=True)
             StepRun.objects.bulk_create(
                 StepRun(
                     run=run,
@@ -154,12 +159,8 @@ def start_run(
                 )
                 for i, p in enumerate(plan)
             )
-            write_state(
-                run=run,
-                expected_version=0,
-                new_state=initial,
-                changed=[d for d in initial if initial[d]],
-                reason="initial state",
+            write_first_state(
+                run=run, changed=[d for d in initial if initial[d]], reason="initial state"
             )
             parallel = sum(1 for p in plan if p.mode == "async")
             record_trace(
@@ -231,17 +232,6 @@ def propose_action(
     existing = Action.objects.filter(idempotency_key=key).first()
     if existing is not None:
         return existing
-    action = Action.objects.create(
-        run=run,
-        step_name=step_name,
-        agent=run.agent,
-        action_type=tool.name,
-        payload=payload,
-        confidence=confidence,
-        rationale=rationale,
-        idempotency_key=key,
-        payload_digest=digest(payload),
-    )
     decision = evaluate(
         agent=run.agent,
         workflow=run.workflow,
@@ -255,16 +245,28 @@ def propose_action(
         decision = replace(decision, outcome=PolicyOutcome.REVIEW, reasons=[*force_review_reasons])
     elif force_review_reasons:
         decision = replace(decision, reasons=[*force_review_reasons, *decision.reasons])
-    action.outcome = decision.outcome
-    action.reasons = decision.reasons
-    action.policy_id = decision.policy_id
-    action.policy_version = decision.policy_version
-    action.status = {
-        PolicyOutcome.AUTO: ActionStatus.AUTO_APPROVED,
-        PolicyOutcome.REVIEW: ActionStatus.ESCALATED,
-        PolicyOutcome.BLOCK: ActionStatus.BLOCKED,
-    }[decision.outcome]
-    action.save(update_fields=["outcome", "reasons", "policy", "policy_version", "status"])
+    # Evaluated before the row exists, so it is written once, with its verdict (the
+    # evaluation reads policies only, never the action).
+    action = Action.objects.create(
+        run=run,
+        step_name=step_name,
+        agent=run.agent,
+        action_type=tool.name,
+        payload=payload,
+        confidence=confidence,
+        rationale=rationale,
+        idempotency_key=key,
+        payload_digest=digest(payload),
+        outcome=decision.outcome,
+        reasons=decision.reasons,
+        policy_id=decision.policy_id,
+        policy_version=decision.policy_version,
+        status={
+            PolicyOutcome.AUTO: ActionStatus.AUTO_APPROVED,
+            PolicyOutcome.REVIEW: ActionStatus.ESCALATED,
+            PolicyOutcome.BLOCK: ActionStatus.BLOCKED,
+        }[decision.outcome],
+    )
     record_trace(
         run=run,
         kind=TraceKind.POLICY,

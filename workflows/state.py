@@ -217,6 +217,31 @@ def write_state(
     return snapshot
 
 
+def write_first_state(*, run: WorkflowRun, changed: list[str], reason: str = "") -> None:
+    """Snapshot version 1 of a run just created (in this transaction) with its initial state
+    and `state_version=1`: what `write_state(expected_version=0)` does, minus the UPDATE and
+    the savepoint a brand-new row cannot need."""
+    state = normalise(run.state)
+    validate(state)
+    if run.state_version != 1:
+        raise StaleState(f"run {run.pk} was not created at state v1")
+    if not run.durable:
+        return
+    digest = chain_digest("", state)
+    RunSnapshot.objects.create(
+        run=run,
+        version=1,
+        conversation=state["conversation"],
+        workspace=state["workspace"],
+        systemic=state["systemic"],
+        changed=changed,
+        reason=reason[:300],
+        digest=digest,
+    )
+    key = (run.pk, 1)
+    transaction.on_commit(lambda: _remember_digest(key, digest))
+
+
 # Digests of committed snapshots, by (run, version): a committed snapshot never changes, so
 # the next write of the run in this process need not read its parent's digest back.
 _DIGESTS: dict[tuple[Any, int], str] = {}
