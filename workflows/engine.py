@@ -299,7 +299,9 @@ def _coordinate_locked(
     if run.attention and not _attention_resolved(run):
         _let_go(run, acquired)
         return None
-    steps = list(run.steps.select_for_update(no_key=True).order_by("position"))
+    # Not the outputs: a round never reads them (a step reads them from the state), and
+    # they grow with every step.
+    steps = list(run.steps.select_for_update(no_key=True).defer("output").order_by("position"))
 
     crashed = [s for s in steps if s.status == StepStatus.RUNNING and not s.has_live_lease]
     for s in crashed:
@@ -492,20 +494,30 @@ def _recovery_check(run: WorkflowRun, resuming: list[StepRun], *, cause: str) ->
     if digest(run.plan) != run.plan_digest:
         problems.append("the run's plan changed since it was stored")
     awaited = [a for s in resuming for a in (s.waiting_for or {}).get("actions", [])]
-    for action in Action.objects.filter(pk__in=awaited).select_related("escalation"):
+    # One query: each awaited action with whether the ledger holds its effect.
+    found = (
+        list(
+            Action.objects.filter(pk__in=awaited).annotate(
+                has_effect=Exists(Effect.objects.filter(action=OuterRef("pk")))
+            )
+        )
+        if awaited
+        else []
+    )
+    for action in found:
         label = f"{action.action_type} ({action.pk})"
         if action.run_id != run.pk:
             problems.append(f"action {label} does not belong to this run")
             continue
         if action.payload_digest and digest(action.payload) != action.payload_digest:
             problems.append(f"action {label}'s payload changed since it was proposed")
-        if action.status == ActionStatus.EXECUTED or Effect.objects.filter(action=action).exists():
+        if action.status == ActionStatus.EXECUTED or action.has_effect:
             problems.append(f"action {label} was already executed elsewhere")
         elif action.status not in (ActionStatus.APPROVED, ActionStatus.REJECTED):
             problems.append(f"action {label} is {action.status}, not decided")
     if awaited and not problems:
         checks.append(f"{len(awaited)} awaited action(s) decided, unchanged, not yet executed")
-    if len({*awaited}) != Action.objects.filter(pk__in=awaited).count():
+    if len({*awaited}) != len(found):
         problems.append("an awaited action no longer exists")
     ok = not problems
     record_trace(
