@@ -45,7 +45,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -320,9 +320,10 @@ def _coordinate_locked(
     def deps_done(s: StepRun) -> bool:
         return all(by_name[d].is_done for d in s.depends_on if d in by_name)
 
-    waiting_on = _undecided_actions(steps)
+    awaited = _awaited_actions(steps)
+    undecided = {pk for pk, a in awaited.items() if a.status == ActionStatus.ESCALATED}
     resumable = [
-        s for s in steps if s.status == StepStatus.WAITING and _wait_over(s, now, waiting_on)
+        s for s in steps if s.status == StepStatus.WAITING and _wait_over(s, now, undecided)
     ]
     ready = [
         s
@@ -340,7 +341,7 @@ def _coordinate_locked(
             if any((s.waiting_for or {}).get("until") for s in resumable)
             else "a decision"
         )
-        if not _recovery_check(run, resumable, cause=cause):
+        if not _recovery_check(run, resumable, cause=cause, awaited=awaited):
             return None
 
     for s in work:
@@ -400,9 +401,10 @@ def _until(step: StepRun) -> datetime | None:
     return parse_datetime(raw) if isinstance(raw, str) else None
 
 
-def _undecided_actions(steps: list[StepRun]) -> set[str]:
-    """Of the actions the waiting steps wait for, those still with a person: one query for
-    all of them (none when nothing waits on an action)."""
+def _awaited_actions(steps: list[StepRun]) -> dict[str, Action]:
+    """The actions the waiting steps wait for, by id, each annotated with whether the ledger
+    holds its effect (what a recovery check asks): one query for all of them, none when
+    nothing waits on an action."""
     ids = [
         a
         for s in steps
@@ -410,13 +412,12 @@ def _undecided_actions(steps: list[StepRun]) -> set[str]:
         for a in (s.waiting_for or {}).get("actions") or []
     ]
     if not ids:
-        return set()
-    return {
-        str(pk)
-        for pk in Action.objects.filter(pk__in=ids, status=ActionStatus.ESCALATED).values_list(
-            "pk", flat=True
-        )
-    }
+        return {}
+    return {str(a.pk): a for a in _with_effect(Action.objects.filter(pk__in=ids))}
+
+
+def _with_effect(actions: QuerySet[Action]) -> list[Action]:
+    return list(actions.annotate(has_effect=Exists(Effect.objects.filter(action=OuterRef("pk")))))
 
 
 def _wait_over(step: StepRun, now: datetime, undecided: set[str]) -> bool:
@@ -478,10 +479,17 @@ def _requeue_crashed(run: WorkflowRun, step: StepRun) -> bool:
 # --- recovery ------------------------------------------------------------------------------
 
 
-def _recovery_check(run: WorkflowRun, resuming: list[StepRun], *, cause: str) -> bool:
+def _recovery_check(
+    run: WorkflowRun,
+    resuming: list[StepRun],
+    *,
+    cause: str,
+    awaited: dict[str, Action] | None = None,
+) -> bool:
     """Verify the run may go on; record the check in the trace. Precondition: run row locked.
 
     On a mismatch the run waits for a person (a resume_run escalation) and False is returned.
+    `awaited`: the waiting steps' actions as `_awaited_actions` read them under this lock.
     """
     from .actions import record_trace
 
@@ -493,17 +501,11 @@ def _recovery_check(run: WorkflowRun, resuming: list[StepRun], *, cause: str) ->
         checks.append("objective unchanged")
     if digest(run.plan) != run.plan_digest:
         problems.append("the run's plan changed since it was stored")
-    awaited = [a for s in resuming for a in (s.waiting_for or {}).get("actions", [])]
-    # One query: each awaited action with whether the ledger holds its effect.
-    found = (
-        list(
-            Action.objects.filter(pk__in=awaited).annotate(
-                has_effect=Exists(Effect.objects.filter(action=OuterRef("pk")))
-            )
-        )
-        if awaited
-        else []
-    )
+    wanted = [a for s in resuming for a in (s.waiting_for or {}).get("actions", [])]
+    if awaited is None:
+        found = _with_effect(Action.objects.filter(pk__in=wanted)) if wanted else []
+    else:
+        found = [awaited[str(a)] for a in dict.fromkeys(wanted) if str(a) in awaited]
     for action in found:
         label = f"{action.action_type} ({action.pk})"
         if action.run_id != run.pk:
@@ -511,13 +513,13 @@ def _recovery_check(run: WorkflowRun, resuming: list[StepRun], *, cause: str) ->
             continue
         if action.payload_digest and digest(action.payload) != action.payload_digest:
             problems.append(f"action {label}'s payload changed since it was proposed")
-        if action.status == ActionStatus.EXECUTED or action.has_effect:
+        if action.status == ActionStatus.EXECUTED or getattr(action, "has_effect", False):
             problems.append(f"action {label} was already executed elsewhere")
         elif action.status not in (ActionStatus.APPROVED, ActionStatus.REJECTED):
             problems.append(f"action {label} is {action.status}, not decided")
-    if awaited and not problems:
-        checks.append(f"{len(awaited)} awaited action(s) decided, unchanged, not yet executed")
-    if len({*awaited}) != len(found):
+    if wanted and not problems:
+        checks.append(f"{len(wanted)} awaited action(s) decided, unchanged, not yet executed")
+    if len({*wanted}) != len(found):
         problems.append("an awaited action no longer exists")
     ok = not problems
     record_trace(
