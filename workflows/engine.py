@@ -197,7 +197,11 @@ def advance_run(*, run_id: uuid.UUID) -> None:
         for rounds_left in range(MAX_ROUNDS_PER_TASK, 0, -1):
             if claim is None:
                 return
-            nxt = _execute(claim, inline=True, chain=rounds_left > 1)
+            last = rounds_left == 1
+            # The last round claims nothing more: what it claimed would be left running.
+            nxt = _execute(claim, inline=True, chain=not last)
+            if last:
+                break
             claim = _coordinate(run_id, token) if isinstance(nxt, _Again) else nxt
             held = claim is not None
         # A long plan: hand the rest to a fresh task rather than hog this worker. Let go in

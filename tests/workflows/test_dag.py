@@ -108,6 +108,20 @@ def test_the_same_workflow_runs_with_every_step_inline_when_forced_sync(agent, i
     ]
 
 
+def test_a_long_plan_is_handed_to_a_fresh_task_without_leaving_a_step_claimed(
+    agent, inline_tasks, monkeypatch
+):
+    monkeypatch.setattr(engine, "MAX_ROUNDS_PER_TASK", 2)
+    run = start_run(workflow="fan_out", input={}, force_sync=True)
+    inline_tasks.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    advances = [t for t, _ in inline_tasks.delivered if t == "workflows.tasks.advance_run"]
+    assert len(advances) > 1
+    assert StepRun.objects.filter(run=run).exclude(attempts=1).count() == 0
+    assert not run.trace.filter(kind=TraceKind.ERROR).exists()
+
+
 def test_a_step_delivered_twice_in_a_row_is_a_logged_no_op(agent, inline_tasks, caplog):
     run = start_run(workflow="fan_out", input={})
     inline_tasks.deliver(*inline_tasks.sent.pop(0)[1:])  # start, then dispatch the fan-out
