@@ -3,21 +3,26 @@
 Locking and leases. Nothing holds a row lock while a step runs (a step may call a model for
 seconds). Instead:
 
-- the *coordinator* (`advance_run`) takes the run's lease (a conditional UPDATE: owner token +
-  expiry), decides in short transactions what is ready, dispatches async steps (outbox rows,
-  relayed after commit) and runs sync steps inline, one at a time, in plan order;
-- a *step attempt* is claimed in a short transaction (attempt counter bumped there, before
-  the step runs, with its own lease = its timeout), then the step body runs in a transaction
+- the *coordinator* (`advance_run`) takes the run's lease (owner token + expiry, decided under
+  the run's row lock in its first round), decides in short rounds what is ready, dispatches
+  async steps (outbox rows, relayed after commit) and runs sync steps inline, one at a time,
+  in plan order;
+- a *step attempt* is claimed in a round (attempt counter bumped there, committed before the
+  step runs, with its own lease = its timeout), then the step body runs in a transaction
   that holds no contended lock; its result, its state change and any follow-up enqueue are
   committed together behind a fence: the step row is updated only if this attempt still
   holds an unexpired lease, so a worker that was presumed dead, timed out or cancelled can
   never commit (its whole transaction, effects ledger included, rolls back);
 - the short lock taken at commit is `FOR NO KEY UPDATE` on the run row: it serialises the
   commits of one run's steps (so a join sees every sibling's result) and does not conflict
-  with the key-share locks a running step's inserts take on the run.
+  with the key-share locks a running step's inserts take on the run;
+- an inline step's commit is also the next round: under that same lock it claims the next
+  sync step (or lets the lease go), so a sync step costs one transaction, not three.
 
-Anyone who wants a run advanced while another worker holds its lease bumps `pokes`; the
-holder re-checks before it lets go, so no nudge is lost. A lease that expires (its holder was
+Anyone who wants a run advanced while another worker holds its lease bumps `pokes` (a count
+for operators) and leaves it to the holder: the holder only ever lets go in a round, under
+the row lock, after reading the steps and actions afresh, so it sees whatever the nudge was
+for; a nudge that waited on that lock finds the lease free. A lease that expires (its holder was
 SIGKILLed, lost its database, hung) is taken over by the next `advance_run`, which the
 beat-driven reconciler sends; the attempt the dead worker used is counted, and after
 `max_attempts` the step goes to dead-letter and the run to failed.
