@@ -114,15 +114,16 @@ def start_run(
     plan_json = [p.to_json() for p in plan]
     initial = normalise(spec.initial_state(input))
     validate_state(initial)
-    agent = AgentProfile.objects.filter(name=spec.agent).first()
-    if agent is None:
-        raise InvalidInput(
-            f"{spec.name} acts as agent {spec.agent!r}, which has no profile: create it in the "
-            "admin (Agent profiles) with the team that reviews its work"
-        )
     now = timezone.now()
     try:
         with transaction.atomic():
+            # Read in the run's transaction, not one of its own before it.
+            agent = AgentProfile.objects.filter(name=spec.agent).first()
+            if agent is None:
+                raise InvalidInput(
+                    f"{spec.name} acts as agent {spec.agent!r}, which has no profile: create it "
+                    "in the admin (Agent profiles) with the team that reviews its work"
+                )
             run = WorkflowRun.objects.create(
                 workflow=spec.name,
                 workflow_version=spec.version,
