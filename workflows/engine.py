@@ -193,11 +193,17 @@ def advance_run(*, run_id: uuid.UUID) -> None:
     Sync steps chain: the transaction that commits one step also coordinates the next round
     and claims the next sync step, so a run of n inline steps costs n + 1 transactions."""
     token = new_owner()
+    _drive(run_id, token, lambda: _coordinate(run_id, token, acquire=True))
+
+
+def _drive(run_id: uuid.UUID, token: str, first: Callable[[], Claim | None]) -> None:
+    """The coordinator's loop, from its first round (`first`: one that takes the lease, or
+    one under a lease this task already took as `token`)."""
     # True while this task may hold the run's lease: a round that returns no claim has let
     # it go in its own transaction (or never had it).
-    held = False
+    held = True
     try:
-        claim = _coordinate(run_id, token, acquire=True)
+        claim = first()
         held = claim is not None
         for rounds_left in range(MAX_ROUNDS_PER_TASK, 0, -1):
             if claim is None:
@@ -241,6 +247,13 @@ class _Again:
 
 
 AGAIN = _Again()
+
+
+@dataclass
+class _Coordinate(_Again):
+    """An async step's commit took the run's free lease as `token`: the task coordinates."""
+
+    token: str
 
 
 def _lock_run(run_id: uuid.UUID) -> WorkflowRun | None:
@@ -628,8 +641,14 @@ def run_step(*, run_id: uuid.UUID, step_name: str) -> None:
     """An async step's task. A duplicate delivery finds the step claimed or done: a no-op."""
     token = new_owner()
     claim = _claim_async(run_id, step_name, token)
-    if claim is not None:
-        _execute(claim, inline=False)
+    if claim is None:
+        return
+    done = _execute(claim, inline=False)
+    if isinstance(done, _Coordinate):
+        # This task took the run's free lease in the step's commit: coordinate here, rather
+        # than through another task. Should it die first, the lease expires and the
+        # reconciler sends the run on (as for a coordinator that died).
+        _drive(run_id, done.token, lambda: _coordinate(run_id, done.token))
 
 
 def _claim_async(run_id: uuid.UUID, step_name: str, token: str) -> Claim | None:
@@ -751,7 +770,15 @@ def _commit(
     else:
         locked = (
             WorkflowRun.objects.select_for_update(no_key=True)
-            .only("status", "attention", "wake_at", "state", "state_version")
+            .only(
+                "status",
+                "attention",
+                "wake_at",
+                "state",
+                "state_version",
+                "lease_owner",
+                "lease_expires_at",
+            )
             .get(pk=run.pk)
         )
     if locked.is_terminal or locked.attention:
@@ -816,7 +843,19 @@ def _commit(
         wake = result.until if locked.wake_at is None else min(locked.wake_at, result.until)
         WorkflowRun.objects.filter(pk=run.pk).update(wake_at=wake, updated_at=now)
     if not inline and _worth_advancing(run.pk):
-        outbox_enqueue(ADVANCE, str(run.pk))
+        if locked.lease_owner:
+            # A coordinator has it (or had it and died: the take-over's recovery check is for
+            # a task of its own): a task, as ever.
+            outbox_enqueue(ADVANCE, str(run.pk))
+            return AGAIN
+        # Free: this task takes it and coordinates once this commits, without a Celery hop.
+        owner = new_owner()
+        WorkflowRun.objects.filter(pk=run.pk).update(
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=_lease_seconds()),
+            updated_at=now,
+        )
+        return _Coordinate(token=owner)
     return AGAIN
 
 
