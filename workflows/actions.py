@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -29,10 +32,15 @@ from .models import (
     WorkflowRun,
 )
 from .specs import InvalidInput, digest, get_spec
-from .state import normalise, write_state
+from .state import normalise, write_first_state, write_state
+from .state import validate as validate_state
 from .tools import ToolError, get_action_type
 
 log = logging.getLogger(__name__)
+
+
+# Set by `buffered_trace`: the events recorded so far in the engine's current transaction.
+_TRACE_BUFFER: ContextVar[list[TraceEvent] | None] = ContextVar("trace_buffer", default=None)
 
 
 def record_trace(
@@ -44,9 +52,37 @@ def record_trace(
     data: dict[str, Any] | None = None,
     actor: str = "",
 ) -> TraceEvent:
-    return TraceEvent.objects.create(
+    """Write a trace event, or, inside `buffered_trace`, keep it for that block's one INSERT
+    (the event then has no pk until the block ends)."""
+    event = TraceEvent(
         run=run, kind=kind, message=message, step_name=step_name, data=data or {}, actor=actor
     )
+    buffer = _TRACE_BUFFER.get()
+    if buffer is not None:
+        buffer.append(event)
+    else:
+        event.save(force_insert=True)
+    return event
+
+
+@contextmanager
+def buffered_trace() -> Iterator[None]:
+    """Collect the trace events recorded in this block and write them in one INSERT at its
+    end. Precondition: inside the transaction they belong to, with no savepoint in between
+    that could roll back while the block goes on (an event kept here would outlive it). If
+    the block raises, the events are dropped, as the transaction's rollback would drop them.
+    Nested blocks write with the outermost."""
+    if _TRACE_BUFFER.get() is not None:
+        yield
+        return
+    events: list[TraceEvent] = []
+    token = _TRACE_BUFFER.set(events)
+    try:
+        yield
+    finally:
+        _TRACE_BUFFER.reset(token)
+    if events:
+        TraceEvent.objects.bulk_create(events)
 
 
 def start_run(
@@ -77,15 +113,17 @@ def start_run(
     plan = spec.make_plan(input, force_sync=force_sync)
     plan_json = [p.to_json() for p in plan]
     initial = normalise(spec.initial_state(input))
-    agent = AgentProfile.objects.filter(name=spec.agent).first()
-    if agent is None:
-        raise InvalidInput(
-            f"{spec.name} acts as agent {spec.agent!r}, which has no profile: create it in the "
-            "admin (Agent profiles) with the team that reviews its work"
-        )
+    validate_state(initial)
     now = timezone.now()
     try:
         with transaction.atomic():
+            # Read in the run's transaction, not one of its own before it.
+            agent = AgentProfile.objects.filter(name=spec.agent).first()
+            if agent is None:
+                raise InvalidInput(
+                    f"{spec.name} acts as agent {spec.agent!r}, which has no profile: create it "
+                    "in the admin (Agent profiles) with the team that reviews its work"
+                )
             run = WorkflowRun.objects.create(
                 workflow=spec.name,
                 workflow_version=spec.version,
@@ -98,6 +136,9 @@ def start_run(
                 parent=parent,
                 idempotency_key=idempotency_key or None,
                 durable=spec.durable,
+                # Version 1 written with the row (write_first_state snapshots it below).
+                state=initial,
+                state_version=1,
                 created_at=now,
                 updated_at=now,
                 deadline_at=now + timedelta(seconds=spec.timeout_seconds)
@@ -105,7 +146,7 @@ def start_run(
                 else None,
             )
             # The run keeps the prompt versions live now, whatever is activated while it runs.
-            pin_prompts(run=run)
+            pin_prompts(run=run, new=True)
             StepRun.objects.bulk_create(
                 StepRun(
                     run=run,
@@ -119,12 +160,8 @@ def start_run(
                 )
                 for i, p in enumerate(plan)
             )
-            write_state(
-                run=run,
-                expected_version=0,
-                new_state=initial,
-                changed=[d for d in initial if initial[d]],
-                reason="initial state",
+            write_first_state(
+                run=run, changed=[d for d in initial if initial[d]], reason="initial state"
             )
             parallel = sum(1 for p in plan if p.mode == "async")
             record_trace(
@@ -144,14 +181,28 @@ def start_run(
     return run
 
 
-def finish_run(*, run: WorkflowRun, status: RunStatus, error: str = "") -> None:
-    """Precondition: the caller holds the run's row lock. Only non-terminal runs finish."""
+def finish_run(
+    *,
+    run: WorkflowRun,
+    status: RunStatus,
+    error: str = "",
+    also: Sequence[str] = (),
+    pending: list[str] | None = None,
+) -> None:
+    """Precondition: the caller holds the run's row lock. Only non-terminal runs finish.
+
+    `also`: more fields the caller set on `run`, saved in the same UPDATE. With `pending`,
+    the fields are added to it and left for the caller to save, in this transaction."""
     if run.is_terminal:
         return
     run.status = status
     run.error = error
     run.finished_at = run.updated_at = timezone.now()
-    run.save(update_fields=["status", "error", "finished_at", "updated_at"])
+    fields = ["status", "error", "finished_at", "updated_at", *also]
+    if pending is not None:
+        pending.extend(f for f in fields if f not in pending)
+    else:
+        run.save(update_fields=fields)
     record_trace(
         run=run,
         kind=TraceKind.ERROR if status == RunStatus.FAILED else TraceKind.SYSTEM,
@@ -182,17 +233,6 @@ def propose_action(
     existing = Action.objects.filter(idempotency_key=key).first()
     if existing is not None:
         return existing
-    action = Action.objects.create(
-        run=run,
-        step_name=step_name,
-        agent=run.agent,
-        action_type=tool.name,
-        payload=payload,
-        confidence=confidence,
-        rationale=rationale,
-        idempotency_key=key,
-        payload_digest=digest(payload),
-    )
     decision = evaluate(
         agent=run.agent,
         workflow=run.workflow,
@@ -206,16 +246,28 @@ def propose_action(
         decision = replace(decision, outcome=PolicyOutcome.REVIEW, reasons=[*force_review_reasons])
     elif force_review_reasons:
         decision = replace(decision, reasons=[*force_review_reasons, *decision.reasons])
-    action.outcome = decision.outcome
-    action.reasons = decision.reasons
-    action.policy_id = decision.policy_id
-    action.policy_version = decision.policy_version
-    action.status = {
-        PolicyOutcome.AUTO: ActionStatus.AUTO_APPROVED,
-        PolicyOutcome.REVIEW: ActionStatus.ESCALATED,
-        PolicyOutcome.BLOCK: ActionStatus.BLOCKED,
-    }[decision.outcome]
-    action.save(update_fields=["outcome", "reasons", "policy", "policy_version", "status"])
+    # Evaluated before the row exists, so it is written once, with its verdict (the
+    # evaluation reads policies only, never the action).
+    action = Action.objects.create(
+        run=run,
+        step_name=step_name,
+        agent=run.agent,
+        action_type=tool.name,
+        payload=payload,
+        confidence=confidence,
+        rationale=rationale,
+        idempotency_key=key,
+        payload_digest=digest(payload),
+        outcome=decision.outcome,
+        reasons=decision.reasons,
+        policy_id=decision.policy_id,
+        policy_version=decision.policy_version,
+        status={
+            PolicyOutcome.AUTO: ActionStatus.AUTO_APPROVED,
+            PolicyOutcome.REVIEW: ActionStatus.ESCALATED,
+            PolicyOutcome.BLOCK: ActionStatus.BLOCKED,
+        }[decision.outcome],
+    )
     record_trace(
         run=run,
         kind=TraceKind.POLICY,

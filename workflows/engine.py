@@ -3,21 +3,26 @@
 Locking and leases. Nothing holds a row lock while a step runs (a step may call a model for
 seconds). Instead:
 
-- the *coordinator* (`advance_run`) takes the run's lease (a conditional UPDATE: owner token +
-  expiry), decides in short transactions what is ready, dispatches async steps (outbox rows,
-  relayed after commit) and runs sync steps inline, one at a time, in plan order;
-- a *step attempt* is claimed in a short transaction (attempt counter bumped there, before
-  the step runs, with its own lease = its timeout), then the step body runs in a transaction
+- the *coordinator* (`advance_run`) takes the run's lease (owner token + expiry, decided under
+  the run's row lock in its first round), decides in short rounds what is ready, dispatches
+  async steps (outbox rows, relayed after commit) and runs sync steps inline, one at a time,
+  in plan order;
+- a *step attempt* is claimed in a round (attempt counter bumped there, committed before the
+  step runs, with its own lease = its timeout), then the step body runs in a transaction
   that holds no contended lock; its result, its state change and any follow-up enqueue are
   committed together behind a fence: the step row is updated only if this attempt still
   holds an unexpired lease, so a worker that was presumed dead, timed out or cancelled can
   never commit (its whole transaction, effects ledger included, rolls back);
 - the short lock taken at commit is `FOR NO KEY UPDATE` on the run row: it serialises the
   commits of one run's steps (so a join sees every sibling's result) and does not conflict
-  with the key-share locks a running step's inserts take on the run.
+  with the key-share locks a running step's inserts take on the run;
+- an inline step's commit is also the next round: under that same lock it claims the next
+  sync step (or lets the lease go), so a sync step costs one transaction, not three.
 
-Anyone who wants a run advanced while another worker holds its lease bumps `pokes`; the
-holder re-checks before it lets go, so no nudge is lost. A lease that expires (its holder was
+Anyone who wants a run advanced while another worker holds its lease bumps `pokes` (a count
+for operators) and leaves it to the holder: the holder only ever lets go in a round, under
+the row lock, after reading the steps and actions afresh, so it sees whatever the nudge was
+for; a nudge that waited on that lock finds the lease free. A lease that expires (its holder was
 SIGKILLed, lost its database, hung) is taken over by the next `advance_run`, which the
 beat-driven reconciler sends; the attempt the dead worker used is counted, and after
 `max_attempts` the step goes to dead-letter and the run to failed.
@@ -45,7 +50,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -183,173 +188,234 @@ class Claim:
 
 def advance_run(*, run_id: uuid.UUID) -> None:
     """Coordinate the run until nothing more can start now. Safe to call any number of times,
-    from any number of workers at once: one holds the lease, the others leave a poke."""
+    from any number of workers at once: one holds the lease, the others leave a poke.
+
+    Sync steps chain: the transaction that commits one step also coordinates the next round
+    and claims the next sync step, so a run of n inline steps costs n + 1 transactions."""
     token = new_owner()
-    took_over = _acquire_run_lease(run_id, token)
-    if took_over is None:
-        return
-    released = False
+    _drive(run_id, token, lambda: _coordinate(run_id, token, acquire=True))
+
+
+def _drive(run_id: uuid.UUID, token: str, first: Callable[[], Claim | None]) -> None:
+    """The coordinator's loop, from its first round (`first`: one that takes the lease, or
+    one under a lease this task already took as `token`)."""
+    # True while this task may hold the run's lease: a round that returns no claim has let
+    # it go in its own transaction (or never had it).
+    held = True
     try:
-        for _ in range(MAX_ROUNDS_PER_TASK):
-            claim, pokes = _coordinate(run_id, token, took_over=took_over)
-            took_over = False
-            if claim is not None:
-                _execute(claim, inline=True)
-                continue
-            if pokes is None or _release_run_lease(run_id, token, pokes):
-                released = True
+        claim = first()
+        held = claim is not None
+        for rounds_left in range(MAX_ROUNDS_PER_TASK, 0, -1):
+            if claim is None:
                 return
-        # A long plan: hand the rest to a fresh task rather than hog this worker. Let go
-        # first, or the fresh task could find the lease held and only leave a poke.
-        released = _release_run_lease(run_id, token, None)
-        with transaction.atomic():
-            outbox_enqueue(ADVANCE, str(run_id))
+            last = rounds_left == 1
+            # The last round claims nothing more: what it claimed would be left running.
+            nxt = _execute(claim, inline=True, chain=not last)
+            if last:
+                break
+            claim = _coordinate(run_id, token) if isinstance(nxt, _Again) else nxt
+            held = claim is not None
+        # A long plan: hand the rest to a fresh task rather than hog this worker. Let go in
+        # the same transaction, or the fresh task could find the lease held and only poke.
+        if held:
+            with transaction.atomic():
+                WorkflowRun.objects.filter(pk=run_id, lease_owner=token).update(
+                    lease_owner="", lease_expires_at=None
+                )
+                outbox_enqueue(ADVANCE, str(run_id))
+            held = False
     finally:
-        if not released:
-            _release_run_lease(run_id, token, None, quiet=True)
+        if held:
+            _release_run_lease(run_id, token, quiet=True)
 
 
-def _acquire_run_lease(run_id: uuid.UUID, token: str) -> bool | None:
-    """None: not acquired (finished, or someone else holds it — they were poked). Otherwise
-    whether an expired lease was taken over (its holder died: recovery must check)."""
-    with transaction.atomic():
-        # Only the lease columns: the state, plan and input are decoded by _coordinate.
-        run = (
-            WorkflowRun.objects.select_for_update(no_key=True)
-            .only("status", "lease_owner", "lease_expires_at")
-            .filter(pk=run_id)
-            .first()
-        )
-        if run is None or run.is_terminal:
-            return None
-        if run.has_live_lease:
-            WorkflowRun.objects.filter(pk=run_id).update(pokes=F("pokes") + 1)
-            return None
-        took_over = bool(run.lease_owner)
-        run.lease_owner = token
-        run.lease_expires_at = timezone.now() + timedelta(seconds=_lease_seconds())
-        run.save(update_fields=["lease_owner", "lease_expires_at"])
-        if took_over:
-            log.warning("run %s: took over an expired lease", run_id)
-        return took_over
-
-
-def _release_run_lease(
-    run_id: uuid.UUID, token: str, pokes: int | None, *, quiet: bool = False
-) -> bool:
-    """Let go unless someone poked since `pokes` was read (then look again: returns False)."""
+def _release_run_lease(run_id: uuid.UUID, token: str, *, quiet: bool = False) -> None:
+    """Let go of the lease after something went wrong mid-round (a round that finishes lets go
+    in its own transaction)."""
     try:
-        qs = WorkflowRun.objects.filter(pk=run_id, lease_owner=token)
-        if pokes is not None:
-            qs = qs.filter(pokes=pokes)
-        released = qs.update(lease_owner="", lease_expires_at=None)
-        if released or pokes is None:
-            return True
-        # Not released: either poked (look again) or the lease is no longer ours (stop).
-        return not WorkflowRun.objects.filter(pk=run_id, lease_owner=token).exists()
+        WorkflowRun.objects.filter(pk=run_id, lease_owner=token).update(
+            lease_owner="", lease_expires_at=None
+        )
     except Exception:
         if not quiet:
             raise
         log.exception("run %s: could not release its lease; it will expire", run_id)
-        return True
 
 
-def _coordinate(
-    run_id: uuid.UUID, token: str, *, took_over: bool
-) -> tuple[Claim | None, int | None]:
-    """One round under the run's row lock: repair, check, dispatch async steps, claim the next
-    sync step. Returns (the claimed sync step or None, the pokes seen; None: stop now)."""
+class _Again:
+    """`_execute` could not chain (the attempt failed or was refused): coordinate afresh."""
+
+
+AGAIN = _Again()
+
+
+@dataclass
+class _Coordinate(_Again):
+    """An async step's commit took the run's free lease as `token`: the task coordinates."""
+
+    token: str
+
+
+def _lock_run(run_id: uuid.UUID) -> WorkflowRun | None:
+    # The agent rides along (steps propose actions as it); only the run's row is locked.
+    return (
+        WorkflowRun.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("agent")
+        .filter(pk=run_id)
+        .first()
+    )
+
+
+def _coordinate(run_id: uuid.UUID, token: str, *, acquire: bool = False) -> Claim | None:
+    """One round in its own transaction; with `acquire`, take the run's lease first (a
+    conditional decision under the row lock: free or expired, else poke the holder)."""
+    from .actions import buffered_trace
+
+    with transaction.atomic(), buffered_trace():
+        run = _lock_run(run_id)
+        if run is None or run.is_terminal:
+            return None
+        took_over = False
+        if acquire:
+            if run.has_live_lease:
+                # The holder re-reads the run under this lock before it lets go: the poke is
+                # for a holder between rounds (it looks again rather than stop).
+                WorkflowRun.objects.filter(pk=run_id).update(pokes=F("pokes") + 1)
+                return None
+            took_over = bool(run.lease_owner)
+            if took_over:
+                log.warning("run %s: took over an expired lease", run_id)
+            run.lease_owner = token
+        return _coordinate_locked(run, token, took_over=took_over, acquired=acquire)
+
+
+def _coordinate_locked(
+    run: WorkflowRun,
+    token: str,
+    *,
+    took_over: bool,
+    acquired: bool = False,
+    pending: list[str] | None = None,
+) -> Claim | None:
+    """One round under the run's row lock (held by the caller, in its transaction): repair,
+    check, dispatch async steps, claim the next sync step. Returns the claimed sync step, or
+    None once nothing more can start now — then the lease has been let go (in this
+    transaction, so whoever waits on the row lock to advance the run finds it free: no nudge
+    is lost) or was never ours.
+
+    With `pending`, the run's fields this round changed at its end are added to it, not
+    saved: the caller saves them in this transaction (with the state it writes)."""
     from .actions import record_trace
 
-    with transaction.atomic():
-        run = WorkflowRun.objects.select_for_update(no_key=True).filter(pk=run_id).first()
-        if run is None or run.lease_owner != token or run.is_terminal:
-            return None, None
-        try:
-            get_spec(run.workflow, run.workflow_version)
-        except UnknownWorkflow as exc:
-            _fail_run(run, f"{exc} in this worker")
-            return None, None
-        now = timezone.now()
-        if run.deadline_at is not None and now >= run.deadline_at:
-            _fail_run(run, f"run timed out (deadline {run.deadline_at:%Y-%m-%d %H:%M:%S} UTC)")
-            return None, None
-        if run.attention and not _attention_resolved(run):
-            return None, None
-        steps = list(run.steps.select_for_update(no_key=True).order_by("position"))
+    if run.lease_owner != token or run.is_terminal:
+        return None
+    try:
+        get_spec(run.workflow, run.workflow_version)
+    except UnknownWorkflow as exc:
+        _fail_run(run, f"{exc} in this worker")
+        return None
+    now = timezone.now()
+    if run.deadline_at is not None and now >= run.deadline_at:
+        _fail_run(run, f"run timed out (deadline {run.deadline_at:%Y-%m-%d %H:%M:%S} UTC)")
+        return None
+    if run.attention and not _attention_resolved(run):
+        _let_go(run, acquired)
+        return None
+    # Not the outputs: a round never reads them (a step reads them from the state), and
+    # they grow with every step.
+    steps = list(run.steps.select_for_update(no_key=True).defer("output").order_by("position"))
 
-        crashed = [s for s in steps if s.status == StepStatus.RUNNING and not s.has_live_lease]
-        for s in crashed:
-            if not _requeue_crashed(run, s):
-                return None, None
-        stale = now - timedelta(seconds=_stall_seconds())
-        for s in steps:
-            if s.status == StepStatus.QUEUED and s.dispatched_at and s.dispatched_at < stale:
-                # Its message never reached a worker (broker restarted empty): send again.
-                s.dispatched_at = now
-                s.save(update_fields=["dispatched_at"])
-                outbox_enqueue(RUN_STEP, str(run.pk), s.name)
+    crashed = [s for s in steps if s.status == StepStatus.RUNNING and not s.has_live_lease]
+    for s in crashed:
+        if not _requeue_crashed(run, s):
+            return None
+    stale = now - timedelta(seconds=_stall_seconds())
+    for s in steps:
+        if s.status == StepStatus.QUEUED and s.dispatched_at and s.dispatched_at < stale:
+            # Its message never reached a worker (broker restarted empty): send again.
+            s.dispatched_at = now
+            s.save(update_fields=["dispatched_at"])
+            outbox_enqueue(RUN_STEP, str(run.pk), s.name)
 
-        by_name = {s.name: s for s in steps}
+    by_name = {s.name: s for s in steps}
 
-        def deps_done(s: StepRun) -> bool:
-            return all(by_name[d].is_done for d in s.depends_on if d in by_name)
+    def deps_done(s: StepRun) -> bool:
+        return all(by_name[d].is_done for d in s.depends_on if d in by_name)
 
-        resumable = [s for s in steps if s.status == StepStatus.WAITING and _wait_over(s, now)]
-        ready = [
-            s
-            for s in steps
-            if s.status == StepStatus.PENDING
-            and deps_done(s)
-            and (s.not_before is None or s.not_before <= now)
-        ]
-        work = sorted(resumable + ready, key=lambda s: s.position)
-        if work and (run.status == RunStatus.WAITING or took_over or crashed):
-            cause = (
-                "a crash"
-                if took_over or crashed
-                else "a wake-up"
-                if any((s.waiting_for or {}).get("until") for s in resumable)
-                else "a decision"
-            )
-            if not _recovery_check(run, resumable, cause=cause):
-                return None, None
+    awaited = _awaited_actions(steps)
+    undecided = {pk for pk, a in awaited.items() if a.status == ActionStatus.ESCALATED}
+    resumable = [
+        s for s in steps if s.status == StepStatus.WAITING and _wait_over(s, now, undecided)
+    ]
+    ready = [
+        s
+        for s in steps
+        if s.status == StepStatus.PENDING
+        and deps_done(s)
+        and (s.not_before is None or s.not_before <= now)
+    ]
+    work = sorted(resumable + ready, key=lambda s: s.position)
+    if work and (run.status == RunStatus.WAITING or took_over or crashed):
+        cause = (
+            "a crash"
+            if took_over or crashed
+            else "a wake-up"
+            if any((s.waiting_for or {}).get("until") for s in resumable)
+            else "a decision"
+        )
+        if not _recovery_check(run, resumable, cause=cause, awaited=awaited):
+            return None
 
-        for s in work:
-            if s.mode == StepMode.ASYNC:
-                s.status = StepStatus.QUEUED
-                s.dispatched_at = now
-                s.save(update_fields=["status", "dispatched_at"])
-                outbox_enqueue(RUN_STEP, str(run.pk), s.name)
-        sync = next((s for s in work if s.mode == StepMode.SYNC), None)
-        claim = _claim(run, sync, token, now) if sync is not None else None
-        if run.is_terminal:
-            return None, None
-        started = claim is not None or any(s.mode == StepMode.ASYNC for s in work)
+    for s in work:
+        if s.mode == StepMode.ASYNC:
+            s.status = StepStatus.QUEUED
+            s.dispatched_at = now
+            s.save(update_fields=["status", "dispatched_at"])
+            outbox_enqueue(RUN_STEP, str(run.pk), s.name)
+    sync = next((s for s in work if s.mode == StepMode.SYNC), None)
+    claim = _claim(run, sync, token, now) if sync is not None else None
+    if run.is_terminal:
+        return None
+    started = claim is not None or any(s.mode == StepMode.ASYNC for s in work)
 
-        if started:
-            if run.status != RunStatus.RUNNING:
-                if run.status == RunStatus.WAITING:
-                    record_trace(run=run, kind=TraceKind.SYSTEM, message="run resumed")
-                run.status = RunStatus.RUNNING
-            run.wake_at = None
-        elif all(s.is_done for s in steps):
-            _finish(run, RunStatus.SUCCEEDED)
-            return None, None
-        else:
-            in_flight = any(s.status in (StepStatus.RUNNING, StepStatus.QUEUED) for s in steps)
-            waiting = [s for s in steps if s.status == StepStatus.WAITING]
-            if waiting and not in_flight and run.status != RunStatus.WAITING:
-                run.status = RunStatus.WAITING
-            wakes = [_until(s) for s in waiting]
-            run.wake_at = min((w for w in wakes if w is not None), default=None)
-        lease = _lease_seconds()
-        if claim is not None:
-            lease = max(lease, claim.step.timeout_seconds + LEASE_MARGIN_SECONDS)
+    if started:
+        if run.status != RunStatus.RUNNING:
+            if run.status == RunStatus.WAITING:
+                record_trace(run=run, kind=TraceKind.SYSTEM, message="run resumed")
+            run.status = RunStatus.RUNNING
+        run.wake_at = None
+    elif all(s.is_done for s in steps):
+        _finish(run, RunStatus.SUCCEEDED, all_done=True, pending=pending)
+        return None
+    else:
+        in_flight = any(s.status in (StepStatus.RUNNING, StepStatus.QUEUED) for s in steps)
+        waiting = [s for s in steps if s.status == StepStatus.WAITING]
+        if waiting and not in_flight and run.status != RunStatus.WAITING:
+            run.status = RunStatus.WAITING
+        wakes = [_until(s) for s in waiting]
+        run.wake_at = min((w for w in wakes if w is not None), default=None)
+    fields = ["status", "wake_at", "lease_owner", "lease_expires_at", "updated_at"]
+    if claim is not None:
+        lease = max(_lease_seconds(), claim.step.timeout_seconds + LEASE_MARGIN_SECONDS)
         run.lease_expires_at = now + timedelta(seconds=lease)
-        run.updated_at = now
-        run.save(update_fields=["status", "wake_at", "lease_expires_at", "updated_at"])
-        return claim, run.pokes
+    else:
+        # Nothing to run here now: let go in this transaction (see the docstring).
+        run.lease_owner, run.lease_expires_at = "", None
+    run.updated_at = now
+    if pending is not None:
+        pending.extend(f for f in fields if f not in pending)
+    else:
+        run.save(update_fields=fields)
+    return claim
+
+
+def _let_go(run: WorkflowRun, acquired: bool) -> None:
+    """Precondition: run row locked and its lease ours (unless only just `acquired` in this
+    transaction: then nothing was written, nothing to undo)."""
+    if acquired:
+        return
+    WorkflowRun.objects.filter(pk=run.pk).update(lease_owner="", lease_expires_at=None)
+    run.lease_owner, run.lease_expires_at = "", None
 
 
 def _until(step: StepRun) -> datetime | None:
@@ -357,15 +423,32 @@ def _until(step: StepRun) -> datetime | None:
     return parse_datetime(raw) if isinstance(raw, str) else None
 
 
-def _wait_over(step: StepRun, now: datetime) -> bool:
+def _awaited_actions(steps: list[StepRun]) -> dict[str, Action]:
+    """The actions the waiting steps wait for, by id, each annotated with whether the ledger
+    holds its effect (what a recovery check asks): one query for all of them, none when
+    nothing waits on an action."""
+    ids = [
+        a
+        for s in steps
+        if s.status == StepStatus.WAITING
+        for a in (s.waiting_for or {}).get("actions") or []
+    ]
+    if not ids:
+        return {}
+    return {str(a.pk): a for a in _with_effect(Action.objects.filter(pk__in=ids))}
+
+
+def _with_effect(actions: QuerySet[Action]) -> list[Action]:
+    return list(actions.annotate(has_effect=Exists(Effect.objects.filter(action=OuterRef("pk")))))
+
+
+def _wait_over(step: StepRun, now: datetime, undecided: set[str]) -> bool:
     wf = step.waiting_for or {}
     until = _until(step)
     if until is not None:
         return until <= now
     ids = wf.get("actions") or []
-    if ids:
-        return not Action.objects.filter(pk__in=ids, status=ActionStatus.ESCALATED).exists()
-    return True
+    return not any(str(a) in undecided for a in ids)
 
 
 def _claim(run: WorkflowRun, step: StepRun, token: str, now: datetime) -> Claim | None:
@@ -418,10 +501,17 @@ def _requeue_crashed(run: WorkflowRun, step: StepRun) -> bool:
 # --- recovery ------------------------------------------------------------------------------
 
 
-def _recovery_check(run: WorkflowRun, resuming: list[StepRun], *, cause: str) -> bool:
+def _recovery_check(
+    run: WorkflowRun,
+    resuming: list[StepRun],
+    *,
+    cause: str,
+    awaited: dict[str, Action] | None = None,
+) -> bool:
     """Verify the run may go on; record the check in the trace. Precondition: run row locked.
 
     On a mismatch the run waits for a person (a resume_run escalation) and False is returned.
+    `awaited`: the waiting steps' actions as `_awaited_actions` read them under this lock.
     """
     from .actions import record_trace
 
@@ -433,21 +523,25 @@ def _recovery_check(run: WorkflowRun, resuming: list[StepRun], *, cause: str) ->
         checks.append("objective unchanged")
     if digest(run.plan) != run.plan_digest:
         problems.append("the run's plan changed since it was stored")
-    awaited = [a for s in resuming for a in (s.waiting_for or {}).get("actions", [])]
-    for action in Action.objects.filter(pk__in=awaited).select_related("escalation"):
+    wanted = [a for s in resuming for a in (s.waiting_for or {}).get("actions", [])]
+    if awaited is None:
+        found = _with_effect(Action.objects.filter(pk__in=wanted)) if wanted else []
+    else:
+        found = [awaited[str(a)] for a in dict.fromkeys(wanted) if str(a) in awaited]
+    for action in found:
         label = f"{action.action_type} ({action.pk})"
         if action.run_id != run.pk:
             problems.append(f"action {label} does not belong to this run")
             continue
         if action.payload_digest and digest(action.payload) != action.payload_digest:
             problems.append(f"action {label}'s payload changed since it was proposed")
-        if action.status == ActionStatus.EXECUTED or Effect.objects.filter(action=action).exists():
+        if action.status == ActionStatus.EXECUTED or getattr(action, "has_effect", False):
             problems.append(f"action {label} was already executed elsewhere")
         elif action.status not in (ActionStatus.APPROVED, ActionStatus.REJECTED):
             problems.append(f"action {label} is {action.status}, not decided")
-    if awaited and not problems:
-        checks.append(f"{len(awaited)} awaited action(s) decided, unchanged, not yet executed")
-    if len({*awaited}) != Action.objects.filter(pk__in=awaited).count():
+    if wanted and not problems:
+        checks.append(f"{len(wanted)} awaited action(s) decided, unchanged, not yet executed")
+    if len({*wanted}) != len(found):
         problems.append("an awaited action no longer exists")
     ok = not problems
     record_trace(
@@ -547,8 +641,14 @@ def run_step(*, run_id: uuid.UUID, step_name: str) -> None:
     """An async step's task. A duplicate delivery finds the step claimed or done: a no-op."""
     token = new_owner()
     claim = _claim_async(run_id, step_name, token)
-    if claim is not None:
-        _execute(claim, inline=False)
+    if claim is None:
+        return
+    done = _execute(claim, inline=False)
+    if isinstance(done, _Coordinate):
+        # This task took the run's free lease in the step's commit: coordinate here, rather
+        # than through another task. Should it die first, the lease expires and the
+        # reconciler sends the run on (as for a coordinator that died).
+        _drive(run_id, done.token, lambda: _coordinate(run_id, done.token))
 
 
 def _claim_async(run_id: uuid.UUID, step_name: str, token: str) -> Claim | None:
@@ -608,7 +708,13 @@ def _time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _execute(claim: Claim, *, inline: bool) -> None:
+def _execute(claim: Claim, *, inline: bool, chain: bool = False) -> Claim | _Again | None:
+    """Run one claimed attempt and commit it. With `chain` (the coordinator, inline), the
+    commit's transaction also coordinates the next round: returns the next claimed sync step,
+    or None once nothing more can start now (the lease let go). AGAIN when the attempt failed
+    or was refused, or without `chain`: the caller coordinates in a transaction of its own."""
+    from .actions import buffered_trace
+
     run, step = claim.run, claim.step
     spec = get_spec(run.workflow, run.workflow_version)
     step_spec = spec.step(step.template or step.name)
@@ -616,7 +722,7 @@ def _execute(claim: Claim, *, inline: bool) -> None:
         (p.get("params", {}) for p in run.plan if p.get("name") == step.name), {}
     )
     try:
-        with transaction.atomic():
+        with transaction.atomic(), buffered_trace():
             ctx = StepContext(
                 run=run,
                 step=step,
@@ -635,26 +741,46 @@ def _execute(claim: Claim, *, inline: bool) -> None:
                     raise CriterionFailed(f"success criterion not met: {why}")
             elif not isinstance(result, dict | Wait | Sleep):
                 raise TypeError(f"step returned {type(result).__name__}, not a dict/Wait/Sleep")
-            _commit(ctx, result, claim.token, inline=inline)
+            return _commit(ctx, result, claim.token, inline=inline, chain=chain)
     except LeaseLost as exc:
         log.warning("run %s step %s: %s; its work was rolled back", run.pk, step.name, exc)
     except Exception as exc:
         log.warning("run %s step %s attempt %d failed: %s", run.pk, step.name, step.attempts, exc)
         _fail_attempt(run.pk, step.pk, claim.token, exc)
+    return AGAIN
 
 
 def _commit(
-    ctx: StepContext, result: dict[str, Any] | Wait | Sleep, token: str, *, inline: bool
-) -> None:
-    """Inside the step's transaction: fence, then result + state + follow-ups, all or nothing."""
+    ctx: StepContext,
+    result: dict[str, Any] | Wait | Sleep,
+    token: str,
+    *,
+    inline: bool,
+    chain: bool = False,
+) -> Claim | _Again | None:
+    """Inside the step's transaction: fence, then result + state + follow-ups, all or nothing;
+    with `chain`, then the next round of coordination (see `_execute`)."""
     from .actions import record_trace
 
     run, step = ctx.run, ctx.step
-    locked = (
-        WorkflowRun.objects.select_for_update(no_key=True)
-        .only("status", "attention", "wake_at", "state", "state_version")
-        .get(pk=run.pk)
-    )
+    if chain:
+        locked = _lock_run(run.pk)
+        if locked is None:
+            raise LeaseLost("the run is gone")
+    else:
+        locked = (
+            WorkflowRun.objects.select_for_update(no_key=True)
+            .only(
+                "status",
+                "attention",
+                "wake_at",
+                "state",
+                "state_version",
+                "lease_owner",
+                "lease_expires_at",
+            )
+            .get(pk=run.pk)
+        )
     if locked.is_terminal or locked.attention:
         raise LeaseLost(f"the run is {locked.status}")
     now = timezone.now()
@@ -687,21 +813,50 @@ def _commit(
         changes.append(
             ("workspace", lambda ws: {**ws, "outputs": {**ws.get("outputs", {}), name: result}})
         )
+    if message:
+        record_trace(run=run, kind=TraceKind.SYSTEM, step_name=step.name, message=message)
+    pending: list[str] = []
+    nxt: Claim | _Again | None = AGAIN
+    if chain:
+        # The next round first (it sees this step's new status; the state and its snapshots
+        # as they were, consistent for a recovery check), then one UPDATE of the run row for
+        # both the round's fields and the new state. The round recomputes wake_at from every
+        # waiting step, this one included.
+        nxt = _coordinate_locked(locked, token, took_over=False, pending=pending)
     if changes:
         update_state(
-            run=run,
+            # Chained, the locked row is the run the next step gets: it must see this state.
+            run=locked if chain else run,
             changes=changes,
             step_name=step.name,
             reason=f"{step.name} committed",
             current=(locked.state, locked.state_version),
+            # The run's row lock is held: no other writer can get between read and write.
+            locked=True,
+            also=pending,
         )
-    if message:
-        record_trace(run=run, kind=TraceKind.SYSTEM, step_name=step.name, message=message)
+    elif pending:
+        locked.save(update_fields=pending)
+    if chain:
+        return nxt
     if isinstance(result, Sleep):
         wake = result.until if locked.wake_at is None else min(locked.wake_at, result.until)
         WorkflowRun.objects.filter(pk=run.pk).update(wake_at=wake, updated_at=now)
     if not inline and _worth_advancing(run.pk):
-        outbox_enqueue(ADVANCE, str(run.pk))
+        if locked.lease_owner:
+            # A coordinator has it (or had it and died: the take-over's recovery check is for
+            # a task of its own): a task, as ever.
+            outbox_enqueue(ADVANCE, str(run.pk))
+            return AGAIN
+        # Free: this task takes it and coordinates once this commits, without a Celery hop.
+        owner = new_owner()
+        WorkflowRun.objects.filter(pk=run.pk).update(
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=_lease_seconds()),
+            updated_at=now,
+        )
+        return _Coordinate(token=owner)
+    return AGAIN
 
 
 def _worth_advancing(run_id: uuid.UUID) -> bool:
@@ -806,18 +961,32 @@ def _fail_run(run: WorkflowRun, error: str) -> None:
     _finish(run, RunStatus.FAILED, error)
 
 
-def _finish(run: WorkflowRun, status: RunStatus, error: str = "") -> None:
-    """Precondition: run row locked. Steps still queued or pending are cancelled with it."""
+def _finish(
+    run: WorkflowRun,
+    status: RunStatus,
+    error: str = "",
+    *,
+    all_done: bool = False,
+    pending: list[str] | None = None,
+) -> None:
+    """Precondition: run row locked. Steps still queued or pending are cancelled with it
+    (`all_done`: the caller saw every step done, there are none). `pending`: see finish_run."""
     from .actions import finish_run
 
-    StepRun.objects.filter(
-        run=run, status__in=[StepStatus.PENDING, StepStatus.QUEUED, StepStatus.WAITING]
-    ).update(status=StepStatus.CANCELLED, lease_owner="", lease_expires_at=None)
+    if not all_done:
+        StepRun.objects.filter(
+            run=run, status__in=[StepStatus.PENDING, StepStatus.QUEUED, StepStatus.WAITING]
+        ).update(status=StepStatus.CANCELLED, lease_owner="", lease_expires_at=None)
     run.lease_owner = ""
     run.lease_expires_at = None
     run.wake_at = None
-    run.save(update_fields=["lease_owner", "lease_expires_at", "wake_at"])
-    finish_run(run=run, status=status, error=error)
+    finish_run(
+        run=run,
+        status=status,
+        error=error,
+        also=["lease_owner", "lease_expires_at", "wake_at"],
+        pending=pending,
+    )
 
 
 # --- beat: the reconciler and the wake-ups -----------------------------------------------

@@ -30,7 +30,10 @@ def enqueue(task: str, *args: str, countdown: float = 0) -> Outbox:
         args=list(args),
         available_at=timezone.now() + timedelta(seconds=countdown),
     )
-    transaction.on_commit(lambda: relay(row.pk))
+    # The row as written, not read back: the beat relay only takes rows older than its
+    # grace period, so this relay is nearly always alone with it (a rare double send is
+    # harmless, see above).
+    transaction.on_commit(lambda: relay(row.pk, row=row))
     return row
 
 
@@ -40,9 +43,11 @@ def send(task: str, args: list[Any], countdown: float = 0) -> None:
     app.send_task(task, args=args, countdown=countdown if countdown > 0 else None)
 
 
-def relay(row_id: int) -> bool:
-    """Send one row and delete it. False if it was gone (already relayed) or the send failed."""
-    row = Outbox.objects.filter(pk=row_id).first()
+def relay(row_id: int, *, row: Outbox | None = None) -> bool:
+    """Send one row and delete it. False if it was gone (already relayed) or the send failed.
+    `row`: the row as its writer holds it (not read again)."""
+    if row is None:
+        row = Outbox.objects.filter(pk=row_id).first()
     if row is None:
         return False
     countdown = (row.available_at - timezone.now()).total_seconds()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,50 +155,91 @@ def write_state(
     reason: str = "",
     actor: str = "",
     anchor: bool = False,
+    savepoint: bool = True,
+    also: Sequence[str] = (),
 ) -> RunSnapshot | None:
     """Write version expected_version + 1, or raise StaleState. Must run inside a transaction.
 
     A non-durable run (benchmark's no-op store) keeps only the current state: no snapshot.
+    `savepoint=False` when the caller holds the run's row lock and read the state under it:
+    no writer can then get in between, and the two round trips of a savepoint buy nothing
+    (a snapshot that exists anyway means a broken chain: the error aborts the transaction).
+    `also`: more of the run's fields to write in the same UPDATE, from `run`'s attributes.
     """
     validate(new_state)
     version = expected_version + 1
+    values: dict[str, Any] = {"updated_at": timezone.now()}
+    values |= {f: getattr(run, f) for f in also}
+    values |= {"state": new_state, "state_version": version}
     if not run.durable:
         if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
-            state=new_state, state_version=version, updated_at=timezone.now()
+            **values
         ):
             raise StaleState(f"run {run.pk} state is past v{expected_version}")
         run.state, run.state_version = new_state, version
         return None
     parent = "" if anchor else _parent_digest(run, expected_version)
     digest = chain_digest(parent, new_state)
-    try:
-        # One savepoint for both rows: a snapshot that already exists undoes the UPDATE too.
-        with transaction.atomic():
-            if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
-                state=new_state, state_version=version, updated_at=timezone.now()
-            ):
-                raise StaleState(f"run {run.pk} state is past v{expected_version}")
-            snapshot = RunSnapshot.objects.create(
-                run=run,
-                version=version,
-                conversation=new_state["conversation"],
-                workspace=new_state["workspace"],
-                systemic=new_state["systemic"],
-                changed=changed,
-                step_name=step_name,
-                reason=reason[:300],
-                actor=actor,
-                parent_digest=parent,
-                digest=digest,
-                anchor=anchor,
-            )
-    except IntegrityError:
-        raise StaleState(f"run {run.pk} already has state v{version}") from None
+
+    def write() -> RunSnapshot:
+        if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
+            **values
+        ):
+            raise StaleState(f"run {run.pk} state is past v{expected_version}")
+        return RunSnapshot.objects.create(
+            run=run,
+            version=version,
+            conversation=new_state["conversation"],
+            workspace=new_state["workspace"],
+            systemic=new_state["systemic"],
+            changed=changed,
+            step_name=step_name,
+            reason=reason[:300],
+            actor=actor,
+            parent_digest=parent,
+            digest=digest,
+            anchor=anchor,
+        )
+
+    if savepoint:
+        try:
+            # One savepoint for both rows: a snapshot that already exists undoes the UPDATE.
+            with transaction.atomic():
+                snapshot = write()
+        except IntegrityError:
+            raise StaleState(f"run {run.pk} already has state v{version}") from None
+    else:
+        snapshot = write()
     run.state, run.state_version = new_state, version
     # Only once committed: a rolled-back attempt's snapshot must never be taken as a parent.
     key = (run.pk, version)
     transaction.on_commit(lambda: _remember_digest(key, digest))
     return snapshot
+
+
+def write_first_state(*, run: WorkflowRun, changed: list[str], reason: str = "") -> None:
+    """Snapshot version 1 of a run just created (in this transaction) with its initial state
+    and `state_version=1`: what `write_state(expected_version=0)` does, minus the UPDATE and
+    the savepoint a brand-new row cannot need."""
+    state = normalise(run.state)
+    validate(state)
+    if run.state_version != 1:
+        raise StaleState(f"run {run.pk} was not created at state v1")
+    if not run.durable:
+        return
+    digest = chain_digest("", state)
+    RunSnapshot.objects.create(
+        run=run,
+        version=1,
+        conversation=state["conversation"],
+        workspace=state["workspace"],
+        systemic=state["systemic"],
+        changed=changed,
+        reason=reason[:300],
+        digest=digest,
+    )
+    key = (run.pk, 1)
+    transaction.on_commit(lambda: _remember_digest(key, digest))
 
 
 # Digests of committed snapshots, by (run, version): a committed snapshot never changes, so
@@ -235,13 +276,17 @@ def update_state(
     reason: str = "",
     actor: str = "",
     current: tuple[dict[str, Any], int] | None = None,
+    locked: bool = False,
+    also: Sequence[str] = (),
 ) -> RunSnapshot | None:
     """Apply change functions to the current state, retrying on a stale read.
 
     Must run inside a transaction. Each retry re-reads the latest committed version (READ
     COMMITTED gives every statement a fresh snapshot) and re-applies every change to it.
     `current`: (state, version) the caller read under the run's row lock in this transaction,
-    used for the first attempt instead of reading them again.
+    used for the first attempt instead of reading them again. `locked`: the caller holds that
+    lock (see `write_state`'s savepoint). `also`: more of the run's fields to write with the
+    state (see `write_state`), or on their own if the state did not change.
     """
     for attempt in range(MAX_CAS_RETRIES):
         if attempt == 0 and current is not None:
@@ -253,6 +298,8 @@ def update_state(
         new, changed = apply_changes(state, changes)
         if not changed and attempt == 0 and version > 0:
             run.state, run.state_version = state, version
+            if also:
+                run.save(update_fields=list(also))
             return None
         try:
             # write_state undoes its own partial work on a conflict (its savepoint).
@@ -264,6 +311,8 @@ def update_state(
                 step_name=step_name,
                 reason=reason,
                 actor=actor,
+                savepoint=not locked,
+                also=also,
             )
         except StaleState:
             log.info("stale state write on run %s (attempt %d); re-reading", run.pk, attempt + 1)

@@ -164,11 +164,14 @@ def test_expiry_first_refuses_the_late_decision_naming_the_winner(refund_policy,
 def test_expiry_racing_a_decision_has_exactly_one_outcome(
     refund_policy, propose, alice, carol, approvals, monkeypatch
 ):
-    # Kept off the broker: a worker left advancing these runs would race the test's flush.
+    # Kept off the broker: a worker left advancing these runs would race the test's flush,
+    # and could reach the triage's act step after the timer approved, executing the action.
+    # That includes the outbox relay of each run's start.
     woken: list[str] = []
     monkeypatch.setattr(
         "workflows.tasks.enqueue_advance", lambda run_id, countdown=0: woken.append(str(run_id))
     )
+    monkeypatch.setattr("workflows.outbox.send", lambda task, args, countdown=0: None)
     refund_policy(sla_minutes=30, expiry_behaviour="approve", approvals_required=approvals)
     outcomes = []
     for i in range(6):

@@ -66,3 +66,25 @@ def inline_tasks() -> Iterator[InlineTasks]:
         ),
     ):
         yield tasks
+
+
+@pytest.fixture(autouse=True)
+def _worker_settles(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test with a real worker: let the worker finish what the test set off (a
+    triage run's follow-up run starts as the run finishes) before the database is flushed.
+    A TRUNCATE racing a worker's open transaction can deadlock and fail the teardown."""
+    yield
+    if "celery_worker" not in request.fixturenames:
+        return
+    from workflows.models import Outbox, StepRun, StepStatus, WorkflowRun
+
+    deadline = time.monotonic() + 10
+    quiet = 0
+    while quiet < 3 and time.monotonic() < deadline:
+        busy = (
+            WorkflowRun.objects.exclude(lease_owner="").exists()
+            or StepRun.objects.filter(status=StepStatus.RUNNING).exists()
+            or Outbox.objects.exists()
+        )
+        quiet = 0 if busy else quiet + 1
+        time.sleep(0.05)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from workflows.engine import StepContext
+from workflows.models import TraceEvent
 from workflows.specs import Mode, Retry, Sleep, StepResult, StepSpec, WorkflowSpec, register
 
 
@@ -54,7 +55,11 @@ def _hold(ctx: StepContext, key: str) -> None:
         and key in data.get("hold", [key])
     ):
         # A write first, so the step's transaction is open (and visible) while it holds.
-        ctx.trace(ctx_kind("system"), f"holding for {seconds:g}s")
+        # Written at once, not through ctx.trace (the engine buffers a step's trace events
+        # until it commits).
+        TraceEvent.objects.create(
+            run=ctx.run, step_name=ctx.step.name, kind="system", message=f"holding for {seconds:g}s"
+        )
         time.sleep(seconds)
 
 

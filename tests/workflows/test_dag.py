@@ -94,6 +94,21 @@ def test_parallel_async_steps_fan_out_as_tasks_and_join_exactly_once(agent, inli
     assert versions == list(range(1, run.state_version + 1))
 
 
+def test_the_last_sibling_to_finish_runs_the_join_without_another_task(agent, inline_tasks):
+    run = start_run(workflow="fan_out", input={})
+    inline_tasks.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert [t for t, _ in inline_tasks.delivered] == [
+        "workflows.tasks.advance_run",
+        "workflows.tasks.run_step",
+        "workflows.tasks.run_step",
+        "workflows.tasks.run_step",
+    ]
+    assert StepRun.objects.get(run=run, name="join").attempts == 1
+    assert not run.trace.filter(kind=TraceKind.ERROR).exists()
+
+
 def test_the_same_workflow_runs_with_every_step_inline_when_forced_sync(agent, inline_tasks):
     run = start_run(workflow="fan_out", input={}, force_sync=True)
     inline_tasks.drain()
@@ -106,6 +121,20 @@ def test_the_same_workflow_runs_with_every_step_inline_when_forced_sync(agent, i
         "gather_b",
         "gather_c",
     ]
+
+
+def test_a_long_plan_is_handed_to_a_fresh_task_without_leaving_a_step_claimed(
+    agent, inline_tasks, monkeypatch
+):
+    monkeypatch.setattr(engine, "MAX_ROUNDS_PER_TASK", 2)
+    run = start_run(workflow="fan_out", input={}, force_sync=True)
+    inline_tasks.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    advances = [t for t, _ in inline_tasks.delivered if t == "workflows.tasks.advance_run"]
+    assert len(advances) > 1
+    assert StepRun.objects.filter(run=run).exclude(attempts=1).count() == 0
+    assert not run.trace.filter(kind=TraceKind.ERROR).exists()
 
 
 def test_a_step_delivered_twice_in_a_row_is_a_logged_no_op(agent, inline_tasks, caplog):

@@ -97,11 +97,14 @@ def active_version(name: str) -> PromptVersion:
     return version
 
 
-def pin_prompts(*, run: Any) -> RunPromptPins:
-    """Record the active version of every prompt as the ones this run uses, start to end."""
+def pin_prompts(*, run: Any, new: bool = False) -> RunPromptPins:
+    """Record the active version of every prompt as the ones this run uses, start to end.
+    `new`: the run was created in this transaction, so it has no pins yet."""
     versions = dict(
         PromptVersion.objects.filter(status=PromptStatus.ACTIVE).values_list("name", "version")
     )
+    if new:
+        return RunPromptPins.objects.create(run=run, versions=versions)
     pins, _ = RunPromptPins.objects.get_or_create(run=run, defaults={"versions": versions})
     return pins
 
