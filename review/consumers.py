@@ -396,7 +396,10 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
         layer drops them past its capacity) is put right."""
         user = self.scope["user"]
         async with self._lock:
-            window = await _db(queue_keys, undecided_for(user), self.filters, user, self.cursor)
+            # undecided_for reads the reviewer's teams: on the database thread, not the loop.
+            window = await _db(
+                lambda: queue_keys(undecided_for(user), self.filters, user, self.cursor)
+            )
             if [pk for pk, _ in window[:PAGE_SIZE]] == self.shown:
                 return
             html = await _db(self._resync, set())

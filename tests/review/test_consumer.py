@@ -326,3 +326,36 @@ def test_a_change_is_loaded_once_for_every_page_of_the_process(
             await ws.disconnect()
 
     async_to_sync(scenario)()
+
+
+def test_the_quiet_window_check_puts_a_reviewers_page_right(alice, agent, policies):
+    """Once changes stop, a page re-reads its window; for a reviewer that reads their teams,
+    which must happen on a database thread, not on the event loop (it raised
+    SynchronousOnlyOperation there, and the page was never put right)."""
+    import asyncio
+
+    from review.consumers import ReviewQueueConsumer
+    from review.queue import QueueFilters
+
+    escalate(agent, subject="Missed")
+
+    async def scenario() -> list[str]:
+        consumer = ReviewQueueConsumer()
+        consumer.scope = {"user": alice}
+        consumer.filters = QueueFilters.from_params({})
+        consumer.cursor, consumer.shown, consumer.keys, consumer.more = None, [], [], False
+        consumer.teams = frozenset(
+            await db(lambda: list(alice.teams.values_list("pk", flat=True)))()
+        )
+        consumer._lock = asyncio.Lock()
+        sent: list[str] = []
+
+        async def send(text_data: str) -> None:
+            sent.append(text_data)
+
+        consumer.send = send  # type: ignore[method-assign]
+        await consumer._check_window()
+        return sent
+
+    sent = async_to_sync(scenario)()
+    assert sent and "Missed" in sent[0]
