@@ -353,7 +353,7 @@ def test_the_quiet_window_check_puts_a_reviewers_page_right(alice, agent, polici
         async def send(text_data: str) -> None:
             sent.append(text_data)
 
-        consumer.send = send  # type: ignore[method-assign]
+        consumer.send = send
         await consumer._check_window()
         return sent
 
