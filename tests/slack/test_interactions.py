@@ -216,20 +216,15 @@ def test_a_stale_request_is_refused_by_the_five_minute_window(esc, client, monke
     assert Decision.objects.filter(escalation=esc).count() == 1
 
 
-@pytest.mark.django_db
-def test_a_replayed_request_is_refused_and_decides_nothing_twice(esc, client):
-    body = form_body(click(esc, blocks.APPROVE))
-    headers = signature_headers(body)
-    assert _post(client, body, headers).status_code == 200
-    before = snapshot(esc)
-    assert _post(client, body, headers).status_code == 401
-    assert snapshot(esc) == before
-    assert Decision.objects.filter(escalation=esc).count() == 1
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_replay_is_refused_as_the_server_runs_it_outside_any_transaction(esc, client):
-    # As daphne runs the view: the nonce INSERT in autocommit, no savepoint around it.
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param("inside a test transaction", marks=pytest.mark.django_db),
+        # As daphne runs the view: the nonce INSERT in autocommit, no savepoint around it.
+        pytest.param("as the server runs it", marks=pytest.mark.django_db(transaction=True)),
+    ],
+)
+def test_a_replayed_request_is_refused_and_decides_nothing_twice(mode, esc, client):
     body = form_body(click(esc, blocks.APPROVE))
     headers = signature_headers(body)
     assert _post(client, body, headers).status_code == 200
