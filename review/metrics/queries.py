@@ -7,6 +7,7 @@ the viewer may see) so the dashboard, the alerts and the Prometheus endpoint agr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -98,15 +99,18 @@ class Scope:
     def actions(self) -> QuerySet[Action]:
         return Action.objects.filter(self.action_q())
 
+    def _memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self._read:
+            self._read[key] = compute()
+        return self._read[key]
+
     def rolled(self, rollup: rollups.Rollup, **filters: str) -> dict[tuple[Any, ...], Any] | None:
         """Sums per key (day, agent id, workflow, the rollup's own keys) from a daily rollup,
         or None when the period is not made of whole days (then the source is scanned)."""
         if not rollups.covers(self.since, self.until):
             return None
-        memo = (rollup.name, tuple(sorted(filters.items())))
-        if memo not in self._read:
-            self._read[memo] = self._rolled(rollup, **filters)
-        return dict(self._read[memo])
+        key = (rollup.name, tuple(sorted(filters.items())))
+        return dict(self._memo(key, lambda: self._rolled(rollup, **filters)))
 
     def _rolled(self, rollup: rollups.Rollup, **filters: str) -> dict[tuple[Any, ...], Any]:
         agent_ids: list[int] | None = [self.agent_id] if self.agent_id else None
@@ -129,23 +133,85 @@ class Scope:
             **filters,
         )
 
-    def action_counts(self) -> dict[tuple[Any, ...], int] | None:
-        """Action counts per (day, agent id, workflow, action type, outcome)."""
-        rows = self.rolled(rollups.ACTIONS, action_type=self.action_type)
-        return None if rows is None else {k: int(v[0]) for k, v in rows.items()}
+    # Each reading below is keyed like its rollup: from the rollup over whole days, else from
+    # one grouped scan of the source, so every figure has one code path either way.
 
-    def run_counts(self) -> dict[tuple[Any, ...], int] | None:
-        """Run counts per (day, agent id, workflow, status)."""
+    def action_counts(self) -> dict[tuple[Any, ...], int]:
+        """Actions with a policy outcome per (day, agent id, workflow, action type, outcome)."""
+        rows = self.rolled(rollups.ACTIONS, action_type=self.action_type)
+        if rows is not None:
+            return {k: int(v[0]) for k, v in rows.items()}
+        return self._memo("action_scan", self._scan_actions)
+
+    def _scan_actions(self) -> dict[tuple[Any, ...], int]:
+        keys = ("day", "agent_id", "run__workflow", "action_type", "outcome")
+        grouped = (
+            self.actions()
+            .exclude(outcome="")
+            .annotate(day=TruncDate("created_at"))
+            .values(*keys)
+            .annotate(n=Count("pk"))
+            .order_by()
+        )
+        return {
+            (r["day"], r["agent_id"], r["run__workflow"] or "", r["action_type"], r["outcome"]): r[
+                "n"
+            ]
+            for r in grouped
+        }
+
+    def run_counts(self) -> dict[tuple[Any, ...], int]:
+        """Runs per (day, agent id, workflow, status)."""
         rows = self.rolled(rollups.RUNS)
-        return None if rows is None else {k: int(v[0]) for k, v in rows.items()}
+        if rows is not None:
+            return {k: int(v[0]) for k, v in rows.items()}
+        return self._memo("run_scan", self._scan_runs)
+
+    def _scan_runs(self) -> dict[tuple[Any, ...], int]:
+        grouped = (
+            self.runs()
+            .annotate(day=TruncDate("created_at"))
+            .values("day", "agent_id", "workflow", "status")
+            .annotate(n=Count("pk"))
+            .order_by()
+        )
+        return {(r["day"], r["agent_id"], r["workflow"], r["status"]): r["n"] for r in grouped}
+
+    def model_call_sums(self) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        """(calls, cost, input tokens, output tokens) per (day of the run, agent id, workflow)."""
+        rows = self.rolled(rollups.MODEL_CALLS)
+        if rows is not None:
+            return rows
+        return self._memo("model_call_scan", self._scan_model_calls)
+
+    def _scan_model_calls(self) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        grouped = (
+            ModelCall.objects.filter(self.run_q("run__"))
+            .annotate(day=TruncDate("run__created_at"))
+            .values("day", "run__agent_id", "run__workflow")
+            .annotate(
+                n=Count("pk"),
+                cost=Sum("cost_usd"),
+                input_tokens=Sum("input_tokens"),
+                output_tokens=Sum("output_tokens"),
+            )
+            .order_by()
+        )
+        return {
+            (r["day"], r["run__agent_id"], r["run__workflow"]): (
+                r["n"],
+                r["cost"] or 0,
+                r["input_tokens"] or 0,
+                r["output_tokens"] or 0,
+            )
+            for r in grouped
+        }
 
     def decision_counts(self) -> list[DecisionCount]:
         """People's decisions counted per (day, agent id, workflow, action type, kind —
         approved unchanged / edited / reject / respond — and confidence decile): from the
         daily rollup over whole days, else in one grouped query."""
-        if "decision_counts" not in self._read:
-            self._read["decision_counts"] = self._decision_counts()
-        return list(self._read["decision_counts"])
+        return list(self._memo("decision_counts", self._decision_counts))
 
     def _decision_counts(self) -> list[DecisionCount]:
         rows = self.rolled(rollups.DECISIONS, action_type=self.action_type)
@@ -161,7 +227,7 @@ class Scope:
                 day=TruncDate("created_at"),
                 kind=Case(
                     When(
-                        verdict=Verdict.APPROVE, edited_payload__isnull=True, then=Value("approved")
+                        verdict=Verdict.APPROVE, edited_payload__isnull=True, then=Value(APPROVED)
                     ),
                     When(verdict=Verdict.APPROVE, then=Value(EDITED)),
                     default=F("verdict"),
@@ -236,23 +302,13 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | Non
 
 
 def run_figures(scope: Scope) -> dict[str, Any]:
-    counts = scope.run_counts()
-    if counts is not None:
-        by_status: dict[str, int] = {}
-        for key, n in counts.items():
-            by_status[key[3]] = by_status.get(key[3], 0) + n
-        agg: dict[str, Any] = {
-            "total": sum(by_status.values()),
-            **{s: by_status.get(s, 0) for s in ("succeeded", "failed", "cancelled", "waiting")},
-        }
-    else:
-        agg = scope.runs().aggregate(
-            total=Count("pk"),
-            succeeded=Count("pk", filter=Q(status=RunStatus.SUCCEEDED)),
-            failed=Count("pk", filter=Q(status=RunStatus.FAILED)),
-            cancelled=Count("pk", filter=Q(status=RunStatus.CANCELLED)),
-            waiting=Count("pk", filter=Q(status=RunStatus.WAITING)),
-        )
+    by_status: dict[str, int] = {}
+    for key, n in scope.run_counts().items():
+        by_status[key[3]] = by_status.get(key[3], 0) + n
+    agg: dict[str, Any] = {
+        "total": sum(by_status.values()),
+        **{s: by_status.get(s, 0) for s in ("succeeded", "failed", "cancelled", "waiting")},
+    }
     finished = agg["succeeded"] + agg["failed"] + agg["cancelled"]
     # A run succeeds only when every step met its success criteria, so "succeeded" is
     # "finished and met its objective": the completion rate's numerator.
@@ -276,18 +332,9 @@ def _outcome_totals(counts: dict[tuple[Any, ...], int], group: int | None) -> di
 
 
 def action_figures(scope: Scope) -> dict[str, Any]:
-    counts = scope.action_counts()
-    if counts is not None:
-        agg: dict[str, Any] = _outcome_totals(counts, None).get(
-            None, {"total": 0, "auto": 0, "review": 0, "block": 0}
-        )
-    else:
-        agg = scope.actions().aggregate(
-            total=Count("pk", filter=~Q(outcome="")),
-            auto=Count("pk", filter=Q(outcome=PolicyOutcome.AUTO)),
-            review=Count("pk", filter=Q(outcome=PolicyOutcome.REVIEW)),
-            block=Count("pk", filter=Q(outcome=PolicyOutcome.BLOCK)),
-        )
+    agg: dict[str, Any] = _outcome_totals(scope.action_counts(), None).get(
+        None, {"total": 0, "auto": 0, "review": 0, "block": 0}
+    )
     agg["escalation_rate"] = rate(agg["review"], agg["total"])
     agg["autonomous_share"] = rate(agg["auto"], agg["total"])
     agg["block_rate"] = rate(agg["block"], agg["total"])
@@ -357,19 +404,8 @@ def sla_figures(scope: Scope, now: datetime) -> dict[str, int]:
 
 
 def cost_figures(scope: Scope, succeeded: int) -> dict[str, Any]:
-    rolled = scope.rolled(rollups.MODEL_CALLS)
-    if rolled is not None:
-        sums = [sum(v[i] for v in rolled.values()) for i in range(4)]
-        agg: dict[str, Any] = dict(
-            zip(("calls", "cost", "input_tokens", "output_tokens"), sums, strict=True)
-        )
-    else:
-        agg = ModelCall.objects.filter(scope.run_q("run__")).aggregate(
-            cost=Sum("cost_usd"),
-            input_tokens=Sum("input_tokens"),
-            output_tokens=Sum("output_tokens"),
-            calls=Count("pk"),
-        )
+    sums = [sum(v[i] for v in scope.model_call_sums().values()) for i in range(4)]
+    agg = dict(zip(("calls", "cost", "input_tokens", "output_tokens"), sums, strict=True))
     tokens = (agg["input_tokens"] or 0) + (agg["output_tokens"] or 0)
     return {
         "cost_usd": float(agg["cost"] or 0),
@@ -399,63 +435,16 @@ def daily_trend(scope: Scope) -> list[dict[str, Any]]:
             "decisions": 0,
             "approved": 0,
         }
-    run_counts = scope.run_counts()
-    per_run_day: list[dict[str, Any]]
-    if run_counts is not None:
-        finished_statuses = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
-        by_day: dict[date, dict[str, Any]] = {}
-        for key, n in run_counts.items():
-            acc = by_day.setdefault(
-                key[0], {"day": key[0], "runs": 0, "succeeded": 0, "finished": 0}
-            )
-            acc["runs"] += n
-            acc["succeeded"] += n if key[3] == RunStatus.SUCCEEDED else 0
-            acc["finished"] += n if key[3] in finished_statuses else 0
-        per_run_day = list(by_day.values())
-    else:
-        per_run_day = [
-            dict(r)
-            for r in scope.runs()
-            .annotate(day=TruncDate("created_at"))
-            .values("day")
-            .annotate(
-                runs=Count("pk"),
-                succeeded=Count("pk", filter=Q(status=RunStatus.SUCCEEDED)),
-                finished=Count(
-                    "pk",
-                    filter=Q(
-                        status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED]
-                    ),
-                ),
-            )
-        ]
-    for rr in per_run_day:
-        if rr["day"] in days:
-            days[rr["day"]].update(
-                runs=rr["runs"], succeeded=rr["succeeded"], finished=rr["finished"]
-            )
-    counts = scope.action_counts()
-    per_day: list[dict[str, Any]]
-    if counts is not None:
-        per_day = [
-            {"day": day, "actions": row["total"], "escalated": row["review"]}
-            for day, row in _outcome_totals(counts, 0).items()
-        ]
-    else:
-        per_day = [
-            dict(row)
-            for row in scope.actions()
-            .exclude(outcome="")
-            .annotate(day=TruncDate("created_at"))
-            .values("day")
-            .annotate(
-                actions=Count("pk"),
-                escalated=Count("pk", filter=Q(outcome=PolicyOutcome.REVIEW)),
-            )
-        ]
-    for ra in per_day:
-        if ra["day"] in days:
-            days[ra["day"]].update(actions=ra["actions"], escalated=ra["escalated"])
+    finished_statuses = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
+    for key, n in scope.run_counts().items():
+        if key[0] in days:
+            on_day = days[key[0]]
+            on_day["runs"] += n
+            on_day["succeeded"] += n if key[3] == RunStatus.SUCCEEDED else 0
+            on_day["finished"] += n if key[3] in finished_statuses else 0
+    for day, totals in _outcome_totals(scope.action_counts(), 0).items():
+        if day in days:
+            days[day].update(actions=totals["total"], escalated=totals["review"])
     for c in scope.decision_counts():
         if c.day in days:
             days[c.day]["decisions"] += c.n
@@ -477,15 +466,6 @@ def breakdowns(scope: Scope) -> dict[str, list[dict[str, Any]]]:
     """Rates per action type, per agent and per workflow: one read of the action counts and
     one grouped decision query serve all three."""
     counts = scope.action_counts()
-    if counts is None:
-        counts = {
-            (None, r["agent_id"], r["run__workflow"] or "", r["action_type"], r["outcome"]): r["n"]
-            for r in scope.actions()
-            .exclude(outcome="")
-            .values("agent_id", "run__workflow", "action_type", "outcome")
-            .annotate(n=Count("pk"))
-            .order_by()
-        }
     names = dict(AgentProfile.objects.values_list("pk", "name"))
     decided = scope.decision_counts()
 

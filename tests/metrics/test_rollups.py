@@ -114,9 +114,9 @@ def test_the_dashboard_figures_from_the_rollup_match_a_scan(propose, decide, pol
     propose("route_to_team", 0.9)  # still a pending delta: read from both tables
 
     rolled = whole_days()
-    assert rolled.action_counts() is not None
+    assert rolled.rolled(rollups.ACTIONS) is not None
     scanned = queries.Scope(since=rolled.since + timedelta(microseconds=1), until=rolled.until)
-    assert scanned.action_counts() is None  # not whole days: the action table is scanned
+    assert scanned.rolled(rollups.ACTIONS) is None  # not whole days: the action table is scanned
 
     assert queries.action_figures(rolled) == queries.action_figures(scanned)
     assert queries.action_figures(rolled)["total"] == 10
@@ -200,7 +200,7 @@ def test_runs_by_status_and_model_costs_follow_every_change(make_run, agent):
 
     rolled = whole_days()
     scanned = queries.Scope(since=rolled.since + timedelta(microseconds=1), until=rolled.until)
-    assert rolled.run_counts() is not None
+    assert rolled.rolled(rollups.RUNS) is not None
     figures = queries.run_figures(rolled)
     assert figures == queries.run_figures(scanned)
     assert (figures["total"], figures["succeeded"], figures["failed"]) == (5, 4, 1)
