@@ -178,6 +178,7 @@ class PolicySet:
     _covering: dict[tuple[str, int, str], tuple[CompiledPolicy, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    by_id: dict[int, CompiledPolicy] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, policies: Iterable[CompiledPolicy], agents: Iterable[AgentState]) -> PolicySet:
@@ -190,6 +191,7 @@ class PolicySet:
             by_type={k: tuple(sorted(v, key=lambda p: p.sort_key)) for k, v in grouped.items()},
             agents={a.id: a for a in agents},
             size=count,
+            by_id={p.id: p for ps in grouped.values() for p in ps if p.id is not None},
         )
 
     def covering(
@@ -554,6 +556,12 @@ def policy_as_evaluated(policy_id: int | None, version: int | None) -> CompiledP
     if policy_id is None:
         return None
     if version is not None:
+        # Nearly always the version this process just evaluated: every change through
+        # save_policy is a new version, so the compiled one at that version is the same policy.
+        cached = _cache.get(connection.alias)
+        compiled = cached[1].by_id.get(policy_id) if cached is not None else None
+        if compiled is not None and compiled.version == version:
+            return compiled
         historical = (
             AutonomyPolicy.history.filter(id=policy_id, version=version)
             .order_by("-history_id")

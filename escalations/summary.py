@@ -17,9 +17,16 @@ log = logging.getLogger(__name__)
 
 
 def _step_outputs(run: WorkflowRun | None) -> dict[str, Any]:
+    """Each committed step's output, from the run's state (the engine keeps them under
+    workspace.outputs): the run in hand already holds it, so no query."""
     if run is None:
         return {}
-    return {s.name: s.output for s in run.steps.all() if isinstance(s.output, dict)}
+    state = run.state if isinstance(run.state, dict) else {}
+    workspace = state.get("workspace")
+    outputs = workspace.get("outputs") if isinstance(workspace, dict) else None
+    if not isinstance(outputs, dict):
+        return {}
+    return {name: out for name, out in outputs.items() if isinstance(out, dict)}
 
 
 def _facts(action: Action, reasons: list[str]) -> dict[str, str]:

@@ -314,17 +314,24 @@ def execute_action(*, action: Action) -> Action:
                     message=f"{action.action_type} failed: {exc}",
                 )
             return action
-        try:
-            with transaction.atomic():
-                Effect.objects.create(
-                    key=action.idempotency_key,
-                    action=action,
-                    run=action.run,
-                    step_name=action.step_name,
-                    result=result,
-                )
-        except IntegrityError:
-            result = Effect.objects.get(key=action.idempotency_key).result
+        effect = Effect(
+            key=action.idempotency_key,
+            action=action,
+            run=action.run,
+            step_name=action.step_name,
+            result=result,
+        )
+        if action.run_id is not None:
+            # The run's row lock (the precondition) serialises its executions: no other can
+            # record this key first, so no savepoint (two round trips) to recover from it.
+            # Should one anyway, the step's attempt fails and its retry finds the record.
+            effect.save(force_insert=True)
+        else:
+            try:
+                with transaction.atomic():
+                    effect.save(force_insert=True)
+            except IntegrityError:
+                result = Effect.objects.get(key=action.idempotency_key).result
     action.status = ActionStatus.EXECUTED
     action.result = result
     action.executed_at = timezone.now()

@@ -266,6 +266,43 @@ def _lock_run(run_id: uuid.UUID) -> WorkflowRun | None:
     )
 
 
+# What can change on a run's row once it exists; the rest (workflow, agent, input, plan...)
+# is written with it and never again.
+_MUTABLE_RUN_FIELDS = (
+    "status",
+    "state_version",
+    "error",
+    "attention",
+    "lease_owner",
+    "lease_expires_at",
+    "pokes",
+    "wake_at",
+    "deadline_at",
+    "updated_at",
+    "finished_at",
+)
+
+
+def _relock(run: WorkflowRun) -> WorkflowRun | None:
+    """Lock the row of a run this task already holds in memory and bring the in-memory one
+    up to date: only what can have changed is read, and the state only if its version moved
+    (the chained commit of every step, so the run row is not read whole each time)."""
+    row = (
+        WorkflowRun.objects.select_for_update(no_key=True)
+        .filter(pk=run.pk)
+        .values_list(*_MUTABLE_RUN_FIELDS)
+        .first()
+    )
+    if row is None:
+        return None
+    known_version = run.state_version
+    for name, value in zip(_MUTABLE_RUN_FIELDS, row, strict=True):
+        setattr(run, name, value)
+    if run.state_version != known_version:
+        run.state = WorkflowRun.objects.values_list("state", flat=True).get(pk=run.pk)
+    return run
+
+
 def _coordinate(run_id: uuid.UUID, token: str, *, acquire: bool = False) -> Claim | None:
     """One round in its own transaction; with `acquire`, take the run's lease first (a
     conditional decision under the row lock: free or expired, else poke the holder)."""
@@ -764,7 +801,7 @@ def _commit(
 
     run, step = ctx.run, ctx.step
     if chain:
-        locked = _lock_run(run.pk)
+        locked = _relock(run)
         if locked is None:
             raise LeaseLost("the run is gone")
     else:

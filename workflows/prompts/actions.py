@@ -9,6 +9,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
+from django.db.models import IntegerField, Subquery
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from ..llm import ModelClient, ModelError, ModelOutputError, RenderedPrompt, get_model
@@ -113,6 +116,16 @@ def version_for_run(run: Any | None, name: str) -> PromptVersion:
     """The version `run` is pinned to; a run started before pinning pins on first use."""
     if run is None:
         return active_version(name)
+    # The pinned version in one query (the pins row and the version it names); only a run
+    # not pinned to this prompt yet reads its pins and pins it.
+    pinned = RunPromptPins.objects.filter(run=run).annotate(
+        number=Cast(KeyTextTransform(name, "versions"), IntegerField())
+    )
+    found = PromptVersion.objects.filter(
+        name=name, version=Subquery(pinned.values("number")[:1])
+    ).first()
+    if found is not None:
+        return found
     pins = RunPromptPins.objects.filter(run=run).first() or pin_prompts(run=run)
     number = pins.versions.get(name)
     if number is None:
