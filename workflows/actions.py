@@ -288,8 +288,9 @@ def propose_action(
 def execute_action(*, action: Action) -> Action:
     """Apply an approved action's effect exactly once.
 
-    Precondition: the caller holds the run's row lock. The effect ledger's unique key is the
-    backstop: a second execution finds the recorded effect and changes nothing.
+    Precondition: the caller holds the run's row lock (the coordinator) or the lease of the
+    step attempt executing it (whose commit the lease fences). The effect ledger's unique key
+    is the backstop: a second execution finds the recorded effect and changes nothing.
     """
     if action.status not in (ActionStatus.AUTO_APPROVED, ActionStatus.APPROVED):
         raise ValueError(f"cannot execute an action that is {action.status}")
@@ -322,9 +323,10 @@ def execute_action(*, action: Action) -> Action:
             result=result,
         )
         if action.run_id is not None:
-            # The run's row lock (the precondition) serialises its executions: no other can
-            # record this key first, so no savepoint (two round trips) to recover from it.
-            # Should one anyway, the step's attempt fails and its retry finds the record.
+            # No savepoint (two round trips) to survive a duplicate key: a run's actions are
+            # executed under its row lock or by a step attempt its lease fences, so whoever
+            # meets a key recorded first is an attempt that could not commit anyway. Its
+            # IntegrityError fails it outright; a retry finds the recorded effect.
             effect.save(force_insert=True)
         else:
             try:

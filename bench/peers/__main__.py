@@ -43,10 +43,12 @@ def side_by_side(figures: dict[str, Figure]) -> tuple[str, dict[str, Any]]:
         ("approval_start_to_paused_per_s", "  phase 1: started -> paused, runs/s"),
         ("approval_xacts_per_run", "  transactions per approval run"),
         ("approval_rows_written_per_run", "  rows written per approval run"),
+        ("approval_cpu_ms_per_run", "  machine CPU ms per approval run"),
         ("approval_connections_per_run", "  connections opened per approval run"),
         ("auto_per_s", "auto runs/s"),
         ("auto_xacts_per_run", "  transactions per auto run"),
         ("auto_rows_written_per_run", "  rows written per auto run"),
+        ("auto_cpu_ms_per_run", "  machine CPU ms per auto run"),
         ("auto_connections_per_run", "  connections opened per auto run"),
     ]
 

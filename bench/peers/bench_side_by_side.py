@@ -29,6 +29,10 @@ from bench.peers import langgraph_flow
 DURABLE_MODES = ("async", "sync")
 INFORMATIONAL_MODES = ("exit",)
 LANGGRAPH_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+# How often this process looks whether Caliber's batch is done. Its queries share the
+# machine with the work measured (LangGraph's side waits on a barrier instead): every 10 ms
+# they took ~5% of the CPU; 50 ms adds at most 0.05 s to a batch of ~10 s.
+POLL_SECONDS = 0.05
 
 
 @dataclass
@@ -36,6 +40,7 @@ class DbWork:
     xacts: int
     rows: int
     sessions: int = 0
+    cpu_ms: float = 0.0  # the whole machine's busy CPU time (every process), in ms
 
 
 def _conninfo() -> str:
@@ -57,7 +62,9 @@ def _counters() -> DbWork:
         ).fetchone()
     assert row is not None
     # This reader's own session and transaction are counted too: taken off in _delta.
-    return DbWork(xacts=int(row[0]), rows=int(row[1]), sessions=int(row[2]))
+    return DbWork(
+        xacts=int(row[0]), rows=int(row[1]), sessions=int(row[2]), cpu_ms=langgraph_flow.busy_ms()
+    )
 
 
 def _delta(before: DbWork, after: DbWork, polls: int = 0) -> DbWork:
@@ -65,6 +72,7 @@ def _delta(before: DbWork, after: DbWork, polls: int = 0) -> DbWork:
         xacts=after.xacts - before.xacts - polls - 1,
         rows=after.rows - before.rows,
         sessions=after.sessions - before.sessions - 1,
+        cpu_ms=after.cpu_ms - before.cpu_ms,
     )
 
 
@@ -162,7 +170,7 @@ def _caliber(env: BenchEnv, *, n: int, approval: bool) -> tuple[float, float, Db
             waiting = 0.0
             if approval:
                 open_ = Escalation.objects.filter(status=EscalationStatus.OPEN)
-                env.wait_until(lambda: open_.count() >= n, interval=0.01)
+                env.wait_until(lambda: open_.count() >= n, interval=POLL_SECONDS)
                 waiting = time.perf_counter() - t0
                 _in_threads(
                     env.process_count,
@@ -171,9 +179,11 @@ def _caliber(env: BenchEnv, *, n: int, approval: bool) -> tuple[float, float, Db
                     ),
                     list(open_.values_list("pk", flat=True)),
                 )
-            env.wait_until(lambda: finished(warm + n), interval=0.01)
+            env.wait_until(lambda: finished(warm + n), interval=POLL_SECONDS)
             total = time.perf_counter() - t0
+            busy = langgraph_flow.busy_ms()
     after = _counters()
+    after.cpu_ms = busy
     return total, waiting or total, _delta(before, after, polls.count)
 
 
@@ -205,7 +215,9 @@ def _langgraph(
         prefix=f"run-{time.monotonic_ns()}",
     )
     after = _counters()
-    return timing.total, timing.started, _delta(before, after)
+    work = _delta(before, after)
+    work.cpu_ms = timing.cpu_ms  # the timed part only: not the processes' start-up
+    return timing.total, timing.started, work
 
 
 def _figures(
@@ -245,6 +257,16 @@ def _figures(
             notes="rows inserted + updated + deleted per run (pg_stat_database)",
         ),
     ]
+    out.append(
+        Result(
+            f"{system}.{path}_cpu_ms_per_run",
+            work.cpu_ms / n,
+            "ms",
+            better="lower",
+            notes="the machine's busy CPU per run, every process (/proc/stat) over the timed "
+            "batch: the workers, PostgreSQL, Redis and the starter/approver alike",
+        )
+    )
     out.append(
         Result(
             f"{system}.{path}_connections_per_run",

@@ -10,6 +10,7 @@ share of runs until they interrupt; once all have, each resumes its runs with
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -105,11 +106,21 @@ def _worker(
     out.put(done)
 
 
+def busy_ms() -> float:
+    """CPU time the machine has spent busy since boot, every core and process (/proc/stat):
+    what a batch cost the machine, whoever spent it, read the same way for both systems."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Timing:
     total: float  # seconds from the first start to the last run done
     started: float  # seconds until every run was started (paused at the gate, for approval)
     completed: int
+    cpu_ms: float = 0.0  # the machine's busy CPU time over `total` (every process)
 
 
 def run_batch(
@@ -139,12 +150,14 @@ def run_batch(
     try:
         barrier.wait(timeout=120)  # every process imported, connected and compiled
         t0 = time.perf_counter()
+        busy0 = busy_ms()
         started = 0.0
         if approval:
             barrier.wait(timeout=600)
             started = time.perf_counter() - t0
         barrier.wait(timeout=600)
         total = time.perf_counter() - t0
+        busy = busy_ms() - busy0
         completed = sum(out.get(timeout=60) for _ in procs)
     finally:
         for proc in procs:
@@ -153,4 +166,4 @@ def run_batch(
                 proc.kill()
     if completed != n:
         raise RuntimeError(f"LangGraph: {completed} of {n} runs completed")
-    return Timing(total=total, started=started or total, completed=completed)
+    return Timing(total=total, started=started or total, completed=completed, cpu_ms=busy)
