@@ -86,12 +86,27 @@ def side_by_side(figures: dict[str, Figure]) -> tuple[str, dict[str, Any]]:
         )
         for r in [header, *rows]
     ]
+    cores = os.cpu_count() or 1
     for measure, v in verdicts.items():
         lines.append(
             f"{measure}: caliber {v['caliber']:.1f} vs best durable LangGraph "
             f"{v['best_durable_langgraph']:.1f} = {v['ratio']:.2f}x "
             f"(target {v['target']}: {'met' if v['met'] else 'NOT MET'})"
         )
+        # What the target asks of the CPU: the machine's cores spent on nothing else.
+        path = measure.removesuffix("_per_s")
+        cpu = med("caliber", f"{path}_cpu_ms_per_run")
+        peer_cpu = [c for s in durable if (c := med(s, f"{path}_cpu_ms_per_run")) is not None]
+        if cpu:
+            budget = cores * 1000 / (TARGET_RATIO * v["best_durable_langgraph"])
+            v["cpu_ms_per_run"] = cpu
+            v["cpu_budget_ms_per_run"] = budget
+            v["cpu_ceiling_per_s"] = cores * 1000 / cpu
+            lines.append(
+                f"  at {cpu:.1f} ms of machine CPU per run, {cores} cores carry at most "
+                f"{cores * 1000 / cpu:.0f}/s; the target needs <= {budget:.1f} ms per run"
+                + (f" (LangGraph spends {min(peer_cpu):.1f})" if peer_cpu else "")
+            )
     return "\n".join(lines), verdicts
 
 
