@@ -140,6 +140,22 @@ def test_a_tampered_version_breaks_the_chain(agent, inline_tasks):
     assert verify_chain(run) == ["v2 was altered after it was written"]
 
 
+def test_the_chain_is_checked_from_its_last_anchor_on(agent, inline_tasks):
+    run = start_run(workflow="fan_out", input={})
+    inline_tasks.drain()
+    run.refresh_from_db()
+    assert run.state_version >= 4
+    # A person vouched for v3 (as after a recovery mismatch): what came before is not
+    # checked again, what came after still is.
+    RunSnapshot.objects.filter(run=run, version=3).update(anchor=True)
+    RunSnapshot.objects.filter(run=run, version=1).update(conversation={"intent": "forged"})
+    assert verify_chain(run) == []
+    RunSnapshot.objects.filter(run=run, version=4).update(conversation={"intent": "forged"})
+    assert verify_chain(run) == ["v4 was altered after it was written"]
+    RunSnapshot.objects.filter(run=run, version=2).delete()
+    assert "version v2 is missing" in verify_chain(run)
+
+
 def test_rollback_restores_the_snapshot_and_records_the_audit_event(
     agent, policies, ticket, inline_tasks
 ):
