@@ -270,6 +270,7 @@ def _lock_run(run_id: uuid.UUID) -> WorkflowRun | None:
 # is written with it and never again.
 _MUTABLE_RUN_FIELDS = (
     "status",
+    "state",
     "state_version",
     "error",
     "attention",
@@ -285,8 +286,10 @@ _MUTABLE_RUN_FIELDS = (
 
 def _relock(run: WorkflowRun) -> WorkflowRun | None:
     """Lock the row of a run this task already holds in memory and bring the in-memory one
-    up to date: only what can have changed is read, and the state only if its version moved
-    (the chained commit of every step, so the run row is not read whole each time)."""
+    up to date, reading only what can have changed (the chained commit of every step: the
+    run row is not read whole, with its agent, each time). The state is read again even at
+    the same version: the step saw the in-memory dicts, and a step that wrote into them
+    rather than through its StateView must not have that committed."""
     row = (
         WorkflowRun.objects.select_for_update(no_key=True)
         .filter(pk=run.pk)
@@ -295,11 +298,8 @@ def _relock(run: WorkflowRun) -> WorkflowRun | None:
     )
     if row is None:
         return None
-    known_version = run.state_version
     for name, value in zip(_MUTABLE_RUN_FIELDS, row, strict=True):
         setattr(run, name, value)
-    if run.state_version != known_version:
-        run.state = WorkflowRun.objects.values_list("state", flat=True).get(pk=run.pk)
     return run
 
 

@@ -28,6 +28,7 @@ from workflows.models import (
     TraceKind,
     WorkflowRun,
 )
+from workflows.specs import StepSpec, WorkflowSpec, register
 from workflows.state import (
     InvalidState,
     StaleState,
@@ -40,10 +41,47 @@ from workflows.state import (
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def _scribble(ctx):
+    # Past the StateView, into the dicts it shows: never a write.
+    ctx.state.workspace["scribbled"] = True
+    ctx.state.merge("workspace", {"written": True})
+    return {"done": True}
+
+
+def _look(ctx):
+    return {"saw_scribble": "scribbled" in ctx.state.workspace}
+
+
+SCRIBBLER = register(
+    WorkflowSpec(
+        name="scribbler",
+        version=1,
+        title="Writes into the state it was shown",
+        agent="triage-agent",
+        steps=(
+            StepSpec("scribble", "Scribble", _scribble),
+            StepSpec("look", "Look", _look),
+        ),
+    )
+)
+
+
 def _auto_policies(policies):
     policies[1].irreversible_requires_review = False
     policies[1].min_confidence = 0.1
     policies[1].save()
+
+
+def test_only_what_a_step_writes_through_its_state_view_is_committed(agent, inline_tasks):
+    run = start_run(workflow="scribbler", input={})
+    inline_tasks.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.state["workspace"]["written"] is True
+    assert "scribbled" not in run.state["workspace"]
+    # The next step, chained in the same task, is shown the committed state too.
+    assert run.state["workspace"]["outputs"]["look"] == {"saw_scribble": False}
+    assert verify_chain(run) == []
 
 
 def test_a_stale_write_is_refused_never_merged(agent, inline_tasks):
