@@ -214,6 +214,29 @@ SLEEPER = register(
 )
 
 
+def _scribble(ctx: StepContext) -> StepResult:
+    # Past the StateView, into the dicts it shows: never a write.
+    ctx.state.workspace["scribbled"] = True
+    ctx.state.merge("workspace", {"written": True})
+    return {"done": True}
+
+
+SCRIBBLER = register(
+    WorkflowSpec(
+        name="scribbler",
+        version=1,
+        title="Writes into the state it was shown",
+        agent="triage-agent",
+        steps=(
+            StepSpec("scribble", "Scribble", _scribble),
+            StepSpec(
+                "look", "Look", lambda ctx: {"saw_scribble": "scribbled" in ctx.state.workspace}
+            ),
+        ),
+    )
+)
+
+
 def _bad_secret(ctx: StepContext) -> StepResult:
     ctx.state.merge("systemic", {"credentials": {"crm": "sk-live-123"}})
     return {}

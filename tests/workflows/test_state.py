@@ -28,7 +28,6 @@ from workflows.models import (
     TraceKind,
     WorkflowRun,
 )
-from workflows.specs import StepSpec, WorkflowSpec, register
 from workflows.state import (
     InvalidState,
     StaleState,
@@ -39,31 +38,6 @@ from workflows.state import (
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _scribble(ctx):
-    # Past the StateView, into the dicts it shows: never a write.
-    ctx.state.workspace["scribbled"] = True
-    ctx.state.merge("workspace", {"written": True})
-    return {"done": True}
-
-
-def _look(ctx):
-    return {"saw_scribble": "scribbled" in ctx.state.workspace}
-
-
-SCRIBBLER = register(
-    WorkflowSpec(
-        name="scribbler",
-        version=1,
-        title="Writes into the state it was shown",
-        agent="triage-agent",
-        steps=(
-            StepSpec("scribble", "Scribble", _scribble),
-            StepSpec("look", "Look", _look),
-        ),
-    )
-)
 
 
 def _auto_policies(policies):
