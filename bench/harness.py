@@ -15,15 +15,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from bench import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = os.environ.get("BENCH_DB", "caliber_bench")
@@ -202,38 +202,14 @@ class BenchEnv:
     def daphne(self, name: str) -> Iterator[str]:
         """Daphne serving the real ASGI app with this process's environment, on a free
         loopback port; yields its base URL and stops it on exit."""
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        log_path = self.log_dir / f"daphne-{name}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "config.asgi:application",
-                ],
-                cwd=self.root,
-                env=dict(os.environ),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                self.wait_until(lambda: proc.poll() is not None or _listening(port), timeout=60)
-                if proc.poll() is not None:
-                    raise RuntimeError(f"daphne did not start: {log_path.read_text()[-2000:]}")
-                yield f"http://127.0.0.1:{port}"
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        port = processes.free_port()
+        proc = processes.start_daphne(
+            env=os.environ, log_path=self.log_dir / f"daphne-{name}.log", port=port, timeout=60
+        )
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            processes.stop(proc)
 
     @contextlib.contextmanager
     def workers(
@@ -244,55 +220,24 @@ class BenchEnv:
         n = n or self.n_workers
         concurrency = concurrency or self.concurrency
         procs: list[subprocess.Popen[bytes]] = []
-        logs = []
         try:
             for i in range(n):
-                log_path = self.log_dir / f"worker-{i}.log"
-                log = open(log_path, "wb")
-                logs.append((log, log_path))
                 procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "celery",
-                            "-A",
-                            "config",
-                            "worker",
-                            f"--pool={pool}",
-                            f"--concurrency={concurrency}",
-                            "-Q",
-                            os.environ["CELERY_QUEUE"],
-                            "-n",
-                            f"bench{i}@%h",
-                            "--without-heartbeat",
-                            "--without-mingle",
-                            "--without-gossip",
-                            "--loglevel=INFO",
-                        ],
-                        cwd=ROOT,
+                    processes.start_worker(
                         env=dict(os.environ, CELERY_LOG_LEVEL="INFO"),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
+                        log_path=self.log_dir / f"worker-{i}.log",
+                        pool=pool,
+                        concurrency=concurrency,
+                        name=f"bench{i}@%h",
+                        timeout=60,
                     )
                 )
-            for proc, (_, log_path) in zip(procs, logs, strict=True):
-                deadline = time.monotonic() + 60
-                while b"ready." not in log_path.read_bytes():
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"worker did not start: {log_path.read_text()[-2000:]}")
-                    time.sleep(0.1)
             yield procs
         finally:
             for proc in procs:
                 proc.terminate()
             for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            for log, _ in logs:
-                log.close()
+                processes.stop(proc)
 
     @staticmethod
     def worker_pids(procs: list[subprocess.Popen[bytes]]) -> list[int]:
@@ -446,11 +391,3 @@ def inline_engine() -> Iterator[Callable[[], int]]:
     finally:
         outbox.send = real_send
         tasks.enqueue_advance = real_enqueue
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 0.5):
-            return True
-    except OSError:
-        return False

@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from bench import processes
 from escalations.models import AgentProfile, AutonomyPolicy, Team
 from workflows.models import PolicyOutcome, WorkflowRun
 
@@ -196,19 +196,8 @@ def _service_env() -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+_free_port = processes.free_port
+_stop = processes.stop
 
 
 def _purge_queue() -> None:
@@ -232,41 +221,9 @@ def celery_worker(
         env = _service_env()
     with contextlib.suppress(Exception):
         _purge_queue()
-    log = open(worker_log_dir / "worker.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--pool=prefork",
-            "--concurrency=2",
-            "-Q",
-            env["CELERY_QUEUE"],
-            "--loglevel=INFO",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while b"ready." not in (worker_log_dir / "worker.log").read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)  # never leave a half-started worker holding the test database
-            raise RuntimeError(
-                "celery worker did not start:\n"
-                + (worker_log_dir / "worker.log").read_text()[-3000:]
-            )
-        time.sleep(0.1)
+    proc = processes.start_worker(env=env, log_path=worker_log_dir / "worker.log")
     yield proc
     _stop(proc)
-    log.close()
 
 
 @pytest.fixture(scope="session")
@@ -277,38 +234,9 @@ def live_server_url(
     with django_db_blocker.unblock():
         env = _service_env()
     port = _free_port()
-    log = open(worker_log_dir / "daphne.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "config.asgi:application",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                _stop(proc)
-                raise RuntimeError(
-                    "daphne did not start:\n" + (worker_log_dir / "daphne.log").read_text()[-3000:]
-                ) from None
-            time.sleep(0.1)
+    proc = processes.start_daphne(env=env, log_path=worker_log_dir / "daphne.log", port=port)
     yield f"http://127.0.0.1:{port}"
     _stop(proc)
-    log.close()
 
 
 # --- the browser ---------------------------------------------------------------------------

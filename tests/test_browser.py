@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,11 +10,11 @@ from datetime import timedelta
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from bench import processes
 from escalations.actions import decide_escalation
 from escalations.models import Escalation, Verdict, Via
 from tests.conftest import (
     ARTIFACTS,
-    ROOT,
     _free_port,
     _service_env,
     _stop,
@@ -229,44 +227,18 @@ def restartable_server(django_db_setup, django_db_blocker, worker_log_dir) -> It
     with django_db_blocker.unblock():
         env = _service_env()
     port = _free_port()
-    log = open(worker_log_dir / "daphne-restartable.log", "ab")
     server: dict = {"url": f"http://127.0.0.1:{port}"}
 
     def start() -> None:
-        server["proc"] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "config.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        server["proc"] = processes.start_daphne(
+            env=env, log_path=worker_log_dir / "daphne-restartable.log", port=port, append=True
         )
-        import socket
-
-        def listening() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", port), 0.2):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(listening, timeout=30)
 
     server["start"] = start
     server["stop"] = lambda: _stop(server["proc"])
     start()
     yield server
-    if server["proc"].poll() is None:
-        _stop(server["proc"])
-    log.close()
+    _stop(server["proc"])
 
 
 def test_the_page_resyncs_after_the_server_drops_the_socket(

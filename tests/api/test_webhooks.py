@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,10 +11,11 @@ import pytest
 
 from api.actions import attempt_webhook_delivery, create_api_token, submit_action
 from api.models import AgentWebhook, DeliveryStatus, WebhookAttempt, WebhookDelivery
+from bench import processes
 from caliber_client import InvalidSignature, verify_signature, verify_webhook
 from escalations.actions import decide_escalation
 from escalations.models import Verdict, Via
-from tests.conftest import ROOT, _service_env, _stop, wait_for
+from tests.conftest import _service_env, _stop, wait_for
 
 REPLY = {"ticket_id": "T-1", "to": "ada@example.com", "body": "Refunded, sorry."}
 
@@ -74,36 +73,17 @@ def _escalated_action(agent):
 def own_worker(transactional_db, worker_log_dir):
     """A real `celery worker` process for this test only. The session's shared worker would
     stay up for every later test, where other suites' teardown flushes race its tasks."""
-    env = _service_env()
-    log_path = worker_log_dir / "api-worker.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--pool=solo",
-                "-Q",
-                env["CELERY_QUEUE"],
-                "--loglevel=INFO",
-                "--without-heartbeat",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for(lambda: b"ready." in log_path.read_bytes() or proc.poll() is not None, 60)
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            yield proc
-        finally:
-            _stop(proc)
+    proc = processes.start_worker(
+        env=_service_env(),
+        log_path=worker_log_dir / "api-worker.log",
+        pool="solo",
+        concurrency=None,
+        timeout=60,
+    )
+    try:
+        yield proc
+    finally:
+        _stop(proc)
 
 
 @pytest.mark.worker

@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,8 +24,9 @@ from django.db import connection
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from bench import processes
 from escalations.models import UNDECIDED_STATUSES, Decision
-from tests.conftest import ROOT, _service_env
+from tests.conftest import _service_env
 from workflows import engine, outbox
 from workflows.models import (
     TERMINAL_RUN_STATUSES,
@@ -46,10 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = processes.free_port
 
 
 class Cluster:
@@ -78,37 +74,14 @@ class Cluster:
 
     def start_worker(self, *, concurrency: int = 2) -> subprocess.Popen[bytes]:
         log_path = self.log_dir / f"worker-{len(self.workers)}-{self.queue}.log"
-        log = open(log_path, "wb")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--pool=prefork",
-                f"--concurrency={concurrency}",
-                "-Q",
-                self.queue,
-                "--loglevel=INFO",
-                "--without-heartbeat",
-                "--without-mingle",
-                "--without-gossip",
-                "-n",
-                f"chaos{len(self.workers)}-{self.queue}@%h",
-            ],
-            cwd=ROOT,
+        proc = processes.start_worker(
             env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: killed whole at teardown
+            log_path=log_path,
+            concurrency=concurrency,
+            name=f"chaos{len(self.workers)}-{self.queue}@%h",
+            timeout=40,
+            new_session=True,  # its own process group: killed whole at teardown
         )
-        deadline = time.monotonic() + 40
-        while b"ready." not in log_path.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("chaos worker did not start:\n" + log_path.read_text()[-3000:])
-            time.sleep(0.1)
         self.workers.append(proc)
         self.logs.append(log_path)
         return proc

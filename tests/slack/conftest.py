@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +18,11 @@ from django.contrib.auth.models import User
 from django.test import Client
 from slack_sdk.signature import SignatureVerifier
 
+from bench import processes
 from escalations.models import AgentProfile, Escalation, Team
 from escalations.slack import delivery
 from escalations.slack.models import IdentitySource, SlackIdentity, SlackMessage
-from tests.conftest import ROOT, _service_env, _stop
+from tests.conftest import _service_env, _stop
 from tests.fakes.slack_api import FakeSlack
 from workflows.actions import propose_action
 from workflows.models import RunStatus, WorkflowRun
@@ -188,37 +188,11 @@ def slack_worker(
         CALIBER_BASE_URL=BASE_URL,
         SLACK_CELERY_QUEUE=SLACK_QUEUE,
     )
-    logfile = worker_log_dir / "slack-worker.log"
-    log = open(logfile, "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--pool=prefork",
-            "--concurrency=2",
-            "-Q",
-            SLACK_QUEUE,
-            "--loglevel=INFO",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-            "-n",
-            f"slack-{os.getpid()}@%h",
-        ],
-        cwd=ROOT,
+    proc = processes.start_worker(
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        log_path=worker_log_dir / "slack-worker.log",
+        queue=SLACK_QUEUE,
+        name=f"slack-{os.getpid()}@%h",
     )
-    deadline = time.monotonic() + 30
-    while b"ready." not in logfile.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("slack worker did not start:\n" + logfile.read_text()[-3000:])
-        time.sleep(0.1)
     yield proc
     _stop(proc)
-    log.close()
