@@ -286,8 +286,8 @@ _MUTABLE_RUN_FIELDS = (
 
 def _relock(run: WorkflowRun) -> WorkflowRun | None:
     """Lock the row of a run this task already holds in memory and bring the in-memory one
-    up to date, reading only what can have changed (the chained commit of every step: the
-    run row is not read whole, with its agent, each time). The state is read again even at
+    up to date, reading only what can have changed (every step's commit: the run row is not
+    read whole, with its agent, each time). The state is read again even at
     the same version: the step saw the in-memory dicts, and a step that wrote into them
     rather than through its StateView must not have that committed."""
     row = (
@@ -800,24 +800,9 @@ def _commit(
     from .actions import record_trace
 
     run, step = ctx.run, ctx.step
-    if chain:
-        locked = _relock(run)
-        if locked is None:
-            raise LeaseLost("the run is gone")
-    else:
-        locked = (
-            WorkflowRun.objects.select_for_update(no_key=True)
-            .only(
-                "status",
-                "attention",
-                "wake_at",
-                "state",
-                "state_version",
-                "lease_owner",
-                "lease_expires_at",
-            )
-            .get(pk=run.pk)
-        )
+    locked = _relock(run)
+    if locked is None:
+        raise LeaseLost("the run is gone")
     if locked.is_terminal or locked.attention:
         raise LeaseLost(f"the run is {locked.status}")
     now = timezone.now()
@@ -862,8 +847,8 @@ def _commit(
         nxt = _coordinate_locked(locked, token, took_over=False, pending=pending)
     if changes:
         update_state(
-            # Chained, the locked row is the run the next step gets: it must see this state.
-            run=locked if chain else run,
+            # The locked run is also the one a chained next step gets: it sees this state.
+            run=locked,
             changes=changes,
             step_name=step.name,
             reason=f"{step.name} committed",

@@ -181,25 +181,21 @@ def write_state(
         run.state, run.state_version = new_state, version
         return None
     parent = "" if anchor else _parent_digest(run, expected_version)
-    digest = chain_digest(parent, new_state)
 
     def write() -> RunSnapshot:
         if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
             **values
         ):
             raise StaleState(f"run {run.pk} state is past v{expected_version}")
-        return RunSnapshot.objects.create(
+        return _snapshot(
             run=run,
             version=version,
-            conversation=new_state["conversation"],
-            workspace=new_state["workspace"],
-            systemic=new_state["systemic"],
+            state=new_state,
             changed=changed,
+            parent=parent,
             step_name=step_name,
-            reason=reason[:300],
+            reason=reason,
             actor=actor,
-            parent_digest=parent,
-            digest=digest,
             anchor=anchor,
         )
 
@@ -213,7 +209,38 @@ def write_state(
     else:
         snapshot = write()
     run.state, run.state_version = new_state, version
-    # Only once committed: a rolled-back attempt's snapshot must never be taken as a parent.
+    return snapshot
+
+
+def _snapshot(
+    *,
+    run: WorkflowRun,
+    version: int,
+    state: State,
+    changed: list[str],
+    parent: str = "",
+    step_name: str = "",
+    reason: str = "",
+    actor: str = "",
+    anchor: bool = False,
+) -> RunSnapshot:
+    """Write version `version`'s snapshot, chained to `parent`; its digest is remembered
+    once committed (a rolled-back attempt's snapshot must never be taken as a parent)."""
+    digest = chain_digest(parent, state)
+    snapshot = RunSnapshot.objects.create(
+        run=run,
+        version=version,
+        conversation=state["conversation"],
+        workspace=state["workspace"],
+        systemic=state["systemic"],
+        changed=changed,
+        step_name=step_name,
+        reason=reason[:300],
+        actor=actor,
+        parent_digest=parent,
+        digest=digest,
+        anchor=anchor,
+    )
     key = (run.pk, version)
     transaction.on_commit(lambda: _remember_digest(key, digest))
     return snapshot
@@ -229,19 +256,7 @@ def write_first_state(*, run: WorkflowRun, changed: list[str], reason: str = "")
         raise StaleState(f"run {run.pk} was not created at state v1")
     if not run.durable:
         return
-    digest = chain_digest("", state)
-    RunSnapshot.objects.create(
-        run=run,
-        version=1,
-        conversation=state["conversation"],
-        workspace=state["workspace"],
-        systemic=state["systemic"],
-        changed=changed,
-        reason=reason[:300],
-        digest=digest,
-    )
-    key = (run.pk, 1)
-    transaction.on_commit(lambda: _remember_digest(key, digest))
+    _snapshot(run=run, version=1, state=state, changed=changed, reason=reason)
 
 
 # Digests of committed snapshots, by (run, version): a committed snapshot never changes, so
