@@ -6,3 +6,14 @@ class ApiConfig(AppConfig):
 
     name = "api"
     verbose_name = "Agent API"
+
+    def ready(self) -> None:
+        # Imported here, not at the top: these modules import models, which must wait for
+        # the app registry (Django's rule for AppConfig modules).
+        from escalations import notify
+        from workflows import events
+
+        from . import hooks
+
+        events.subscribe(notify.CHANGED, hooks.queue_webhook, phase="in_transaction")
+        events.subscribe(notify.CHANGED, hooks.wake_long_polls)

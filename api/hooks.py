@@ -1,25 +1,29 @@
-"""What the agent API does when an escalation changes (called by escalations.notify, inside
-the changing transaction): wake long-polls of its action and queue its agent's webhook."""
+"""What the agent API does when an escalation is decided (subscribed in api.apps to
+escalations.notify's events): queue its agent's webhook in the deciding transaction, and
+wake long-polls of its action after commit."""
 
 from __future__ import annotations
 
-from django.db import transaction
-
 from escalations.models import Escalation
+from review.live import send_to_groups
+from workflows.events import Event
+
+from .actions.webhook_delivery import queue_decision_webhook
 
 
 def action_group(action_id: object) -> str:
     return f"api.action.{action_id}"
 
 
-def escalation_changed(escalation: Escalation) -> None:
-    if escalation.is_undecided:
-        return
-    from review.live import send_to_groups
+def queue_webhook(event: Event) -> None:
+    """In the deciding transaction: the webhook's delivery row is its outbox."""
+    if event.ids["decided"]:
+        escalation: Escalation = event.subject
+        queue_decision_webhook(escalation)
 
-    from .actions import queue_decision_webhook
 
-    group = action_group(escalation.action_id)
-    message = {"type": "action.decided", "id": str(escalation.action_id)}
-    transaction.on_commit(lambda: send_to_groups([group], message))
-    queue_decision_webhook(escalation)
+def wake_long_polls(event: Event) -> None:
+    """After commit."""
+    if event.ids["decided"]:
+        action_id = event.ids["action_id"]
+        send_to_groups([action_group(action_id)], {"type": "action.decided", "id": action_id})

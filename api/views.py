@@ -371,11 +371,6 @@ def get_escalation(request: HttpRequest, escalation_id: uuid.UUID) -> dict[str, 
 def decide(request: HttpRequest, escalation_id: uuid.UUID, body: DecisionIn) -> Status[Any]:
     user = _reviewer_of(token_of(request))
     escalation = get_escalation_for(user, escalation_id)
-    if body.verdict == Verdict.APPROVE and body.edited_payload is not None:
-        try:
-            get_action_type(escalation.action.action_type).validate(body.edited_payload)
-        except ToolError as exc:
-            raise _unprocessable(["body", "edited_payload"], str(exc)) from None
     try:
         decide_escalation(
             escalation_id=escalation.pk,

@@ -8,7 +8,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import QuerySet
 from django.http import Http404
 
-from workflows.models import WorkflowRun
+from workflows.models import Action, WorkflowRun
 
 from .models import Escalation
 
@@ -60,3 +60,17 @@ def get_run_for(user: AnyUser, pk: uuid.UUID | str) -> WorkflowRun:
         return runs_for(user).distinct().select_related("agent").get(pk=pk)
     except (WorkflowRun.DoesNotExist, ValueError):
         raise Http404("No such run") from None
+
+
+def actions_for(user: AnyUser) -> QuerySet[Action]:
+    """The actions of the agents of this user's teams."""
+    qs = Action.objects.all()
+    teams = team_ids_for(user)
+    return qs if teams is None else qs.filter(agent__team_id__in=teams)
+
+
+def get_action_for(user: AnyUser, pk: uuid.UUID | str) -> Action:
+    try:
+        return actions_for(user).select_related("run").get(pk=pk)
+    except (Action.DoesNotExist, ValueError):
+        raise Http404("No such action") from None

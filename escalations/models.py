@@ -14,6 +14,7 @@ from django.utils import timezone
 from simple_history.models import HistoricalRecords
 
 from workflows.models import PolicyOutcome
+from workflows.tools import ACTION_TYPES
 
 
 class Team(models.Model):
@@ -250,13 +251,10 @@ class AutonomyPolicy(models.Model):
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
-        if self.action_type:
-            from workflows.tools import ACTION_TYPES
-
-            if self.action_type not in ACTION_TYPES:
-                errors["action_type"] = (
-                    f"Unknown action type; declared: {', '.join(sorted(ACTION_TYPES))}."
-                )
+        if self.action_type and self.action_type not in ACTION_TYPES:
+            errors["action_type"] = (
+                f"Unknown action type; declared: {', '.join(sorted(ACTION_TYPES))}."
+            )
         if (self.rate_limit_count is None) != (self.rate_limit_window_minutes is None):
             errors["rate_limit_window_minutes"] = "A rate cap needs both a count and a window."
         if self.sla_minutes and not self.expiry_behaviour:

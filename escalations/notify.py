@@ -1,23 +1,37 @@
 """The one place that tells the outside world an escalation changed.
 
-Every transport hangs off these two functions: the live queue (review.live), and — when
-configured — Slack and agent webhooks. Each sends after commit only; callers hold the
-transaction that made the change.
+Publishes through the neutral events module (workflows.events); the transports subscribe
+at app start: Slack here (escalations.apps), the live queue (review.apps), the agent API's
+long-polls and webhooks (api.apps). Callers hold the transaction that made the change.
 """
 
 from __future__ import annotations
 
+from workflows import events
+
 from .models import Escalation
+
+OPENED = "escalation.opened"
+CHANGED = "escalation.changed"
+# Only its summary changed (the model's arrived after commit): live views refresh it.
+SUMMARISED = "escalation.summarised"
+
+
+def _publish(name: str, escalation: Escalation, previous_team_id: int | None) -> None:
+    events.publish(
+        name,
+        subject=escalation,
+        escalation_id=str(escalation.pk),
+        action_id=str(escalation.action_id),
+        team_id=escalation.team_id,
+        previous_team_id=previous_team_id,
+        decided=not escalation.is_undecided,
+    )
 
 
 def escalation_opened(escalation: Escalation) -> None:
     """A new escalation exists (or reached a new team). Called inside the creating transaction."""
-    from review.live import announce_escalation
-
-    from .slack import transport as slack
-
-    announce_escalation(escalation)
-    slack.escalation_opened(escalation)
+    _publish(OPENED, escalation, None)
 
 
 def escalation_changed(escalation: Escalation, *, previous_team_id: int | None = None) -> None:
@@ -25,12 +39,9 @@ def escalation_changed(escalation: Escalation, *, previous_team_id: int | None =
 
     `previous_team_id`: set when the escalation moved teams, so the old team's queues drop it.
     """
-    from api import hooks as api_hooks
-    from review.live import announce_escalation
+    _publish(CHANGED, escalation, previous_team_id)
 
-    from .slack import transport as slack
 
-    announce_escalation(escalation, previous_team_id=previous_team_id)
-    slack.escalation_changed(escalation, previous_team_id=previous_team_id)
-    # Once decided: wakes the API's long-polls of the action, queues its agent's webhook.
-    api_hooks.escalation_changed(escalation)
+def escalation_summarised(escalation: Escalation) -> None:
+    """The model's summary replaced the template. Called inside the writing transaction."""
+    _publish(SUMMARISED, escalation, None)

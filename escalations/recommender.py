@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
+from workflows.models import Action
+
 from .models import Decision, Verdict, Via
 
 MIN_DECISIONS = 30
@@ -295,8 +297,6 @@ def observations_for(action_type: str, *, limit: int = 5000) -> list[Observation
 def recommend_for(
     action_type: str, *, target: float = 0.01, level: float = 0.95, limit: int = 5000
 ) -> Recommendation:
-    from workflows.models import Action
-
     population = list(
         Action.objects.filter(action_type=action_type)
         .order_by("-created_at")

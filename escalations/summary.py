@@ -1,8 +1,11 @@
 """The pre-summarised context a reviewer reads first, in the queue, the page and Slack.
 
-Written by the model (prompt `escalation.summary`, pinned per run like every prompt; the
-offline model fills a deterministic template). A summary must never stand between an agent
-and its reviewer: if the model fails, a template summary is stored and says so.
+An escalation is created with the template summary, at once: a model call never stands
+inside a transaction (with a real model a slow reply would hold the run's locks for
+minutes). After commit, the outbox sends `escalations.tasks.write_summary`, which asks the
+model (prompt `escalation.summary`, pinned per run like every prompt; the offline model
+fills a deterministic template), writes its summary and pushes it live. If the model fails,
+the template stays and says so.
 """
 
 from __future__ import annotations
@@ -10,34 +13,43 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from workflows.agents import call_model
+from workflows.llm import ModelError, ModelOutputError, get_model
 from workflows.models import Action, WorkflowRun
+from workflows.prompts.actions import PromptError
+from workflows.schemas import Summary
+from workflows.specs import UnknownWorkflow, get_spec
 from workflows.tools import get_action_type
 
 log = logging.getLogger(__name__)
 
+# Ends the summary an escalation is created with, until the model's replaces it.
+PENDING_NOTE = " (Template summary: the model's is being written.)"
+UNAVAILABLE_NOTE = " (Template summary: the model was unavailable.)"
 
-def _step_outputs(run: WorkflowRun | None) -> dict[str, Any]:
-    """Each committed step's output, from the run's state (the engine keeps them under
-    workspace.outputs): the run in hand already holds it, so no query."""
+
+def _declared_outputs(run: WorkflowRun | None) -> dict[str, Any]:
+    """The outputs of the steps the run's workflow declares for summaries (its
+    `summary_outputs`), from the run's state (the engine keeps each committed step's output
+    under workspace.outputs): the run in hand already holds it, so no query."""
     if run is None:
+        return {}
+    try:
+        declared = get_spec(run.workflow, run.workflow_version).summary_outputs
+    except UnknownWorkflow:
         return {}
     state = run.state if isinstance(run.state, dict) else {}
     workspace = state.get("workspace")
     outputs = workspace.get("outputs") if isinstance(workspace, dict) else None
     if not isinstance(outputs, dict):
         return {}
-    return {name: out for name, out in outputs.items() if isinstance(out, dict)}
+    return {name: outputs[name] for name in declared if isinstance(outputs.get(name), dict)}
 
 
-def _facts(action: Action, reasons: list[str]) -> dict[str, str]:
+def facts(action: Action, reasons: list[str]) -> dict[str, str]:
     tool = get_action_type(action.action_type)
     run = action.run
-    outputs = _step_outputs(run)
-    unsure = [
-        str(outputs[step].get("uncertain_about") or "")
-        for step in ("classify", "draft_reply")
-        if isinstance(outputs.get(step), dict)
-    ]
+    unsure = [str(out.get("uncertain_about") or "") for out in _declared_outputs(run).values()]
     stakes = [
         "reversible" if tool.reversible else "irreversible",
         "customer-facing" if tool.customer_facing else "internal",
@@ -63,24 +75,26 @@ def template_summary(facts: dict[str, str]) -> str:
     )
 
 
-def summarise(action: Action, reasons: list[str]) -> str:
-    from workflows.agents import call_model
-    from workflows.llm import ModelError, ModelOutputError, get_model
-    from workflows.prompts.actions import PromptError
-    from workflows.schemas import Summary
+def first_summary(action: Action, reasons: list[str]) -> str:
+    """What an escalation is created with: the template, no model call."""
+    return template_summary(facts(action, reasons)) + PENDING_NOTE
 
-    facts = _facts(action, reasons)
+
+def summarise(action: Action, reasons: list[str]) -> str:
+    """The model's summary, or the template saying the model was unavailable. Calls the
+    model: never inside a transaction."""
+    known = facts(action, reasons)
     try:
         out, _ = call_model(
             model=get_model(),
             run=action.run,
             step_name=action.step_name,
             prompt_name="escalation.summary",
-            variables=facts,
+            variables=known,
             schema=Summary,
             max_repairs=1,
         )
         return out.summary
     except (ModelError, ModelOutputError, PromptError) as exc:
         log.warning("summary for action %s fell back to the template: %s", action.pk, exc)
-        return template_summary(facts) + " (Template summary: the model was unavailable.)"
+        return template_summary(known) + UNAVAILABLE_NOTE

@@ -58,6 +58,7 @@ from .queue import (
     rows_by_id,
     undecided_for,
 )
+from .views import decision_panel_context
 
 log = logging.getLogger(__name__)
 
@@ -410,8 +411,6 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
     # --- one escalation's page -------------------------------------------------------------
 
     def _render_watched(self) -> str:
-        from .views import decision_panel_context
-
         user = self.scope["user"]
         try:
             ctx = decision_panel_context(user, self.watch)

@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 
 from escalations.models import Team, Verdict
-from workflows.tools import ActionType, ToolError
+from workflows.tools import ActionType
 
 EDIT = "edit"
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -118,25 +118,16 @@ class DecisionForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         verdict = data.get("verdict")
-        reason = data.get("reason", "").strip()
         data["edited"] = None
-        if verdict == Verdict.REJECT and not reason:
-            self.add_error("reason", "Say why you reject it; the agent is told.")
-        if verdict == Verdict.RESPOND and not reason:
-            self.add_error("reason", "Write the answer the agent should get.")
         if verdict == EDIT:
             edited: dict[str, Any] | None
             if self.as_fields:
                 edited = self._edited_from_fields(data)
             else:
                 edited = self._edited_from_json(data.get("edited_payload", "").strip())
-            if edited is not None and not self.errors:
-                try:
-                    self.tool.validate(edited)
-                except ToolError as exc:
-                    self.add_error(None, str(exc))
-                # An unchanged "edit" is a plain approval: nothing to diff, nothing to record.
-                data["edited"] = edited if edited != self.payload else None
+            # Checked by decide_escalation (the action type's declaration; an unchanged
+            # "edit" is a plain approval), whatever the channel.
+            data["edited"] = edited
             data["verdict"] = Verdict.APPROVE
         elif verdict:
             data["verdict"] = Verdict(verdict)
@@ -145,7 +136,8 @@ class DecisionForm(forms.Form):
     def success_message(self) -> str:
         verdict = self.cleaned_data["verdict"]
         if verdict == Verdict.APPROVE:
-            edited = " with your edits" if self.cleaned_data["edited"] is not None else ""
+            changed = self.cleaned_data["edited"] not in (None, self.payload)
+            edited = " with your edits" if changed else ""
             return f"Approved{edited}; the run resumes."
         if verdict == Verdict.RESPOND:
             return "Answer sent to the agent; the run resumes."

@@ -24,9 +24,8 @@ from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import transaction
 
-from escalations.models import Escalation
+from workflows.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +46,21 @@ def register_server_loop(loop: asyncio.AbstractEventLoop) -> None:
         _server_loop = loop
 
 
-def announce_escalation(escalation: Escalation, *, previous_team_id: int | None = None) -> None:
-    """On commit, tell every queue page of the escalation's team(s) that it changed."""
-    teams = [escalation.team_id]
-    if previous_team_id is not None and previous_team_id != escalation.team_id:
-        teams.append(previous_team_id)
+def announce_escalation(event: Event) -> None:
+    """Subscribed (review.apps) to escalation events, after commit: tell every queue page of
+    the escalation's team(s) that it changed."""
+    teams = [event.ids["team_id"]]
+    previous = event.ids.get("previous_team_id")
+    if previous is not None and previous != teams[0]:
+        teams.append(previous)
     message = {
         "type": "escalation.changed",
-        "id": str(escalation.pk),
+        "id": event.ids["escalation_id"],
         "teams": teams,
         # Names this one change: the pages of a process load the row once between them.
         "seq": uuid.uuid4().hex,
     }
-    transaction.on_commit(lambda: send_to_groups([ALL_TEAMS_GROUP], message))
+    send_to_groups([ALL_TEAMS_GROUP], message)
 
 
 class QueuePage(Protocol):

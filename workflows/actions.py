@@ -6,7 +6,6 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -14,25 +13,30 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from escalations.models import AgentProfile
-
 from . import outbox
+from .gate import Verdict, gate
+from .llm import model_label
 from .models import (
     Action,
     ActionStatus,
+    DeadLetter,
     Effect,
     Outcome,
     OutcomeQuality,
     OutcomeSource,
     PolicyOutcome,
+    RunSnapshot,
     RunStatus,
+    StepMode,
     StepRun,
+    StepStatus,
     TraceEvent,
     TraceKind,
     WorkflowRun,
 )
+from .prompts.actions import pin_prompts
 from .specs import InvalidInput, digest, get_spec
-from .state import normalise, write_first_state, write_state
+from .state import normalise, update_state, write_first_state, write_state
 from .state import validate as validate_state
 from .tools import ToolError, get_action_type
 
@@ -100,9 +104,6 @@ def start_run(
     Raises InvalidInput (nothing created) if the workflow cannot plan this input. With an
     `idempotency_key`, a second call returns the first run.
     """
-    from .llm import model_label
-    from .prompts.actions import pin_prompts
-
     spec = get_spec(workflow, version)
     if idempotency_key:
         existing = WorkflowRun.objects.filter(idempotency_key=idempotency_key).first()
@@ -115,10 +116,12 @@ def start_run(
     initial = normalise(spec.initial_state(input))
     validate_state(initial)
     now = timezone.now()
+    # The agent's profile is the layer above's model; the run's foreign key names it.
+    profiles: Any = WorkflowRun._meta.get_field("agent").related_model._default_manager
     try:
         with transaction.atomic():
             # Read in the run's transaction, not one of its own before it.
-            agent = AgentProfile.objects.filter(name=spec.agent).first()
+            agent = profiles.filter(name=spec.agent).first()
             if agent is None:
                 raise InvalidInput(
                     f"{spec.name} acts as agent {spec.agent!r}, which has no profile: create it "
@@ -210,6 +213,95 @@ def finish_run(
     )
 
 
+_STATUS_FOR_OUTCOME = {
+    PolicyOutcome.AUTO: ActionStatus.AUTO_APPROVED,
+    PolicyOutcome.REVIEW: ActionStatus.ESCALATED,
+    PolicyOutcome.BLOCK: ActionStatus.BLOCKED,
+}
+
+
+def status_for(outcome: PolicyOutcome) -> ActionStatus:
+    """The status an action starts in, given the gate's verdict on it."""
+    return _STATUS_FOR_OUTCOME[PolicyOutcome(outcome)]
+
+
+def create_action(
+    *,
+    agent: Any,
+    action_type: str,
+    payload: dict[str, Any],
+    confidence: float,
+    rationale: str,
+    idempotency_key: str,
+    run: WorkflowRun | None = None,
+    step_name: str = "",
+    workflow: str = "",
+    verdict: Verdict | None = None,
+    force_review_reasons: Sequence[str] = (),
+    declared_irreversible: bool = False,
+) -> Action:
+    """The one way an Action comes to exist: engine proposals, API submissions and the
+    engine's own "needs attention" alike.
+
+    Held against the registered gate (unless the caller brings its own `verdict`), written
+    once with that verdict, and — when it needs a person — escalated in the same
+    transaction. Precondition: inside the caller's transaction; the unique idempotency key
+    refuses a duplicate (IntegrityError), so callers look for an existing action first.
+    """
+    tool = get_action_type(action_type)
+    evaluated = verdict is None
+    if verdict is None:
+        verdict = gate().evaluate(
+            agent=agent,
+            workflow=run.workflow if run is not None else workflow,
+            action_type=tool.name,
+            confidence=confidence,
+            payload=payload,
+            declared_irreversible=declared_irreversible,
+        )
+    outcome, reasons = PolicyOutcome(verdict.outcome), list(verdict.reasons)
+    if force_review_reasons and outcome == PolicyOutcome.AUTO:
+        # A failed verification never silently passes: the action goes to a person, with
+        # the failure first among the reasons.
+        outcome, reasons = PolicyOutcome.REVIEW, [*force_review_reasons]
+    elif force_review_reasons:
+        reasons = [*force_review_reasons, *reasons]
+    # Evaluated before the row exists, so it is written once, with its verdict (the
+    # evaluation reads policies only, never the action).
+    action = Action.objects.create(
+        run=run,
+        step_name=step_name,
+        agent=agent,
+        action_type=tool.name,
+        payload=payload,
+        confidence=confidence,
+        rationale=rationale,
+        idempotency_key=idempotency_key,
+        payload_digest=digest(payload),
+        outcome=outcome,
+        reasons=reasons,
+        policy_id=verdict.policy_id,
+        policy_version=verdict.policy_version,
+        status=status_for(outcome),
+    )
+    if run is not None and evaluated:
+        record_trace(
+            run=run,
+            kind=TraceKind.POLICY,
+            step_name=step_name,
+            message=f"{tool.name}: {outcome.label.lower()} — " + "; ".join(reasons),
+            data={
+                "action": str(action.pk),
+                "outcome": outcome,
+                "policy_id": verdict.policy_id,
+                "policy_version": verdict.policy_version,
+            },
+        )
+    if outcome == PolicyOutcome.REVIEW:
+        gate().escalate(action=action, team_id=verdict.team_id)
+    return action
+
+
 def propose_action(
     *,
     run: WorkflowRun,
@@ -225,30 +317,12 @@ def propose_action(
     AUTO marks it auto-approved (the engine executes it), REVIEW escalates it to a person,
     BLOCK refuses it. Idempotent per (run, step, action type).
     """
-    from escalations.actions import escalate_action
-    from escalations.policy import evaluate
-
     tool = get_action_type(action_type)
     key = f"{run.pk}:{step_name}:{action_type}"
     existing = Action.objects.filter(idempotency_key=key).first()
     if existing is not None:
         return existing
-    decision = evaluate(
-        agent=run.agent,
-        workflow=run.workflow,
-        action_type=tool.name,
-        confidence=confidence,
-        payload=payload,
-    )
-    if force_review_reasons and decision.outcome == PolicyOutcome.AUTO:
-        # A failed verification never silently passes: the action goes to a person, with
-        # the failure first among the reasons.
-        decision = replace(decision, outcome=PolicyOutcome.REVIEW, reasons=[*force_review_reasons])
-    elif force_review_reasons:
-        decision = replace(decision, reasons=[*force_review_reasons, *decision.reasons])
-    # Evaluated before the row exists, so it is written once, with its verdict (the
-    # evaluation reads policies only, never the action).
-    action = Action.objects.create(
+    return create_action(
         run=run,
         step_name=step_name,
         agent=run.agent,
@@ -257,32 +331,37 @@ def propose_action(
         confidence=confidence,
         rationale=rationale,
         idempotency_key=key,
-        payload_digest=digest(payload),
-        outcome=decision.outcome,
-        reasons=decision.reasons,
-        policy_id=decision.policy_id,
-        policy_version=decision.policy_version,
-        status={
-            PolicyOutcome.AUTO: ActionStatus.AUTO_APPROVED,
-            PolicyOutcome.REVIEW: ActionStatus.ESCALATED,
-            PolicyOutcome.BLOCK: ActionStatus.BLOCKED,
-        }[decision.outcome],
+        force_review_reasons=force_review_reasons,
     )
-    record_trace(
-        run=run,
-        kind=TraceKind.POLICY,
-        step_name=step_name,
-        message=f"{tool.name}: {decision.outcome.label.lower()} — " + "; ".join(decision.reasons),
-        data={
-            "action": str(action.pk),
-            "outcome": decision.outcome,
-            "policy_id": decision.policy_id,
-            "policy_version": decision.policy_version,
-        },
-    )
-    if decision.outcome == PolicyOutcome.REVIEW:
-        escalate_action(action=action, team_id=decision.team_id)
-    return action
+
+
+def record_effect(
+    *,
+    key: str,
+    result: dict[str, Any],
+    action: Action | None = None,
+    run: WorkflowRun | None = None,
+    step_name: str = "",
+    fenced: bool = False,
+) -> dict[str, Any]:
+    """The one writer of the effect ledger: record that the effect `key` was applied with
+    `result`; returns the recorded result (the first writer's, if another got there first).
+
+    `fenced`: the caller's commit is fenced (it holds the run's row lock, a step lease, or
+    the action's row lock after checking its status), so whoever meets a key recorded first
+    is an attempt that could not commit anyway: no savepoint (two round trips), and its
+    IntegrityError fails it outright. Otherwise a savepoint survives the duplicate.
+    """
+    effect = Effect(key=key, action=action, run=run, step_name=step_name, result=result)
+    if fenced:
+        effect.save(force_insert=True)
+        return result
+    try:
+        with transaction.atomic():
+            effect.save(force_insert=True)
+    except IntegrityError:
+        return dict(Effect.objects.get(key=key).result)
+    return result
 
 
 def execute_action(*, action: Action) -> Action:
@@ -315,25 +394,16 @@ def execute_action(*, action: Action) -> Action:
                     message=f"{action.action_type} failed: {exc}",
                 )
             return action
-        effect = Effect(
+        # A run's actions are executed under its row lock or by a step attempt its lease
+        # fences; an action outside a run may race another execution of itself.
+        result = record_effect(
             key=action.idempotency_key,
+            result=result,
             action=action,
             run=action.run,
             step_name=action.step_name,
-            result=result,
+            fenced=action.run_id is not None,
         )
-        if action.run_id is not None:
-            # No savepoint (two round trips) to survive a duplicate key: a run's actions are
-            # executed under its row lock or by a step attempt its lease fences, so whoever
-            # meets a key recorded first is an attempt that could not commit anyway. Its
-            # IntegrityError fails it outright; a retry finds the recorded effect.
-            effect.save(force_insert=True)
-        else:
-            try:
-                with transaction.atomic():
-                    effect.save(force_insert=True)
-            except IntegrityError:
-                result = Effect.objects.get(key=action.idempotency_key).result
     action.status = ActionStatus.EXECUTED
     action.result = result
     action.executed_at = timezone.now()
@@ -402,30 +472,12 @@ def _lock_run(run_id: Any) -> WorkflowRun:
         raise InvalidTransition("no such run") from None
 
 
-def _cancel_open_escalations(run: WorkflowRun) -> int:
-    from escalations import notify
-    from escalations.models import UNDECIDED_STATUSES, Escalation, EscalationStatus
-
-    cancelled = 0
-    for esc in Escalation.objects.filter(action__run=run, status__in=UNDECIDED_STATUSES):
-        # The conditional UPDATE races a person deciding: whoever wins, exactly one outcome.
-        if Escalation.objects.filter(pk=esc.pk, status__in=UNDECIDED_STATUSES).update(
-            status=EscalationStatus.CANCELLED, decided_at=timezone.now()
-        ):
-            esc.status = EscalationStatus.CANCELLED
-            notify.escalation_changed(esc)
-            cancelled += 1
-    return cancelled
-
-
 def cancel_run(*, run_id: Any, actor: str, reason: str) -> WorkflowRun:
     """Stop a run that is not finished: pending steps are cancelled, a step running now is
     fenced out (its commit is refused, its effects roll back), open escalations are cancelled.
 
     Starts from pending, running, waiting; refuses finished runs.
     """
-    from .models import StepStatus
-
     reason = reason.strip()
     if not reason:
         raise ValidationError({"reason": "Say why the run is cancelled."})
@@ -436,7 +488,8 @@ def cancel_run(*, run_id: Any, actor: str, reason: str) -> WorkflowRun:
         StepRun.objects.filter(run=run).exclude(
             status__in=[StepStatus.SUCCEEDED, StepStatus.FAILED]
         ).update(status=StepStatus.CANCELLED, lease_owner="", lease_expires_at=None)
-        escalations = _cancel_open_escalations(run)
+        # Whatever waits on people for this run is withdrawn by the layer that owns it.
+        escalations = gate().run_cancelled(run=run)
         record_trace(
             run=run,
             kind=TraceKind.AUDIT,
@@ -453,8 +506,6 @@ def cancel_run(*, run_id: Any, actor: str, reason: str) -> WorkflowRun:
 def cancel_step(*, run_id: Any, step_name: str, actor: str, reason: str) -> StepRun:
     """Skip one async (gathering/verification) step: it is cancelled, what depends on it goes
     ahead without its output. Sync steps are the critical path: cancel the run instead."""
-    from .models import StepMode, StepStatus
-
     reason = reason.strip()
     if not reason:
         raise ValidationError({"reason": "Say why the step is cancelled."})
@@ -498,8 +549,6 @@ def cancel_step(*, run_id: Any, step_name: str, actor: str, reason: str) -> Step
 
 def _reopen(run: WorkflowRun, *, actor: str) -> None:
     """Precondition: run row locked. Back to pending, with time to finish, and enqueued."""
-    from .specs import get_spec
-
     now = timezone.now()
     fields = ["status", "error", "finished_at", "updated_at", "attention", "wake_at"]
     run.status = RunStatus.PENDING
@@ -528,8 +577,6 @@ def retry_run(*, run_id: Any, actor: str, reason: str = "") -> WorkflowRun:
     Starts from failed only. Effects already applied stay applied: the ledger keys make the
     retried steps find them instead of applying them again.
     """
-    from .models import DeadLetter, StepStatus
-
     with transaction.atomic():
         run = _lock_run(run_id)
         if run.status != RunStatus.FAILED:
@@ -572,8 +619,6 @@ def rollback_run(*, run_id: Any, to_version: int, actor: str, reason: str) -> Wo
     saw them. Re-run steps find them in the ledger rather than applying them twice.
     Refused while a worker holds the run's lease or one of its steps, and for cancelled runs.
     """
-    from .models import Effect, RunSnapshot, StepStatus
-
     reason = reason.strip()
     if not reason:
         raise ValidationError({"reason": "Say why you roll the run back; it is audited."})
@@ -661,8 +706,6 @@ def rollback_run(*, run_id: Any, to_version: int, actor: str, reason: str) -> Wo
 def record_message(*, run: WorkflowRun, role: str, content: str, actor: str = "") -> WorkflowRun:
     """Add a message to a run's conversation (e.g. the customer wrote back): a versioned
     write like any other, retried if a step committed in between."""
-    from .state import update_state
-
     if role not in ("customer", "agent", "reviewer"):
         raise ValidationError({"role": "role is customer, agent or reviewer"})
     if not content.strip():

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from .llm import ModelClient, ModelError, ModelOutputError, ModelResult
 from .models import TraceKind, WorkflowRun
+from .prompts.actions import record_model_call, render, version_for_run
 from .schemas import ModelOutput
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ def call_model[T: ModelOutput](
     max_repairs: int = MAX_REPAIRS,
 ) -> tuple[T, ModelResult]:
     """Ask for `schema`; repair invalid answers up to `max_repairs` times, then raise."""
-    from .prompts.actions import record_model_call, render, version_for_run
-
     prompt = render(version_for_run(run, prompt_name), variables)
     extra: list[dict[str, str]] = []
     problems = ""

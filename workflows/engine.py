@@ -49,11 +49,20 @@ from types import FrameType
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from .actions import (
+    buffered_trace,
+    create_action,
+    execute_action,
+    finish_run,
+    record_effect,
+    record_trace,
+)
+from .gate import FixedVerdict, gate
 from .llm import ModelClient, get_model
 from .models import (
     Action,
@@ -61,6 +70,7 @@ from .models import (
     DeadLetter,
     Effect,
     PolicyOutcome,
+    RunSnapshot,
     RunStatus,
     StepMode,
     StepRun,
@@ -137,8 +147,6 @@ class StepContext:
     deadline: float = float("inf")  # time.monotonic() by which the attempt must finish
 
     def trace(self, kind: TraceKind, message: str, **data: Any) -> None:
-        from .actions import record_trace
-
         record_trace(run=self.run, kind=kind, message=message, step_name=self.step.name, data=data)
 
     def output_of(self, step_name: str) -> dict[str, Any]:
@@ -163,15 +171,9 @@ class StepContext:
             log.info("effect %s already recorded; not applied again", key)
             self.trace(TraceKind.SKIPPED, f"effect {name} already applied; not applied again")
             return dict(recorded)
-        result = apply(key)
-        try:
-            with transaction.atomic():
-                Effect.objects.create(
-                    key=key, run=self.run, step_name=self.step.name, result=result
-                )
-        except IntegrityError:
-            return dict(Effect.objects.get(key=key).result)
-        return result
+        return record_effect(
+            key=key, result=apply(key), run=self.run, step_name=self.step.name, fenced=False
+        )
 
 
 @dataclass
@@ -306,8 +308,6 @@ def _relock(run: WorkflowRun) -> WorkflowRun | None:
 def _coordinate(run_id: uuid.UUID, token: str, *, acquire: bool = False) -> Claim | None:
     """One round in its own transaction; with `acquire`, take the run's lease first (a
     conditional decision under the row lock: free or expired, else poke the holder)."""
-    from .actions import buffered_trace
-
     with transaction.atomic(), buffered_trace():
         run = _lock_run(run_id)
         if run is None or run.is_terminal:
@@ -342,8 +342,6 @@ def _coordinate_locked(
 
     With `pending`, the run's fields this round changed at its end are added to it, not
     saved: the caller saves them in this transaction (with the state it writes)."""
-    from .actions import record_trace
-
     if run.lease_owner != token or run.is_terminal:
         return None
     try:
@@ -520,8 +518,6 @@ def _claim(run: WorkflowRun, step: StepRun, token: str, now: datetime) -> Claim 
 def _requeue_crashed(run: WorkflowRun, step: StepRun) -> bool:
     """A step whose lease expired while running: its worker died or hung. Precondition: locks
     held. Returns False if that was its last attempt (dead-lettered; the run failed)."""
-    from .actions import record_trace
-
     error = f"attempt {step.attempts} lost its worker (lease expired while running)"
     record_trace(run=run, kind=TraceKind.ERROR, step_name=step.name, message=error)
     if step.attempts >= step.max_attempts:
@@ -550,8 +546,6 @@ def _recovery_check(
     On a mismatch the run waits for a person (a resume_run escalation) and False is returned.
     `awaited`: the waiting steps' actions as `_awaited_actions` read them under this lock.
     """
-    from .actions import record_trace
-
     problems = list(verify_chain(run))
     checks = [f"state chain intact up to v{run.state_version}"] if not problems else []
     if digest(run.input) != run.objective_digest:
@@ -594,38 +588,33 @@ def _recovery_check(
 
 
 def _needs_attention(run: WorkflowRun, problems: list[str]) -> None:
-    from escalations.actions import escalate_action
-
     n = Action.objects.filter(run=run, action_type=RESUME_RUN).count() + 1
     payload = {"run": str(run.pk), "problems": problems}
-    action = Action.objects.create(
-        run=run,
-        agent=run.agent,
-        action_type=RESUME_RUN,
-        payload=payload,
-        payload_digest=digest(payload),
-        confidence=0.0,
-        rationale="Recovery found the run's state changed while it was paused. Approve to "
-        "continue from the state as it is now; reject to fail the run.",
-        status=ActionStatus.ESCALATED,
-        outcome=PolicyOutcome.REVIEW,
-        reasons=problems,
-        idempotency_key=f"{run.pk}:__recovery__:{n}",
-    )
     run.attention = "; ".join(problems)[:5000]
     run.status = RunStatus.WAITING
     run.lease_owner = ""
     run.lease_expires_at = None
     run.updated_at = timezone.now()
     run.save(update_fields=["attention", "status", "lease_owner", "lease_expires_at", "updated_at"])
-    escalate_action(action=action, team_id=run.agent.team_id)
+    create_action(
+        run=run,
+        agent=run.agent,
+        action_type=RESUME_RUN,
+        payload=payload,
+        confidence=0.0,
+        rationale="Recovery found the run's state changed while it was paused. Approve to "
+        "continue from the state as it is now; reject to fail the run.",
+        idempotency_key=f"{run.pk}:__recovery__:{n}",
+        # The engine's own finding, not a policy's: a person looks, whatever the policies say.
+        verdict=FixedVerdict(
+            outcome=PolicyOutcome.REVIEW, reasons=problems, team_id=run.agent.team_id
+        ),
+    )
 
 
 def _attention_resolved(run: WorkflowRun) -> bool:
     """A run flagged by recovery: go on only once a person approved (re-anchoring the state),
     fail it if they rejected. Precondition: run row locked."""
-    from .actions import execute_action, record_trace
-
     action = Action.objects.filter(run=run, action_type=RESUME_RUN).order_by("-created_at").first()
     if action is None or action.status == ActionStatus.ESCALATED:
         return False
@@ -642,8 +631,6 @@ def _attention_resolved(run: WorkflowRun) -> bool:
     run.save(update_fields=["objective_digest", "plan_digest", "attention"])
     if run.durable:
         # The chain is checked from here on: a person vouched for the state as it is now.
-        from .models import RunSnapshot
-
         latest = max(
             run.state_version,
             RunSnapshot.objects.filter(run=run)
@@ -750,8 +737,6 @@ def _execute(claim: Claim, *, inline: bool, chain: bool = False) -> Claim | _Aga
     commit's transaction also coordinates the next round: returns the next claimed sync step,
     or None once nothing more can start now (the lease let go). AGAIN when the attempt failed
     or was refused, or without `chain`: the caller coordinates in a transaction of its own."""
-    from .actions import buffered_trace
-
     run, step = claim.run, claim.step
     spec = get_spec(run.workflow, run.workflow_version)
     step_spec = spec.step(step.template or step.name)
@@ -797,8 +782,6 @@ def _commit(
 ) -> Claim | _Again | None:
     """Inside the step's transaction: fence, then result + state + follow-ups, all or nothing;
     with `chain`, then the next round of coordination (see `_execute`)."""
-    from .actions import record_trace
-
     run, step = ctx.run, ctx.step
     locked = _relock(run)
     if locked is None:
@@ -898,10 +881,6 @@ def _worth_advancing(run_id: uuid.UUID) -> bool:
 def _fail_attempt(run_id: uuid.UUID, step_pk: int, token: str, exc: BaseException) -> None:
     """Record a failed attempt (fenced: only the attempt's owner may): retry later, or
     dead-letter after max_attempts."""
-    from django.db import connection
-
-    from .actions import record_trace
-
     error = f"{type(exc).__name__}: {exc}"[:4000]
     for attempt in range(2):
         try:
@@ -960,8 +939,6 @@ def _fail_attempt(run_id: uuid.UUID, step_pk: int, token: str, exc: BaseExceptio
 
 def _dead_letter(run: WorkflowRun, step: StepRun, error: str) -> None:
     """Precondition: run and step rows locked."""
-    from .actions import record_trace
-
     now = timezone.now()
     step.status = StepStatus.FAILED
     step.error = error
@@ -993,8 +970,6 @@ def _finish(
 ) -> None:
     """Precondition: run row locked. Steps still queued or pending are cancelled with it
     (`all_done`: the caller saw every step done, there are none). `pending`: see finish_run."""
-    from .actions import finish_run
-
     if not all_done:
         StepRun.objects.filter(
             run=run, status__in=[StepStatus.PENDING, StepStatus.QUEUED, StepStatus.WAITING]
@@ -1017,8 +992,7 @@ def _finish(
 def reconcile_runs(*, stall_seconds: float | None = None) -> int:
     """Re-enqueue runs that should be moving and are not: a lost enqueue, a dead worker (its
     lease expired), a decided escalation whose resume was lost, a deadline passed."""
-    from escalations.models import UNDECIDED_STATUSES
-
+    # Imported here: workflows.tasks imports this module.
     from .tasks import enqueue_advance
 
     now = timezone.now()
@@ -1040,7 +1014,7 @@ def reconcile_runs(*, stall_seconds: float | None = None) -> int:
     stalled |= set(
         WorkflowRun.objects.filter(status=RunStatus.WAITING, updated_at__lt=cutoff)
         .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
-        .exclude(actions__escalation__status__in=UNDECIDED_STATUSES)
+        .exclude(gate().awaiting_people())
         .values_list("pk", flat=True)[:500]
     )
     stalled |= set(

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.utils.dateparse import parse_datetime
 
+from .actions import record_outcome, start_run
 from .engine import StepContext
 from .models import Action, ActionStatus, OutcomeQuality, OutcomeSource, TraceKind, WorkflowRun
 from .specs import Sleep, StepResult, StepSpec, WorkflowSpec, register
@@ -25,8 +26,6 @@ METRIC = "customer_replied_within_6h"
 
 def schedule_follow_up(ctx: StepContext) -> StepResult:
     """A triage step: start the follow-up run if a reply actually went out."""
-    from .actions import start_run
-
     reply = (
         Action.objects.filter(run=ctx.run, action_type="send_reply", status=ActionStatus.EXECUTED)
         .order_by("-executed_at")
@@ -66,8 +65,6 @@ def _customer_replies(ticket_run: WorkflowRun, since: datetime) -> list[dict[str
 
 
 def await_reply(ctx: StepContext) -> StepResult:
-    from .actions import record_outcome
-
     data = ctx.run.input
     if not ctx.woken:
         return Sleep.after(

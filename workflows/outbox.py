@@ -15,6 +15,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from config.celery import app
+
 from .models import Outbox
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,6 @@ def enqueue(task: str, *args: str, countdown: float = 0) -> Outbox:
 
 
 def send(task: str, args: list[Any], countdown: float = 0) -> None:
-    from config.celery import app
-
     app.send_task(task, args=args, countdown=countdown if countdown > 0 else None)
 
 

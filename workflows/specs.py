@@ -224,6 +224,9 @@ class WorkflowSpec:
     timeout_seconds: float | None = None
     # False only for benchmarks: the same engine with a no-op store (no snapshots, no ledger).
     durable: bool = True
+    # The steps whose outputs an escalation's summary reads: each may say what the agent was
+    # unsure about (`uncertain_about`), which the reviewer is told first.
+    summary_outputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]

@@ -261,5 +261,6 @@ TRIAGE = register(
             ),
         ),
         initial_state=initial_state,
+        summary_outputs=("classify", "draft_reply"),
     )
 )

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from .agents import call_for_step
 from .models import TraceKind
+from .schemas import Judgement
 from .specs import StepResult, Wait
 
 if TYPE_CHECKING:
@@ -58,9 +60,6 @@ def model_judge(
     """A second model call that judges the output with its own prompt."""
 
     def run(ctx: StepContext, output: dict[str, Any]) -> list[str]:
-        from .agents import call_for_step
-        from .schemas import Judgement
-
         judgement, _ = call_for_step(ctx, prompt_name, variables(ctx, output), Judgement)
         if judgement.ok:
             return []

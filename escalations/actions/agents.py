@@ -8,6 +8,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from workflows.actions import record_trace
 from workflows.models import Action, ActionStatus, PolicyOutcome, TraceKind, WorkflowRun
 
 from ..models import AgentProfile
@@ -26,8 +27,6 @@ def set_autonomy_paused(*, agent_id: int, paused: bool, by: User, reason: str = 
     is kept on the profile and in its history. Setting it to what it already is changes
     nothing.
     """
-    from workflows.actions import record_trace
-
     reason = reason.strip()
     with transaction.atomic():
         agent = AgentProfile.objects.select_for_update().get(pk=agent_id)

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from workflows.actions import record_trace
 from workflows.models import TraceKind
 
 from .. import notify
@@ -33,8 +34,6 @@ class AlreadyClaimed(Exception):
 
 
 def _trace(escalation: Escalation, user: User, message: str, **data: object) -> None:
-    from workflows.actions import record_trace
-
     action = escalation.action
     if action.run is not None:
         record_trace(

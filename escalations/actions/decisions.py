@@ -11,8 +11,11 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from workflows import outbox
+from workflows import tasks as workflow_tasks
+from workflows.actions import record_trace
 from workflows.models import Action, ActionStatus, TraceKind
-from workflows.tools import get_action_type
+from workflows.tools import ToolError, get_action_type
 
 from .. import notify
 from ..access import get_escalation_for
@@ -28,7 +31,9 @@ from ..models import (
     Via,
 )
 from ..policy import amount_of, policy_as_evaluated
-from ..summary import summarise
+from ..summary import first_summary
+
+WRITE_SUMMARY = "escalations.tasks.write_summary"
 
 
 class AlreadyDecided(Exception):
@@ -72,8 +77,6 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
     Its SLA, escalation chain, expiry behaviour and quorum are copied from the policy version
     recorded on the action, so editing the policy afterwards changes nothing already open.
     """
-    from workflows.actions import record_trace
-
     policy = policy_as_evaluated(action.policy_id, action.policy_version)
     now = timezone.now()
     routing: dict[str, Any] = {}
@@ -94,7 +97,8 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
         action=action,
         team_id=team_id,
         reasons=list(action.reasons),
-        summary=summarise(action, list(action.reasons)),
+        # The template now; the model's after commit (write_summary), never in here.
+        summary=first_summary(action, list(action.reasons)),
         created_at=now,
         **routing,
     )
@@ -113,6 +117,7 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
             data={"escalation": str(escalation.pk)},
         )
     notify.escalation_opened(escalation)
+    outbox.enqueue(WRITE_SUMMARY, str(escalation.pk))
     return escalation
 
 
@@ -148,6 +153,8 @@ def decide_escalation(
 
     with transaction.atomic():
         escalation = get_escalation_for(user, escalation_id)
+        if verdict == Verdict.APPROVE and edited_payload is not None:
+            edited_payload = _checked_edit(escalation.action, edited_payload)
         if verdict == Verdict.APPROVE and escalation.needs_quorum:
             if edited_payload is not None:
                 raise ValidationError(
@@ -171,6 +178,16 @@ def decide_escalation(
         )
 
 
+def _checked_edit(action: Action, edited: dict[str, Any]) -> dict[str, Any] | None:
+    """The reviewer's edit, validated by the action type's declaration (ValidationError if it
+    refuses it); None when it changes nothing (an unchanged "edit" is a plain approval)."""
+    try:
+        get_action_type(action.action_type).validate(edited)
+    except ToolError as exc:
+        raise ValidationError({"edited_payload": str(exc)}) from None
+    return edited if edited != action.payload else None
+
+
 def finalise_decision(
     *,
     escalation: Escalation,
@@ -189,9 +206,6 @@ def finalise_decision(
     a person, the last quorum approver, the SLA timer — races through the same conditional
     UPDATE, so exactly one outcome is ever recorded.
     """
-    from workflows.actions import record_trace
-    from workflows.tasks import enqueue_advance
-
     now = timezone.now()
     # The conditional UPDATE is the race's referee: its row count says who won.
     won = Escalation.objects.filter(pk=escalation.pk, status__in=UNDECIDED_STATUSES).update(
@@ -247,7 +261,7 @@ def finalise_decision(
         # robust: the decision is committed by then; a broker hiccup must not turn it into an
         # error page (Slack would tell the clicker it failed). engine.reconcile_runs resumes a
         # waiting run whose escalations are all decided, so a lost send is only late.
-        transaction.on_commit(lambda: enqueue_advance(run_id), robust=True)
+        transaction.on_commit(lambda: workflow_tasks.enqueue_advance(run_id), robust=True)
     notify.escalation_changed(escalation)
     return decision
 
@@ -260,8 +274,6 @@ def _approve_towards_quorum(
     The escalation's row lock serialises approvers (and the SLA timer), so the count read
     after inserting is the true count and exactly one approver completes the quorum.
     """
-    from workflows.actions import record_trace
-
     locked = Escalation.objects.select_for_update().filter(pk=escalation.pk).first()
     if locked is None or not locked.is_undecided:
         escalation.refresh_from_db()

@@ -16,6 +16,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from workflows.actions import record_trace
 from workflows.models import TraceKind
 
 from .. import notify
@@ -52,8 +53,6 @@ def system_user() -> User:
 
 
 def _trace(escalation: Escalation, kind: TraceKind, message: str, **data: object) -> None:
-    from workflows.actions import record_trace
-
     action = escalation.action
     if action.run is not None:
         record_trace(

@@ -8,6 +8,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from .models import IdentitySource, MessageStatus, Notification, SlackIdentity, SlackMessage
+from .tasks import enqueue_sync
 
 
 @admin.register(SlackIdentity)
@@ -81,8 +82,6 @@ class SlackMessageAdmin(admin.ModelAdmin[SlackMessage]):
 
     @admin.action(description="Retry delivery now (after fixing the channel or token)")
     def retry_now(self, request: HttpRequest, queryset: QuerySet[SlackMessage]) -> None:
-        from .tasks import enqueue_sync
-
         now = timezone.now()
         ids = list(queryset.exclude(status=MessageStatus.SKIPPED).values_list("pk", flat=True))
         SlackMessage.objects.filter(pk__in=ids, ts="").update(status=MessageStatus.PENDING)

@@ -24,6 +24,7 @@ from . import blocks, conf, delivery, transport
 from .identity import reviewer_for
 from .models import Notification
 from .mrkdwn import escape
+from .tasks import enqueue_ephemeral
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ def _escalation_id(raw: object) -> str | None:
 
 
 def _ephemeral(payload: dict[str, Any], escalation_id: str | None, text: str) -> None:
-    from .tasks import enqueue_ephemeral
-
     channel = str((payload.get("channel") or {}).get("id") or "")
     user = str((payload.get("user") or {}).get("id") or "")
     text = escape(text)

@@ -14,9 +14,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from escalations.models import Escalation
+from workflows.events import Event
 
 from . import conf
 from .models import MessageStatus, SlackMessage
+from .tasks import enqueue_sync_escalation
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,21 @@ def _enqueue_after_commit(escalation: Escalation) -> None:
     escalation_id = str(escalation.pk)
 
     def send() -> None:
-        from .tasks import enqueue_sync_escalation
-
         enqueue_sync_escalation(escalation_id)
 
     # robust: a broker hiccup must not turn a recorded decision into an error page; the
     # outbox rows stay behind for the sweeper. One send per escalation, not per channel.
     transaction.on_commit(send, robust=True)
+
+
+def on_opened(event: Event) -> None:
+    """Subscribed to escalations.notify.OPENED (in the transaction: the rows are the outbox)."""
+    escalation_opened(event.subject)
+
+
+def on_changed(event: Event) -> None:
+    """Subscribed to escalations.notify.CHANGED (in the transaction: the rows are the outbox)."""
+    previous = event.ids.get("previous_team_id")
+    escalation_changed(
+        event.subject, previous_team_id=previous if isinstance(previous, int) else None
+    )

@@ -9,6 +9,10 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from escalations.slack import conf
+from escalations.slack.delivery import call
+from escalations.slack.mrkdwn import escape
+
 from .models import AlertIncident, AlertMetric, AlertRule
 from .queries import Scope, action_figures, decision_figures, run_figures
 
@@ -79,6 +83,7 @@ def evaluate_alert_rules(*, now: datetime | None = None) -> dict[str, int]:
 
 
 def _send(incident_id: int) -> None:
+    # Imported here: review.metrics.tasks imports this module.
     from .tasks import notify_incident
 
     notify_incident.delay(incident_id)
@@ -104,10 +109,6 @@ def alert_text(incident: AlertIncident) -> str:
 
 def notify(incident: AlertIncident) -> bool:
     """Post the alert to the team's Slack channel once. Returns False to ask for a retry."""
-    from escalations.slack import conf
-    from escalations.slack.delivery import call
-    from escalations.slack.mrkdwn import escape
-
     if incident.notified_at is not None:
         return True
     rule = incident.rule

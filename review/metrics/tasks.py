@@ -6,6 +6,7 @@ from celery import shared_task
 
 from .alerts import evaluate_alert_rules, notify
 from .models import AlertIncident
+from .rollups import compact
 
 
 @shared_task(name="metrics.evaluate_alerts")
@@ -28,6 +29,4 @@ def notify_incident(self: Any, incident_id: int) -> None:
 
 @shared_task(name="metrics.compact_rollups")
 def compact_rollups() -> int:
-    from .rollups import compact
-
     return compact()

@@ -14,17 +14,18 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db.models import Max
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from escalations.access import team_ids_for
-from escalations.models import AgentProfile, AutonomyPolicy, Decision
+from escalations.access import get_action_for, team_ids_for
+from escalations.models import AgentProfile, Decision
+from escalations.policy import current_threshold
 from escalations.recommender import Recommendation, recommend_for
 from workflows.actions import record_outcome
-from workflows.models import Action, OutcomeQuality, OutcomeSource, PolicyOutcome
+from workflows.models import OutcomeQuality, OutcomeSource
 from workflows.specs import all_specs
 from workflows.tools import ACTION_TYPES
 
@@ -75,17 +76,6 @@ def _scope(request: HttpRequest, form: FilterForm) -> queries.Scope:
     )
 
 
-def _current_threshold(action_type: str) -> float | None:
-    policy = (
-        AutonomyPolicy.objects.filter(
-            enabled=True, outcome=PolicyOutcome.AUTO, action_type=action_type
-        )
-        .order_by("-priority", "id")
-        .first()
-    )
-    return policy.min_confidence if policy else None
-
-
 RECOMMENDATION_TTL = 60
 
 
@@ -117,7 +107,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     calibration = []
     stamp = Decision.objects.aggregate(last=Max("pk"))["last"]
     for action_type, bins in queries.calibration(scope).items():
-        threshold = _current_threshold(action_type)
+        threshold = current_threshold(action_type)
         calibration.append(
             {
                 "action_type": action_type,
@@ -174,11 +164,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_POST
 def judge_action(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     """A reviewer marks a past autonomous action as wrong (or right): an outcome."""
-    teams = team_ids_for(request.user)
-    qs = Action.objects.all() if teams is None else Action.objects.filter(agent__team_id__in=teams)
-    action = qs.select_related("run").filter(pk=pk).first()
-    if action is None:
-        raise Http404("No such action")
+    action = get_action_for(request.user, pk)
     quality = request.POST.get("quality", "")
     if quality not in (OutcomeQuality.GOOD, OutcomeQuality.BAD):
         messages.error(request, "Say whether the action was right or wrong.")

@@ -42,7 +42,9 @@ def test_approving_records_one_decision_and_approves_the_action(
     # The run is re-enqueued and every transport told, all only after commit.
     names = [c.__qualname__ for c in callbacks]
     assert any(n.startswith("finalise_decision") for n in names)
-    assert any(n.startswith("announce_escalation") for n in names)
+    # The live queue, long-polls and the rest hear of it through the events module's
+    # one after-commit dispatch.
+    assert any(n.startswith("publish") for n in names)
 
 
 @pytest.mark.django_db

@@ -3,7 +3,9 @@ malformed output never acts, every escalation carries a summary."""
 
 import pytest
 
+from escalations.actions.summaries import write_model_summary
 from escalations.models import Decision, Escalation
+from escalations.summary import PENDING_NOTE, UNAVAILABLE_NOTE
 from tests.fakes.openai_server import CANNED, Scripted, schema_name
 from workflows import engine
 from workflows.actions import start_run
@@ -38,6 +40,11 @@ def test_a_run_on_the_model_escalates_the_reply_with_a_model_written_summary(
     run = run_triage(ticket)
     assert run.status == RunStatus.WAITING
     esc = Escalation.objects.get()
+    # Committed with the template; the model's summary is written after commit.
+    assert esc.summary.endswith(PENDING_NOTE)
+    assert "Summary" not in fake_openai.schemas_asked()
+    assert write_model_summary(escalation_id=esc.pk)
+    esc.refresh_from_db()
     assert esc.summary == CANNED["Summary"]["summary"]
     assert set(fake_openai.schemas_asked()) == {
         "Classification",
@@ -63,7 +70,9 @@ def test_the_summary_falls_back_to_a_template_when_the_model_is_down(
     fake_openai.responder = responder
     run = run_triage(ticket)
     esc = Escalation.objects.get(action__run=run)
-    assert "Template summary" in esc.summary
+    write_model_summary(escalation_id=esc.pk)
+    esc.refresh_from_db()
+    assert esc.summary.endswith(UNAVAILABLE_NOTE)
     assert "irreversible" in esc.summary
 
 

@@ -12,6 +12,7 @@ from unittest import mock
 
 import pytest
 
+from escalations.actions.summaries import write_model_summary
 from escalations.models import AgentProfile, Team
 from workflows import engine
 
@@ -37,6 +38,8 @@ class InlineTasks:
             engine.advance_run(run_id=uuid.UUID(args[0]))
         elif task == "workflows.tasks.run_step":
             engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])
+        elif task == "escalations.tasks.write_summary":
+            write_model_summary(escalation_id=args[0])
         else:
             raise AssertionError(f"unexpected task {task}")
 

@@ -15,7 +15,8 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from ..llm import ModelClient, ModelError, ModelOutputError, RenderedPrompt, get_model
-from ..schemas import ModelOutput
+from ..schemas import Classification, Draft, Judgement, ModelOutput, Proposal, Summary
+from .defaults import DEFAULT_EVAL_CASES, DEFAULT_PROMPTS
 from .models import (
     ModelCall,
     PromptAudit,
@@ -56,8 +57,6 @@ def install_default_prompts() -> int:
     Done on demand rather than by a data migration so that a database emptied by a test
     flush, or a prompt added in a later release, still gets its default.
     """
-    from .defaults import DEFAULT_EVAL_CASES, DEFAULT_PROMPTS
-
     existing = set(PromptVersion.objects.values_list("name", flat=True).distinct())
     installed = 0
     for name, spec in DEFAULT_PROMPTS.items():
@@ -209,8 +208,6 @@ def check_expected(data: dict[str, Any], expected: dict[str, Any]) -> list[str]:
 
 
 def _schema_for(name: str) -> type[ModelOutput]:
-    from ..schemas import Classification, Draft, Judgement, Proposal, Summary
-
     schemas: dict[str, type[ModelOutput]] = {
         "triage.classify": Classification,
         "triage.draft_reply": Draft,

@@ -12,6 +12,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from config.settings.env import env_int
+from workflows.embedded import EmbeddedServices
+from workflows.management.commands.simulate import run_simulation
 
 
 class Command(BaseCommand):
@@ -57,9 +59,9 @@ class Command(BaseCommand):
         from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server
 
+        # Imported here: loading the ASGI app builds it (and its routing), which only the
+        # embedded server needs.
         from config.asgi import application
-        from workflows.embedded import EmbeddedServices
-        from workflows.management.commands.simulate import run_simulation
 
         services = EmbeddedServices()
         services.start()

@@ -1,0 +1,33 @@
+"""Mutations behind the agent API, one module per seam: tokens, submitted actions and their
+results, decision webhooks. Views, the admin, the management commands, Celery tasks and
+tests all call these."""
+
+from .submissions import (
+    IdempotencyConflict,
+    ResultConflict,
+    record_action_result,
+    submit_action,
+)
+from .tokens import create_api_token, revoke_api_token, service_user_for
+from .webhook_delivery import (
+    RETRY_DELAYS,
+    attempt_webhook_delivery,
+    queue_decision_webhook,
+    requeue_stalled_deliveries,
+    resend_delivery,
+)
+
+__all__ = [
+    "RETRY_DELAYS",
+    "IdempotencyConflict",
+    "ResultConflict",
+    "attempt_webhook_delivery",
+    "create_api_token",
+    "queue_decision_webhook",
+    "record_action_result",
+    "requeue_stalled_deliveries",
+    "resend_delivery",
+    "revoke_api_token",
+    "service_user_for",
+    "submit_action",
+]

@@ -1,0 +1,62 @@
+"""The policy gate escalations plugs into the engine (workflows.gate), registered at start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from workflows.models import Action, WorkflowRun
+
+from . import notify
+from .actions import escalate_action
+from .models import UNDECIDED_STATUSES, Escalation, EscalationStatus
+from .policy import PolicyDecision, evaluate
+
+
+class PolicyGate:
+    def evaluate(
+        self,
+        *,
+        agent: Any,
+        workflow: str,
+        action_type: str,
+        confidence: float,
+        payload: dict[str, Any],
+        declared_irreversible: bool = False,
+    ) -> PolicyDecision:
+        return evaluate(
+            agent=agent,
+            workflow=workflow,
+            action_type=action_type,
+            confidence=confidence,
+            payload=payload,
+            declared_irreversible=declared_irreversible,
+        )
+
+    def escalate(self, *, action: Action, team_id: int) -> None:
+        escalate_action(action=action, team_id=team_id)
+
+    def run_cancelled(self, *, run: WorkflowRun) -> int:
+        return cancel_open_escalations(run=run)
+
+    def awaiting_people(self) -> Q:
+        return Q(actions__escalation__status__in=UNDECIDED_STATUSES)
+
+
+def cancel_open_escalations(*, run: WorkflowRun) -> int:
+    """Cancel the run's undecided escalations; how many. Inside the cancelling transaction.
+
+    Starts from open and claimed; each conditional UPDATE races a person deciding: whoever
+    wins, exactly one outcome.
+    """
+    cancelled = 0
+    for esc in Escalation.objects.filter(action__run=run, status__in=UNDECIDED_STATUSES):
+        if Escalation.objects.filter(pk=esc.pk, status__in=UNDECIDED_STATUSES).update(
+            status=EscalationStatus.CANCELLED, decided_at=timezone.now()
+        ):
+            esc.status = EscalationStatus.CANCELLED
+            notify.escalation_changed(esc)
+            cancelled += 1
+    return cancelled
