@@ -35,42 +35,33 @@ mismatch it refuses, and a person decides (a `resume_run` escalation).
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from .actions import (
     buffered_trace,
-    create_action,
-    execute_action,
-    finish_run,
-    record_effect,
     record_trace,
 )
-from .gate import FixedVerdict, gate
-from .llm import ModelClient, get_model
+from .beat import reconcile_runs, wake_runs
+from .ending import dead_letter, fail_locked, finish_locked
+from .leases import LEASE_MARGIN_SECONDS, lease_seconds, new_owner, stall_seconds
+from .llm import get_model
 from .models import (
     Action,
     ActionStatus,
-    DeadLetter,
-    Effect,
-    PolicyOutcome,
-    RunSnapshot,
     RunStatus,
     StepMode,
     StepRun,
@@ -80,34 +71,25 @@ from .models import (
 )
 from .outbox import ADVANCE, RUN_STEP
 from .outbox import enqueue as outbox_enqueue
-from .specs import Sleep, UnknownWorkflow, Wait, digest, get_spec
-from .state import StateView, normalise, update_state, verify_chain, write_state
-from .tools import ACTION_TYPES, ActionType
+from .recovery import RESUME_RUN, attention_resolved, recovery_check, with_effect
+from .specs import Sleep, UnknownWorkflow, Wait, get_spec
+from .state import StateView, normalise, update_state
+from .step_context import StepContext
 
 log = logging.getLogger(__name__)
 
+# Moved to modules of their own; named here too, for callers of engine.* (tasks, tests, specs).
+__all__ = [
+    "RESUME_RUN",
+    "StepContext",
+    "advance_run",
+    "new_owner",
+    "reconcile_runs",
+    "run_step",
+    "wake_runs",
+]
+
 MAX_ROUNDS_PER_TASK = 50
-LEASE_MARGIN_SECONDS = 5.0
-RESUME_RUN = "resume_run"
-
-
-def _resume_run_effect(payload: dict[str, Any], key: str) -> dict[str, Any]:
-    return {"resumed": True, "run": payload.get("run")}
-
-
-# The engine's own action type: what a person approves to let a run continue after recovery
-# found a mismatch. Declared here, next to the only code that proposes it.
-ACTION_TYPES.setdefault(
-    RESUME_RUN,
-    ActionType(
-        name=RESUME_RUN,
-        label="Resume a run whose state changed while it was paused",
-        reversible=False,
-        customer_facing=False,
-        required_fields=("run",),
-        execute=_resume_run_effect,
-    ),
-)
 
 
 class LeaseLost(Exception):
@@ -120,60 +102,6 @@ class StepTimedOut(Exception):
 
 class CriterionFailed(Exception):
     """The step returned, but its output does not meet the step's success criterion."""
-
-
-def _lease_seconds() -> float:
-    return float(getattr(settings, "RUN_LEASE_SECONDS", 30))
-
-
-def _stall_seconds() -> float:
-    return float(getattr(settings, "RUN_STALL_SECONDS", 60))
-
-
-def new_owner() -> str:
-    """A lease owner: where it runs (host, pid — an operator can find it) and a unique part."""
-    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
-
-
-@dataclass
-class StepContext:
-    run: WorkflowRun
-    step: StepRun
-    model: ModelClient
-    state: StateView
-    params: dict[str, Any] = field(default_factory=dict)
-    resumed: bool = False  # the step waited (for a person or a wake-up) and runs again
-    woken: bool = False  # ... and it is the wake-up it asked for
-    deadline: float = float("inf")  # time.monotonic() by which the attempt must finish
-
-    def trace(self, kind: TraceKind, message: str, **data: Any) -> None:
-        record_trace(run=self.run, kind=kind, message=message, step_name=self.step.name, data=data)
-
-    def output_of(self, step_name: str) -> dict[str, Any]:
-        outputs = self.state.workspace.get("outputs", {})
-        value = outputs.get(step_name) if isinstance(outputs, dict) else None
-        return value if isinstance(value, dict) else {}
-
-    def remaining_seconds(self) -> float:
-        return max(self.deadline - time.monotonic(), 0.0)
-
-    def effect(self, name: str, apply: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
-        """Apply an external effect at most once per (run, step, name), whatever the attempt.
-
-        `apply` gets the idempotency key to hand to the external system. The ledger row commits
-        with the step; a redelivered or retried step finds it and does nothing.
-        """
-        key = f"{self.run.pk}:{self.step.name}:{name}"
-        if not self.run.durable:
-            return apply(key)
-        recorded = Effect.objects.filter(key=key).values_list("result", flat=True).first()
-        if recorded is not None:
-            log.info("effect %s already recorded; not applied again", key)
-            self.trace(TraceKind.SKIPPED, f"effect {name} already applied; not applied again")
-            return dict(recorded)
-        return record_effect(
-            key=key, result=apply(key), run=self.run, step_name=self.step.name, fenced=False
-        )
 
 
 @dataclass
@@ -344,40 +272,79 @@ def _coordinate_locked(
     saved: the caller saves them in this transaction (with the state it writes)."""
     if run.lease_owner != token or run.is_terminal:
         return None
-    try:
-        get_spec(run.workflow, run.workflow_version)
-    except UnknownWorkflow as exc:
-        _fail_run(run, f"{exc} in this worker")
-        return None
     now = timezone.now()
-    if run.deadline_at is not None and now >= run.deadline_at:
-        _fail_run(run, f"run timed out (deadline {run.deadline_at:%Y-%m-%d %H:%M:%S} UTC)")
-        return None
-    if run.attention and not _attention_resolved(run):
-        _let_go(run, acquired)
+    if not _may_go_on(run, now, acquired):
         return None
     # Not the outputs: a round never reads them (a step reads them from the state), and
     # they grow with every step.
     steps = list(run.steps.select_for_update(no_key=True).defer("output").order_by("position"))
+    crashed = _repair(run, steps, now)
+    if crashed is None:
+        return None
+    awaited = _awaited_actions(steps)
+    resumable, work = _due_work(steps, now, awaited)
+    if work and (run.status == RunStatus.WAITING or took_over or crashed):
+        cause = (
+            "a crash"
+            if took_over or crashed
+            else "a wake-up"
+            if any((s.waiting_for or {}).get("until") for s in resumable)
+            else "a decision"
+        )
+        if not recovery_check(run, resumable, cause=cause, awaited=awaited):
+            return None
+    claim = _dispatch(run, work, token, now)
+    if run.is_terminal:
+        return None
+    if not _settle_status(run, steps, work, claim, pending):
+        return None
+    _end_round(run, claim, now, pending)
+    return claim
 
+
+def _may_go_on(run: WorkflowRun, now: datetime, acquired: bool) -> bool:
+    """The checks before a round: the workflow known here, the deadline not passed, no
+    recovery mismatch awaiting a person. Precondition: run row locked."""
+    try:
+        get_spec(run.workflow, run.workflow_version)
+    except UnknownWorkflow as exc:
+        fail_locked(run, f"{exc} in this worker")
+        return False
+    if run.deadline_at is not None and now >= run.deadline_at:
+        fail_locked(run, f"run timed out (deadline {run.deadline_at:%Y-%m-%d %H:%M:%S} UTC)")
+        return False
+    if run.attention and not attention_resolved(run):
+        _let_go(run, acquired)
+        return False
+    return True
+
+
+def _repair(run: WorkflowRun, steps: list[StepRun], now: datetime) -> list[StepRun] | None:
+    """Requeue steps whose worker died, resend queued steps whose message was lost; the
+    crashed steps, or None if the round must stop. Precondition: run and steps locked."""
     crashed = [s for s in steps if s.status == StepStatus.RUNNING and not s.has_live_lease]
     for s in crashed:
         if not _requeue_crashed(run, s):
             return None
-    stale = now - timedelta(seconds=_stall_seconds())
+    stale = now - timedelta(seconds=stall_seconds())
     for s in steps:
         if s.status == StepStatus.QUEUED and s.dispatched_at and s.dispatched_at < stale:
             # Its message never reached a worker (broker restarted empty): send again.
             s.dispatched_at = now
             s.save(update_fields=["dispatched_at"])
             outbox_enqueue(RUN_STEP, str(run.pk), s.name)
+    return crashed
 
+
+def _due_work(
+    steps: list[StepRun], now: datetime, awaited: dict[str, Action]
+) -> tuple[list[StepRun], list[StepRun]]:
+    """(waiting steps whose wait is over, every step to start now in plan order)."""
     by_name = {s.name: s for s in steps}
 
     def deps_done(s: StepRun) -> bool:
         return all(by_name[d].is_done for d in s.depends_on if d in by_name)
 
-    awaited = _awaited_actions(steps)
     undecided = {pk for pk, a in awaited.items() if a.status == ActionStatus.ESCALATED}
     resumable = [
         s for s in steps if s.status == StepStatus.WAITING and _wait_over(s, now, undecided)
@@ -389,18 +356,11 @@ def _coordinate_locked(
         and deps_done(s)
         and (s.not_before is None or s.not_before <= now)
     ]
-    work = sorted(resumable + ready, key=lambda s: s.position)
-    if work and (run.status == RunStatus.WAITING or took_over or crashed):
-        cause = (
-            "a crash"
-            if took_over or crashed
-            else "a wake-up"
-            if any((s.waiting_for or {}).get("until") for s in resumable)
-            else "a decision"
-        )
-        if not _recovery_check(run, resumable, cause=cause, awaited=awaited):
-            return None
+    return resumable, sorted(resumable + ready, key=lambda s: s.position)
 
+
+def _dispatch(run: WorkflowRun, work: list[StepRun], token: str, now: datetime) -> Claim | None:
+    """Queue the async steps of `work` (through the outbox) and claim its first sync step."""
     for s in work:
         if s.mode == StepMode.ASYNC:
             s.status = StepStatus.QUEUED
@@ -408,11 +368,19 @@ def _coordinate_locked(
             s.save(update_fields=["status", "dispatched_at"])
             outbox_enqueue(RUN_STEP, str(run.pk), s.name)
     sync = next((s for s in work if s.mode == StepMode.SYNC), None)
-    claim = _claim(run, sync, token, now) if sync is not None else None
-    if run.is_terminal:
-        return None
-    started = claim is not None or any(s.mode == StepMode.ASYNC for s in work)
+    return _claim(run, sync, token, now) if sync is not None else None
 
+
+def _settle_status(
+    run: WorkflowRun,
+    steps: list[StepRun],
+    work: list[StepRun],
+    claim: Claim | None,
+    pending: list[str] | None,
+) -> bool:
+    """The run's status after this round: running, waiting (until when), or finished —
+    then False, the round is over."""
+    started = claim is not None or any(s.mode == StepMode.ASYNC for s in work)
     if started:
         if run.status != RunStatus.RUNNING:
             if run.status == RunStatus.WAITING:
@@ -420,8 +388,8 @@ def _coordinate_locked(
             run.status = RunStatus.RUNNING
         run.wake_at = None
     elif all(s.is_done for s in steps):
-        _finish(run, RunStatus.SUCCEEDED, all_done=True, pending=pending)
-        return None
+        finish_locked(run, RunStatus.SUCCEEDED, all_done=True, pending=pending)
+        return False
     else:
         in_flight = any(s.status in (StepStatus.RUNNING, StepStatus.QUEUED) for s in steps)
         waiting = [s for s in steps if s.status == StepStatus.WAITING]
@@ -429,19 +397,25 @@ def _coordinate_locked(
             run.status = RunStatus.WAITING
         wakes = [_until(s) for s in waiting]
         run.wake_at = min((w for w in wakes if w is not None), default=None)
+    return True
+
+
+def _end_round(
+    run: WorkflowRun, claim: Claim | None, now: datetime, pending: list[str] | None
+) -> None:
+    """Extend the lease for the claimed step, or let it go; save (or leave to `pending`)."""
     fields = ["status", "wake_at", "lease_owner", "lease_expires_at", "updated_at"]
     if claim is not None:
-        lease = max(_lease_seconds(), claim.step.timeout_seconds + LEASE_MARGIN_SECONDS)
+        lease = max(lease_seconds(), claim.step.timeout_seconds + LEASE_MARGIN_SECONDS)
         run.lease_expires_at = now + timedelta(seconds=lease)
     else:
-        # Nothing to run here now: let go in this transaction (see the docstring).
+        # Nothing to run here now: let go in this transaction (see _coordinate_locked).
         run.lease_owner, run.lease_expires_at = "", None
     run.updated_at = now
     if pending is not None:
         pending.extend(f for f in fields if f not in pending)
     else:
         run.save(update_fields=fields)
-    return claim
 
 
 def _let_go(run: WorkflowRun, acquired: bool) -> None:
@@ -470,11 +444,7 @@ def _awaited_actions(steps: list[StepRun]) -> dict[str, Action]:
     ]
     if not ids:
         return {}
-    return {str(a.pk): a for a in _with_effect(Action.objects.filter(pk__in=ids))}
-
-
-def _with_effect(actions: QuerySet[Action]) -> list[Action]:
-    return list(actions.annotate(has_effect=Exists(Effect.objects.filter(action=OuterRef("pk")))))
+    return {str(a.pk): a for a in with_effect(Action.objects.filter(pk__in=ids))}
 
 
 def _wait_over(step: StepRun, now: datetime, undecided: set[str]) -> bool:
@@ -494,7 +464,7 @@ def _claim(run: WorkflowRun, step: StepRun, token: str, now: datetime) -> Claim 
     woken = until is not None and until <= now
     if step.status != StepStatus.WAITING:
         if step.attempts >= step.max_attempts:
-            _dead_letter(run, step, step.error or "no attempts left")
+            dead_letter(run, step, step.error or "no attempts left")
             return None
         step.attempts += 1
     step.status = StepStatus.RUNNING
@@ -521,140 +491,13 @@ def _requeue_crashed(run: WorkflowRun, step: StepRun) -> bool:
     error = f"attempt {step.attempts} lost its worker (lease expired while running)"
     record_trace(run=run, kind=TraceKind.ERROR, step_name=step.name, message=error)
     if step.attempts >= step.max_attempts:
-        _dead_letter(run, step, error)
+        dead_letter(run, step, error)
         return False
     step.status = StepStatus.PENDING
     step.error = error
     step.lease_owner = ""
     step.lease_expires_at = None
     step.save(update_fields=["status", "error", "lease_owner", "lease_expires_at"])
-    return True
-
-
-# --- recovery ------------------------------------------------------------------------------
-
-
-def _recovery_check(
-    run: WorkflowRun,
-    resuming: list[StepRun],
-    *,
-    cause: str,
-    awaited: dict[str, Action] | None = None,
-) -> bool:
-    """Verify the run may go on; record the check in the trace. Precondition: run row locked.
-
-    On a mismatch the run waits for a person (a resume_run escalation) and False is returned.
-    `awaited`: the waiting steps' actions as `_awaited_actions` read them under this lock.
-    """
-    problems = list(verify_chain(run))
-    checks = [f"state chain intact up to v{run.state_version}"] if not problems else []
-    if digest(run.input) != run.objective_digest:
-        problems.append("the run's objective (its input) changed since it started")
-    else:
-        checks.append("objective unchanged")
-    if digest(run.plan) != run.plan_digest:
-        problems.append("the run's plan changed since it was stored")
-    wanted = [a for s in resuming for a in (s.waiting_for or {}).get("actions", [])]
-    if awaited is None:
-        found = _with_effect(Action.objects.filter(pk__in=wanted)) if wanted else []
-    else:
-        found = [awaited[str(a)] for a in dict.fromkeys(wanted) if str(a) in awaited]
-    for action in found:
-        label = f"{action.action_type} ({action.pk})"
-        if action.run_id != run.pk:
-            problems.append(f"action {label} does not belong to this run")
-            continue
-        if action.payload_digest and digest(action.payload) != action.payload_digest:
-            problems.append(f"action {label}'s payload changed since it was proposed")
-        if action.status == ActionStatus.EXECUTED or getattr(action, "has_effect", False):
-            problems.append(f"action {label} was already executed elsewhere")
-        elif action.status not in (ActionStatus.APPROVED, ActionStatus.REJECTED):
-            problems.append(f"action {label} is {action.status}, not decided")
-    if wanted and not problems:
-        checks.append(f"{len(wanted)} awaited action(s) decided, unchanged, not yet executed")
-    if len({*wanted}) != len(found):
-        problems.append("an awaited action no longer exists")
-    ok = not problems
-    record_trace(
-        run=run,
-        kind=TraceKind.RECOVERY,
-        message=f"recovery check before resuming after {cause}: "
-        + ("passed — " + "; ".join(checks) if ok else "REFUSED — " + "; ".join(problems)),
-        data={"cause": cause, "ok": ok, "checks": checks, "problems": problems},
-    )
-    if not ok:
-        _needs_attention(run, problems)
-    return ok
-
-
-def _needs_attention(run: WorkflowRun, problems: list[str]) -> None:
-    n = Action.objects.filter(run=run, action_type=RESUME_RUN).count() + 1
-    payload = {"run": str(run.pk), "problems": problems}
-    run.attention = "; ".join(problems)[:5000]
-    run.status = RunStatus.WAITING
-    run.lease_owner = ""
-    run.lease_expires_at = None
-    run.updated_at = timezone.now()
-    run.save(update_fields=["attention", "status", "lease_owner", "lease_expires_at", "updated_at"])
-    create_action(
-        run=run,
-        agent=run.agent,
-        action_type=RESUME_RUN,
-        payload=payload,
-        confidence=0.0,
-        rationale="Recovery found the run's state changed while it was paused. Approve to "
-        "continue from the state as it is now; reject to fail the run.",
-        idempotency_key=f"{run.pk}:__recovery__:{n}",
-        # The engine's own finding, not a policy's: a person looks, whatever the policies say.
-        verdict=FixedVerdict(
-            outcome=PolicyOutcome.REVIEW, reasons=problems, team_id=run.agent.team_id
-        ),
-    )
-
-
-def _attention_resolved(run: WorkflowRun) -> bool:
-    """A run flagged by recovery: go on only once a person approved (re-anchoring the state),
-    fail it if they rejected. Precondition: run row locked."""
-    action = Action.objects.filter(run=run, action_type=RESUME_RUN).order_by("-created_at").first()
-    if action is None or action.status == ActionStatus.ESCALATED:
-        return False
-    decision = getattr(getattr(action, "escalation", None), "decision", None)
-    who = decision.decided_by.get_username() if decision is not None else ""
-    if action.status != ActionStatus.APPROVED:
-        reason = decision.reason if decision is not None else action.status
-        _fail_run(run, f"not resumed after a recovery mismatch: {reason}")
-        return False
-    execute_action(action=action)
-    run.objective_digest = digest(run.input)
-    run.plan_digest = digest(run.plan)
-    run.attention = ""
-    run.save(update_fields=["objective_digest", "plan_digest", "attention"])
-    if run.durable:
-        # The chain is checked from here on: a person vouched for the state as it is now.
-        latest = max(
-            run.state_version,
-            RunSnapshot.objects.filter(run=run)
-            .order_by("-version")
-            .values_list("version", flat=True)
-            .first()
-            or 0,
-        )
-        WorkflowRun.objects.filter(pk=run.pk).update(state_version=latest)
-        write_state(
-            run=run,
-            expected_version=latest,
-            new_state=normalise(run.state),
-            changed=[],
-            reason=f"state accepted by {who} after a recovery mismatch",
-            actor=who,
-            anchor=True,
-        )
-    record_trace(
-        run=run,
-        kind=TraceKind.RECOVERY,
-        actor=who,
-        message=f"{who} accepted the state as it is now; the run continues",
-    )
     return True
 
 
@@ -698,7 +541,7 @@ def _claim_async(run_id: uuid.UUID, step_name: str, token: str) -> Claim | None:
         if crashed:
             if not _requeue_crashed(run, step):
                 return None
-            if not _recovery_check(run, [], cause="a crash"):
+            if not recovery_check(run, [], cause="a crash"):
                 return None
         claim = _claim(run, step, token, now)
         if claim is not None and run.status == RunStatus.PENDING:
@@ -857,7 +700,7 @@ def _commit(
         owner = new_owner()
         WorkflowRun.objects.filter(pk=run.pk).update(
             lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=_lease_seconds()),
+            lease_expires_at=now + timedelta(seconds=lease_seconds()),
             updated_at=now,
         )
         return _Coordinate(token=owner)
@@ -903,7 +746,7 @@ def _fail_attempt(run_id: uuid.UUID, step_pk: int, token: str, exc: BaseExceptio
                         step_name=step.name,
                         message=f"attempt {step.attempts}/{step.max_attempts} failed: {error}",
                     )
-                    _dead_letter(run, step, error)
+                    dead_letter(run, step, error)
                     return
                 delay = retry.delay_after(step.attempts)
                 record_trace(
@@ -935,116 +778,3 @@ def _fail_attempt(run_id: uuid.UUID, step_pk: int, token: str, exc: BaseExceptio
             connection.close()
             if attempt:
                 log.exception("run %s: could not record a failed attempt", run_id)
-
-
-def _dead_letter(run: WorkflowRun, step: StepRun, error: str) -> None:
-    """Precondition: run and step rows locked."""
-    now = timezone.now()
-    step.status = StepStatus.FAILED
-    step.error = error
-    step.finished_at = now
-    step.lease_owner = ""
-    step.lease_expires_at = None
-    step.save(update_fields=["status", "error", "finished_at", "lease_owner", "lease_expires_at"])
-    DeadLetter.objects.create(run=run, step_name=step.name, attempts=step.attempts, error=error)
-    record_trace(
-        run=run,
-        kind=TraceKind.ERROR,
-        step_name=step.name,
-        message=f"{step.name} dead-lettered after {step.attempts} attempt(s)",
-    )
-    _fail_run(run, f"step {step.name} failed after {step.attempts} attempts: {error}")
-
-
-def _fail_run(run: WorkflowRun, error: str) -> None:
-    _finish(run, RunStatus.FAILED, error)
-
-
-def _finish(
-    run: WorkflowRun,
-    status: RunStatus,
-    error: str = "",
-    *,
-    all_done: bool = False,
-    pending: list[str] | None = None,
-) -> None:
-    """Precondition: run row locked. Steps still queued or pending are cancelled with it
-    (`all_done`: the caller saw every step done, there are none). `pending`: see finish_run."""
-    if not all_done:
-        StepRun.objects.filter(
-            run=run, status__in=[StepStatus.PENDING, StepStatus.QUEUED, StepStatus.WAITING]
-        ).update(status=StepStatus.CANCELLED, lease_owner="", lease_expires_at=None)
-    run.lease_owner = ""
-    run.lease_expires_at = None
-    run.wake_at = None
-    finish_run(
-        run=run,
-        status=status,
-        error=error,
-        also=["lease_owner", "lease_expires_at", "wake_at"],
-        pending=pending,
-    )
-
-
-# --- beat: the reconciler and the wake-ups -----------------------------------------------
-
-
-def reconcile_runs(*, stall_seconds: float | None = None) -> int:
-    """Re-enqueue runs that should be moving and are not: a lost enqueue, a dead worker (its
-    lease expired), a decided escalation whose resume was lost, a deadline passed."""
-    # Imported here: workflows.tasks imports this module.
-    from .tasks import enqueue_advance
-
-    now = timezone.now()
-    stall = stall_seconds if stall_seconds is not None else _stall_seconds()
-    cutoff = now - timedelta(seconds=stall)
-    no_live_lease = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
-    live_step = Exists(
-        StepRun.objects.filter(
-            run=OuterRef("pk"), status=StepStatus.RUNNING, lease_expires_at__gt=now
-        )
-    )
-    stalled = set(
-        WorkflowRun.objects.filter(no_live_lease, status__in=[RunStatus.PENDING, RunStatus.RUNNING])
-        .filter(updated_at__lt=cutoff)
-        .exclude(live_step)
-        .values_list("pk", flat=True)[:500]
-    )
-    # A waiting run whose escalations are all decided missed its resume.
-    stalled |= set(
-        WorkflowRun.objects.filter(status=RunStatus.WAITING, updated_at__lt=cutoff)
-        .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
-        .exclude(gate().awaiting_people())
-        .values_list("pk", flat=True)[:500]
-    )
-    stalled |= set(
-        WorkflowRun.objects.filter(
-            deadline_at__lte=now,
-            status__in=[RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING],
-        ).values_list("pk", flat=True)[:500]
-    )
-    for run_id in stalled:
-        enqueue_advance(run_id)
-    return len(stalled)
-
-
-def wake_runs(*, limit: int = 500) -> int:
-    """Runs whose wake-up time came: clear it and enqueue them (outbox, same transaction)."""
-    with transaction.atomic():
-        due = list(
-            WorkflowRun.objects.select_for_update(skip_locked=True, no_key=True)
-            .filter(status=RunStatus.WAITING, wake_at__lte=timezone.now())
-            .values_list("pk", flat=True)[:limit]
-        )
-        now = timezone.now()
-        WorkflowRun.objects.filter(pk__in=due).update(wake_at=None, updated_at=now)
-        # The run's column is the timer; its sleeping steps are due when it fires (an operator
-        # may have moved it earlier).
-        for step in StepRun.objects.filter(
-            run_id__in=due, status=StepStatus.WAITING, waiting_for__has_key="until"
-        ):
-            step.waiting_for = {**(step.waiting_for or {}), "until": now.isoformat()}
-            step.save(update_fields=["waiting_for"])
-        for run_id in due:
-            outbox_enqueue(ADVANCE, str(run_id))
-    return len(due)

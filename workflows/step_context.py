@@ -1,0 +1,57 @@
+"""What a step's function is handed: the run, its state, the model, and the effect ledger."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .actions import record_effect, record_trace
+from .llm import ModelClient
+from .models import Effect, StepRun, TraceKind, WorkflowRun
+from .state import StateView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepContext:
+    run: WorkflowRun
+    step: StepRun
+    model: ModelClient
+    state: StateView
+    params: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False  # the step waited (for a person or a wake-up) and runs again
+    woken: bool = False  # ... and it is the wake-up it asked for
+    deadline: float = float("inf")  # time.monotonic() by which the attempt must finish
+
+    def trace(self, kind: TraceKind, message: str, **data: Any) -> None:
+        record_trace(run=self.run, kind=kind, message=message, step_name=self.step.name, data=data)
+
+    def output_of(self, step_name: str) -> dict[str, Any]:
+        outputs = self.state.workspace.get("outputs", {})
+        value = outputs.get(step_name) if isinstance(outputs, dict) else None
+        return value if isinstance(value, dict) else {}
+
+    def remaining_seconds(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.0)
+
+    def effect(self, name: str, apply: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+        """Apply an external effect at most once per (run, step, name), whatever the attempt.
+
+        `apply` gets the idempotency key to hand to the external system. The ledger row commits
+        with the step; a redelivered or retried step finds it and does nothing.
+        """
+        key = f"{self.run.pk}:{self.step.name}:{name}"
+        if not self.run.durable:
+            return apply(key)
+        recorded = Effect.objects.filter(key=key).values_list("result", flat=True).first()
+        if recorded is not None:
+            log.info("effect %s already recorded; not applied again", key)
+            self.trace(TraceKind.SKIPPED, f"effect {name} already applied; not applied again")
+            return dict(recorded)
+        return record_effect(
+            key=key, result=apply(key), run=self.run, step_name=self.step.name, fenced=False
+        )
