@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from workflows.models import Action, ActionStatus, TraceKind
-from workflows.tools import get_action_type
+from workflows.tools import ACTION_TYPES
 
 from .. import notify
 from ..access import get_escalation_for
@@ -28,6 +28,8 @@ from ..models import (
     Via,
 )
 from ..policy import amount_of, policy_as_evaluated
+from ..risk import DUE_WITHOUT_SLA, grade_risk
+from ..search import search_text_for
 from ..summary import summarise
 
 
@@ -77,8 +79,16 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
     policy = policy_as_evaluated(action.policy_id, action.policy_version)
     now = timezone.now()
     routing: dict[str, Any] = {}
+    tool = ACTION_TYPES.get(action.action_type)
+    amount = amount_of(tool, action.payload) if tool is not None else None
+    risk = grade_risk(
+        tool=tool,
+        amount=amount,
+        max_amount=policy.max_amount if policy is not None else None,
+        confidence=action.confidence,
+        bar=policy.bar_for(action.agent.trust_level) if policy is not None else None,
+    )
     if policy is not None:
-        amount = amount_of(get_action_type(action.action_type), action.payload)
         routing["approvals_required"] = policy.approvals_for(amount)
         if policy.sla_minutes:
             routing.update(
@@ -90,12 +100,22 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
                 if policy.expiry_behaviour == ExpiryBehaviour.REROUTE
                 else None,
             )
+    summary = summarise(action, list(action.reasons))
     escalation = Escalation.objects.create(
         action=action,
         team_id=team_id,
         reasons=list(action.reasons),
-        summary=summarise(action, list(action.reasons)),
+        summary=summary,
         created_at=now,
+        risk=risk,
+        due_without_sla_at=now + DUE_WITHOUT_SLA[risk],
+        search_text=search_text_for(
+            action_type=action.action_type,
+            agent=action.agent.name,
+            payload=action.payload,
+            ticket=action.run.input if action.run is not None else None,
+            summary=summary,
+        ),
         **routing,
     )
     if action.run is not None:

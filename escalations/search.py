@@ -1,0 +1,79 @@
+"""Full-text search over open escalations: what a reviewer remembers of one (the customer,
+the ticket's words, the reply's words, the agent) finds it.
+
+The text is written once, when the escalation is opened (`Escalation.search_text`). On
+PostgreSQL it is searched with its full-text search (`websearch_to_tsquery`, English
+stemming) through a GIN expression index over the undecided rows (migration 0008); on
+SQLite (embedded mode) every word must appear, case-insensitively (LIKE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from django.contrib.postgres.search import SearchQuery, SearchVector
+from django.db import connection
+from django.db.models import Q, QuerySet
+
+SEARCH_CONFIG = "english"
+MAX_TEXT = 20_000
+MAX_WORDS = 8
+
+
+def _strings(value: Any, depth: int = 0) -> Iterator[str]:
+    if depth > 6:
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield str(value)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _strings(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v, depth + 1)
+
+
+def search_text_for(
+    *,
+    action_type: str,
+    agent: str,
+    payload: Mapping[str, Any],
+    ticket: Mapping[str, Any] | None,
+    summary: str = "",
+) -> str:
+    parts = [action_type, agent, *_strings(dict(ticket or {})), *_strings(dict(payload)), summary]
+    # NUL cannot be stored in a PostgreSQL text column.
+    return "\n".join(p for p in parts if p).replace("\x00", " ")[:MAX_TEXT]
+
+
+def search_vector() -> SearchVector:
+    """The indexed expression: the query must spell it exactly so for the index to serve it."""
+    return SearchVector("search_text", config=SEARCH_CONFIG)
+
+
+def words(text: str) -> list[str]:
+    return text.replace("\x00", " ").split()[:MAX_WORDS]
+
+
+def matching(qs: QuerySet[Any], text: str) -> QuerySet[Any]:
+    """`qs` narrowed to the rows matching `text` (nothing to match: `qs` itself)."""
+    terms = words(text)
+    if not terms:
+        return qs
+    if connection.vendor == "postgresql":
+        query = SearchQuery(" ".join(terms), config=SEARCH_CONFIG, search_type="websearch")
+        return qs.annotate(search_match=search_vector()).filter(search_match=query)
+    condition = Q()
+    for term in terms:
+        condition &= Q(search_text__icontains=term)
+    return qs.filter(condition)
+
+
+def matches_text(search_text: str, text: str) -> bool:
+    """In Python, for a pushed row: every word present (a superset test would be FTS's own
+    stemming; the page re-reads its window once changes stop, so a difference is brief)."""
+    haystack = search_text.lower()
+    return all(term.lower().strip('"') in haystack for term in words(text))
