@@ -10,6 +10,7 @@ Values stay plain text here; each surface escapes for its own medium.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from workflows.tools import ACTION_TYPES, Rendering, RenderKind
 
 GIST_LIMIT = 140
+_GREETING = re.compile(r"^(hi|hello|hey|dear|good (morning|afternoon|evening))\b.{0,40}$", re.I)
 _NOT_SET = "(not set)"
 
 
@@ -100,7 +102,11 @@ class Proposal:
     def gist(self) -> str:
         """The proposal's first line, for a queue row or a notification."""
         if self.is_email:
-            first = next((line.strip() for line in self.body_lines if line.strip()), "")
+            lines = [line.strip() for line in self.body_lines if line.strip()]
+            # "Hi Ada," says nothing about the reply: its first line after the greeting does.
+            if len(lines) > 1 and _GREETING.match(lines[0]):
+                lines = lines[1:]
+            first = lines[0] if lines else ""
             head = f"Reply to {self.to}: " if self.to else f"{self.subject}: "
             return clip(head + first)
         if self.is_diff:

@@ -9,6 +9,7 @@ SQLite (embedded mode) every word must appear, case-insensitively (LIKE).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.contrib.postgres.search import SearchQuery, SearchVector
 from django.db import connection
 from django.db.models import Q, QuerySet
 
+_PUNCT = re.compile(r"[@._\-/:#]+")
 SEARCH_CONFIG = "english"
 MAX_TEXT = 20_000
 MAX_WORDS = 8
@@ -45,8 +47,11 @@ def search_text_for(
     summary: str = "",
 ) -> str:
     parts = [action_type, agent, *_strings(dict(ticket or {})), *_strings(dict(payload)), summary]
+    # PostgreSQL's parser keeps an address or an id whole ("ada.1@example.com", "-000042"):
+    # their pieces are added too, so "ada" or "000042" finds them.
+    pieces = [_PUNCT.sub(" ", p) for p in parts if len(p) < 200 and _PUNCT.search(p)]
     # NUL cannot be stored in a PostgreSQL text column.
-    return "\n".join(p for p in parts if p).replace("\x00", " ")[:MAX_TEXT]
+    return "\n".join(p for p in [*parts, *pieces] if p).replace("\x00", " ")[:MAX_TEXT]
 
 
 def search_vector() -> SearchVector:

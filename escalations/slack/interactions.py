@@ -255,6 +255,8 @@ def _edited_payload(
     errors: dict[str, str] = {}
     for f in proposal.edit_fields:
         block = blocks.field_block_id(f.key)
+        if block not in values:
+            continue  # not in the submitted view (an older modal): kept as proposed
         raw = _input(values, block, blocks.FIELD_INPUT)
         value, error = _typed(payload.get(f.key), raw)
         if error:
