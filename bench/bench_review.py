@@ -78,7 +78,7 @@ def _seed_open(env_data: dict[str, Any], count: int) -> None:
                 "send_reply": {
                     "ticket_id": ticket["ticket_id"],
                     "to": ticket["customer"],
-                    "body": f"Hi {name},\n\nThanks for writing about \"{ticket['subject']}\"."
+                    "body": f'Hi {name},\n\nThanks for writing about "{ticket["subject"]}".'
                     "\nWe are looking into it and will get back to you today.\n\nBest,\nSupport",
                 },
                 "update_crm": {

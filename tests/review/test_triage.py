@@ -80,7 +80,7 @@ def test_search_finds_by_customer_ticket_words_and_reply_and_says_how_many(
 def test_search_with_nul_or_junk_is_an_empty_result_not_an_error(alice, agent, policies):
     escalate(agent)
     client = _client(alice)
-    for junk in ("\x00", "a\x00b", "'); DROP TABLE x; --", "\"unbalanced", "-", "|!&"):
+    for junk in ("\x00", "a\x00b", "'); DROP TABLE x; --", '"unbalanced', "-", "|!&"):
         response = client.get(reverse("review:queue"), {"q": junk})
         assert response.status_code == 200, junk
 
@@ -105,14 +105,14 @@ def test_the_reply_is_an_email_beside_the_customers_message_not_a_json_string(
 ):
     esc = escalate(agent, subject="Charged twice", body="I was <b>charged</b> twice.")
     Action.objects.filter(pk=esc.action_id).update(
-        payload={"ticket_id": "T-1", "to": "ada@example.com", "body": "Hi Ada,\n\nI have <i>it</i>."}
+        payload={"ticket_id": "T-1", "to": "ada@example.com", "body": "Hi Ada,\n\nI <i>it</i>."}
     )
     html = _client(alice).get(reverse("review:detail", args=[esc.pk])).text
     judge = html[html.index('class="card judge"') : html.index('class="card summary"')]
     assert "What the customer wrote" in judge and "I was &lt;b&gt;charged&lt;/b&gt; twice." in judge
     assert '<dd class="email-to">ada@example.com</dd>' in judge
     assert "Re: Charged twice" in judge
-    assert '<div class="email-body">Hi Ada,\n\nI have &lt;i&gt;it&lt;/i&gt;.</div>' in judge
+    assert '<div class="email-body">Hi Ada,\n\nI &lt;i&gt;it&lt;/i&gt;.</div>' in judge
     assert "\\n" not in judge
     # The body is the editor's wide field, and the one `e` puts the cursor in.
     assert re.search(r'<textarea[^>]*class="wide"[^>]*data-focus="1"[^>]*id="id_p__body"', html)
@@ -142,7 +142,8 @@ def test_bulk_approve_decides_each_once_and_audits_each(alice, agent, policies):
     response = client.post(reverse("review:bulk"), data)
     assert response.status_code == 302
     assert Decision.objects.filter(verdict="approve", via="web", reason="batch ok").count() == 5
-    assert TraceEvent.objects.filter(kind="human", message__contains="approved update_crm").count() == 5
+    audited = TraceEvent.objects.filter(kind="human", message__contains="approved update_crm")
+    assert audited.count() == 5
     # The same form again (a double submit): nothing is decided twice.
     again = client.post(reverse("review:bulk"), data, follow=True)
     assert Decision.objects.count() == 5

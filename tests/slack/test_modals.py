@@ -51,7 +51,7 @@ def _field(key: str, value: str) -> dict[str, Any]:
 
 
 def test_the_message_shows_the_reply_as_an_email_and_offers_edit_and_respond(esc, slack):
-    text, shown = blocks.message(esc, for_team_id=esc.team_id, decision=None)
+    _, shown = blocks.message(esc, for_team_id=esc.team_id, decision=None)
     dumped = json.dumps(shown)
     assert "*To:* ada@example.com" in dumped
     assert "*Subject:* Re: Charged twice" in dumped
