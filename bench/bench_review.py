@@ -46,6 +46,9 @@ def _seed_open(env_data: dict[str, Any], count: int) -> None:
     from django.utils import timezone
 
     from escalations.models import Escalation, EscalationStatus
+    from escalations.risk import DUE_WITHOUT_SLA, RISK_ORDER
+    from escalations.search import search_text_for
+    from workflows.demo_tickets import make_ticket
     from workflows.models import Action, ActionStatus, RunStatus, WorkflowRun
 
     agent = env_data["agent"]
@@ -59,31 +62,50 @@ def _seed_open(env_data: dict[str, Any], count: int) -> None:
         n = min(batch, count - start)
         runs, actions, escalations = [], [], []
         for i in range(n):
+            # The rows as the desk shows them now: the ticket, a multi-line reply, a CRM
+            # diff or a routing, policy reasons; SLAs on replies only (as in the demo).
+            ticket = make_ticket(rnd, start + i)
             run = WorkflowRun(
                 workflow="support_triage",
                 workflow_version=1,
                 agent=agent,
                 status=RunStatus.WAITING,
-                input={
-                    "ticket_id": f"T-{start + i}",
-                    "subject": f"Ticket {start + i}: charged twice",
-                    "body": "I was charged twice.",
-                    "customer": "ada@example.com",
-                },
+                input=ticket,
             )
             action_type = types[i % 3]
+            name = ticket["customer"].split(".")[0].capitalize()
+            payload: dict[str, Any] = {
+                "send_reply": {
+                    "ticket_id": ticket["ticket_id"],
+                    "to": ticket["customer"],
+                    "body": f'Hi {name},\n\nThanks for writing about "{ticket["subject"]}".'
+                    "\nWe are looking into it and will get back to you today.\n\nBest,\nSupport",
+                },
+                "update_crm": {
+                    "ticket_id": ticket["ticket_id"],
+                    "category": "billing",
+                    "urgency": "high",
+                },
+                "route_to_team": {"ticket_id": ticket["ticket_id"], "team": "Billing"},
+            }[action_type]
+            confidence = round(rnd.random(), 2)
             action = Action(
                 run=run,
                 step_name="propose_actions",
                 agent=agent,
                 action_type=action_type,
-                payload={"ticket_id": f"T-{start + i}"},
-                confidence=round(rnd.random(), 2),
+                payload=payload,
+                confidence=confidence,
                 status=ActionStatus.ESCALATED,
-                reasons=[f"{action_type} needs review (bench)"],
+                reasons=[
+                    f"confidence {confidence:.2f} < 0.85 required for {action_type} at trust "
+                    "'standard' (policy 'bench' v1)"
+                ],
+                rationale="bench",
                 idempotency_key=f"bench:{uuid.uuid4()}",
             )
             claimed = rnd.random() < 0.1
+            risk = rnd.choice(RISK_ORDER)
             escalations.append(
                 Escalation(
                     action=action,
@@ -92,7 +114,15 @@ def _seed_open(env_data: dict[str, Any], count: int) -> None:
                     claimed_by=alice if claimed and i % 2 == 0 else None,
                     reasons=list(action.reasons),
                     summary="bench",
-                    sla_due_at=now + timedelta(minutes=rnd.randint(60, 48 * 60)),
+                    sla_due_at=now + timedelta(minutes=rnd.randint(60, 48 * 60))
+                    if action_type == "send_reply"
+                    else None,
+                    risk=risk,
+                    created_at=now,
+                    due_without_sla_at=now + DUE_WITHOUT_SLA[risk],
+                    search_text=search_text_for(
+                        action_type=action_type, agent=agent.name, payload=payload, ticket=ticket
+                    ),
                 )
             )
             runs.append(run)
@@ -106,23 +136,29 @@ def _seed_open(env_data: dict[str, Any], count: int) -> None:
         cursor.execute("ANALYZE")
 
 
-def _page_times(user: Any) -> tuple[list[float], int]:
+# What a reviewer searches for: a rare term (one ticket's number: one row of 100k) and a
+# common one (two words of one ticket text in twelve: thousands of rows).
+SEARCHES = {"search_rare": "?q=004242", "search_common": "?q=package+damaged"}
+
+
+def _page_times(user: Any, query: str = "") -> tuple[list[float], int]:
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
     client = Client(HTTP_HOST="127.0.0.1")  # the bench runs the production settings' hosts
     client.force_login(user)
+    url = "/review/" + query
     for _ in range(3):
-        assert client.get("/review/").status_code == 200
+        assert client.get(url).status_code == 200
     times = []
     for _ in range(REQUESTS):
         started = time.perf_counter()
-        response = client.get("/review/")
+        response = client.get(url)
         times.append((time.perf_counter() - started) * 1000)
         assert response.status_code == 200
     with CaptureQueriesContext(connection) as queries:
-        client.get("/review/")
+        client.get(url)
     return times, len(queries.captured_queries)
 
 
@@ -161,6 +197,25 @@ def _server_time(env: BenchEnv, data: dict[str, Any]) -> list[Result]:
                     better="lower",
                 ),
             ]
+            for name, query in SEARCHES.items():
+                times, queries = _page_times(data[who], query)
+                results += [
+                    Result(
+                        f"queue_{label}_{who}_{name}_p95",
+                        percentile(times, 95),
+                        "ms",
+                        target=target,
+                        better="lower",
+                        notes=f"/review/{query} server time, {scope}, {size} open",
+                    ),
+                    Result(
+                        f"queue_{label}_{who}_{name}_queries",
+                        queries,
+                        "queries",
+                        target="constant",
+                        better="lower",
+                    ),
+                ]
     return results
 
 

@@ -10,11 +10,15 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import F
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from simple_history.models import HistoricalRecords
 
 from workflows.models import PolicyOutcome
 from workflows.tools import ACTION_TYPES
+
+from .risk import RiskLevel
 
 
 class Team(models.Model):
@@ -325,6 +329,9 @@ class EscalationStatus(models.TextChoices):
 
 UNDECIDED_STATUSES = (EscalationStatus.OPEN, EscalationStatus.CLAIMED)
 
+# The live queue's order: the SLA's due time, else the one its risk implies.
+QUEUE_DUE = Coalesce(F("sla_due_at"), F("due_without_sla_at"))
+
 
 class Escalation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -357,6 +364,14 @@ class Escalation(models.Model):
         Team, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     approvals_required = models.PositiveSmallIntegerField(default=1)
+    # Graded from the policy's inputs when opened (escalations.risk).
+    risk = models.CharField(max_length=8, choices=RiskLevel.choices, default=RiskLevel.MEDIUM)
+    # When it is due if no SLA says otherwise (raised + escalations.risk.DUE_WITHOUT_SLA):
+    # the queue orders by the SLA, else by this. Defaults to "at once": an escalation written
+    # without it is never buried.
+    due_without_sla_at = models.DateTimeField(default=timezone.now)
+    # What a reviewer may search for (ticket, customer, proposal, agent), written when opened.
+    search_text = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]
@@ -368,13 +383,19 @@ class Escalation(models.Model):
             # in time) is not in these indexes at all. team_id rides along in the first so an
             # admin's or a multi-team reviewer's page filters on the index, not the heap.
             models.Index(
-                fields=["sla_due_at", "created_at", "id", "team"],
-                name="esc_undecided_queue",
+                QUEUE_DUE,
+                F("created_at"),
+                F("id"),
+                F("team"),
+                name="esc_undecided_due_queue",
                 condition=models.Q(status__in=UNDECIDED_STATUSES),
             ),
             models.Index(
-                fields=["team", "sla_due_at", "created_at", "id"],
-                name="esc_undecided_team_queue",
+                F("team"),
+                QUEUE_DUE,
+                F("created_at"),
+                F("id"),
+                name="esc_undecided_team_due_queue",
                 condition=models.Q(status__in=UNDECIDED_STATUSES),
             ),
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from django import forms
 
 from escalations.models import Team, Verdict
+from escalations.rendering import Proposal
 from workflows.tools import ActionType
 
 EDIT = "edit"
@@ -17,16 +19,32 @@ _SCALARS = (str, int, float, bool, type(None))
 _LONG_TEXT = 80
 
 
-def _editable_as_fields(payload: dict[str, Any]) -> bool:
+def _editable_as_fields(payload: dict[str, Any], proposal: Proposal | None) -> bool:
+    if proposal is not None and not proposal.is_tree:
+        # The rendering names the fields a person edits; the rest is kept as proposed.
+        return bool(proposal.edit_fields)
     return all(isinstance(v, _SCALARS) for v in payload.values())
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """Names one version of a payload: a confirmation is for the version it showed."""
+    raw = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 class DecisionForm(forms.Form):
     """One form, four buttons. "edit" approves the reviewer's version of the payload.
 
-    A payload of plain values is edited field by field, keeping each value's type; one with
-    nested values is edited as JSON. Either way the tool's declaration validates the result
-    before anything is recorded, and the edited version is what executes.
+    The fields are the ones the action's rendering shows (an email's body, subject and
+    recipient; a CRM update's proposed values; a routing's destination), the body first in
+    a wide editor; keys it does not show are kept as proposed. A payload rendered as a tree
+    is edited field by field if its values are plain, else as JSON. Either way the tool's
+    declaration validates the result before anything is recorded, and the edited version
+    is what executes.
+
+    Approving an irreversible action takes a second step: the first submit comes back with
+    what will run (and the diff, if edited) and a confirm button; only a submit carrying
+    the digest of that same version approves it (`needs_confirmation`).
     """
 
     verdict = forms.ChoiceField(choices=[*Verdict.choices, (EDIT, "Approve edited")])
@@ -36,29 +54,44 @@ class DecisionForm(forms.Form):
         max_length=20000,
         widget=forms.Textarea(attrs={"rows": 10, "class": "mono", "spellcheck": "false"}),
     )
+    confirm = forms.CharField(required=False, max_length=64, widget=forms.HiddenInput)
 
     def __init__(
-        self, *args: Any, payload: dict[str, Any], tool: ActionType, **kwargs: Any
+        self,
+        *args: Any,
+        payload: dict[str, Any],
+        tool: ActionType,
+        proposal: Proposal | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.payload = payload
         self.tool = tool
-        self.as_fields = _editable_as_fields(payload)
+        self.as_fields = _editable_as_fields(payload, proposal)
         self.payload_keys: list[tuple[str, str]] = []
         if self.as_fields:
             del self.fields["edited_payload"]
-            for i, (key, value) in enumerate(payload.items()):
+            if proposal is not None and not proposal.is_tree:
+                shown = [(f.key, f.label, f.multiline) for f in proposal.edit_fields]
+            else:
+                shown = [(k, k, False) for k in payload]
+            focus = proposal.focus_key if proposal is not None else None
+            positions = {k: i for i, k in enumerate(payload)}
+            for key, label, multiline in shown:
                 # Named after the key where it is a plain identifier (stable, readable in
                 # a POST); otherwise by position.
-                name = f"p__{key}" if _PLAIN_KEY.fullmatch(key) else f"p_{i}"
+                name = f"p__{key}" if _PLAIN_KEY.fullmatch(key) else f"p_{positions[key]}"
                 self.payload_keys.append((name, key))
-                self.fields[name] = self._field_for(key, value)
+                self.fields[name] = self._field_for(key, payload[key], multiline=multiline)
+                self.fields[name].label = label
+                if key == focus:
+                    self.fields[name].widget.attrs["data-focus"] = "1"
         else:
             self.fields["edited_payload"].initial = json.dumps(
                 payload, indent=2, ensure_ascii=False
             )
 
-    def _field_for(self, key: str, value: Any) -> forms.Field:
+    def _field_for(self, key: str, value: Any, *, multiline: bool = False) -> forms.Field:
         required = key in self.tool.required_fields
         field: forms.Field
         if isinstance(value, bool):
@@ -67,9 +100,12 @@ class DecisionForm(forms.Form):
             field = forms.IntegerField(required=False)
         elif isinstance(value, float):
             field = forms.FloatField(required=False)
-        elif isinstance(value, str) and (len(value) > _LONG_TEXT or "\n" in value):
+        elif multiline or (isinstance(value, str) and (len(value) > _LONG_TEXT or "\n" in value)):
             field = forms.CharField(
-                required=False, max_length=20000, widget=forms.Textarea(attrs={"rows": 6})
+                required=False,
+                max_length=20000,
+                strip=False,
+                widget=forms.Textarea(attrs={"rows": 14 if multiline else 6, "class": "wide"}),
             )
         else:
             field = forms.CharField(required=False, max_length=2000)
@@ -83,7 +119,8 @@ class DecisionForm(forms.Form):
         return [self[name] for name, _ in self.payload_keys]
 
     def _edited_from_fields(self, data: dict[str, Any]) -> dict[str, Any]:
-        edited: dict[str, Any] = {}
+        # Keys the form does not show are kept as proposed, in their place.
+        edited: dict[str, Any] = dict(self.payload)
         for name, key in self.payload_keys:
             value = data.get(name)
             original = self.payload[key]
@@ -99,6 +136,11 @@ class DecisionForm(forms.Form):
                 self.add_error(name, f"{key} is required.")
             if isinstance(value, str) and not value.strip() and key in self.tool.required_fields:
                 self.add_error(name, f"{key} cannot be empty.")
+            if isinstance(value, str) and isinstance(original, str):
+                # Browsers post textareas with CRLF line ends; the payload has LF.
+                value = value.replace("\r\n", "\n")
+                if value.strip() == original.strip():
+                    value = original
             edited[key] = value
         return edited
 
@@ -132,6 +174,22 @@ class DecisionForm(forms.Form):
         elif verdict:
             data["verdict"] = Verdict(verdict)
         return data
+
+    @property
+    def version_to_run(self) -> dict[str, Any]:
+        edited = self.cleaned_data.get("edited")
+        return edited if edited is not None else self.payload
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """An irreversible approval not yet confirmed for exactly this version."""
+        if self.tool.reversible or self.cleaned_data.get("verdict") != Verdict.APPROVE:
+            return False
+        return self.cleaned_data.get("confirm") != payload_digest(self.version_to_run)
+
+    @property
+    def confirm_digest(self) -> str:
+        return payload_digest(self.version_to_run)
 
     def success_message(self) -> str:
         verdict = self.cleaned_data["verdict"]

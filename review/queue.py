@@ -15,6 +15,7 @@ however long the queue gets (the partial indexes in escalations 0007 serve the o
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,10 @@ from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
 from escalations.access import AnyUser, escalations_for
-from escalations.models import UNDECIDED_STATUSES, Escalation, EscalationStatus
+from escalations.models import QUEUE_DUE, UNDECIDED_STATUSES, Escalation, EscalationStatus
+from escalations.rendering import clip, render_proposal
+from escalations.risk import RISK_ORDER
+from escalations.search import matches_text, matching
 from workflows.tools import ACTION_TYPES
 
 PAGE_SIZE = 50
@@ -43,26 +47,33 @@ FACET_SAMPLE = 500
 _MAX_PARAM = 100
 
 
-class Risk:
-    """Declared risk of an action type: from the tool declaration, never the model's say-so."""
-
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
-    ORDER = (HIGH, MEDIUM, LOW)
-
-
-def risk_of(action_type: str) -> str:
-    tool = ACTION_TYPES.get(action_type)
-    if tool is None or not tool.reversible:
-        return Risk.HIGH
-    if tool.customer_facing or tool.amount_field:
-        return Risk.MEDIUM
-    return Risk.LOW
+def short_reason(reason: str) -> str:
+    """A policy reason in a few words: what differs from row to row, not the sentence."""
+    for pattern, words in _SHORT_REASONS:
+        m = pattern.search(reason)
+        if m:
+            return words.format(*m.groups())
+    return clip(reason, 48)
 
 
-def action_types_at(risk: str) -> list[str]:
-    return [name for name in ACTION_TYPES if risk_of(name) == risk]
+_SHORT_REASONS = [
+    (re.compile(r"confidence (\d\.\d+) < (\d\.\d+)"), "confidence {0} < {1}"),
+    (re.compile(r"is irreversible"), "irreversible"),
+    (re.compile(r"matches block pattern '([^']{0,30})"), "blocked word “{0}”"),
+    (re.compile(r"matches review pattern '([^']{0,30})"), "matched “{0}”"),
+    (re.compile(r"always requires review"), "always reviewed"),
+    (re.compile(r"^\S+ (\S+) > (\S+), the most"), "amount {0} > {1}"),
+    (re.compile(r"has no numeric"), "no amount given"),
+    (re.compile(r"rate cap reached"), "over the rate cap"),
+    (re.compile(r"no autonomy policy covers"), "no policy covers it"),
+    (re.compile(r"autonomy is paused"), "agent paused"),
+]
+
+
+def why_of(reasons: list[Any]) -> str:
+    """The row's why: each reason in a few words, the policy's bookkeeping left out."""
+    shown = [short_reason(str(r)) for r in reasons if "other matching policies" not in str(r)]
+    return " · ".join(dict.fromkeys(shown))
 
 
 FACETS = ("team", "workflow", "agent", "action_type", "risk", "status")
@@ -79,6 +90,8 @@ class QueueFilters:
     risk: str = ""
     status: str = ""
     mine: bool = False
+    # Full-text search (escalations.search).
+    q: str = ""
     # The id of the row this page starts after (keyset pagination); "" for the first page.
     after: str = ""
 
@@ -101,9 +114,10 @@ class QueueFilters:
             workflow=text("workflow"),
             agent=text("agent"),
             action_type=text("action_type"),
-            risk=risk if risk in Risk.ORDER else "",
+            risk=risk if risk in RISK_ORDER else "",
             status=status if status in UNDECIDED_STATUSES else "",
             mine=text("mine") in ("1", "true", "on"),
+            q=" ".join(text("q").replace("\x00", " ").split()),
             after=after,
         )
 
@@ -111,6 +125,8 @@ class QueueFilters:
         out = {k: getattr(self, k) for k in FACETS if getattr(self, k)}
         if self.mine:
             out["mine"] = "1"
+        if self.q:
+            out["q"] = self.q
         if self.after:
             out["after"] = self.after
         return out
@@ -130,12 +146,20 @@ class QueueFilters:
         first = replace(self, after="")
         if facet == "mine":
             return replace(first, mine=not self.mine).query
+        if facet == "q":
+            return replace(first, q="").query
         current = getattr(self, facet)
         changes: dict[str, Any] = {facet: "" if current == value else value}
         return replace(first, **changes).query
 
     def page_after(self, pk: str) -> str:
         return replace(self, after=pk).query
+
+    @property
+    def search_hidden(self) -> list[tuple[str, str]]:
+        """The filters a search keeps (hidden fields of the search form): all but the
+        search itself and the page."""
+        return list(replace(self, q="", after="").params().items())
 
     @property
     def first_page(self) -> str:
@@ -152,12 +176,16 @@ class QueueFilters:
         if self.action_type:
             q &= Q(action__action_type=self.action_type)
         if self.risk:
-            q &= Q(action__action_type__in=action_types_at(self.risk))
+            q &= Q(risk=self.risk)
         if self.status:
             q &= Q(status=self.status)
         if self.mine:
             q &= Q(claimed_by_id=user.pk) if user.is_authenticated else Q(pk__in=[])
         return q
+
+    def narrow(self, qs: QuerySet[Escalation], user: AnyUser) -> QuerySet[Escalation]:
+        """`qs` with every filter and the search applied."""
+        return matching(qs.filter(self.condition(user)), self.q)
 
     def matches(self, row: Mapping[str, Any], user: AnyUser) -> bool:
         """condition(), in Python, for a row from load_row()."""
@@ -169,40 +197,30 @@ class QueueFilters:
             or (self.risk and row["risk"] != self.risk)
             or (self.status and row["status"] != self.status)
             or (self.mine and (not user.is_authenticated or row["claimed_by_id"] != user.pk))
+            or (self.q and not matches_text(row.get("search", ""), self.q))
         )
 
 
 SortKey = tuple[Any, ...]
 
 
-def sort_key(sla_due_at: datetime | None, created_at: datetime, pk: uuid.UUID | str) -> SortKey:
+def sort_key(due: datetime, created_at: datetime, pk: uuid.UUID | str) -> SortKey:
     """A row's place in ordered(), comparable in Python (uuid order is the database's too)."""
     pk = pk if isinstance(pk, uuid.UUID) else uuid.UUID(str(pk))
-    if sla_due_at is None:
-        return (1, created_at, pk)
-    return (0, sla_due_at, created_at, pk)
+    return (due, created_at, pk)
 
 
 def after_conditions(key: SortKey) -> list[Q]:
     """Rows strictly after `key` in ordered(), as conditions to read one after the other.
 
-    Each starts with a bound the partial indexes can seek to (sla_due_at >= x, or IS NULL
-    and created_at >= y), so a deep page is an index range read like the first: one OR
-    over "later, or no SLA at all" could not be, and PostgreSQL read (and threw away) every
-    row before the cursor instead (24 ms at 49,000 deep, measured). Rows without an SLA
-    come last, so the second condition only matters once the first runs out.
+    Starts with a bound the partial indexes can seek to (due >= x), so a deep page is an
+    index range read like the first; an OR alone could not be, and PostgreSQL read (and
+    threw away) every row before the cursor instead (24 ms at 49,000 deep, measured).
     """
-    if key[0] == 1:
-        _, created, pk = key
-        return [
-            Q(sla_due_at__isnull=True, created_at__gte=created)
-            & (Q(created_at__gt=created) | Q(id__gt=pk))
-        ]
-    _, sla, created, pk = key
+    due, created, pk = key
     return [
-        Q(sla_due_at__gte=sla)
-        & (Q(sla_due_at__gt=sla) | Q(created_at__gt=created) | Q(created_at=created, id__gt=pk)),
-        Q(sla_due_at__isnull=True),
+        Q(q_due__gte=due)
+        & (Q(q_due__gt=due) | Q(created_at__gt=created) | Q(created_at=created, id__gt=pk))
     ]
 
 
@@ -214,7 +232,8 @@ def cursor_key(user: AnyUser, filters: QueueFilters) -> SortKey | None:
     row = (
         escalations_for(user)
         .filter(pk=filters.after)
-        .values_list("sla_due_at", "created_at", "id")
+        .annotate(q_due=QUEUE_DUE)
+        .values_list("q_due", "created_at", "id")
         .first()
     )
     return sort_key(*row) if row is not None else None
@@ -226,7 +245,17 @@ def undecided_for(user: AnyUser) -> QuerySet[Escalation]:
 
 
 def ordered(qs: QuerySet[Escalation]) -> QuerySet[Escalation]:
-    return qs.order_by(F("sla_due_at").asc(nulls_last=True), "created_at", "id")
+    """SLA due first, else due by risk and age (Escalation.due_without_sla_at): nothing
+    without an SLA sinks under every newer row that has one."""
+    # mypy's Django plugin cannot see the annotation with_due() adds.
+    return with_due(qs).order_by("q_due", "created_at", "id")  # type: ignore[misc]
+
+
+def with_due(qs: QuerySet[Escalation]) -> QuerySet[Escalation]:
+    """`qs` with its queue due time as `q_due` (what ordered() and the cursor compare)."""
+    if "q_due" in qs.query.annotations:
+        return qs
+    return qs.annotate(q_due=QUEUE_DUE)
 
 
 # What a row shows, read as plain values: building fifty model instances (with their
@@ -237,6 +266,8 @@ _ROW_VALUES: dict[str, Any] = {
     "r_id": F("id"),
     "r_status": F("status"),
     "r_sla": F("sla_due_at"),
+    "r_due": QUEUE_DUE,
+    "r_risk": F("risk"),
     "r_created": F("created_at"),
     "r_reasons": F("reasons"),
     "r_team_id": F("team_id"),
@@ -249,6 +280,11 @@ _ROW_VALUES: dict[str, Any] = {
     "r_agent": F("action__agent__name"),
     "r_run": F("action__run_id"),
     "r_workflow": F("action__run__workflow"),
+    "r_payload": F("action__payload"),
+    "r_rationale": F("action__rationale"),
+    "r_home_team": F("action__agent__team__name"),
+    "r_customer": KeyTextTransform("customer", "action__run__input"),
+    "r_message": KeyTextTransform("body", "action__run__input"),
     **{f"r_title_{k}": KeyTextTransform(k, "action__run__input") for k in _TITLE_FIELDS},
 }
 
@@ -261,10 +297,10 @@ def _windows(
     base: QuerySet[Escalation], filters: QueueFilters, user: AnyUser, cursor: SortKey | None
 ) -> list[QuerySet[Escalation]]:
     """The page's rows, as ordered querysets to read in turn (one for the first page)."""
-    qs = base.filter(filters.condition(user))
+    qs = filters.narrow(base, user)
     if cursor is None:
         return [ordered(qs)]
-    return [ordered(qs.filter(cond)) for cond in after_conditions(cursor)]
+    return [ordered(with_due(qs).filter(cond)) for cond in after_conditions(cursor)]
 
 
 def _first(querysets: list[QuerySet[Any]], limit: int) -> list[Any]:
@@ -295,11 +331,11 @@ def queue_keys(
     """The ids a page with these filters shows, in order, with their places: what the
     consumer diffs against. One more than a page: whether a next page exists."""
     windows = [
-        qs.values_list("sla_due_at", "created_at", "id")
+        qs.values_list("q_due", "created_at", "id")  # type: ignore[misc]
         for qs in _windows(base, filters, user, cursor)
     ]
     return [
-        (str(pk), sort_key(sla, created, pk)) for sla, created, pk in _first(windows, PAGE_SIZE + 1)
+        (str(pk), sort_key(due, created, pk)) for due, created, pk in _first(windows, PAGE_SIZE + 1)
     ]
 
 
@@ -312,7 +348,7 @@ def rows_by_id(user: AnyUser, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
 def load_row(pk: str) -> dict[str, Any] | None:
     """One escalation as a row shows it, whatever its status or team: the consumer loads it
     once per change for every page in the process, and checks each page's access itself."""
-    v = _values(Escalation.objects.filter(pk=pk)).first()
+    v = Escalation.objects.filter(pk=pk).values(**_ROW_VALUES, r_search=F("search_text")).first()
     return row_data(v) if v is not None else None
 
 
@@ -362,6 +398,7 @@ _FACET_COLUMNS = {
     "workflow": ("action__run__workflow", "action__run__workflow"),
     "agent": ("action__agent__name", "action__agent__name"),
     "action_type": ("action__action_type", "action__action_type"),
+    "risk": ("risk", "risk"),
     "status": ("status", "status"),
 }
 
@@ -383,10 +420,9 @@ def queue_counts(base: QuerySet[Escalation], filters: QueueFilters, user: AnyUse
     sample = ordered(base).annotate(**annotations).values(*annotations)[:FACET_SAMPLE]
     inner, params = sample.query.sql_with_params()
     total_sql, total_params = _capped_count_sql(base)
-    condition = filters.condition(user)
     mine_sql, mine_params = _capped_count_sql(base.filter(mine))
-    if condition:
-        matching_sql, matching_params = _capped_count_sql(base.filter(condition))
+    if filters.condition(user) or filters.q:
+        matching_sql, matching_params = _capped_count_sql(filters.narrow(base, user))
     else:
         # No filter: what matches is the total; not counted twice.
         matching_sql, matching_params = "NULL", ()
@@ -400,7 +436,6 @@ def queue_counts(base: QuerySet[Escalation], filters: QueueFilters, user: AnyUse
     # join), and the same SQL runs on SQLite for the embedded mode.
     sql = f"WITH q AS ({inner}) " + " UNION ALL ".join(parts)
     counts = Counts()
-    by_type: dict[str, int] = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, (*params, *total_params, *matching_params, *mine_params))
         for facet, value, label, n, matching, mine_n in cursor.fetchall():
@@ -411,15 +446,11 @@ def queue_counts(base: QuerySet[Escalation], filters: QueueFilters, user: AnyUse
             if value is None:
                 value, label = "", "(no workflow)"
             counts.facets.setdefault(facet, []).append((str(value), str(label), n))
-            if facet == "action_type":
-                by_type[str(value)] = n
     counts.sampled = counts.total > FACET_SAMPLE
     for values in counts.facets.values():
         values.sort(key=lambda v: (-v[2], v[1]))
-    risks = {r: 0 for r in Risk.ORDER}
-    for action_type, n in by_type.items():
-        risks[risk_of(action_type)] += n
-    counts.facets["risk"] = [(r, r, risks[r]) for r in Risk.ORDER]
+    risks = {v: n for v, _, n in counts.facet("risk")}
+    counts.facets["risk"] = [(r.value, str(r.label), risks.get(r, 0)) for r in RISK_ORDER]
     counts.facets["status"] = [
         (s.value, str(s.label), dict((v, n) for v, _, n in counts.facet("status")).get(s, 0))
         for s in (EscalationStatus.OPEN, EscalationStatus.CLAIMED)
@@ -497,18 +528,33 @@ def row_data(v: Mapping[str, Any], *, now: datetime | None = None) -> dict[str, 
         )
     pk = str(v["r_id"])
     sla: datetime | None = v["r_sla"]
+    customer, message = v["r_customer"] or "", v["r_message"] or ""
+    proposal = render_proposal(
+        v["r_type"],
+        v["r_payload"] if isinstance(v["r_payload"], dict) else {},
+        ticket={"subject": title, "customer": customer},
+        rationale=v["r_rationale"] or "",
+        home_team=v["r_home_team"] or "",
+    )
+    first_line = next((line for line in message.splitlines() if line.strip()), "")
+    tool = ACTION_TYPES.get(v["r_type"])
     return {
         "id": pk,
-        "key": sort_key(sla, v["r_created"], v["r_id"]),
+        "key": sort_key(v["r_due"], v["r_created"], v["r_id"]),
         "url": _detail_url(pk),
         "status": v["r_status"],
-        "risk": risk_of(v["r_type"]),
+        "risk": v["r_risk"],
         "type": v["r_type"],
+        "label": tool.label if tool is not None else v["r_type"],
+        "irreversible": tool is None or not tool.reversible,
         "title": title or v["r_agent"],
+        "customer": customer,
+        "customer_line": clip(first_line, 120),
+        "gist": proposal.gist,
         "sla": sla.isoformat() if sla else "",
         "sla_text": timeuntil(sla, now) if sla else "",
-        "why": reasons[0] if reasons else "",
-        "more": len(reasons) - 1 if len(reasons) > 1 else 0,
+        "why": why_of(reasons),
+        "search": v.get("r_search") or "",
         "claimed_by_id": v["r_claimed_by_id"],
         "claimed_by": v["r_claimed_by"] or "",
         "team_id": v["r_team_id"],
@@ -544,6 +590,11 @@ def render_row(
     return render_to_string(
         "review/queue.html#row", {"row": row, "user": user, "arrived": arrived, "oob": oob}
     )
+
+
+def render_queue_note(note: str) -> str:
+    """The queue page's one status line (aria-live), swapped out of band."""
+    return render_to_string("review/queue.html#note", {"note": note, "oob": True})
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from . import views
 app_name = "review"
 urlpatterns = [
     path("", views.queue, name="queue"),
+    path("bulk/", views.bulk_decide, name="bulk"),
     path("<uuid:pk>/", views.detail, name="detail"),
     path("<uuid:pk>/decide/", views.decide, name="decide"),
     path("<uuid:pk>/claim/", views.claim, name="claim"),

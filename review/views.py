@@ -23,15 +23,17 @@ from escalations.actions import (
     AlreadyDecided,
     claim_escalation,
     decide_escalation,
+    decide_escalations,
     reassign_escalation,
     release_escalation,
 )
 from escalations.actions.decisions import payload_diff
-from escalations.models import Decision, Escalation, Via
+from escalations.models import Decision, Escalation, Verdict, Via
+from escalations.rendering import proposal_for_action, tree
 from workflows.tools import get_action_type
 
-from .forms import DecisionForm, ReassignForm
-from .queue import QueueFilters, queue_context, risk_of
+from .forms import EDIT, DecisionForm, ReassignForm
+from .queue import QueueFilters, load_row, queue_context, render_queue_note, render_row
 
 
 def _is_htmx(request: HttpRequest) -> bool:
@@ -78,18 +80,21 @@ def _detail_context(request: HttpRequest, pk: uuid.UUID) -> dict[str, object]:
     tool = get_action_type(action.action_type)
     run = action.run
     amount = action.payload.get(tool.amount_field) if tool.amount_field else None
+    proposal = proposal_for_action(action)
     return {
         **ctx,
         "action": action,
         "tool": tool,
-        "risk": risk_of(action.action_type),
+        "risk": esc.risk,
         "amount": amount,
         "run": run,
-        "payload_json": json.dumps(action.payload, indent=2, ensure_ascii=False),
+        "ticket": run.input if run is not None and isinstance(run.input, dict) else {},
+        "proposal": proposal,
+        "ticket_tree": tree(run.input) if run is not None else (),
         "trace": list(run.trace.all()) if run is not None else [],
         "steps": list(run.steps.all()) if run is not None else [],
         "state_json": json.dumps(run.state, indent=2, ensure_ascii=False) if run else "",
-        "form": DecisionForm(payload=action.payload, tool=tool),
+        "form": DecisionForm(payload=action.payload, tool=tool, proposal=proposal),
         "reassign_form": ReassignForm(exclude_team_id=esc.team_id),
     }
 
@@ -105,7 +110,21 @@ def detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 def decide(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     esc = get_escalation_for(request.user, pk)
     tool = get_action_type(esc.action.action_type)
-    form = DecisionForm(request.POST, payload=esc.action.payload, tool=tool)
+    proposal = proposal_for_action(esc.action)
+    form = DecisionForm(request.POST, payload=esc.action.payload, tool=tool, proposal=proposal)
+    if form.is_valid() and form.needs_confirmation and esc.is_undecided:
+        # Irreversible: show what will run (and what changed) and ask once more.
+        ctx = _detail_context(request, pk)
+        edited = form.cleaned_data["edited"]
+        ctx.update(
+            form=form,
+            confirming=True,
+            confirm_verdict=EDIT if edited is not None else Verdict.APPROVE,
+            confirm_digest=form.confirm_digest,
+            confirm_diff=payload_diff(esc.action.payload, edited) if edited is not None else None,
+            confirm_proposal=proposal_for_action(esc.action, form.version_to_run),
+        )
+        return render(request, "review/detail.html", ctx)
     if form.is_valid():
         try:
             result = decide_escalation(
@@ -139,7 +158,63 @@ def decide(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     return render(request, "review/detail.html", ctx, status=400)
 
 
+@login_required
+@require_POST
+def bulk_decide(request: HttpRequest) -> HttpResponse:
+    """Approve or reject the rows a reviewer selected, with one reason; irreversible ones
+    only after a confirmation page that shows each of them as it will run."""
+    ids = request.POST.getlist("ids")
+    verdict = request.POST.get("verdict", "")
+    reason = request.POST.get("reason", "").strip()[:2000]
+    if verdict not in (Verdict.APPROVE, Verdict.REJECT) or not ids:
+        messages.info(request, "Select some rows first, then approve or reject them.")
+        return redirect("review:queue")
+    try:
+        outcome = decide_escalations(
+            escalation_ids=ids,
+            user=request.user,  # type: ignore[arg-type]
+            verdict=Verdict(verdict),
+            via=Via.WEB,
+            reason=reason,
+            irreversible_confirmed=request.POST.get("confirm") == "irreversible",
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("review:queue")
+    if outcome.needs_confirmation:
+        irreversible = (
+            Escalation.objects.filter(pk__in=outcome.needs_confirmation)
+            .select_related("action", "action__run", "action__agent__team", "team")
+            .order_by("created_at")
+        )
+        items = [(esc, proposal_for_action(esc.action)) for esc in irreversible]
+        return render(
+            request,
+            "review/bulk_confirm.html",
+            {"ids": ids, "reason": reason, "items": items, "count": len(ids)},
+        )
+    parts = []
+    done = len(outcome.decided) + len(outcome.counted)
+    word = "Approved" if verdict == Verdict.APPROVE else "Rejected"
+    parts.append(f"{word} {done}")
+    if outcome.counted:
+        parts.append(f"{len(outcome.counted)} of them need more approvals")
+    if outcome.already:
+        parts.append(f"{len(outcome.already)} already decided by someone else")
+    if outcome.refused:
+        parts.append(f"{len(outcome.refused)} refused: {outcome.refused[0][1]}")
+    messages.success(request, "; ".join(parts) + ".")
+    return redirect("review:queue")
+
+
 def _claim_response(request: HttpRequest, pk: uuid.UUID, note: str = "") -> HttpResponse:
+    if _is_htmx(request) and request.POST.get("from") == "queue":
+        # From the queue page: its row and its note, not the detail page's panel (whose
+        # targets the queue does not have: htmx:oobErrorNoTarget, and nothing happened).
+        get_escalation_for(request.user, pk)
+        row = load_row(str(pk))
+        html = render_row(row, user=request.user, oob=True) if row is not None else ""
+        return HttpResponse(html + render_queue_note(note or "Claimed."))
     if _is_htmx(request):
         ctx = decision_panel_context(request.user, pk)
         # Swapped out of band, like the consumer's push of the same change.

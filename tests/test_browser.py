@@ -12,7 +12,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from bench import processes
 from escalations.actions import decide_escalation
-from escalations.models import Escalation, Verdict, Via
+from escalations.models import Decision, Escalation, Verdict, Via
 from tests.conftest import (
     ARTIFACTS,
     _free_port,
@@ -68,6 +68,9 @@ def test_an_escalation_appears_live_and_approving_it_finishes_the_run(
     expect(page.locator(".reasons")).to_contain_text("irreversible")
     _shot(page, "detail", full_page=True)
     page.click("button.approve[value=approve]")
+    # Irreversible: one more look before it is sent.
+    expect(page.locator("#confirm-step")).to_contain_text("cannot be undone")
+    page.click("[data-confirm-approve]")
 
     expect(page.locator(".messages")).to_contain_text("Approved")
     expect(page.locator("#queue-rows .row")).to_have_count(0)
@@ -118,29 +121,120 @@ def test_claiming_shows_on_every_open_page(browser, live_server_url, alice, caro
 
 
 @pytest.mark.worker
-def test_edit_then_approve_executes_the_edited_reply(page, celery_worker, alice, policies, ticket):
+def test_a_reply_is_an_email_edited_in_its_body_then_approved_after_seeing_the_diff(
+    page, celery_worker, alice, policies, ticket
+):
     run = start_run(workflow="support_triage", input=ticket)
     esc = _reply_escalation(run)
     wait_for_run(run, RunStatus.WAITING)
     login(page, "alice")
     page.goto(f"/review/{esc.pk}/")
+    # The reply as an email, beside the customer's message, above the fold.
+    judge = page.locator(".judge")
+    expect(judge.locator(".customer-message")).to_contain_text("I was charged twice this month.")
+    expect(judge.locator(".email-to")).to_have_text(ticket["customer"])
+    expect(judge.locator(".email-subject")).to_contain_text("Re: Charged twice")
+    body_box = judge.locator(".proposal .email-body").bounding_box()
+    assert body_box is not None and body_box["y"] < 860
+    assert "\\n" not in judge.locator(".proposal .email-body").inner_text()
     page.keyboard.press("e")
-    # "e" opens the editor with its first field focused (the field order follows the
-    # stored payload, which PostgreSQL's jsonb orders by key length, so which one varies).
-    expect(page.locator("#edit-panel")).to_have_attribute("open", "")
-    expect(page.locator("#edit-panel :focus")).to_have_count(1)
+    # "e" puts the cursor in the body, the wide editor.
     body = page.locator("#id_p__body")
-    body.fill("Hello Ada, we refunded the duplicate charge.")
+    expect(body).to_be_focused()
+    body.fill("Hello Ada,\n\nwe refunded the duplicate charge.")
     _shot(page, "detail-editing", full_page=True)
     page.keyboard.press("Escape")
     page.keyboard.press("a")
+    # Irreversible: the diff, and a confirm button that a key alone never presses.
+    confirm = page.locator("#confirm-step")
+    expect(confirm).to_contain_text("cannot be undone")
+    expect(confirm.locator(".diff ins")).to_contain_text("we refunded the duplicate charge")
+    _shot(page, "detail-confirm", full_page=True)
+    page.keyboard.press("a")
+    expect(page.locator("[data-confirm-approve]")).to_be_focused()
+    assert not Action.objects.get(pk=esc.action_id).approved_payload
+    page.keyboard.press("Enter")
     expect(page.locator(".messages")).to_contain_text("Approved with your edits")
     wait_for_run(run, RunStatus.SUCCEEDED)
     action = Action.objects.get(pk=esc.action_id)
     assert action.status == ActionStatus.EXECUTED
-    assert action.payload_to_execute["body"] == "Hello Ada, we refunded the duplicate charge."
+    assert action.payload_to_execute["body"] == "Hello Ada,\n\nwe refunded the duplicate charge."
     page.goto(f"/review/{esc.pk}/")
     expect(page.locator(".diff")).to_contain_text("we refunded the duplicate charge")
+
+
+def test_search_narrows_the_queue_and_keeps_the_filters(page, alice, agent, policies):
+    crushed = escalate(agent, subject="Package arrived damaged", body="The box was crushed.")
+    escalate(agent, subject="Login fails", body="My account is locked.")
+    login(page, "alice")
+    expect(page.locator("#queue-rows .row")).to_have_count(2)
+    page.keyboard.press("/")
+    expect(page.locator("#queue-search")).to_be_focused()
+    page.keyboard.type("crushed box")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"q=crushed"))
+    expect(page.locator("#queue-rows .row")).to_have_count(1)
+    expect(page.locator(f"#esc-{crushed.pk}")).to_be_visible()
+    expect(page.locator("#queue-count")).to_have_text("1")
+    # Live: a new matching escalation arrives on the searched page; others do not.
+    escalate(agent, subject="Another crushed box", body="crushed again")
+    escalate(agent, subject="Unrelated", body="nothing to see")
+    expect(page.locator("#queue-rows .row")).to_have_count(2)
+    _shot(page, "queue-search")
+
+
+def test_bulk_approve_of_twenty_rows_decides_each_exactly_once(page, alice, agent, policies):
+    made = [
+        escalate(
+            agent,
+            subject=f"Bulk {i}",
+            action_type="send_reply" if i % 4 == 0 else "update_crm",
+            due_in=timedelta(minutes=10 + i),
+        )
+        for i in range(20)
+    ]
+    login(page, "alice")
+    expect(page.locator("#queue-rows .row")).to_have_count(20)
+    page.check("#pick-all")
+    expect(page.locator("#bulk-count")).to_have_text("20 selected")
+    page.fill("#bulk-reason", "checked the batch")
+    page.click("#bulk-form button[value=approve]")
+    # Five of them send email: shown as they will run, and confirmed once for all.
+    expect(page.locator("h1")).to_contain_text("5 cannot be undone")
+    expect(page.locator(".bulk-confirm .email-body")).to_have_count(5)
+    _shot(page, "bulk-confirm", full_page=True)
+    page.click("[data-confirm-approve]")
+    expect(page.locator(".messages")).to_contain_text("Approved 20")
+    expect(page.locator("#queue-rows .row")).to_have_count(0)
+    decisions = Decision.objects.filter(escalation__in=made)
+    assert decisions.count() == 20
+    assert set(decisions.values_list("verdict", "via", "reason").distinct()) == {
+        ("approve", "web", "checked the batch")
+    }
+    assert len({d.escalation_id for d in decisions}) == 20
+    # Back and submit the confirm page again: nothing is decided twice.
+    page.go_back()
+    page.click("[data-confirm-approve]")
+    expect(page.locator(".messages")).to_contain_text("20 already decided")
+    assert Decision.objects.filter(escalation__in=made).count() == 20
+
+
+def test_claiming_from_the_queue_with_c_shows_on_the_row_without_errors(
+    page, alice, agent, policies
+):
+    esc = escalate(agent, subject="Claim me from the queue")
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.add_init_script(
+        "document.addEventListener('htmx:oobErrorNoTarget', e => console.error('oob', e.detail));"
+    )
+    login(page, "alice")
+    expect(page.locator(f"#esc-{esc.pk}")).to_contain_text("unclaimed")
+    page.keyboard.press("j")
+    page.keyboard.press("c")
+    expect(page.locator(f"#esc-{esc.pk}")).to_contain_text("claimed by you")
+    expect(page.locator("#queue-note")).to_have_text("Claimed.")
+    assert errors == []
 
 
 @pytest.mark.worker
@@ -190,6 +284,11 @@ def test_the_keyboard_flow(page, alice, agent, policies):
     page.keyboard.press("c")
     expect(page.locator("#live-state")).to_contain_text("You claimed this")
     page.keyboard.press("a")
+    # An irreversible reply: "a" asks, and only a deliberate Enter on the button sends it.
+    expect(page.locator("#confirm-step")).to_be_visible()
+    page.keyboard.press("a")
+    expect(page.locator("[data-confirm-approve]")).to_be_focused()
+    page.keyboard.press("Enter")
     expect(page.locator(".messages")).to_contain_text("Approved")
     expect(rows).to_have_count(1)
     # Back in the queue the cursor is where it was, on what is now first.

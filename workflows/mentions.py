@@ -35,7 +35,7 @@ from .specs import (
     digest,
     register,
 )
-from .tools import ACTION_TYPES, ActionType, ToolError
+from .tools import ACTION_TYPES, ActionType, Rendering, RenderKind, ToolError
 
 CORPUS_DIR = Path(__file__).resolve().parent / "fixtures" / "publications"
 HALF_LIFE_DAYS = 30.0
@@ -456,6 +456,8 @@ ACTION_TYPES.setdefault(
         customer_facing=True,
         required_fields=("company", "title", "body", "sources"),
         execute=_publish_response,
+        # A public statement reads like a letter to everyone: title as its subject.
+        rendering=Rendering(RenderKind.EMAIL, (("subject", "title"), ("body", "body"))),
     ),
 )
 

@@ -18,6 +18,35 @@ class ToolError(Exception):
     """The tool refused the payload; the action fails with this message."""
 
 
+class RenderKind:
+    """How a reviewer sees an action of a type: as what it is, not as its JSON.
+
+    The kinds are declared here with the tool; `escalations.rendering` turns a payload into
+    what the queue row, the detail page, the edit form and Slack all show.
+    """
+
+    # A message to a person: `to`, `subject`, `body` (plain text, line breaks kept).
+    EMAIL = "email"
+    # Fields written on a record: `record` names it; every other key is a proposed value.
+    FIELD_DIFF = "field_diff"
+    # A hand-over: `to` (where it goes) and optionally `from`; the rationale is the reason.
+    ROUTE = "route"
+    # Anything else: the payload as a readable tree.
+    TREE = "tree"
+
+
+@dataclass(frozen=True)
+class Rendering:
+    kind: str = RenderKind.TREE
+    # role -> payload key, e.g. {"to": "to", "subject": "title", "body": "body"}; roles
+    # whose key is absent from a payload are simply not shown (or, for an email's subject,
+    # read from the ticket being answered).
+    fields: tuple[tuple[str, str], ...] = ()
+
+    def key(self, role: str) -> str | None:
+        return dict(self.fields).get(role)
+
+
 @dataclass(frozen=True)
 class ActionType:
     name: str
@@ -29,6 +58,7 @@ class ActionType:
     # The payload field holding what is at stake in money (policies' maximum amount and
     # quorum thresholds read it); None: the action moves no money.
     amount_field: str | None = None
+    rendering: Rendering = Rendering()
 
     def validate(self, payload: object) -> dict[str, Any]:
         if not isinstance(payload, dict):
@@ -79,6 +109,7 @@ ACTION_TYPES: dict[str, ActionType] = {
             customer_facing=False,
             required_fields=("ticket_id",),
             execute=_update_crm,
+            rendering=Rendering(RenderKind.FIELD_DIFF, (("record", "ticket_id"),)),
         ),
         ActionType(
             name="send_reply",
@@ -87,6 +118,9 @@ ACTION_TYPES: dict[str, ActionType] = {
             customer_facing=True,
             required_fields=("ticket_id", "to", "body"),
             execute=_send_reply,
+            rendering=Rendering(
+                RenderKind.EMAIL, (("to", "to"), ("subject", "subject"), ("body", "body"))
+            ),
         ),
         ActionType(
             name="route_to_team",
@@ -95,6 +129,7 @@ ACTION_TYPES: dict[str, ActionType] = {
             customer_facing=False,
             required_fields=("ticket_id", "team"),
             execute=_route_to_team,
+            rendering=Rendering(RenderKind.ROUTE, (("to", "team"), ("from", "from_team"))),
         ),
         ActionType(
             name="issue_refund",

@@ -5,6 +5,7 @@ tests — imports from here.
 """
 
 from .agents import set_autonomy_paused
+from .bulk import BulkOutcome, decide_escalations, irreversible_among
 from .claims import AlreadyClaimed, claim_escalation, reassign_escalation, release_escalation
 from .decisions import AlreadyDecided, decide_escalation, escalate_action
 from .policies import restore_policy_version, save_policy
@@ -13,11 +14,14 @@ from .sla import expire_due_escalations, handle_sla_breach, system_user
 __all__ = [
     "AlreadyClaimed",
     "AlreadyDecided",
+    "BulkOutcome",
     "claim_escalation",
     "decide_escalation",
+    "decide_escalations",
     "escalate_action",
     "expire_due_escalations",
     "handle_sla_breach",
+    "irreversible_among",
     "reassign_escalation",
     "release_escalation",
     "restore_policy_version",

@@ -15,7 +15,7 @@ from workflows import outbox
 from workflows import tasks as workflow_tasks
 from workflows.actions import record_trace
 from workflows.models import Action, ActionStatus, TraceKind
-from workflows.tools import ToolError, get_action_type
+from workflows.tools import ACTION_TYPES, ToolError, get_action_type
 
 from .. import notify
 from ..access import get_escalation_for
@@ -31,6 +31,8 @@ from ..models import (
     Via,
 )
 from ..policy import amount_of, policy_as_evaluated
+from ..risk import DUE_WITHOUT_SLA, grade_risk
+from ..search import search_text_for
 from ..summary import first_summary
 
 WRITE_SUMMARY = "escalations.tasks.write_summary"
@@ -80,8 +82,16 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
     policy = policy_as_evaluated(action.policy_id, action.policy_version)
     now = timezone.now()
     routing: dict[str, Any] = {}
+    tool = ACTION_TYPES.get(action.action_type)
+    amount = amount_of(tool, action.payload) if tool is not None else None
+    risk = grade_risk(
+        tool=tool,
+        amount=amount,
+        max_amount=policy.max_amount if policy is not None else None,
+        confidence=action.confidence,
+        bar=policy.bar_for(action.agent.trust_level) if policy is not None else None,
+    )
     if policy is not None:
-        amount = amount_of(get_action_type(action.action_type), action.payload)
         routing["approvals_required"] = policy.approvals_for(amount)
         if policy.sla_minutes:
             routing.update(
@@ -93,13 +103,23 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
                 if policy.expiry_behaviour == ExpiryBehaviour.REROUTE
                 else None,
             )
+    # The template now; the model's after commit (write_summary), never in here.
+    summary = first_summary(action, list(action.reasons))
     escalation = Escalation.objects.create(
         action=action,
         team_id=team_id,
         reasons=list(action.reasons),
-        # The template now; the model's after commit (write_summary), never in here.
-        summary=first_summary(action, list(action.reasons)),
+        summary=summary,
         created_at=now,
+        risk=risk,
+        due_without_sla_at=now + DUE_WITHOUT_SLA[risk],
+        search_text=search_text_for(
+            action_type=action.action_type,
+            agent=action.agent.name,
+            payload=action.payload,
+            ticket=action.run.input if action.run is not None else None,
+            summary=summary,
+        ),
         **routing,
     )
     if action.run is not None:

@@ -8,6 +8,7 @@ from django.db import transaction
 
 from .. import notify
 from ..models import Escalation
+from ..search import search_text_for
 from ..summary import PENDING_NOTE, summarise
 
 
@@ -24,11 +25,20 @@ def write_model_summary(*, escalation_id: uuid.UUID | str) -> bool:
     )
     if escalation is None or not escalation.summary.endswith(PENDING_NOTE):
         return False
-    text = summarise(escalation.action, list(escalation.reasons))
+    action = escalation.action
+    text = summarise(action, list(escalation.reasons))
+    # Searchable by what the model wrote too, not only by the template it replaces.
+    searchable = search_text_for(
+        action_type=action.action_type,
+        agent=action.agent.name,
+        payload=action.payload,
+        ticket=action.run.input if action.run is not None else None,
+        summary=text,
+    )
     with transaction.atomic():
         written = Escalation.objects.filter(
             pk=escalation.pk, summary__endswith=PENDING_NOTE
-        ).update(summary=text)
+        ).update(summary=text, search_text=searchable)
         if written:
             escalation.summary = text
             notify.escalation_summarised(escalation)

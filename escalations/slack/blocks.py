@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from escalations.models import Decision, Escalation, EscalationStatus, Verdict
+from escalations.rendering import Proposal, TreeNode, proposal_for_action
 from workflows.tools import ToolError, get_action_type
 
 from .conf import review_url
@@ -18,11 +19,20 @@ from .mrkdwn import escape, escape_within, plain_within, quote
 
 APPROVE = "caliber.approve"
 REJECT = "caliber.reject"
+EDIT = "caliber.edit"
+RESPOND = "caliber.respond"
 OPEN = "caliber.open"
 ACTIONS_BLOCK = "caliber.decide"
 REJECT_CALLBACK = "caliber.reject"
+EDIT_CALLBACK = "caliber.edit"
+RESPOND_CALLBACK = "caliber.respond"
 REASON_BLOCK = "reason"
 REASON_INPUT = "reason"
+# An edit modal's input for payload key k: block "field:k", action "value".
+FIELD_BLOCK_PREFIX = "field:"
+FIELD_INPUT = "value"
+# Slack's plain_text_input holds at most this many characters.
+INPUT_LIMIT = 3000
 
 SECTION_LIMIT = 3000
 FIELD_LIMIT = 2000
@@ -80,21 +90,73 @@ def _label(esc: Escalation) -> str:
         return esc.action.action_type
 
 
-def _payload_text(payload: dict[str, Any]) -> str:
+def _tree_lines(nodes: tuple[TreeNode, ...], depth: int = 0) -> list[str]:
     lines = []
-    for key, value in payload.items():
-        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        text = escape_within(shown, VALUE_LIMIT)
+    pad = "    " * depth
+    for node in nodes:
+        key = f"*{escape_within(node.key, 100)}*" if node.key else ""
+        if node.children:
+            lines.append(f"{pad}{key}")
+            lines += _tree_lines(node.children, depth + 1)
+            continue
+        text = escape_within(node.value or "", VALUE_LIMIT)
+        sep = ": " if key else ""
         if "\n" in text or len(text) > 80:
-            lines.append(f"*{escape_within(key, 100)}*\n{quote(text)}")
+            lines.append(f"{pad}{key}\n{quote(text)}")
         else:
-            lines.append(f"*{escape_within(key, 100)}*: {text}")
+            lines.append(f"{pad}{key}{sep}{text}")
+    return lines
+
+
+def proposal_text(proposal: Proposal) -> str:
+    """The proposal as mrkdwn: the same rendering the browser shows, in Slack's terms."""
+    if proposal.is_email:
+        lines = []
+        if proposal.to:
+            lines.append(f"*To:* {escape_within(proposal.to, 300)}")
+        lines.append(f"*Subject:* {escape_within(proposal.subject or '(no subject)', 300)}")
+        # The body as text, its line breaks kept: never a JSON string.
+        lines.append(quote(escape_within(proposal.body, 2000)))
+    elif proposal.is_diff:
+        lines = [f"*Record:* {escape_within(proposal.record, 100)}"] if proposal.record else []
+        for d in proposal.diff:
+            now = escape_within(d.current, 200)
+            new = escape_within(d.proposed, 300)
+            lines.append(
+                f"• *{escape_within(d.key, 100)}*: ~{now}~ → *{new}*"
+                if d.changed
+                else f"• *{escape_within(d.key, 100)}*: {new} (unchanged)"
+            )
+    elif proposal.is_route:
+        lines = [
+            f"*{escape_within(proposal.route_from or '(unassigned)', 200)}* → "
+            f"*{escape_within(proposal.route_to, 200)}*"
+        ]
+        if proposal.reason:
+            lines.append(f"_Why:_ {escape_within(proposal.reason, 600)}")
+    else:
+        lines = []
+    if proposal.tree:
+        if lines:
+            lines.append("_Also in the payload:_")
+        lines += _tree_lines(proposal.tree)
     body = "\n".join(lines) or "_(no payload)_"
     head = "*What the agent proposes*\n"
     if len(head) + len(body) > SECTION_LIMIT:
         body = body[: SECTION_LIMIT - len(head) - 40].rsplit("\n", 1)[0]
         body += "\n_…more in Caliber_"
     return head + body
+
+
+def _customer_text(esc: Escalation) -> str | None:
+    run = esc.action.run
+    ticket = run.input if run is not None and isinstance(run.input, dict) else {}
+    if not (ticket.get("body") or ticket.get("subject")):
+        return None
+    who = escape_within(ticket.get("customer") or "the customer", 200)
+    subject = escape_within(ticket.get("subject") or "", 300)
+    body = quote(escape_within(ticket.get("body") or "", 1200))
+    return f"*{who} wrote*" + (f" — {subject}" if subject else "") + "\n" + body
 
 
 def _reasons_text(reasons: list[Any]) -> str:
@@ -168,8 +230,11 @@ def message(
             ],
         },
         {"type": "section", "text": md(_reasons_text(list(esc.reasons)))},
-        {"type": "section", "text": md(_payload_text(dict(action.payload)))},
     ]
+    customer = _customer_text(esc)
+    if customer is not None:
+        blocks.append({"type": "section", "text": md(customer)})
+    blocks.append({"type": "section", "text": md(proposal_text(proposal_for_action(action)))})
     if action.rationale:
         blocks.append(
             {
@@ -255,7 +320,19 @@ def _buttons(esc: Escalation, url: str, *, irreversible: bool) -> Block:
                 "text": plain("Reject…"),
                 "value": str(esc.pk),
             },
-            {"type": "button", "action_id": OPEN, "text": plain("Edit in browser"), "url": url},
+            {
+                "type": "button",
+                "action_id": EDIT,
+                "text": plain("Edit, then approve…"),
+                "value": str(esc.pk),
+            },
+            {
+                "type": "button",
+                "action_id": RESPOND,
+                "text": plain("Respond…"),
+                "value": str(esc.pk),
+            },
+            {"type": "button", "action_id": OPEN, "text": plain("Open in Caliber"), "url": url},
         ],
     }
 
@@ -265,7 +342,7 @@ def reject_modal(esc: Escalation, *, channel_id: str = "") -> dict[str, Any]:
     return {
         "type": "modal",
         "callback_id": REJECT_CALLBACK,
-        "private_metadata": json.dumps({"escalation": str(esc.pk), "channel": channel_id}),
+        "private_metadata": _meta(esc, channel_id),
         "title": plain("Reject", 24),
         "submit": plain("Reject", 24),
         "close": plain("Cancel", 24),
@@ -278,6 +355,109 @@ def reject_modal(esc: Escalation, *, channel_id: str = "") -> dict[str, Any]:
                 "type": "input",
                 "block_id": REASON_BLOCK,
                 "label": plain("Why? The agent is told.", 2000),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_INPUT,
+                    "multiline": True,
+                    "min_length": 1,
+                    "max_length": 2000,
+                },
+            },
+        ],
+    }
+
+
+def _meta(esc: Escalation, channel_id: str) -> str:
+    return json.dumps({"escalation": str(esc.pk), "channel": channel_id})
+
+
+def field_block_id(key: str) -> str:
+    return FIELD_BLOCK_PREFIX + key
+
+
+def editable_in_slack(proposal: Proposal, payload: dict[str, Any]) -> bool:
+    """Whether Slack's inputs can hold every field the edit form offers."""
+    return bool(proposal.edit_fields) and all(
+        len(str(payload.get(f.key) if payload.get(f.key) is not None else "")) <= INPUT_LIMIT
+        for f in proposal.edit_fields
+    )
+
+
+def edit_modal(esc: Escalation, *, channel_id: str = "") -> dict[str, Any]:
+    """Edit, then approve: the fields of the action's rendering (an email's body first, in a
+    multi-line input), as the browser's edit form offers them."""
+    action = esc.action
+    proposal = proposal_for_action(action)
+    irreversible = _irreversible(esc)
+    intro = f"*{escape(_label(esc))}*: what you submit is what runs."
+    if irreversible:
+        intro += "\n:warning: *Cannot be undone*: submitting approves and runs it at once."
+    blocks: list[Block] = [{"type": "section", "text": md(intro)}]
+    for f in proposal.edit_fields:
+        value = action.payload.get(f.key)
+        element: dict[str, Any] = {
+            "type": "plain_text_input",
+            "action_id": FIELD_INPUT,
+            "multiline": f.multiline,
+            "max_length": INPUT_LIMIT,
+        }
+        if value is not None and str(value) != "":
+            element["initial_value"] = value if isinstance(value, str) else json.dumps(value)
+        blocks.append(
+            {
+                "type": "input",
+                "block_id": field_block_id(f.key),
+                "label": plain(f.label, 2000),
+                "optional": True,
+                "element": element,
+            }
+        )
+    blocks.append(
+        {
+            "type": "input",
+            "block_id": REASON_BLOCK,
+            "optional": True,
+            "label": plain("Note for the record (optional)", 2000),
+            "element": {
+                "type": "plain_text_input",
+                "action_id": REASON_INPUT,
+                "multiline": False,
+                "max_length": 2000,
+            },
+        }
+    )
+    return {
+        "type": "modal",
+        "callback_id": EDIT_CALLBACK,
+        "private_metadata": _meta(esc, channel_id),
+        "title": plain("Edit, then approve", 24),
+        "submit": plain("Approve and send" if irreversible else "Approve edited", 24),
+        "close": plain("Cancel", 24),
+        "blocks": blocks,
+    }
+
+
+def respond_modal(esc: Escalation, *, channel_id: str = "") -> dict[str, Any]:
+    """Answer the agent instead of running its action (the browser's Respond)."""
+    return {
+        "type": "modal",
+        "callback_id": RESPOND_CALLBACK,
+        "private_metadata": _meta(esc, channel_id),
+        "title": plain("Respond", 24),
+        "submit": plain("Send to the agent", 24),
+        "close": plain("Cancel", 24),
+        "blocks": [
+            {
+                "type": "section",
+                "text": md(
+                    f"*{escape(_label(esc))}* will not run; the agent gets your answer and "
+                    "revises.\n" + escape_within(esc.summary, 2500)
+                ),
+            },
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK,
+                "label": plain("Your answer to the agent", 2000),
                 "element": {
                     "type": "plain_text_input",
                     "action_id": REASON_INPUT,

@@ -19,6 +19,8 @@ from django.http import Http404, HttpResponse, JsonResponse
 from escalations.access import get_escalation_for
 from escalations.actions import AlreadyDecided, decide_escalation
 from escalations.models import Verdict, Via
+from escalations.rendering import proposal_for_action
+from workflows.tools import ToolError, get_action_type
 
 from . import blocks, conf, delivery, transport
 from .identity import reviewer_for
@@ -69,8 +71,8 @@ def block_actions(payload: dict[str, Any]) -> HttpResponse:
     if not actions or not isinstance(actions[0], dict):
         return ok()
     action_id = actions[0].get("action_id")
-    if action_id not in (blocks.APPROVE, blocks.REJECT):
-        return ok()  # "Edit in browser" is a link: Slack still tells us, nothing to do
+    if action_id not in (blocks.APPROVE, blocks.REJECT, blocks.EDIT, blocks.RESPOND):
+        return ok()  # "Open in Caliber" is a link: Slack still tells us, nothing to do
     esc_id = _escalation_id(actions[0].get("value"))
     if esc_id is None:
         return ok()
@@ -93,10 +95,18 @@ def block_actions(payload: dict[str, Any]) -> HttpResponse:
         except ValidationError as exc:
             _ephemeral(payload, esc_id, " ".join(exc.messages))
         return ok()
-    return _open_reject_modal(payload, esc_id, user)
+    return _open_modal(payload, esc_id, user, str(action_id))
 
 
-def _open_reject_modal(payload: dict[str, Any], esc_id: str, user: Any) -> HttpResponse:
+_MODALS = {
+    blocks.REJECT: (blocks.reject_modal, "reject"),
+    blocks.EDIT: (blocks.edit_modal, "edit"),
+    blocks.RESPOND: (blocks.respond_modal, "respond"),
+}
+
+
+def _open_modal(payload: dict[str, Any], esc_id: str, user: Any, action_id: str) -> HttpResponse:
+    build, what = _MODALS[action_id]
     try:
         esc = get_escalation_for(user, esc_id)
     except Http404:
@@ -105,6 +115,16 @@ def _open_reject_modal(payload: dict[str, Any], esc_id: str, user: Any) -> HttpR
     if not esc.is_undecided:
         _ephemeral(payload, esc_id, _too_late(AlreadyDecided(esc)))
         transport.escalation_changed(esc)
+        return ok()
+    if action_id == blocks.EDIT and not blocks.editable_in_slack(
+        proposal_for_action(esc.action), dict(esc.action.payload)
+    ):
+        _ephemeral(
+            payload,
+            esc_id,
+            f"This one is too long to edit in Slack; edit it in the browser: "
+            f"{conf.review_url(esc_id)}",
+        )
         return ok()
     trigger_id = str(payload.get("trigger_id") or "")
     channel_id = str((payload.get("channel") or {}).get("id") or "")
@@ -115,7 +135,7 @@ def _open_reject_modal(payload: dict[str, Any], esc_id: str, user: Any) -> HttpR
         "views.open",
         timeout=VIEWS_OPEN_TIMEOUT,
         trigger_id=trigger_id,
-        view=blocks.reject_modal(esc, channel_id=channel_id),
+        view=build(esc, channel_id=channel_id),
     )
     Notification.objects.create(
         escalation=esc,
@@ -130,7 +150,7 @@ def _open_reject_modal(payload: dict[str, Any], esc_id: str, user: Any) -> HttpR
         _ephemeral(
             payload,
             esc_id,
-            f"Could not open the reject form ({attempt.error}). Reject in the browser: "
+            f"Could not open the {what} form ({attempt.error}). Decide in the browser: "
             f"{conf.review_url(esc_id)}",
         )
     return ok()
@@ -138,7 +158,8 @@ def _open_reject_modal(payload: dict[str, Any], esc_id: str, user: Any) -> HttpR
 
 def view_submission(payload: dict[str, Any]) -> HttpResponse:
     view = payload.get("view") or {}
-    if view.get("callback_id") != blocks.REJECT_CALLBACK:
+    callback = view.get("callback_id")
+    if callback not in (blocks.REJECT_CALLBACK, blocks.EDIT_CALLBACK, blocks.RESPOND_CALLBACK):
         return ok()
     try:
         meta = json.loads(view.get("private_metadata") or "{}")
@@ -148,20 +169,39 @@ def view_submission(payload: dict[str, Any]) -> HttpResponse:
     if esc_id is None:
         return _notice("Not found", "This form no longer points at an escalation.")
     values = (view.get("state") or {}).get("values") or {}
-    reason = str(
-        ((values.get(blocks.REASON_BLOCK) or {}).get(blocks.REASON_INPUT) or {}).get("value") or ""
-    )
+    if not isinstance(values, dict):
+        values = {}
+    reason = _input(values, blocks.REASON_BLOCK, blocks.REASON_INPUT)
     user = reviewer_for(str((payload.get("user") or {}).get("id") or ""))
     if user is None:
         return _notice("Not linked", NOT_LINKED.format(url=conf.review_url(esc_id)))
+    verdict = {
+        blocks.REJECT_CALLBACK: Verdict.REJECT,
+        blocks.RESPOND_CALLBACK: Verdict.RESPOND,
+        blocks.EDIT_CALLBACK: Verdict.APPROVE,
+    }[callback]
+    edited: dict[str, Any] | None = None
     try:
+        if callback == blocks.EDIT_CALLBACK:
+            esc = get_escalation_for(user, esc_id)
+            edited, errors = _edited_payload(esc.action, values)
+            if errors:
+                return JsonResponse({"response_action": "errors", "errors": errors})
         decide_escalation(
-            escalation_id=esc_id, user=user, verdict=Verdict.REJECT, via=Via.SLACK, reason=reason
+            escalation_id=esc_id,
+            user=user,
+            verdict=verdict,
+            via=Via.SLACK,
+            reason=reason,
+            edited_payload=edited,
         )
     except ValidationError as exc:
         # Stays open with the message under the field, as Slack shows its own validation.
+        block = blocks.REASON_BLOCK
+        if callback == blocks.EDIT_CALLBACK:
+            block = _first_field_block(esc_id, user) or blocks.REASON_BLOCK
         return JsonResponse(
-            {"response_action": "errors", "errors": {blocks.REASON_BLOCK: " ".join(exc.messages)}}
+            {"response_action": "errors", "errors": {block: " ".join(exc.messages)}}
         )
     except Http404:
         return _notice("Not yours", NOT_YOURS)
@@ -169,6 +209,86 @@ def view_submission(payload: dict[str, Any]) -> HttpResponse:
         transport.escalation_changed(exc.escalation)
         return _notice("Too late", _too_late(exc))
     return ok()  # an empty 200 closes the modal; the message update follows after commit
+
+
+def _input(values: dict[str, Any], block: str, action: str) -> str:
+    state = values.get(block)
+    element = state.get(action) if isinstance(state, dict) else None
+    value = element.get("value") if isinstance(element, dict) else None
+    return str(value) if value is not None else ""
+
+
+def _typed(original: Any, raw: str) -> tuple[Any, str | None]:
+    """The submitted text as the original value's type (Slack's inputs are all text)."""
+    if isinstance(original, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("true", "yes", "1"):
+            return True, None
+        if lowered in ("false", "no", "0", ""):
+            return False, None
+        return original, "Answer yes or no."
+    if isinstance(original, int):
+        try:
+            return int(raw.strip()), None
+        except ValueError:
+            return original, "A whole number, please."
+    if isinstance(original, float):
+        try:
+            return float(raw.strip()), None
+        except ValueError:
+            return original, "A number, please."
+    if original is None:
+        return (raw if raw.strip() else None), None
+    return raw, None
+
+
+def _edited_payload(
+    action: Any, values: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The reviewer's version of the payload from the modal's inputs, validated by the
+    tool's declaration; None when nothing changed (a plain approval)."""
+    proposal = proposal_for_action(action)
+    tool = get_action_type(action.action_type)
+    payload = dict(action.payload)
+    edited = dict(payload)
+    errors: dict[str, str] = {}
+    for f in proposal.edit_fields:
+        block = blocks.field_block_id(f.key)
+        if block not in values:
+            continue  # not in the submitted view (an older modal): kept as proposed
+        raw = _input(values, block, blocks.FIELD_INPUT)
+        value, error = _typed(payload.get(f.key), raw)
+        if error:
+            errors[block] = error
+            continue
+        if isinstance(value, str) and not value.strip() and f.key in tool.required_fields:
+            errors[block] = f"{f.label} cannot be empty."
+            continue
+        original = payload.get(f.key)
+        if (
+            isinstance(value, str)
+            and isinstance(original, str)
+            and value.strip() == original.strip()
+        ):
+            value = original
+        edited[f.key] = value
+    if errors:
+        return None, errors
+    try:
+        tool.validate(edited)
+    except ToolError as exc:
+        first = proposal.edit_fields[0].key if proposal.edit_fields else ""
+        return None, {blocks.field_block_id(first) if first else blocks.REASON_BLOCK: str(exc)}
+    return (edited if edited != payload else None), {}
+
+
+def _first_field_block(esc_id: str, user: Any) -> str | None:
+    try:
+        esc = get_escalation_for(user, esc_id)
+    except Http404:
+        return None
+    fields = proposal_for_action(esc.action).edit_fields
+    return blocks.field_block_id(fields[0].key) if fields else None
 
 
 def _notice(title: str, text: str) -> JsonResponse:

@@ -60,13 +60,56 @@
       return true;
     }
     if (e.key === "m") return click(".facet-mine");
+    if (e.key === "/") { var search = document.getElementById("queue-search"); if (search) { search.focus(); search.select(); return true; } return false; }
+    if (e.key === "x") {
+      var picked = selectedRow();
+      var box = picked && picked.querySelector("input.pick");
+      if (!box) return false;
+      box.checked = !box.checked;
+      pickChanged(box);
+      return true;
+    }
     if (e.key === "c") {
       var sel = selectedRow();
       if (!sel || !window.htmx) return false;
-      window.htmx.ajax("POST", "/review/" + sel.dataset.id + "/claim/", { source: sel, swap: "none" });
+      // "from": the queue gets its row and its note back, not the detail page's panel.
+      window.htmx.ajax("POST", "/review/" + sel.dataset.id + "/claim/", { source: sel, swap: "none", values: { from: "queue" } });
       return true;
     }
     return false;
+  }
+
+  // --- bulk selection: kept across live swaps (a pushed row replaces its checkbox) --------
+  var picked = {};
+  function pickChanged(box) {
+    if (box.checked) picked[box.value] = true; else delete picked[box.value];
+    updateBulk();
+  }
+  function updateBulk() {
+    var boxes = document.querySelectorAll("#queue-rows input.pick");
+    var n = 0;
+    boxes.forEach(function (b) { b.checked = !!picked[b.value]; if (b.checked) n += 1; });
+    var count = document.getElementById("bulk-count");
+    if (count) count.textContent = n ? n + " selected" : "none selected";
+    var all = document.getElementById("pick-all");
+    if (all) all.checked = boxes.length > 0 && n === boxes.length;
+  }
+  document.addEventListener("change", function (e) {
+    var t = e.target;
+    if (t.matches && t.matches("#queue-rows input.pick")) pickChanged(t);
+    if (t.id === "pick-all") {
+      document.querySelectorAll("#queue-rows input.pick").forEach(function (b) {
+        if (t.checked) picked[b.value] = true; else delete picked[b.value];
+      });
+      updateBulk();
+    }
+  });
+  // Rows that left the page are no longer selectable: only what is shown is submitted.
+  function prunePicked() {
+    var shown = {};
+    document.querySelectorAll("#queue-rows input.pick").forEach(function (b) { shown[b.value] = true; });
+    Object.keys(picked).forEach(function (k) { if (!shown[k]) delete picked[k]; });
+    updateBulk();
   }
 
   function detailKey(e) {
@@ -76,14 +119,21 @@
     if (!form || form.offsetParent === null) return false;
     var edit = document.getElementById("edit-panel");
     if (e.key === "a") {
+      // Irreversible: the server answered with a confirm step. A key never confirms it;
+      // the cursor goes to the button, which takes a deliberate Enter or click.
+      var confirmButton = document.querySelector("[data-confirm-approve]");
+      if (confirmButton) { confirmButton.focus(); return true; }
       if (edit && edit.open) return click("[data-edit-approve]");
       return click('.decision-form button[data-key="a"]');
     }
     if (e.key === "e") {
       if (!edit) return false;
       edit.open = true;
-      var first = edit.querySelector("input, textarea");
-      if (first) first.focus();
+      var first = edit.querySelector("[data-focus]") || edit.querySelector("input, textarea");
+      if (first) {
+        first.focus();
+        if (first.setSelectionRange && first.value !== undefined) first.setSelectionRange(0, 0);
+      }
       return true;
     }
     if (e.key === "r" || e.key === "s") {
@@ -105,6 +155,13 @@
   // A double click must not submit twice; the server would refuse the second anyway.
   document.addEventListener("submit", function (e) {
     var form = e.target;
+    if (form.id === "bulk-form") {
+      var button = e.submitter;
+      var reason = document.getElementById("bulk-reason");
+      if (!document.querySelector("#queue-rows input.pick:checked")) { e.preventDefault(); return; }
+      if (button && button.value === "reject" && reason && !reason.value.trim()) { e.preventDefault(); reason.focus(); return; }
+    }
+    if (form.getAttribute("role") === "search") return;  // htmx handles it; searching twice is harmless
     if (form.dataset.submitted) { e.preventDefault(); return; }
     form.dataset.submitted = "1";
   });
@@ -147,8 +204,8 @@
       setTimeout(function () { if (document.body.contains(elt)) wrapper.reconnect(); }, 500 + Math.random() * 1500);
     }
   });
-  document.addEventListener("htmx:wsAfterMessage", function () { restoreSelection(); tick(); });
-  document.addEventListener("htmx:afterSettle", function () { restoreSelection(); tick(); });
+  document.addEventListener("htmx:wsAfterMessage", function () { restoreSelection(); prunePicked(); tick(); });
+  document.addEventListener("htmx:afterSettle", function () { restoreSelection(); prunePicked(); tick(); });
 
   document.addEventListener("DOMContentLoaded", function () {
     tick();

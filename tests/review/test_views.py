@@ -8,6 +8,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from escalations.actions import claim_escalation, decide_escalation
 from escalations.models import Decision, Escalation, EscalationStatus, Verdict, Via
@@ -32,6 +33,15 @@ def _client(user) -> Client:
 
 def _rows(html: str) -> list[str]:
     return re.findall(r'<article id="esc-([0-9a-f-]+)"', html)
+
+
+def _confirmed(client: Client, url: str, data: dict[str, str]):
+    """Post, then confirm the irreversible approval the way the page's button does."""
+    first = client.post(url, data)
+    assert first.status_code == 200 and "cannot be undone" in first.text
+    digest = re.search(r'name="confirm" value="([0-9a-f]+)"', first.text)
+    assert digest, "no confirm step"
+    return client.post(url, {**data, "confirm": digest.group(1)})
 
 
 def test_anonymous_people_are_sent_to_log_in(client, escalation):
@@ -65,13 +75,32 @@ def test_admins_see_every_team(admin_user, escalation):
     assert f'id="esc-{escalation.pk}"' in response.text
 
 
-def test_the_queue_is_sorted_by_sla_due_time(alice, agent, policies):
+def test_the_queue_is_sorted_by_sla_due_time_else_by_the_time_its_risk_allows(
+    alice, agent, policies
+):
+    # A medium-risk reply without an SLA is due an hour after it was raised.
     none = escalate(agent, subject="no SLA")
+    assert none.risk == "medium"
     late = escalate(agent, subject="late", due_in=timedelta(hours=3))
     overdue = escalate(agent, subject="overdue", due_in=timedelta(minutes=-5))
     soon = escalate(agent, subject="soon", due_in=timedelta(minutes=5))
     html = _client(alice).get(reverse("review:queue")).text
-    assert _rows(html) == [str(e.pk) for e in (overdue, soon, late, none)]
+    assert _rows(html) == [str(e.pk) for e in (overdue, soon, none, late)]
+
+
+def test_an_escalation_without_an_sla_is_never_buried_under_newer_ones(alice, agent, policies):
+    old = escalate(agent, subject="routing, raised hours ago", action_type="route_to_team")
+    Escalation.objects.filter(pk=old.pk).update(
+        created_at=timezone.now() - timedelta(hours=3),
+        due_without_sla_at=timezone.now() - timedelta(hours=1),
+    )
+    newer = [
+        escalate(agent, subject=f"reply {i}", due_in=timedelta(minutes=30 + i)) for i in range(60)
+    ]
+    html = _client(alice).get(reverse("review:queue")).text
+    rows = _rows(html)
+    assert rows[0] == str(old.pk)
+    assert str(newer[-1].pk) not in rows  # page two: the queue is longer than a page
 
 
 def test_filters_narrow_the_list_and_counts_show_every_value(alice, carol, agent, policies):
@@ -84,8 +113,16 @@ def test_filters_narrow_the_list_and_counts_show_every_value(alice, carol, agent
     url = reverse("review:queue")
 
     assert _rows(client.get(url, {"action_type": "update_crm"}).text) == [str(crm.pk)]
-    assert _rows(client.get(url, {"risk": "high"}).text) == [str(reply.pk)]
-    assert set(_rows(client.get(url, {"risk": "low"}).text)) == {str(crm.pk), str(route.pk)}
+    # Graded from the policy inputs: the reply is irreversible and customer-facing but above
+    # its bar; the routing is internal but far under its bar; the CRM update a little under.
+    assert {e.pk: Escalation.objects.get(pk=e.pk).risk for e in (reply, crm, route)} == {
+        reply.pk: "medium",
+        crm.pk: "low",
+        route.pk: "medium",
+    }
+    assert set(_rows(client.get(url, {"risk": "medium"}).text)) == {str(reply.pk), str(route.pk)}
+    assert _rows(client.get(url, {"risk": "low"}).text) == [str(crm.pk)]
+    assert _rows(client.get(url, {"risk": "high"}).text) == []
     assert _rows(client.get(url, {"mine": "1"}).text) == [str(route.pk)]
     assert _rows(client.get(url, {"status": "open"}).text) == [str(reply.pk)]
     assert _rows(client.get(url, {"team": "support", "agent": "triage-agent"}).text)
@@ -211,16 +248,23 @@ def test_htmx_posts_carry_the_token_from_the_page(alice, escalation):
 def test_the_detail_page_leads_with_why_and_what_is_at_stake(alice, escalation):
     html = _client(alice).get(reverse("review:detail", args=[escalation.pk])).text
     assert "Why it was escalated" in html and "irreversible" in html.lower()
-    assert "Customer-facing" in html and "high risk" in html
+    assert "Customer-facing" in html and "medium risk" in html
     assert "Plan" in html and "State" in html
     assert f'ws-connect="/ws/review/?watch={escalation.pk}"' in html
     assert "<kbd>e</kbd> edit then approve" in html
 
 
-def test_approving_decides_and_goes_back_to_the_queue(alice, escalation):
-    response = _client(alice).post(
-        reverse("review:decide", args=[escalation.pk]), {"verdict": "approve"}
-    )
+def test_approving_an_irreversible_reply_asks_once_more_and_only_then_decides(alice, escalation):
+    client = _client(alice)
+    url = reverse("review:decide", args=[escalation.pk])
+    first = client.post(url, {"verdict": "approve"})
+    assert first.status_code == 200 and "cannot be undone" in first.text
+    assert "sent to <strong>ada@example.com</strong>" in first.text
+    assert not Decision.objects.exists()
+    # A confirmation is for the version it showed: a stale or forged one asks again.
+    again = client.post(url, {"verdict": "approve", "confirm": "0123456789abcdef"})
+    assert again.status_code == 200 and not Decision.objects.exists()
+    response = _confirmed(client, url, {"verdict": "approve"})
     assert response.status_code == 302 and response["Location"] == reverse("review:queue")
     escalation.refresh_from_db()
     assert escalation.status == EscalationStatus.APPROVED
@@ -228,8 +272,21 @@ def test_approving_decides_and_goes_back_to_the_queue(alice, escalation):
 
 
 def test_edit_then_approve_executes_the_edited_fields_and_records_the_diff(alice, escalation):
-    response = _client(alice).post(
-        reverse("review:decide", args=[escalation.pk]),
+    client = _client(alice)
+    url = reverse("review:decide", args=[escalation.pk])
+    edit = {
+        "verdict": "edit",
+        "p__ticket_id": "T-1",
+        "p__to": "ada@example.com",
+        "p__body": "Hello Ada, refunded.",
+    }
+    shown = client.post(url, edit)
+    # The confirm step shows what changed before anything irreversible runs.
+    assert "<del>Hello Ada</del> → <ins>Hello Ada, refunded.</ins>" in shown.text
+    assert not Decision.objects.exists()
+    response = _confirmed(
+        client,
+        url,
         {
             "verdict": "edit",
             "p__ticket_id": "T-1",
@@ -248,7 +305,8 @@ def test_edit_then_approve_executes_the_edited_fields_and_records_the_diff(alice
 
 
 def test_an_edit_that_changes_nothing_is_a_plain_approval(alice, escalation):
-    _client(alice).post(
+    _confirmed(
+        _client(alice),
         reverse("review:decide", args=[escalation.pk]),
         {
             "verdict": "edit",
@@ -416,7 +474,11 @@ def test_every_open_escalation_is_reachable_page_by_page(alice, agent, policies,
         pages += 1
         more = re.search(r'href="\?([^"]*after=[^"]*)"[^>]*>Next 3', html)
         query = more.group(1).replace("&amp;", "&") if more else None
-    expected = sorted(made, key=lambda e: (e.sla_due_at is None, e.sla_due_at, e.created_at, e.pk))
+    for e in made:
+        e.refresh_from_db()
+    expected = sorted(
+        made, key=lambda e: (e.sla_due_at or e.due_without_sla_at, e.created_at, e.pk)
+    )
     assert seen == [str(e.pk) for e in expected]
     assert pages == 3
     assert "Due soonest" in html  # the way back to the first page

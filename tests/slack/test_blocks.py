@@ -64,7 +64,7 @@ def test_the_message_packages_what_a_reviewer_needs_to_decide(slack, agent, poli
     assert "Review needed: Send reply to customer" in text
 
     [actions] = _buttons(rendered)
-    approve, reject, edit = actions["elements"]
+    approve, reject, edit, respond, link = actions["elements"]
     assert (approve["action_id"], approve["value"], approve["style"]) == (
         blocks.APPROVE,
         str(esc.pk),
@@ -75,7 +75,8 @@ def test_the_message_packages_what_a_reviewer_needs_to_decide(slack, agent, poli
         str(esc.pk),
         "danger",
     )
-    assert edit["url"] == f"{BASE_URL}/review/{esc.pk}/"
+    assert (edit["action_id"], respond["action_id"]) == (blocks.EDIT, blocks.RESPOND)
+    assert link["url"] == f"{BASE_URL}/review/{esc.pk}/"
     # Sending something to a customer cannot be undone: one misclick must not do it.
     assert "confirm" in approve
 

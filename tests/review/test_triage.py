@@ -1,0 +1,222 @@
+"""The queue as a triage tool: each row's gist and why, a graded risk, search, bulk decide,
+claiming from the queue; and the detail page's cost, pinned."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from escalations.models import Decision, Escalation, EscalationStatus
+from tests.review.factories import escalate
+from workflows.models import Action, TraceEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def _client(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def _rows(html: str) -> list[str]:
+    return re.findall(r'<article id="esc-([0-9a-f-]+)"', html)
+
+
+def test_a_row_shows_the_customer_line_the_proposals_first_line_and_why_in_a_few_words(
+    alice, agent, policies
+):
+    esc = escalate(agent, subject="Charged twice", body="Hi,\nI was charged twice this month.")
+    Action.objects.filter(pk=esc.action_id).update(
+        payload={"ticket_id": "T-1", "to": "ada@example.com", "body": "Hello Ada,\n\nRefunded."}
+    )
+    html = _client(alice).get(reverse("review:queue")).text
+    assert "ada@x.io: “Hi,”" in html
+    # Its first line after the greeting.
+    assert "Reply to ada@example.com: Refunded." in html
+    # The policy's sentence, in a few words.
+    assert "send_reply is irreversible" not in html
+    assert re.search(r"why:</span> irreversible", html)
+
+
+def test_the_why_differs_with_the_confidence_gap(alice, agent, policies):
+    escalate(agent, action_type="update_crm")
+    escalate(agent, action_type="route_to_team")
+    html = _client(alice).get(reverse("review:queue")).text
+    assert "confidence 0.40 &lt; 0.70" in html
+    assert "confidence 0.20 &lt; 0.50" in html
+
+
+def test_search_finds_by_customer_ticket_words_and_reply_and_says_how_many(
+    alice, agent, policies, django_assert_num_queries
+):
+    a = escalate(agent, subject="Package arrived damaged", body="The box was crushed.")
+    b = escalate(agent, subject="Login fails", body="My account is locked.")
+    client = _client(alice)
+    url = reverse("review:queue")
+    assert _rows(client.get(url, {"q": "crushed"}).text) == [str(a.pk)]
+    assert _rows(client.get(url, {"q": "locked account"}).text) == [str(b.pk)]
+    # Stemming: "packages" finds "Package".
+    assert _rows(client.get(url, {"q": "packages"}).text) == [str(a.pk)]
+    # Pieces of an address.
+    assert set(_rows(client.get(url, {"q": "ada"}).text)) == {str(a.pk), str(b.pk)}
+    assert _rows(client.get(url, {"q": "nothing-like-this"}).text) == []
+    html = client.get(url, {"q": "crushed", "risk": "medium"}).text
+    assert re.search(r'id="queue-count"[^>]*>1<', html) and "of 2" in html
+    assert 'name="q" value="crushed"' in html
+    assert '<input type="hidden" name="risk" value="medium">' in html
+    assert 'ws-connect="/ws/review/?risk=medium&amp;q=crushed"' in html
+    client.get(url, {"q": "crushed"})  # warm
+    # session, user, the user's teams, the matching rows (one join), every count (one query)
+    with django_assert_num_queries(5):
+        client.get(url, {"q": "crushed"})
+
+
+def test_search_with_nul_or_junk_is_an_empty_result_not_an_error(alice, agent, policies):
+    escalate(agent)
+    client = _client(alice)
+    for junk in ("\x00", "a\x00b", "'); DROP TABLE x; --", '"unbalanced', "-", "|!&"):
+        response = client.get(reverse("review:queue"), {"q": junk})
+        assert response.status_code == 200, junk
+
+
+def test_the_detail_page_costs_a_fixed_number_of_queries(alice, agent, policies):
+    esc = escalate(agent)
+    client = _client(alice)
+    url = reverse("review:detail", args=[esc.pk])
+    client.get(url)  # warm the session
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url)
+    assert response.status_code == 200
+    sql = [q["sql"] for q in ctx.captured_queries]
+    # session, user; the user's teams and the escalation with its action, run, agent and
+    # team (the access helper); the decision; the agent's team (a routing's "from"); the
+    # trace; the steps; Slack delivery problems; the policy's name; the teams to hand it to
+    assert len(sql) == 11, "\n".join(q[:140] for q in sql)
+
+
+def test_the_reply_is_an_email_beside_the_customers_message_not_a_json_string(
+    alice, agent, policies
+):
+    esc = escalate(agent, subject="Charged twice", body="I was <b>charged</b> twice.")
+    Action.objects.filter(pk=esc.action_id).update(
+        payload={"ticket_id": "T-1", "to": "ada@example.com", "body": "Hi Ada,\n\nI <i>it</i>."}
+    )
+    html = _client(alice).get(reverse("review:detail", args=[esc.pk])).text
+    judge = html[html.index('class="card judge"') : html.index('class="card summary"')]
+    assert "What the customer wrote" in judge and "I was &lt;b&gt;charged&lt;/b&gt; twice." in judge
+    assert '<dd class="email-to">ada@example.com</dd>' in judge
+    assert "Re: Charged twice" in judge
+    assert '<div class="email-body">Hi Ada,\n\nI &lt;i&gt;it&lt;/i&gt;.</div>' in judge
+    assert "\\n" not in judge
+    # The body is the editor's wide field, and the one `e` puts the cursor in.
+    assert re.search(r'<textarea[^>]*class="wide"[^>]*data-focus="1"[^>]*id="id_p__body"', html)
+
+
+def test_a_crm_update_is_a_field_diff_and_a_routing_is_from_to_with_the_reason(
+    alice, agent, policies
+):
+    crm = escalate(agent, action_type="update_crm")
+    html = _client(alice).get(reverse("review:detail", args=[crm.pk])).text
+    assert '<table class="field-diff">' in html
+    assert "<code>category</code></th><td><del>(not set)</del></td><td><ins>billing</ins>" in html
+    route = escalate(agent, action_type="route_to_team")
+    html = _client(alice).get(reverse("review:detail", args=[route.pk])).text
+    assert '<span class="route-from">Support</span>' in html
+    assert '<strong class="route-to">Billing</strong>' in html
+    assert "Why:</span> because" in html
+
+
+# --- bulk ------------------------------------------------------------------------------------
+
+
+def test_bulk_approve_decides_each_once_and_audits_each(alice, agent, policies):
+    made = [escalate(agent, action_type="update_crm", subject=f"t{i}") for i in range(5)]
+    client = _client(alice)
+    data = {"ids": [str(e.pk) for e in made], "verdict": "approve", "reason": "batch ok"}
+    response = client.post(reverse("review:bulk"), data)
+    assert response.status_code == 302
+    assert Decision.objects.filter(verdict="approve", via="web", reason="batch ok").count() == 5
+    audited = TraceEvent.objects.filter(kind="human", message__contains="approved update_crm")
+    assert audited.count() == 5
+    # The same form again (a double submit): nothing is decided twice.
+    again = client.post(reverse("review:bulk"), data, follow=True)
+    assert Decision.objects.count() == 5
+    assert "Approved 0; 5 already decided by someone else." in again.text
+
+
+def test_bulk_approve_of_irreversible_ones_asks_first_showing_each_as_it_will_run(
+    alice, agent, policies
+):
+    reply = escalate(agent)
+    crm = escalate(agent, action_type="update_crm")
+    client = _client(alice)
+    data = {"ids": [str(reply.pk), str(crm.pk)], "verdict": "approve", "reason": ""}
+    page = client.post(reverse("review:bulk"), data)
+    assert page.status_code == 200 and "1 cannot be undone" in page.text
+    assert '<div class="email-body">Hello Ada</div>' in page.text
+    assert not Decision.objects.exists()
+    client.post(reverse("review:bulk"), {**data, "confirm": "irreversible"})
+    assert Decision.objects.count() == 2
+
+
+def test_bulk_reject_needs_one_reason_and_skips_what_is_not_mine(alice, bob, agent, policies):
+    mine = escalate(agent, action_type="update_crm")
+    client = _client(bob)  # Billing: not his team's
+    client.post(reverse("review:bulk"), {"ids": [str(mine.pk)], "verdict": "reject", "reason": "x"})
+    assert not Decision.objects.exists()
+    alice_client = _client(alice)
+    alice_client.post(reverse("review:bulk"), {"ids": [str(mine.pk)], "verdict": "reject"})
+    assert not Decision.objects.exists()
+    alice_client.post(
+        reverse("review:bulk"), {"ids": [str(mine.pk)], "verdict": "reject", "reason": "dup"}
+    )
+    assert Decision.objects.get().reason == "dup"
+
+
+# --- claiming from the queue -----------------------------------------------------------------
+
+
+def test_claiming_from_the_queue_swaps_the_row_and_the_note_not_the_detail_panel(
+    alice, carol, agent, policies
+):
+    esc = escalate(agent)
+    response = _client(alice).post(
+        reverse("review:claim", args=[esc.pk]), {"from": "queue"}, headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 200
+    assert f'<article id="esc-{esc.pk}"' in response.text and 'hx-swap-oob="true"' in response.text
+    assert "claimed by you" in response.text
+    assert 'id="queue-note"' in response.text
+    assert 'id="live-state"' not in response.text and 'id="esc-status"' not in response.text
+    late = _client(carol).post(
+        reverse("review:claim", args=[esc.pk]), {"from": "queue"}, headers={"HX-Request": "true"}
+    )
+    assert "Not claimed: this escalation was already claimed by alice" in late.text
+    esc.refresh_from_db()
+    assert esc.status == EscalationStatus.CLAIMED and esc.claimed_by == alice
+
+
+def test_risk_is_graded_from_the_policy_inputs(db):
+    from decimal import Decimal
+
+    from escalations.risk import grade_risk
+    from workflows.tools import ACTION_TYPES
+
+    crm, reply, refund = (ACTION_TYPES[n] for n in ("update_crm", "send_reply", "issue_refund"))
+    kw = {"amount": None, "max_amount": None}
+    assert grade_risk(tool=crm, confidence=0.69, bar=0.7, **kw) == "low"
+    assert grade_risk(tool=crm, confidence=0.2, bar=0.7, **kw) == "medium"
+    assert grade_risk(tool=reply, confidence=0.9, bar=0.85, **kw) == "medium"
+    assert grade_risk(tool=reply, confidence=0.6, bar=0.85, **kw) == "high"
+    assert (
+        grade_risk(tool=refund, confidence=0.5, bar=0.9, amount=Decimal(300), max_amount=None)
+        == "critical"
+    )
+    assert grade_risk(tool=None, confidence=0.99, bar=0.5, **kw) == "high"
+    assert Escalation._meta.get_field("risk").default == "medium"
