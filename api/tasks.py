@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import shared_task
 
 from . import actions
 
 
-@shared_task(name="api.tasks.deliver_webhook", bind=True, max_retries=None)
-def deliver_webhook(self: Any, delivery_id: str) -> None:
-    delay = actions.attempt_webhook_delivery(delivery_id=delivery_id)
-    if delay is not None:
-        raise self.retry(countdown=delay)
+@shared_task(name="api.tasks.deliver_webhook")
+def deliver_webhook(delivery_id: str) -> None:
+    """Retries are outbox rows written with the attempt that failed."""
+    actions.attempt_webhook_delivery(delivery_id=delivery_id)
 
 
 @shared_task(name="api.tasks.requeue_stalled_webhooks")

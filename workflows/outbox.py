@@ -1,14 +1,20 @@
 """Task sends that must not be lost: written with the change that needs them, relayed after.
 
+The one delivery mechanism: engine steps, Slack syncs, agent webhooks and alert posts are
+all sent through here, and each transport schedules its retries here too (a row with a
+countdown from `retry.DELIVERY`, written with the attempt that failed).
+
 `enqueue` writes an Outbox row inside the caller's transaction and registers an after-commit
 relay of that row. If the process dies between commit and send (or the broker is down), the
-row stays and `relay_due` — run by beat — sends it later. Every task is idempotent, so the
-rare double send (sent, then the process died before deleting the row) changes nothing.
+row stays and `relay_due` — run by beat — sends it once it is due; a failed send is tried
+again on the same backoff policy. Every task is idempotent, so the rare double send (sent,
+then the process died before deleting the row) changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,14 +24,30 @@ from django.utils import timezone
 from config.celery import app
 
 from .models import Outbox
+from .retry import DELIVERY
 
 log = logging.getLogger(__name__)
 
 ADVANCE = "workflows.tasks.advance_run"
 RUN_STEP = "workflows.tasks.run_step"
 
+# Task-name prefix -> the queue its tasks go to (None: the default queue), asked at send
+# time. Registered at app start by an app that routes its tasks (Slack's own workers).
+_routes: dict[str, Callable[[], str | None]] = {}
 
-def enqueue(task: str, *args: str, countdown: float = 0) -> Outbox:
+
+def route(prefix: str, queue: Callable[[], str | None]) -> None:
+    _routes[prefix] = queue
+
+
+def _queue_for(task: str) -> str | None:
+    for prefix, queue in _routes.items():
+        if task.startswith(prefix):
+            return queue()
+    return None
+
+
+def enqueue(task: str, *args: Any, countdown: float = 0) -> Outbox:
     """Precondition: inside the transaction whose commit makes the task necessary."""
     row = Outbox.objects.create(
         task=task,
@@ -40,7 +62,9 @@ def enqueue(task: str, *args: str, countdown: float = 0) -> Outbox:
 
 
 def send(task: str, args: list[Any], countdown: float = 0) -> None:
-    app.send_task(task, args=args, countdown=countdown if countdown > 0 else None)
+    app.send_task(
+        task, args=args, countdown=countdown if countdown > 0 else None, queue=_queue_for(task)
+    )
 
 
 def relay(row_id: int, *, row: Outbox | None = None) -> bool:
@@ -56,25 +80,37 @@ def relay(row_id: int, *, row: Outbox | None = None) -> bool:
     except Exception as exc:
         # The broker is down: the row stays for the beat relay; nothing is lost.
         log.warning("outbox %s not sent (%s); beat will retry", row_id, exc)
-        Outbox.objects.filter(pk=row_id).update(
-            attempts=row.attempts + 1, last_error=f"{type(exc).__name__}: {exc}"[:2000]
-        )
+        _failed(row, exc)
         return False
     Outbox.objects.filter(pk=row_id).delete()
     return True
 
 
+def _failed(row: Outbox, exc: Exception) -> None:
+    """Record a failed send and put the row's next try off by the delivery backoff. A task
+    send is never given up: past the policy's last attempt it keeps its longest wait."""
+    attempts = row.attempts + 1
+    wait = DELIVERY.backoff(min(attempts, DELIVERY.max_attempts))
+    Outbox.objects.filter(pk=row.pk).update(
+        attempts=attempts,
+        last_error=f"{type(exc).__name__}: {exc}"[:2000],
+        available_at=max(row.available_at, timezone.now() + timedelta(seconds=wait)),
+    )
+
+
 def relay_due(*, grace_seconds: float, limit: int = 500) -> int:
-    """Send rows the after-commit relay did not: older than `grace_seconds`.
+    """Send rows the after-commit relay did not (older than `grace_seconds`) once they are
+    due: the one scan for every delivery's lost send and pending retry.
 
     Rows are claimed with SKIP LOCKED so two relays never send the same row at once.
     """
-    cutoff = timezone.now() - timedelta(seconds=grace_seconds)
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=grace_seconds)
     sent = 0
     with transaction.atomic():
         rows = list(
             Outbox.objects.select_for_update(skip_locked=True)
-            .filter(created_at__lt=cutoff)
+            .filter(created_at__lt=cutoff, available_at__lte=now)
             .order_by("id")[:limit]
         )
         done: list[int] = []
@@ -84,9 +120,7 @@ def relay_due(*, grace_seconds: float, limit: int = 500) -> int:
                 send(row.task, row.args, countdown)
             except Exception as exc:
                 log.warning("outbox relay stopped at %s: %s", row.pk, exc)
-                Outbox.objects.filter(pk=row.pk).update(
-                    attempts=row.attempts + 1, last_error=f"{type(exc).__name__}: {exc}"[:2000]
-                )
+                _failed(row, exc)
                 break
             done.append(row.pk)
             sent += 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -15,7 +14,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from escalations.models import Escalation
+from workflows import outbox
 from workflows.models import Action
+from workflows.retry import DELIVERY
 
 from .. import webhooks
 from ..access import ACTION_RELATED
@@ -30,22 +31,14 @@ from ..representations import describe_action
 
 log = logging.getLogger(__name__)
 
-# Seconds before each retry. Kept under the broker's visibility timeout (task time limit x 4)
-# so a waiting retry is never re-delivered early; after the last one the delivery is failed
-# and can be re-sent from the admin.
-RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0, 600.0)
 LEASE = timedelta(seconds=webhooks.TIMEOUT_SECONDS + 15)
+DELIVER_TASK = "api.tasks.deliver_webhook"
 
 
 def _enqueue_delivery(delivery_id: uuid.UUID, countdown: float = 0) -> None:
-    # Imported here: api.tasks imports this module.
-    from ..tasks import deliver_webhook
-
-    try:
-        deliver_webhook.apply_async(args=(str(delivery_id),), countdown=countdown)
-    except Exception:
-        # The row is the outbox: a broker hiccup leaves it pending, to be re-sent.
-        log.exception("could not enqueue webhook delivery %s", delivery_id)
+    """Precondition: inside the transaction that makes the attempt due (an outbox row: a
+    broker outage at commit leaves it for the relay, nothing is lost)."""
+    outbox.enqueue(DELIVER_TASK, str(delivery_id), countdown=countdown)
 
 
 def queue_decision_webhook(escalation: Escalation) -> WebhookDelivery | None:
@@ -83,9 +76,9 @@ def queue_decision_webhook(escalation: Escalation) -> WebhookDelivery | None:
                 url=webhook.url,
                 body=body,
             )
+        _enqueue_delivery(delivery.pk)
     except IntegrityError:
         return None
-    transaction.on_commit(lambda: _enqueue_delivery(delivery.pk))
     return delivery
 
 
@@ -102,23 +95,17 @@ def resend_delivery(*, delivery: WebhookDelivery) -> WebhookDelivery:
             body=original.body,
             resend_of=original,
         )
-        transaction.on_commit(lambda: _enqueue_delivery(copy.pk))
+        _enqueue_delivery(copy.pk)
     return copy
-
-
-def _retry_delay(attempts: int) -> float | None:
-    if attempts > len(RETRY_DELAYS):
-        return None
-    base = RETRY_DELAYS[attempts - 1]
-    return base * random.uniform(0.8, 1.2)
 
 
 def attempt_webhook_delivery(*, delivery_id: uuid.UUID | str) -> float | None:
     """Try one delivery once; the seconds until the next try, or None when done.
 
     A worker leases the row with a conditional UPDATE (its row count says who won), sends
-    without holding a transaction, then records the attempt. A worker that dies mid-send
-    leaves a lease that expires, so a redelivered task can try again.
+    without holding a transaction, then records the attempt and, on failure, schedules the
+    next one on the delivery policy (an outbox row in the same transaction). A worker that
+    dies mid-send leaves a lease that expires, so the stalled sweep can try again.
     """
     now = timezone.now()
     claimed = (
@@ -155,11 +142,12 @@ def attempt_webhook_delivery(*, delivery_id: uuid.UUID | str) -> float | None:
             delivery.status = DeliveryStatus.DELIVERED
             delivery.delivered_at = timezone.now()
         else:
-            delay = _retry_delay(delivery.attempts)
+            delay = DELIVERY.next_delay(delivery.attempts)
             if delay is None:
                 delivery.status = DeliveryStatus.FAILED
             else:
                 delivery.next_attempt_at = timezone.now() + timedelta(seconds=delay)
+                _enqueue_delivery(delivery.pk, countdown=delay)
         delivery.save(
             update_fields=[
                 "attempts",
@@ -191,5 +179,6 @@ def requeue_stalled_deliveries(*, now: datetime | None = None) -> int:
         .values_list("pk", flat=True)[:500]
     )
     for pk in stalled:
-        _enqueue_delivery(pk)
+        with transaction.atomic():
+            _enqueue_delivery(pk)
     return len(stalled)

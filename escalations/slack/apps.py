@@ -7,3 +7,11 @@ class SlackConfig(AppConfig):
     name = "escalations.slack"
     label = "slack"
     verbose_name = "Slack"
+
+    def ready(self) -> None:
+        from workflows import outbox  # imports models: not before the app registry is ready
+
+        from . import conf
+
+        # Slack traffic may have workers of its own (SLACK_CELERY_QUEUE), read at each send.
+        outbox.route("slack.", conf.task_queue)

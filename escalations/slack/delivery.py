@@ -2,8 +2,9 @@
 
 `sync_message` is idempotent: it renders from the database as it is now and calls Slack only
 when what it would show differs from what Slack has, so duplicate tasks cost a query, not
-a message. Retries are returned to the caller (the Celery task) as a delay: Slack's
-`Retry-After` on 429, exponential backoff on transient failures; permanent errors stop it.
+a message. Retries are returned to the caller (the Celery task, which writes them to the
+outbox) as a delay on the one delivery policy (workflows.retry.DELIVERY): Slack's
+`Retry-After` on 429, its backoff on transient failures; permanent errors stop it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +23,7 @@ from django.utils import timezone
 from slack_sdk.errors import SlackApiError
 
 from escalations.models import Decision, Escalation
+from workflows.retry import DELIVERY, MAX_RETRY_AFTER
 
 from . import blocks, conf
 from .models import MessageStatus, Notification, SeenRequest, SlackMessage
@@ -33,9 +34,6 @@ log = logging.getLogger(__name__)
 # it, the sweeper's next pass after expiry picks the message up.
 LEASE = timedelta(seconds=90)
 MAX_ROUNDS = 4
-MAX_FAILURES = 8
-BACKOFF_CAP = 300.0
-MAX_RETRY_AFTER = 3600.0
 # The sweeper leaves fresh requests to the task that was enqueued for them.
 SWEEP_GRACE = timedelta(seconds=20)
 SEEN_REQUEST_TTL = timedelta(minutes=11)
@@ -105,11 +103,6 @@ def _failed(exc: SlackApiError) -> Attempt:
         retry_after=retry_after,
         permanent=permanent,
     )
-
-
-def backoff(failures: int) -> float:
-    """2, 4, 8 … seconds, capped, with jitter so a Slack outage does not end in a stampede."""
-    return min(BACKOFF_CAP, 2.0**failures) * random.uniform(0.8, 1.2)
 
 
 def _render_hash(text: str, rendered: list[dict[str, Any]]) -> str:
@@ -225,12 +218,16 @@ def _one_round(message_id: int, lease: Any) -> tuple[bool, float | None]:
             return False, None  # lease lost: whoever holds it now carries on
         return True, None
 
-    if attempt.permanent:
-        delay = None
-    elif attempt.rate_limited:
-        delay = attempt.retry_after if attempt.retry_after is not None else 30.0
-    else:
-        delay = backoff(msg.failures + 1) if msg.failures + 1 < MAX_FAILURES else None
+    # A rate limit is Slack pacing us, not a failure of ours: it does not count.
+    failures = msg.failures + (0 if attempt.rate_limited else 1)
+    delay = (
+        None
+        if attempt.permanent
+        else DELIVERY.next_delay(
+            failures,
+            retry_after=(attempt.retry_after or 30.0) if attempt.rate_limited else None,
+        )
+    )
     Notification.objects.create(
         escalation_id=esc.pk,
         message_id=message_id,
@@ -245,14 +242,14 @@ def _one_round(message_id: int, lease: Any) -> tuple[bool, float | None]:
     if delay is None:
         error = attempt.error
         if not attempt.permanent:
-            error = f"gave up after {msg.failures + 1} attempts: {error}"[:300]
+            error = f"gave up after {failures} attempts: {error}"[:300]
         mine.update(status=MessageStatus.FAILED, error=error, failed_at=now, updated_at=now)
         log.warning("slack %s for escalation %s failed for good: %s", method, esc.pk, error)
         return False, None
     mine.update(
         error=attempt.error,
         next_attempt_at=now + timedelta(seconds=delay),
-        failures=F("failures") + (0 if attempt.rate_limited else 1),
+        failures=failures,
         updated_at=now,
     )
     # A hair late rather than early: an early retry would find next_attempt_at still ahead.

@@ -1,18 +1,25 @@
-"""Celery tasks for Slack: load by id, call delivery, own the retries."""
+"""Celery tasks for Slack: load by id, call delivery, own the retries (outbox rows)."""
 
 from __future__ import annotations
 
 from celery import shared_task
 from django.conf import settings
+from django.db import transaction
+
+from workflows import outbox
 
 from . import conf, delivery
+
+SYNC_MESSAGE = "slack.sync_message"
+SYNC_ESCALATION = "slack.sync_escalation"
 
 
 @shared_task(name="slack.sync_message")
 def sync_message(message_id: int) -> None:
     retry_in = delivery.sync_message(message_id=message_id)
     if retry_in is not None:
-        enqueue_sync(message_id, countdown=retry_in)
+        with transaction.atomic():
+            enqueue_sync(message_id, countdown=retry_in)
 
 
 @shared_task(name="slack.sync_escalation")
@@ -30,13 +37,16 @@ def post_ephemeral(escalation_id: str | None, channel: str, user: str, text: str
 
 @shared_task(name="slack.sweep")
 def sweep() -> int:
-    """Beat: re-send deliveries whose task was lost or whose retry is due; prune nonces."""
+    """Beat: messages left behind by a worker that died holding the lease (or whose retry
+    row is gone with a broker that lost its queue); prunes replay nonces. Sends and retries
+    themselves are outbox rows, relayed by workflows.outbox."""
     delivery.prune_seen_requests()
     if not conf.enabled():
         return 0
     ids = delivery.due_message_ids()
     for pk in ids:
-        enqueue_sync(pk)
+        with transaction.atomic():
+            enqueue_sync(pk)
     return len(ids)
 
 
@@ -45,11 +55,13 @@ def _queue() -> str:
 
 
 def enqueue_sync(message_id: int, *, countdown: float = 0) -> None:
-    sync_message.apply_async(args=(message_id,), countdown=countdown, queue=_queue())
+    """Precondition: inside the transaction that makes the sync necessary."""
+    outbox.enqueue(SYNC_MESSAGE, message_id, countdown=countdown)
 
 
 def enqueue_sync_escalation(escalation_id: str) -> None:
-    sync_escalation.apply_async(args=(escalation_id,), queue=_queue())
+    """Precondition: inside the transaction that changed the escalation."""
+    outbox.enqueue(SYNC_ESCALATION, escalation_id)
 
 
 def enqueue_ephemeral(*, escalation_id: str | None, channel: str, user: str, text: str) -> None:

@@ -1,15 +1,14 @@
 """Slack as a transport behind escalations.notify.
 
-Called inside the transaction that changed the escalation: writes the outbox rows (one
-SlackMessage per channel, counters bumped) in that transaction, and enqueues delivery only
-after commit. Nothing here talks to Slack.
+Called inside the transaction that changed the escalation: writes the delivery rows (one
+SlackMessage per channel, counters bumped) and the task send (a workflows.outbox row) in
+that transaction; the send goes out after commit. Nothing here talks to Slack.
 """
 
 from __future__ import annotations
 
 import logging
 
-from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -69,14 +68,9 @@ def _bump(escalation: Escalation, *, exclude: int | None = None) -> int:
 
 
 def _enqueue_after_commit(escalation: Escalation) -> None:
-    escalation_id = str(escalation.pk)
-
-    def send() -> None:
-        enqueue_sync_escalation(escalation_id)
-
-    # robust: a broker hiccup must not turn a recorded decision into an error page; the
-    # outbox rows stay behind for the sweeper. One send per escalation, not per channel.
-    transaction.on_commit(send, robust=True)
+    # An outbox row: a broker hiccup never turns a recorded decision into an error page, and
+    # the send is relayed once the broker is back. One send per escalation, not per channel.
+    enqueue_sync_escalation(str(escalation.pk))
 
 
 def on_opened(event: Event) -> None:

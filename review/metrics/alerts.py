@@ -1,5 +1,8 @@
 """Degradation alerts: evaluate each rule's rate over its window; open one incident when it
-leaves its band, close it when it returns. The owner team hears about it once per incident."""
+leaves its band, close it when it returns. The owner team hears about it once per incident.
+
+The post is an outbox row written with the incident (it survives the broker being down at
+commit), retried on the one delivery policy (workflows.retry.DELIVERY)."""
 
 from __future__ import annotations
 
@@ -12,11 +15,15 @@ from django.utils import timezone
 from escalations.slack import conf
 from escalations.slack.delivery import call
 from escalations.slack.mrkdwn import escape
+from workflows import outbox
+from workflows.retry import DELIVERY
 
 from .models import AlertIncident, AlertMetric, AlertRule
 from .queries import Scope, action_figures, decision_figures, run_figures
 
 log = logging.getLogger(__name__)
+
+NOTIFY_TASK = "metrics.notify_incident"
 
 
 def measure(rule: AlertRule, now: datetime) -> tuple[float | None, int]:
@@ -67,8 +74,7 @@ def evaluate_alert_rules(*, now: datetime | None = None) -> dict[str, int]:
                 except IntegrityError:
                     continue  # another evaluator opened it a moment ago
                 opened += 1
-                incident_id = incident.pk
-                transaction.on_commit(lambda i=incident_id: _send(i))  # type: ignore[misc]
+                outbox.enqueue(NOTIFY_TASK, incident.pk)
             elif breached and open_incident is not None:
                 assert value is not None
                 open_incident.last_value = value
@@ -80,13 +86,6 @@ def evaluate_alert_rules(*, now: datetime | None = None) -> dict[str, int]:
                 open_incident.save(update_fields=["closed_at", "last_value"])
                 closed += 1
     return {"opened": opened, "closed": closed}
-
-
-def _send(incident_id: int) -> None:
-    # Imported here: review.metrics.tasks imports this module.
-    from .tasks import notify_incident
-
-    notify_incident.delay(incident_id)
 
 
 def alert_text(incident: AlertIncident) -> str:
@@ -105,6 +104,30 @@ def alert_text(incident: AlertIncident) -> str:
         f"for {scope} is {incident.value_at_open:.0%} over the last {rule.window_minutes} min "
         f"({incident.samples} events); expected {band}."
     )
+
+
+def deliver_incident(*, incident_id: int) -> float | None:
+    """One attempt at telling the team; on a transient failure the next one is scheduled
+    (an outbox row, written with the attempt's count). The seconds until it, or None."""
+    incident = (
+        AlertIncident.objects.select_related("rule__agent__team", "rule__team")
+        .filter(pk=incident_id)
+        .first()
+    )
+    if incident is None or notify(incident):
+        return None
+    with transaction.atomic():
+        incident = AlertIncident.objects.select_for_update().get(pk=incident_id)
+        incident.notify_attempts += 1
+        delay = DELIVERY.next_delay(incident.notify_attempts)
+        if delay is None:
+            incident.notify_error = (
+                f"gave up after {incident.notify_attempts} attempts: {incident.notify_error}"
+            )
+        else:
+            outbox.enqueue(NOTIFY_TASK, incident_id, countdown=delay)
+        incident.save(update_fields=["notify_attempts", "notify_error"])
+    return delay
 
 
 def notify(incident: AlertIncident) -> bool:

@@ -73,6 +73,8 @@ class AlertIncident(models.Model):
     last_value = models.FloatField()
     samples = models.PositiveIntegerField()
     notified_at = models.DateTimeField(null=True, blank=True)
+    # Failed posts so far; workflows.retry.DELIVERY says when to try again and when to stop.
+    notify_attempts = models.PositiveIntegerField(default=0)
     notify_error = models.TextField(blank=True)
 
     class Meta:

@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-from typing import Any
-
 from celery import shared_task
 
-from .alerts import evaluate_alert_rules, notify
-from .models import AlertIncident
+from .alerts import deliver_incident, evaluate_alert_rules
 from .rollups import compact
 
 
@@ -14,17 +11,10 @@ def evaluate_alerts() -> dict[str, int]:
     return evaluate_alert_rules()
 
 
-@shared_task(name="metrics.notify_incident", bind=True, max_retries=6)
-def notify_incident(self: Any, incident_id: int) -> None:
-    incident = (
-        AlertIncident.objects.select_related("rule__agent__team", "rule__team")
-        .filter(pk=incident_id)
-        .first()
-    )
-    if incident is None:
-        return
-    if not notify(incident):
-        raise self.retry(countdown=min(300, 5 * 2**self.request.retries))
+@shared_task(name="metrics.notify_incident")
+def notify_incident(incident_id: int) -> None:
+    """Retries are outbox rows written by the attempt that failed (alerts.deliver_incident)."""
+    deliver_incident(incident_id=incident_id)
 
 
 @shared_task(name="metrics.compact_rollups")

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from unittest import mock
 
 import pytest
 
@@ -147,8 +148,11 @@ def test_a_forged_or_stale_signature_is_refused(agent, policies, webhook, receiv
 
 
 @pytest.mark.django_db
-def test_an_unreachable_receiver_is_retried_with_backoff_then_given_up(agent, policies, alice):
-    from api.actions import RETRY_DELAYS
+def test_an_unreachable_receiver_is_retried_on_the_delivery_policy_then_given_up(
+    agent, policies, alice
+):
+    from workflows.models import Outbox
+    from workflows.retry import DELIVERY
 
     dead = Receiver()
     url = dead.url
@@ -159,17 +163,23 @@ def test_an_unreachable_receiver_is_retried_with_backoff_then_given_up(agent, po
         escalation_id=action.escalation.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB
     )
     delivery = WebhookDelivery.objects.get()
-    delays = [attempt_webhook_delivery(delivery_id=delivery.pk) for _ in RETRY_DELAYS]
-    assert all(d is not None for d in delays)
-    assert delays == sorted(delays)  # backing off
-    assert attempt_webhook_delivery(delivery_id=delivery.pk) is None
+    tries = DELIVERY.max_attempts
+    Outbox.objects.all().delete()
+    with mock.patch("workflows.retry.random.uniform", return_value=1.0):  # no jitter
+        delays = [attempt_webhook_delivery(delivery_id=delivery.pk) for _ in range(tries - 1)]
+        assert attempt_webhook_delivery(delivery_id=delivery.pk) is None
+    assert delays == [2, 4, 8, 16, 32, 64, 128]
+    # Each retry is an outbox row written with the failed attempt, due when the policy says.
+    retries = list(Outbox.objects.order_by("id"))
+    assert [r.task for r in retries] == ["api.tasks.deliver_webhook"] * (tries - 1)
+    assert [round((r.available_at - r.created_at).total_seconds()) for r in retries] == delays
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.FAILED
-    assert delivery.attempts == len(RETRY_DELAYS) + 1
+    assert delivery.attempts == tries
     assert all(a.error and a.status_code is None for a in WebhookAttempt.objects.all())
     # Done is done: another task for it changes nothing.
     assert attempt_webhook_delivery(delivery_id=delivery.pk) is None
-    assert WebhookAttempt.objects.count() == len(RETRY_DELAYS) + 1
+    assert WebhookAttempt.objects.count() == tries
 
 
 @pytest.mark.django_db

@@ -8,6 +8,7 @@ import pytest
 
 from escalations.actions import decide_escalation
 from escalations.models import Verdict, Via
+from tests.slack.conftest import fake_slack, slack  # noqa: F401  (Slack for the alert posts)
 from workflows.actions import propose_action
 from workflows.models import Action, RunStatus, WorkflowRun
 

@@ -2,6 +2,7 @@
 that honour Slack, and permanent errors shown to people instead of retried forever."""
 
 from datetime import timedelta
+from unittest import mock
 
 import pytest
 from django.db import transaction
@@ -13,6 +14,8 @@ from escalations.models import Decision, Escalation, Verdict, Via
 from escalations.slack import delivery
 from escalations.slack.models import MessageStatus, Notification, SlackMessage
 from escalations.slack.tasks import sweep
+from workflows.models import Outbox
+from workflows.retry import DELIVERY
 
 from .conftest import BILLING_CHANNEL, SUPPORT_CHANNEL, deliver_all, make_escalation
 
@@ -175,19 +178,24 @@ def test_a_429_is_retried_after_the_time_slack_asks_for(slack, agent, policies):
 
 
 @pytest.mark.django_db
-def test_transient_failures_back_off_and_eventually_give_up(slack, agent, policies):
+def test_transient_failures_back_off_on_the_delivery_policy_and_eventually_give_up(
+    slack, agent, policies
+):
     esc = make_escalation(agent)
-    slack.fail_next("chat.postMessage", "internal_error", status=500, times=delivery.MAX_FAILURES)
+    tries = DELIVERY.max_attempts
+    slack.fail_next("chat.postMessage", "internal_error", status=500, times=tries)
     delays = []
-    for _ in range(delivery.MAX_FAILURES):
-        SlackMessage.objects.filter(escalation=esc).update(next_attempt_at=None)
-        delays.append(deliver_all()[0])
-    assert all(d is not None for d in delays[:-1]) and delays[-1] is None
-    assert delays[0] < delays[3] < delays[6]  # exponential, jitter aside
+    with mock.patch("workflows.retry.random.uniform", return_value=1.0):  # no jitter
+        for _ in range(tries):
+            SlackMessage.objects.filter(escalation=esc).update(next_attempt_at=None)
+            delays.append(deliver_all()[0])
+    # The same waits as a webhook's or an alert's (workflows.retry), a hair late each.
+    assert delays[:-1] == pytest.approx([2.05, 4.05, 8.05, 16.05, 32.05, 64.05, 128.05])
+    assert delays[-1] is None
     msg = SlackMessage.objects.get(escalation=esc)
     assert msg.status == MessageStatus.FAILED
-    assert msg.error.startswith(f"gave up after {delivery.MAX_FAILURES} attempts")
-    assert Notification.objects.filter(message=msg).count() == delivery.MAX_FAILURES
+    assert msg.error.startswith(f"gave up after {tries} attempts")
+    assert Notification.objects.filter(message=msg).count() == tries
 
 
 @pytest.mark.django_db
@@ -365,9 +373,10 @@ def test_one_task_brings_every_channel_of_an_escalation_up_to_date(
     deliver_all()
     assert SlackMessage.objects.filter(escalation=esc, status=MessageStatus.POSTED).count() == 2
     slack.calls.clear()
-    with django_capture_on_commit_callbacks() as callbacks:
+    Outbox.objects.all().delete()
+    with django_capture_on_commit_callbacks(execute=False):
         decide_escalation(escalation_id=esc.pk, user=bob, verdict=Verdict.APPROVE, via=Via.WEB)
-    slack_sends = [c for c in callbacks if "slack" in c.__module__]
+    slack_sends = Outbox.objects.filter(task__startswith="slack.")
     assert len(slack_sends) == 1  # one Celery send per change, however many channels
 
     sync_escalation(str(esc.pk))  # what the worker runs for it
