@@ -20,7 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from bench import processes
+from tests.support import processes
 from escalations.models import AgentProfile, AutonomyPolicy, Team
 from workflows.models import PolicyOutcome, WorkflowRun
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from bench import processes
+from tests.support import processes
 from escalations.actions import decide_escalation
 from escalations.models import Decision, Escalation, Verdict, Via
 from tests.conftest import (

@@ -14,16 +14,33 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from django.conf import settings
 
+from .retry import RetryPolicy
 from .schemas import ModelOutput, response_format
 
 log = logging.getLogger(__name__)
 
 MAX_OUTPUT_CHARS = 20_000
+
+# The waits between attempts of one model call: the delivery backoff (workflows.retry),
+# started short because a step is waiting; the call's time budget, not a count, stops it.
+MODEL_RETRY = RetryPolicy(first_delay=1.0, max_delay=30.0)
+
+
+@dataclass
+class Clock:
+    """What the client reads the time budget from and waits on; tests swap in a fake one."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+CLOCK = Clock()
 
 
 class ModelError(Exception):
@@ -154,11 +171,11 @@ class OpenAIModel:
         if settings.OPENAI_LOGPROBS:
             kwargs["logprobs"] = True
         model = prompt.model or self.name
-        budget_ends = time.monotonic() + settings.OPENAI_BUDGET_SECONDS
-        started = time.monotonic()
+        budget_ends = CLOCK.monotonic() + settings.OPENAI_BUDGET_SECONDS
+        started = CLOCK.monotonic()
         last_error = ""
         for attempt in range(1, settings.OPENAI_MAX_ATTEMPTS + 1):
-            remaining = budget_ends - time.monotonic()
+            remaining = budget_ends - CLOCK.monotonic()
             if remaining <= 0:
                 break
             wait: float | None = None
@@ -174,24 +191,24 @@ class OpenAIModel:
                 )
             except openai.RateLimitError as exc:
                 last_error = f"429 rate limited: {exc.message}"
-                wait = retry_after_seconds(exc.response.headers) or 2.0**attempt
+                wait = retry_after_seconds(exc.response.headers) or MODEL_RETRY.backoff(attempt)
             except openai.APIStatusError as exc:
                 if exc.status_code < 500:
                     raise ModelError(
                         f"{exc.status_code} from the model server: {exc.message}"
                     ) from None
                 last_error = f"{exc.status_code} from the model server"
-                wait = retry_after_seconds(exc.response.headers) or 0.5 * 2**attempt
+                wait = retry_after_seconds(exc.response.headers) or MODEL_RETRY.backoff(attempt)
             except openai.APITimeoutError:
                 last_error = "the model server timed out"
-                wait = 0.5 * 2**attempt
+                wait = MODEL_RETRY.backoff(attempt)
             except openai.APIConnectionError as exc:
                 last_error = f"could not reach the model server: {exc.message}"
-                wait = 0.5 * 2**attempt
+                wait = MODEL_RETRY.backoff(attempt)
             else:
                 return self._result(response, model, started, attempt)
             if wait is not None:
-                if wait >= budget_ends - time.monotonic():
+                if wait >= budget_ends - CLOCK.monotonic():
                     raise ModelError(
                         f"{last_error}; giving up: waiting {wait:.1f}s would exceed the "
                         f"{settings.OPENAI_BUDGET_SECONDS}s budget (attempt {attempt})"
@@ -203,7 +220,7 @@ class OpenAIModel:
                     last_error,
                     wait,
                 )
-                time.sleep(wait)
+                CLOCK.sleep(wait)
         raise ModelError(
             f"{last_error or 'no answer'} after {settings.OPENAI_MAX_ATTEMPTS} "
             f"attempts within the {settings.OPENAI_BUDGET_SECONDS}s budget"
@@ -228,7 +245,7 @@ class OpenAIModel:
             model=response.model or model,
             input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             output_tokens=getattr(usage, "completion_tokens", 0) or 0,
-            latency_ms=(time.monotonic() - started) * 1000,
+            latency_ms=(CLOCK.monotonic() - started) * 1000,
             attempts=attempt,
             mean_logprob=mean_logprob,
         )

@@ -12,7 +12,7 @@ import pytest
 
 from api.actions import attempt_webhook_delivery, create_api_token, submit_action
 from api.models import AgentWebhook, DeliveryStatus, WebhookAttempt, WebhookDelivery
-from bench import processes
+from tests.support import processes
 from caliber_client import InvalidSignature, verify_signature, verify_webhook
 from escalations.actions import decide_escalation
 from escalations.models import Verdict, Via

@@ -24,7 +24,7 @@ from django.db import connection
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from bench import processes
+from tests.support import processes
 from escalations.models import UNDECIDED_STATUSES, Decision
 from tests.conftest import _service_env
 from workflows import engine, outbox

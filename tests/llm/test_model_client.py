@@ -1,10 +1,13 @@
 """The OpenAI client against a local OpenAI-compatible server: the real `openai` package."""
 
-import time
+from unittest import mock
 
+import openai
 import pytest
+from openai.resources.chat.completions import Completions
 
 from tests.fakes.openai_server import Scripted
+from tests.support.clock import FakeClock
 from workflows.agents import call_model
 from workflows.llm import ModelError, ModelOutputError, OpenAIModel, get_model
 from workflows.prompts.models import ModelCall
@@ -13,6 +16,14 @@ from workflows.schemas import Classification
 pytestmark = pytest.mark.django_db
 
 VARS = {"subject": "Charged twice", "body": "Please fix it"}
+
+
+@pytest.fixture
+def clock():
+    """The client's budget clock, moved only by its own waits (and timeouts, below)."""
+    fake = FakeClock()
+    with mock.patch("workflows.llm.CLOCK", fake):
+        yield fake
 
 
 def classify(**kw):
@@ -44,20 +55,21 @@ def test_structured_output_is_requested_and_parsed(fake_openai):
     assert result.mean_logprob == pytest.approx(-0.05)
 
 
-def test_a_429_is_retried_after_the_time_it_asks_for(fake_openai):
+def test_a_429_is_retried_after_the_time_it_asks_for(fake_openai, clock):
     fake_openai.script(Scripted(status=429, headers={"retry-after": "0.4"}))
-    started = time.monotonic()
     _, result = classify()
-    assert time.monotonic() - started >= 0.4
+    assert clock.sleeps == [0.4]
     assert result.attempts == 2
     assert len(fake_openai.requests) == 2
     assert ModelCall.objects.get(ok=True).attempts == 2
 
 
-def test_5xx_are_retried_then_succeed(fake_openai):
+def test_5xx_are_retried_on_the_delivery_backoff_then_succeed(fake_openai, clock):
     fake_openai.script(Scripted(status=500), Scripted(status=503))
-    _, result = classify()
+    with mock.patch("workflows.retry.random.uniform", return_value=1.0):  # no jitter
+        _, result = classify()
     assert result.attempts == 3
+    assert clock.sleeps == [1.0, 2.0]  # workflows.llm.MODEL_RETRY
 
 
 def test_a_retry_after_beyond_the_budget_gives_up_at_once(fake_openai, settings):
@@ -76,15 +88,34 @@ def test_persistent_500s_exhaust_the_attempts(fake_openai, settings):
     assert len(fake_openai.requests) == 3
 
 
-def test_timeouts_exhaust_the_budget(fake_openai, settings):
+def test_timeouts_exhaust_the_budget(fake_openai, settings, clock):
     settings.OPENAI_TIMEOUT = 0.3
     settings.OPENAI_BUDGET_SECONDS = 1.5
     fake_openai.script(*[Scripted(content={}, delay=1.0)] * 6)
-    started = time.monotonic()
-    with pytest.raises(ModelError):
+    real_create = Completions.create
+    timeouts: list[float] = []
+
+    def timed_out_costs_its_timeout(self, **kwargs):
+        # On the budget clock a request that timed out took its whole timeout.
+        try:
+            return real_create(self, **kwargs)
+        except openai.APITimeoutError:
+            timeouts.append(kwargs["timeout"])
+            clock.advance(kwargs["timeout"])
+            raise
+
+    started = clock.monotonic()
+    with (
+        mock.patch.object(Completions, "create", timed_out_costs_its_timeout),
+        mock.patch("workflows.retry.random.uniform", return_value=1.0),
+        pytest.raises(ModelError, match="budget"),
+    ):
         classify()
-    # Bounded by the budget, not by attempts x timeout x backoff.
-    assert time.monotonic() - started < 4
+    # Bounded by the budget, not by attempts x timeout x backoff: 0.3 s, a 1 s wait, and
+    # the last request cut to the 0.2 s left.
+    assert timeouts == [0.3, pytest.approx(0.2)]
+    assert clock.sleeps == [1.0]
+    assert clock.monotonic() - started == pytest.approx(1.5)
 
 
 def test_a_4xx_other_than_429_is_not_retried(fake_openai):

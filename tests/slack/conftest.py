@@ -18,7 +18,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from slack_sdk.signature import SignatureVerifier
 
-from bench import processes
+from tests.support import processes
 from escalations.models import AgentProfile, Escalation, Team
 from escalations.slack import delivery
 from escalations.slack.models import IdentitySource, SlackIdentity, SlackMessage
