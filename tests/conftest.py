@@ -20,8 +20,8 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.support import processes
 from escalations.models import AgentProfile, AutonomyPolicy, Team
+from tests.support import processes
 from workflows.models import PolicyOutcome, WorkflowRun
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,6 @@ from datetime import timedelta
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.support import processes
 from escalations.actions import decide_escalation
 from escalations.models import Decision, Escalation, Verdict, Via
 from tests.conftest import (
@@ -23,6 +22,7 @@ from tests.conftest import (
     wait_for_run,
 )
 from tests.review.factories import escalate
+from tests.support import processes
 from workflows.actions import start_run
 from workflows.models import Action, ActionStatus, RunStatus
 

@@ -68,46 +68,59 @@ def test_a_long_poll_returns_as_soon_as_the_action_is_decided(live_server_url, c
     approval = caliber.request_approval("send_reply", REPLY, confidence=0.9)
     assert approval.status == "escalated"
     thread = decide_soon(alice, delay=1.0)
-    started = time.monotonic()
+    # The client gives up before the poll's own wait would end (20 s < 60 s): only the
+    # decision waking the poll can answer it, however slow the machine is.
     r = httpx.get(
         f"{live_server_url}/api/v1/actions/{approval.id}",
-        params={"wait": 30},
+        params={"wait": 60},
         headers=caliber._headers,
-        timeout=40,
+        timeout=20,
     )
-    waited = time.monotonic() - started
     thread.join()
     assert r.status_code == 200
     assert r.json()["decided"] is True
     assert r.json()["verdict"] == "approve"
-    # Well before the 30 s wait ended: the decision woke it.
-    assert waited < 25
 
 
 def test_long_polls_do_not_hold_the_server(live_server_url, caliber, alice):
-    """Ten clients wait on undecided actions; the server still answers others at once."""
+    """Ten clients wait on undecided actions; the server still answers others meanwhile."""
     approvals = [
         caliber.request_approval("send_reply", {**REPLY, "ticket_id": f"T-{i}"}, confidence=0.9)
         for i in range(10)
     ]
+    answered = []
 
     def poll(action_id):
-        httpx.get(
-            f"{live_server_url}/api/v1/actions/{action_id}",
-            params={"wait": 5},
-            headers=caliber._headers,
-            timeout=20,
+        answered.append(
+            httpx.get(
+                f"{live_server_url}/api/v1/actions/{action_id}",
+                params={"wait": 60},
+                headers=caliber._headers,
+                timeout=90,
+            ).json()
         )
 
     pollers = [threading.Thread(target=poll, args=(a.id,)) for a in approvals]
     for t in pollers:
         t.start()
-    time.sleep(0.5)
-    r = httpx.get(f"{live_server_url}/api/v1/actions/{approvals[0].id}", headers=caliber._headers)
+    time.sleep(0.5)  # let them connect (not a measurement: later only makes it easier)
+    r = httpx.get(
+        f"{live_server_url}/api/v1/actions/{approvals[0].id}", headers=caliber._headers, timeout=30
+    )
     assert r.status_code == 200
-    assert r.elapsed.total_seconds() < 3
+    # Answered while all ten were still held: none of them has returned yet.
+    assert answered == []
+    assert all(t.is_alive() for t in pollers)
+    for approval in approvals:
+        decide_escalation(
+            escalation_id=Action.objects.get(pk=approval.id).escalation.pk,
+            user=alice,
+            verdict=Verdict.APPROVE,
+            via=Via.WEB,
+        )
     for t in pollers:
         t.join()
+    assert sorted(a["decided"] for a in answered) == [True] * 10
 
 
 def test_concurrent_identical_requests_over_http_make_one_action(live_server_url, caliber):

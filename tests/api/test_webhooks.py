@@ -12,11 +12,11 @@ import pytest
 
 from api.actions import attempt_webhook_delivery, create_api_token, submit_action
 from api.models import AgentWebhook, DeliveryStatus, WebhookAttempt, WebhookDelivery
-from tests.support import processes
 from caliber_client import InvalidSignature, verify_signature, verify_webhook
 from escalations.actions import decide_escalation
 from escalations.models import Verdict, Via
 from tests.conftest import _service_env, _stop, wait_for
+from tests.support import processes
 
 REPLY = {"ticket_id": "T-1", "to": "ada@example.com", "body": "Refunded, sorry."}
 

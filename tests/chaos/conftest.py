@@ -24,9 +24,9 @@ from django.db import connection
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from tests.support import processes
 from escalations.models import UNDECIDED_STATUSES, Decision
 from tests.conftest import _service_env
+from tests.support import processes
 from workflows import engine, outbox
 from workflows.models import (
     TERMINAL_RUN_STATUSES,

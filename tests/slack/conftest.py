@@ -18,12 +18,12 @@ from django.contrib.auth.models import User
 from django.test import Client
 from slack_sdk.signature import SignatureVerifier
 
-from tests.support import processes
 from escalations.models import AgentProfile, Escalation, Team
 from escalations.slack import delivery
 from escalations.slack.models import IdentitySource, SlackIdentity, SlackMessage
 from tests.conftest import _service_env, _stop
 from tests.fakes.slack_api import FakeSlack
+from tests.support import processes
 from workflows.actions import propose_action
 from workflows.models import RunStatus, WorkflowRun
 
