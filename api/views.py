@@ -65,8 +65,6 @@ from .schemas import (
 
 log = logging.getLogger(__name__)
 
-# Bodies over this are refused with 413 before anything parses them.
-MAX_BODY_BYTES: int = getattr(settings, "API_MAX_BODY_BYTES", 256 * 1024)
 # A long-poll re-reads the database this often even when no wake-up message arrives.
 LONG_POLL_RECHECK_SECONDS = 3.0
 MAX_WAIT_SECONDS = 60.0
@@ -100,18 +98,26 @@ api = NinjaAPI(
 COMMON: dict[int, Any] = {400: Error, 401: Error, 413: Error, 422: ValidationErrors}
 
 
+def max_body_bytes() -> int:
+    """Bodies over this are refused with 413 before anything parses them."""
+    return int(settings.API_MAX_BODY_BYTES)
+
+
 def _too_large() -> JsonResponse:
-    return JsonResponse({"detail": f"The body is larger than {MAX_BODY_BYTES} bytes."}, status=413)
+    return JsonResponse(
+        {"detail": f"The body is larger than {max_body_bytes()} bytes."}, status=413
+    )
 
 
 def _body_too_large(request: HttpRequest) -> bool:
+    limit = max_body_bytes()
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return True
     # The stream is bounded by the declared length (Django's LimitedStream), so once the
     # header passes, reading the body costs at most the limit.
-    return declared > MAX_BODY_BYTES or len(request.body) > MAX_BODY_BYTES
+    return declared > limit or len(request.body) > limit
 
 
 def limit_body(run: Callable[..., Any]) -> Callable[..., Any]:

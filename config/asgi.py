@@ -4,13 +4,35 @@ Websockets are session-authenticated and origin-checked against ALLOWED_HOSTS.
 """
 
 import os
+from typing import Any
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.main")
-# This process serves requests: PostgreSQL connections come from a pool (DB_POOL_MAX=0 turns
-# it off). Read by the settings, so only where this module is what configures Django.
-os.environ.setdefault("DB_POOL_MAX", "16")
+# Whether this module is what configures Django (daphne), not a process that imported it
+# later (a test driving the ASGI app in-process keeps its own connections).
+_SERVING = not settings.configured
+
+
+def pool_connections(databases: dict[str, Any], max_size: int) -> None:
+    """This process serves requests, each on a thread of its own: its PostgreSQL connections
+    come from a pool (settings.DB_POOL_MAX; 0 turns it off). Only the web server: a celery
+    worker keeps one persistent connection per child instead, which a pool would forbid."""
+    if not max_size:
+        return
+    for db in databases.values():
+        if db["ENGINE"] == "django.db.backends.postgresql":
+            db["CONN_MAX_AGE"] = 0  # Django's pool and persistent connections exclude each other
+            db["OPTIONS"] = {
+                **db.get("OPTIONS", {}),
+                "pool": {"min_size": min(2, max_size), "max_size": max_size, "timeout": 10},
+            }
+
+
+if _SERVING:
+    # Before Django is set up: no connection exists yet to have read the old settings.
+    pool_connections(settings.DATABASES, settings.DB_POOL_MAX)
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()
 

@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import task_prerun, worker_init, worker_process_init
+from celery.signals import task_prerun, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.main")
 
@@ -12,27 +12,16 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-@worker_init.connect
-def _no_connection_pool(**kwargs: object) -> None:
-    """Workers never pool: a pool child keeps one persistent connection instead (below), and
-    Django refuses both at once. The web server turns its pool on through the environment,
-    which a worker started from it (tests, `make run`) would otherwise inherit."""
-    from django.db import connections
-
-    for alias in connections:
-        connections[alias].settings_dict.get("OPTIONS", {}).pop("pool", None)
-
-
 @worker_process_init.connect
 def _keep_database_connections(**kwargs: object) -> None:
     """A prefork child runs one task at a time on one thread, so it can keep its PostgreSQL
     connection between tasks (settings.WORKER_CONN_MAX_AGE) instead of opening one per task;
     `_check_database_connections` drops it after an error or once it is too old, and
-    CONN_HEALTH_CHECKS pings it before the next task uses it (a killed backend is replaced)."""
+    CONN_HEALTH_CHECKS pings it before the next task uses it (a killed backend is replaced).
+    Workers never pool connections: only the web server does (config.asgi)."""
     from django.conf import settings
     from django.db import connections
 
-    _no_connection_pool()
     for alias in connections:
         db = connections[alias]
         if db.vendor == "postgresql" and db.settings_dict.get("CONN_MAX_AGE") == 0:

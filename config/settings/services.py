@@ -29,17 +29,6 @@ if DATABASE_URL:
     if _db["ENGINE"] == "django.db.backends.postgresql":
         _db["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
         _db["CONN_HEALTH_CHECKS"] = True
-        # The web server (config.asgi turns this on) serves each request on a thread of its
-        # own; without a pool every request opened a new PostgreSQL backend, the largest
-        # single cost of a Slack click or a queue page. Workers keep one connection per pool
-        # child instead (WORKER_CONN_MAX_AGE), which a pool would forbid.
-        DB_POOL_MAX = env_int("DB_POOL_MAX", 0, minimum=0)
-        if DB_POOL_MAX:
-            _db["CONN_MAX_AGE"] = 0  # Django's pool and persistent connections exclude each other
-            _db["OPTIONS"] = {
-                **_db.get("OPTIONS", {}),
-                "pool": {"min_size": min(2, DB_POOL_MAX), "max_size": DB_POOL_MAX, "timeout": 10},
-            }
 else:
     VAR_DIR.mkdir(exist_ok=True)
     _db = {
@@ -56,6 +45,11 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     }
     _db.setdefault("TEST", {})["NAME"] = str(VAR_DIR / "test.sqlite3")
 DATABASES = {"default": _db}
+# The web server's PostgreSQL connection pool, applied by config.asgi to that process only:
+# it serves each request on a thread of its own, and without a pool every request opened a
+# new backend, the largest single cost of a Slack click or a queue page. Workers keep one
+# connection per pool child instead (WORKER_CONN_MAX_AGE), which a pool would forbid. 0: off.
+DB_POOL_MAX = env_int("DB_POOL_MAX", 16, minimum=0)
 # A celery pool child keeps its connection this long (config.celery): a new PostgreSQL
 # backend per task cost as much as ~50 of the queries a task runs. 0: one per task.
 WORKER_CONN_MAX_AGE = env_int("DB_WORKER_CONN_MAX_AGE", 300, minimum=0)

@@ -135,18 +135,34 @@ def test_json_that_postgres_cannot_store_is_refused(api, policies):
 
 
 def test_a_body_over_the_limit_is_413_before_parsing(api, policies):
-    from api.views import MAX_BODY_BYTES
+    from api.views import max_body_bytes
 
-    huge = action_body(payload={"ticket_id": "T-1", "notes": "x" * MAX_BODY_BYTES})
+    huge = action_body(payload={"ticket_id": "T-1", "notes": "x" * max_body_bytes()})
     r = api.post("/actions", huge)
     assert r.status_code == 413
     assert not Action.objects.exists()
 
 
-def test_a_body_over_the_limit_is_413_even_without_a_valid_token(client, policies):
-    from api.views import MAX_BODY_BYTES
+def test_the_limit_is_api_max_body_bytes_and_the_refusal_is_the_apis_json_error(
+    api, policies, settings
+):
+    settings.API_MAX_BODY_BYTES = 2048
+    small = action_body(payload={"ticket_id": "T-1", "to": "a@example.com", "body": "x" * 1500})
+    assert len(json.dumps(small)) < 2048
+    assert api.post("/actions", small).status_code == 201
+    big = action_body(payload={"ticket_id": "T-2", "to": "a@example.com", "body": "x" * 2100})
+    r = api.post("/actions", big)
+    assert r.status_code == 413
+    assert r.json() == {"detail": "The body is larger than 2048 bytes."}
+    assert Action.objects.count() == 1
 
-    r = client.post("/api/v1/actions", b"x" * (MAX_BODY_BYTES + 1), content_type="application/json")
+
+def test_a_body_over_the_limit_is_413_even_without_a_valid_token(client, policies):
+    from api.views import max_body_bytes
+
+    r = client.post(
+        "/api/v1/actions", b"x" * (max_body_bytes() + 1), content_type="application/json"
+    )
     assert r.status_code == 413
 
 

@@ -152,11 +152,11 @@ def test_concurrent_identical_requests_over_http_make_one_action(live_server_url
 
 
 def test_daphne_refuses_an_oversized_body_with_413(live_server_url, caliber):
-    from api.views import MAX_BODY_BYTES
+    from api.views import max_body_bytes
 
     r = httpx.post(
         f"{live_server_url}/api/v1/actions",
-        content=b"{" + b" " * MAX_BODY_BYTES + b"}",
+        content=b"{" + b" " * max_body_bytes() + b"}",
         headers={**caliber._headers, "Content-Type": "application/json"},
         timeout=30,
     )
