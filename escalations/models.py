@@ -299,14 +299,6 @@ class AutonomyPolicy(models.Model):
             return self.min_confidence_trusted
         return self.min_confidence
 
-    def covers(self, *, workflow: str, agent_id: int, action_type: str) -> bool:
-        return (
-            self.enabled
-            and (not self.workflow or self.workflow == workflow)
-            and (self.agent_id is None or self.agent_id == agent_id)
-            and (not self.action_type or self.action_type == action_type)
-        )
-
 
 class PolicyCacheStamp(models.Model):
     """One row whose `stamp` the database itself rewrites (triggers) whenever a policy or an

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +33,6 @@ class StepContext:
         outputs = self.state.workspace.get("outputs", {})
         value = outputs.get(step_name) if isinstance(outputs, dict) else None
         return value if isinstance(value, dict) else {}
-
-    def remaining_seconds(self) -> float:
-        return max(self.deadline - time.monotonic(), 0.0)
 
     def effect(self, name: str, apply: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
         """Apply an external effect at most once per (run, step, name), whatever the attempt.

@@ -10,7 +10,6 @@ from .submissions import (
 )
 from .tokens import create_api_token, revoke_api_token, service_user_for
 from .webhook_delivery import (
-    RETRY_DELAYS,
     attempt_webhook_delivery,
     queue_decision_webhook,
     requeue_stalled_deliveries,
@@ -18,7 +17,6 @@ from .webhook_delivery import (
 )
 
 __all__ = [
-    "RETRY_DELAYS",
     "IdempotencyConflict",
     "ResultConflict",
     "attempt_webhook_delivery",

@@ -43,10 +43,6 @@ def _namespaced_key(agent: AgentProfile, client_key: str) -> str:
     return f"api:{agent.pk}:{client_key}"
 
 
-def _same_request(action: Action, action_type: str, payload: dict[str, Any]) -> bool:
-    return action.action_type == action_type and action.payload == payload
-
-
 def _existing(key: str, action_type: str, payload: dict[str, Any]) -> Action | None:
     # A plain indexed lookup first: the common case is "no such key", and the full read
     # (with the escalation and decision) is only worth compiling when there is one.

@@ -33,17 +33,15 @@ def changed_fields(policy: AutonomyPolicy) -> list[str]:
 def save_policy(
     *,
     policy: AutonomyPolicy,
-    changed_fields: list[str] | None = None,
     user: User | None = None,
     reason: str = "",
 ) -> AutonomyPolicy:
     """Validate and save; an actual change to an existing policy is a new version.
 
     Actions keep the version they were evaluated under; the history keeps every version
-    with who made it and why. Saving with nothing changed writes nothing. `changed_fields`
-    is accepted for older callers and ignored: the database row is the judge of what changed.
+    with who made it and why. Saving with nothing changed writes nothing: what changed is
+    judged against the row in the database (`changed_fields`), under its row lock.
     """
-    del changed_fields
     policy.full_clean()
     with transaction.atomic():
         if policy.pk is not None:

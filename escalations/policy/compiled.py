@@ -83,13 +83,6 @@ class CompiledPolicy:
         # Unsaved drafts (what-if) sort after saved policies of the same priority.
         return (-self.priority, self.id if self.id is not None else 2**62)
 
-    def covers(self, *, workflow: str, agent_id: int, action_type: str) -> bool:
-        return (
-            (not self.workflow or self.workflow == workflow)
-            and (self.agent_id is None or self.agent_id == agent_id)
-            and (not self.action_type or self.action_type == action_type)
-        )
-
     def bar_for(self, trust_level: str) -> float:
         if trust_level == TrustLevel.PROBATION and self.min_confidence_probation is not None:
             return self.min_confidence_probation

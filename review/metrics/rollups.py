@@ -12,7 +12,9 @@ folds the deltas into the day table; `read()` sums both, so it is exact either w
 What is counted: actions once they have a policy outcome (the proposal row exists without
 one only inside the transaction that evaluates it); runs by their current status, on the
 day they were created; model calls made for a run, on that run's day (calls outside a run
-are not in the cost per completed task, as before).
+are not in the cost per completed task); human decisions by verdict (an approve with an
+edited payload counts as `edited`) and by the action's confidence decile, on the day they
+were made.
 """
 
 from __future__ import annotations
