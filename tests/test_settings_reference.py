@@ -46,7 +46,7 @@ def python_reads() -> dict[str, dict[str, object]]:
         if rel in SKIP or "/migrations/" in rel:
             continue
         for node in ast.walk(ast.parse(path.read_text(), rel)):
-            name: str | None = None
+            name: object = None
             default: object = UNSET
             if isinstance(node, ast.Call):
                 func = node.func
