@@ -1,0 +1,84 @@
+"""The API's hot paths, counted in queries: what an agent's submit and a reviewer's decide
+cost, statement by statement, so a change that adds a round trip says so here."""
+
+import re
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from .conftest import action_body, reply_body
+
+pytestmark = pytest.mark.django_db
+
+
+def statements(ctx: CaptureQueriesContext) -> list[str]:
+    """Each statement as `VERB table`, savepoints left out (they cost no planning)."""
+    out = []
+    for q in ctx.captured_queries:
+        sql = q["sql"]
+        if "SAVEPOINT" in sql:
+            continue
+        table = re.search(r'(?:FROM|INTO|UPDATE)\s+"?(\w+)"?', sql)
+        out.append(f"{sql.split()[0]} {table[1] if table else '?'}")
+    return out
+
+
+@pytest.fixture
+def warm(api, reviewer_api, policies):
+    """What a running server has already cached: the policies, the prompts' rows."""
+    api.post("/actions", action_body())
+    first = api.post("/actions", reply_body()).json()
+    reviewer_api.post(f"/escalations/{first['escalation_id']}/decision", {"verdict": "approve"})
+
+
+def test_a_submit_acted_on_alone_costs_five_queries(api, warm):
+    with CaptureQueriesContext(connection) as ctx:
+        r = api.post("/actions", action_body())
+    assert r.json()["status"] == "auto_approved"
+    assert statements(ctx) == [
+        "SELECT api_apitoken",  # the bearer token, with its agent
+        "SELECT workflows_action",  # the idempotency key: a retry gets the first answer
+        "SELECT escalations_policycachestamp",  # are the cached compiled policies current?
+        "INSERT workflows_action",  # the action, its policy outcome already decided
+        "INSERT api_submittedaction",  # which token submitted it (for its status reads)
+    ]
+
+
+def test_an_escalated_submit_costs_eight_queries(api, warm):
+    with CaptureQueriesContext(connection) as ctx:
+        r = api.post("/actions", reply_body())
+    assert r.json()["status"] == "escalated"
+    assert statements(ctx) == [
+        "SELECT api_apitoken",  # the bearer token, with its agent
+        "SELECT workflows_action",  # the idempotency key
+        "SELECT escalations_policycachestamp",  # the cached compiled policies' freshness
+        "INSERT workflows_action",
+        "INSERT api_submittedaction",
+        "SELECT prompts_promptversion",  # the summary prompt's active version
+        "INSERT prompts_modelcall",  # the summary's model call, recorded
+        "INSERT escalations_escalation",  # the escalation, with its summary
+    ]
+
+
+def test_a_decision_through_the_api_costs_thirteen_queries(api, reviewer_api, warm):
+    esc = api.post("/actions", reply_body()).json()
+    url = f"/escalations/{esc['escalation_id']}/decision"
+    with CaptureQueriesContext(connection) as ctx:
+        r = reviewer_api.post(url, {"verdict": "approve"})
+    assert r.json()["status"] == "approved"
+    assert statements(ctx) == [
+        "SELECT api_apitoken",  # the bearer token, with its reviewer
+        "SELECT escalations_team",  # the reviewer's teams (access: 404 outside them)
+        "SELECT escalations_escalation",  # the escalation, through that access check
+        "SELECT escalations_team",  # decide_escalation checks access again, as for every
+        "SELECT escalations_escalation",  # channel: the action does not trust its caller
+        "UPDATE escalations_escalation",  # the conditional UPDATE that decides the race
+        "INSERT escalations_decision",
+        "UPDATE workflows_action",  # the action approved
+        "SELECT api_agentwebhook",  # does the agent take webhooks? (outbox row if so)
+        "SELECT escalations_team",  # the answer: the escalation as the reviewer sees it
+        "SELECT escalations_escalation",
+        "SELECT escalations_decision",
+        "SELECT auth_user",  # who decided, by name
+    ]
