@@ -87,3 +87,68 @@ def test_prometheus_exposes_queue_depth_runs_latency_and_lag(
     assert 'caliber_runs{status="waiting"} 2.0' in text
     assert "caliber_decision_latency_seconds_count 1.0" in text
     assert "caliber_worker_lag_seconds" in text
+
+
+def _tables(ctx) -> list[str]:
+    """The first table each statement reads."""
+    import re
+
+    return [re.search(r'FROM "(\w+)"', q["sql"])[1] for q in ctx.captured_queries]
+
+
+def test_the_dashboard_costs_25_queries_however_much_history_there_is(
+    admin_user, propose, decide, policies
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = _client(admin_user)
+    url = reverse("metrics:dashboard")
+
+    def history(n: int) -> None:
+        for i in range(n):
+            decide(propose("send_reply", 0.5 + i / 30), ("approve", "reject")[i % 2], reason="no")
+            propose("update_crm", 0.9)
+
+    def measured() -> list[str]:
+        # The recommender's figures are cached until the next decision: the first view after
+        # one pays two queries per action type with enough evidence; every other, none.
+        client.get(url)
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(url).status_code == 200
+        return _tables(ctx)
+
+    history(12)
+    some = measured()
+    history(12)
+    assert (
+        measured()
+        == some
+        == [
+            "django_session",
+            "auth_user",
+            "metrics_runday",  # runs by status: whole days from the rollup...
+            "metrics_rundelta",  # ... plus the deltas not folded in yet
+            "workflows_deadletter",  # dead-lettered steps
+            "metrics_actionday",  # actions by outcome, type, agent, workflow, day
+            "metrics_actiondelta",
+            "escalations_agentprofile",  # agent names for the breakdown
+            "metrics_decisionday",  # decisions by verdict and confidence bin (calibration too)
+            "metrics_decisiondelta",
+            "escalations_decision",  # the latest decision: the recommender's cache key (a hit)
+            "escalations_autonomypolicy",  # the policies the recommender tunes
+            "escalations_decision",  # time to decision, p50 and p95
+            "escalations_escalation",  # SLA breaches
+            "metrics_modelcallday",  # model cost
+            "metrics_modelcalldelta",
+            "workflows_workflowrun",  # failure cases: failed runs...
+            "escalations_decision",  # ... rejected decisions (ids, newest first)...
+            "escalations_decision",  # ... and those, with their actions
+            "workflows_outcome",  # ... and bad outcomes
+            "workflows_outcome",  # outcome quality, autonomous
+            "workflows_outcome",  # outcome quality, reviewed
+            "workflows_action",  # recent autonomous actions, to judge
+            "escalations_agentprofile",  # the filter form's agent choices
+            "metrics_alertincident",  # open alerts
+        ]
+    )
