@@ -93,7 +93,10 @@ def _tables(ctx) -> list[str]:
     """The first table each statement reads."""
     import re
 
-    found = [re.search(r'FROM "(\w+)"', q["sql"]) for q in ctx.captured_queries]
+    found = [
+        re.search(r'FROM "(\w+)"', q["sql"]) or re.search(r"FROM (\w+)", q["sql"])
+        for q in ctx.captured_queries
+    ]
     return [m[1] if m else "?" for m in found]
 
 
@@ -137,7 +140,7 @@ def test_the_dashboard_costs_25_queries_however_much_history_there_is(
             "metrics_decisionday",  # decisions by verdict and confidence bin (calibration too)
             "metrics_decisiondelta",
             "escalations_decision",  # the latest decision: the recommender's cache key (a hit)
-            "escalations_autonomypolicy",  # the policies the recommender tunes
+            "escalations_policycachestamp",  # the recommender's policies: cache current?
             "escalations_decision",  # time to decision, p50 and p95
             "escalations_escalation",  # SLA breaches
             "metrics_modelcallday",  # model cost
