@@ -1,9 +1,18 @@
-"""Bearer-token authentication: `Authorization: Bearer cal_...` -> the ApiToken, or 401."""
+"""Bearer-token authentication: `Authorization: Bearer cal_...` -> the ApiToken, or 401.
+
+Guessing is throttled: an address that presents API_AUTH_FAILURES_PER_MINUTE bad tokens in a
+minute gets 429 with Retry-After for every token it presents until the minute is over, good
+ones included (a guesser must learn nothing, not even that one guess was right).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import timedelta
 
+from django.conf import settings
+from django.core.cache import cache
 from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
@@ -11,8 +20,49 @@ from ninja.security import HttpBearer
 
 from .models import ApiToken, hash_token
 
+log = logging.getLogger(__name__)
+
 # last_used_at is for people auditing tokens; minute resolution spares a write per request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+THROTTLE_WINDOW_SECONDS = 60
+
+
+class Throttled(Exception):
+    """Too many bad tokens from one address; api.views answers 429 with Retry-After."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Too many failed token attempts; retry in {retry_after} s.")
+        self.retry_after = retry_after
+
+
+def _window(request: HttpRequest) -> tuple[str, int]:
+    """This address's failure counter for the current fixed window, and the seconds left."""
+    now = time.time()
+    window = int(now // THROTTLE_WINDOW_SECONDS)
+    left = THROTTLE_WINDOW_SECONDS - int(now % THROTTLE_WINDOW_SECONDS)
+    # REMOTE_ADDR is the peer daphne saw (or, with --proxy-headers, what the proxy reported).
+    address = request.META.get("REMOTE_ADDR") or "unknown"
+    return f"api-auth-failures:{address}:{window}", left
+
+
+def _check_throttle(request: HttpRequest) -> None:
+    key, left = _window(request)
+    try:
+        failures = cache.get(key, 0)
+    except Exception:  # the cache (Redis) is down: authenticate without the brake
+        log.warning("token throttle unavailable", exc_info=True)
+        return
+    if failures >= settings.API_AUTH_FAILURES_PER_MINUTE:
+        raise Throttled(left)
+
+
+def _count_failure(request: HttpRequest) -> None:
+    key, _ = _window(request)
+    try:
+        cache.add(key, 0, timeout=THROTTLE_WINDOW_SECONDS + 1)
+        cache.incr(key)
+    except Exception:
+        log.warning("token throttle unavailable", exc_info=True)
 
 
 def token_for(raw: str) -> ApiToken | None:
@@ -44,7 +94,11 @@ class TokenAuth(HttpBearer):
         return self.authenticate(request, raw.strip())
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
-        return token_for(token)
+        _check_throttle(request)
+        found = token_for(token)
+        if found is None:
+            _count_failure(request)
+        return found
 
 
 def token_of(request: HttpRequest) -> ApiToken:

@@ -36,7 +36,7 @@ from workflows.tools import ToolError, get_action_type
 
 from . import actions
 from .access import get_action_for, get_run_for_token
-from .auth import TokenAuth, token_of
+from .auth import Throttled, TokenAuth, token_of
 from .docs import SelfHostedSwagger
 from .hooks import action_group
 from .models import ApiToken
@@ -95,7 +95,7 @@ api = NinjaAPI(
     parser=StrictJSONParser(),
 )
 
-COMMON: dict[int, Any] = {400: Error, 401: Error, 413: Error, 422: ValidationErrors}
+COMMON: dict[int, Any] = {400: Error, 401: Error, 413: Error, 422: ValidationErrors, 429: Error}
 
 
 def max_body_bytes() -> int:
@@ -171,6 +171,13 @@ def _django_validation_error(request: HttpRequest, exc: DjangoValidationError) -
     else:
         errors = [{"loc": ["body"], "msg": " ".join(exc.messages), "type": "value_error"}]
     return api.create_response(request, {"detail": errors}, status=422)
+
+
+@api.exception_handler(Throttled)
+def _throttled(request: HttpRequest, exc: Throttled) -> HttpResponse:
+    response = api.create_response(request, {"detail": str(exc)}, status=429)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @api.exception_handler(HttpError)

@@ -15,10 +15,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.main")
 _SERVING = not settings.configured
 
 
-def pool_connections(databases: dict[str, Any], max_size: int) -> None:
+def pool_connections(databases: dict[str, Any], max_size: int, timeout: float = 3) -> None:
     """This process serves requests, each on a thread of its own: its PostgreSQL connections
     come from a pool (settings.DB_POOL_MAX; 0 turns it off). Only the web server: a celery
-    worker keeps one persistent connection per child instead, which a pool would forbid."""
+    worker keeps one persistent connection per child instead, which a pool would forbid.
+
+    A request waits at most `timeout` (settings.DB_POOL_TIMEOUT) for a connection, then
+    answers 503 (config.errors). The pool retries a lost database with a doubling backoff for
+    reconnect_timeout (5 min by default, so a database back after 20 s was used only ~30 s
+    later); cut to `timeout`, the next request that finds the pool short starts a fresh
+    attempt at once."""
     if not max_size:
         return
     for db in databases.values():
@@ -26,13 +32,18 @@ def pool_connections(databases: dict[str, Any], max_size: int) -> None:
             db["CONN_MAX_AGE"] = 0  # Django's pool and persistent connections exclude each other
             db["OPTIONS"] = {
                 **db.get("OPTIONS", {}),
-                "pool": {"min_size": min(2, max_size), "max_size": max_size, "timeout": 10},
+                "pool": {
+                    "min_size": min(2, max_size),
+                    "max_size": max_size,
+                    "timeout": timeout,
+                    "reconnect_timeout": timeout,
+                },
             }
 
 
 if _SERVING:
     # Before Django is set up: no connection exists yet to have read the old settings.
-    pool_connections(settings.DATABASES, settings.DB_POOL_MAX)
+    pool_connections(settings.DATABASES, settings.DB_POOL_MAX, settings.DB_POOL_TIMEOUT)
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()
 

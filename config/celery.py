@@ -1,14 +1,35 @@
 """The Celery app. Tasks are thin: they load by id and call an action (HackSoft style)."""
 
+import functools
 import os
+from typing import Any
 
 from celery import Celery
 from celery.signals import task_prerun, worker_process_init
+from celery.worker.consumer import Consumer as WorkerConsumer
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.main")
 
+# A worker that lost its broker retries every BROKER_RETRY_MAX_SECONDS at most. kombu's default
+# backoff (2 s more per attempt, up to 30 s) left a worker idle up to 30 s after Redis came
+# back; a refused connection to a local broker costs next to nothing to retry.
+BROKER_RETRY_MAX_SECONDS = 1.0
+
+
+class Consumer(WorkerConsumer):
+    def ensure_connected(self, conn: Any) -> Any:
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection,
+            interval_start=0.2,
+            interval_step=0.2,
+            interval_max=BROKER_RETRY_MAX_SECONDS,
+        )
+        return super().ensure_connected(conn)
+
+
 app = Celery("caliber")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.worker_consumer = "config.celery:Consumer"
 app.autodiscover_tasks()
 
 

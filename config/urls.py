@@ -17,3 +17,6 @@ urlpatterns = [
     path("slack/", include("escalations.slack.urls")),
     path("api/v1/", include("api.urls")),
 ]
+
+# A lost database answers 503 (JSON on the API); anything else is a 500 in the same shape.
+handler500 = "config.errors.server_error"

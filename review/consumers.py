@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.db import connection
 from django.http import Http404
 from django.template.loader import render_to_string
@@ -141,6 +142,7 @@ def _load_started(message: dict[str, Any]) -> asyncio.Future[dict[str, Any] | No
 
 # Close codes: the page's script sends people to log in on 4401 and never retries 4403/4404.
 UNAUTHENTICATED = 4401
+MESSAGE_TOO_BIG = 1009
 FORBIDDEN = 4403
 NOT_FOUND = 4404
 
@@ -219,8 +221,13 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
                 task.cancel()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        # Read-only: every change goes through an action over HTTP, with its CSRF check.
-        return
+        # Read-only: every change goes through an action over HTTP, with its CSRF check. A page
+        # sends nothing but small pings, so an oversized frame is abuse: refuse it and close
+        # (1009, "message too big"), rather than let a client make the server hold megabytes.
+        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        if size > settings.WS_MAX_FRAME_BYTES:
+            log.warning("websocket frame of %s bytes refused; closing", size)
+            await self.close(code=MESSAGE_TOO_BIG)
 
     def deliver(self, message: dict[str, Any]) -> None:
         """From the hub: queued, never handled here (the hub serves every page)."""

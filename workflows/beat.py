@@ -1,8 +1,10 @@
-"""Beat's scans: the reconciler (runs that should be moving and are not) and the wake-ups."""
+"""Beat's scans: the reconciler (runs that should be moving and are not), the wake-ups, and
+the re-send after a broker restarted empty."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
@@ -11,8 +13,10 @@ from django.utils import timezone
 from . import leases
 from .gate import gate
 from .models import RunStatus, StepRun, StepStatus, WorkflowRun
-from .outbox import ADVANCE
+from .outbox import ADVANCE, RUN_STEP
 from .outbox import enqueue as outbox_enqueue
+
+log = logging.getLogger(__name__)
 
 
 def reconcile_runs(*, stall_seconds: float | None = None) -> int:
@@ -74,3 +78,49 @@ def wake_runs(*, limit: int = 500) -> int:
         for run_id in due:
             outbox_enqueue(ADVANCE, str(run_id))
     return len(due)
+
+
+def resend_lost(*, before: datetime, limit: int = 2000) -> int:
+    """The broker lost every message sent before `before` (it restarted empty): send again,
+    through the outbox, what each run was waiting on — a queued step's `run_step`, and an
+    `advance_run` for every run that should be moving and that no live lease or step is
+    moving (reconcile_runs' tests, without its stall). A message that was not lost after all
+    arrives twice, which every task tolerates. Returns how many sends it queued."""
+    now = timezone.now()
+    no_live_lease = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+    live_step = Exists(
+        StepRun.objects.filter(
+            run=OuterRef("pk"), status=StepStatus.RUNNING, lease_expires_at__gt=now
+        )
+    )
+    with transaction.atomic():
+        steps = list(
+            StepRun.objects.select_for_update(skip_locked=True, no_key=True)
+            .filter(status=StepStatus.QUEUED, dispatched_at__lt=before)
+            .only("pk", "run_id", "name")[:limit]
+        )
+        StepRun.objects.filter(pk__in=[s.pk for s in steps]).update(dispatched_at=now)
+        for s in steps:
+            outbox_enqueue(RUN_STEP, str(s.run_id), s.name)
+        runs = set(
+            WorkflowRun.objects.filter(
+                no_live_lease,
+                status__in=[RunStatus.PENDING, RunStatus.RUNNING],
+                updated_at__lt=before,
+            )
+            .exclude(live_step)
+            .values_list("pk", flat=True)[:limit]
+        )
+        runs |= set(
+            WorkflowRun.objects.filter(status=RunStatus.WAITING, updated_at__lt=before)
+            .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now))
+            .exclude(gate().awaiting_people())
+            .values_list("pk", flat=True)[:limit]
+        )
+        for run_id in runs:
+            outbox_enqueue(ADVANCE, str(run_id))
+    if steps or runs:
+        log.warning(
+            "broker restarted empty: re-sent %s step(s) and %s run(s)", len(steps), len(runs)
+        )
+    return len(steps) + len(runs)

@@ -55,7 +55,7 @@ from .actions import (
     buffered_trace,
     record_trace,
 )
-from .beat import reconcile_runs, wake_runs
+from .beat import reconcile_runs, resend_lost, wake_runs
 from .ending import dead_letter, fail_locked, finish_locked
 from .leases import LEASE_MARGIN_SECONDS, lease_seconds, new_owner, stall_seconds
 from .llm import get_model
@@ -85,6 +85,7 @@ __all__ = [
     "advance_run",
     "new_owner",
     "reconcile_runs",
+    "resend_lost",
     "run_step",
     "wake_runs",
 ]

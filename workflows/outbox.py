@@ -14,6 +14,7 @@ then the process died before deleting the row) changes nothing.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 ADVANCE = "workflows.tasks.advance_run"
 RUN_STEP = "workflows.tasks.run_step"
+# Written into the broker once; gone means the broker lost its data (restarted empty), and
+# with it every message sent before: see broker_restarted.
+EPOCH_KEY = "caliber:broker-epoch"
 
 # Task-name prefix -> the queue its tasks go to (None: the default queue), asked at send
 # time. Registered at app start by an app that routes its tasks (Slack's own workers).
@@ -126,3 +130,22 @@ def relay_due(*, grace_seconds: float, limit: int = 500) -> int:
             sent += 1
         Outbox.objects.filter(pk__in=done).delete()
     return sent
+
+
+def broker_restarted(client: Any = None) -> bool:
+    """True the first time it is asked after the broker lost its data (and on first use).
+
+    A Redis restarted empty takes every queued message with it, and nothing else says so:
+    the outbox row of each was deleted when it was sent. The epoch key vanishes with them;
+    whoever writes it back first (SET NX, so one caller per restart) re-sends what the runs
+    wait on (engine.resend_lost). `client`: a redis client; default, the Celery broker's.
+    False where the broker is not Redis (embedded mode's in-memory transport)."""
+    if client is None:
+        from config.celery import app
+
+        with app.connection_for_write() as conn:
+            client = getattr(conn.default_channel, "client", None)
+            if client is None:
+                return False
+            return bool(client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True))
+    return bool(client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True))

@@ -6,6 +6,7 @@ import uuid
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from . import engine, outbox
 
@@ -32,6 +33,10 @@ def wake_runs() -> int:
 
 @shared_task(name="workflows.tasks.relay_outbox")
 def relay_outbox() -> int:
+    # This task is the first thing to run once beat and a worker are back on a restarted
+    # broker: what the restart lost goes out again now, not after the reconciler's stall.
+    if outbox.broker_restarted():
+        engine.resend_lost(before=timezone.now())
     return outbox.relay_due(grace_seconds=settings.OUTBOX_GRACE_SECONDS)
 
 

@@ -29,6 +29,12 @@ if DATABASE_URL:
     if _db["ENGINE"] == "django.db.backends.postgresql":
         _db["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 0, minimum=0)
         _db["CONN_HEALTH_CHECKS"] = True
+        # A database that is down must cost a request seconds, not minutes: libpq gives up
+        # connecting after this, and the view answers 503 (config.errors).
+        _db["OPTIONS"] = {
+            **_db.get("OPTIONS", {}),
+            "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 3, minimum=1),
+        }
 else:
     VAR_DIR.mkdir(exist_ok=True)
     _db = {
@@ -50,6 +56,8 @@ DATABASES = {"default": _db}
 # new backend, the largest single cost of a Slack click or a queue page. Workers keep one
 # connection per pool child instead (WORKER_CONN_MAX_AGE), which a pool would forbid. 0: off.
 DB_POOL_MAX = env_int("DB_POOL_MAX", 16, minimum=0)
+# A request waits at most this long for a pooled connection, then answers 503 (config.errors).
+DB_POOL_TIMEOUT = env_int("DB_POOL_TIMEOUT", 3, minimum=1)
 # A celery pool child keeps its connection this long (config.celery): a new PostgreSQL
 # backend per task cost as much as ~50 of the queries a task runs. 0: one per task.
 WORKER_CONN_MAX_AGE = env_int("DB_WORKER_CONN_MAX_AGE", 300, minimum=0)
@@ -71,6 +79,18 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Shared by every process (the API's failed-token counters must be): Redis when there is one.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env_str("CHANNELS_PREFIX", "caliber"),
+            # A Redis that is down must not hold a request up: the callers fail open.
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
 
 # Celery (read by config/celery.py with namespace="CELERY").
 CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
@@ -102,15 +122,19 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = (
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # The engine's beat tasks: re-enqueue stalled runs, wake sleeping ones, relay missed sends.
 RECONCILE_EVERY_SECONDS = env_int("RECONCILE_EVERY_SECONDS", 10, minimum=1)
+OUTBOX_RELAY_EVERY_SECONDS = env_int("OUTBOX_RELAY_EVERY_SECONDS", 5, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "reconcile-runs": {
         "task": "workflows.tasks.reconcile_runs",
         "schedule": float(RECONCILE_EVERY_SECONDS),
     },
     "wake-runs": {"task": "workflows.tasks.wake_runs", "schedule": float(RECONCILE_EVERY_SECONDS)},
+    # Also what notices a broker that restarted empty (workflows.outbox.broker_restarted):
+    # its period plus a worker's reconnect (<= 1 s, config.celery) bounds how long after the
+    # broker's return the runs it lost are sent again.
     "relay-outbox": {
         "task": "workflows.tasks.relay_outbox",
-        "schedule": float(RECONCILE_EVERY_SECONDS),
+        "schedule": float(OUTBOX_RELAY_EVERY_SECONDS),
     },
     # Slack deliveries whose task was lost or whose retry is due; prunes replay nonces.
     "slack-sweep": {"task": "slack.sweep", "schedule": 30.0},
