@@ -7,6 +7,7 @@ Chaos workers consume their own queue, so killing one never touches the session'
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -25,7 +27,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from escalations.models import UNDECIDED_STATUSES, Decision
-from tests.conftest import _service_env
+from tests.conftest import ROOT, _service_env
 from tests.support import processes
 from workflows import engine, outbox
 from workflows.models import (
@@ -139,20 +141,45 @@ def cluster(
 
 class Reconciler:
     """What beat does, every half second: re-enqueue stalled runs, wake due ones, relay the
-    outbox. Runs in a thread of the test process, sending through the cluster."""
+    outbox. Runs in a thread of the test process, sending through the cluster.
 
-    def __init__(self) -> None:
+    `stall_seconds`: the reconciler's stall limit (default: the test settings' 2 s; give it
+    production's 60 s to show recovery does not come from it). `broker`: a redis client of
+    the cluster's broker, for the relay's restarted-broker check (workflows.tasks.relay_outbox),
+    run every `relay_every` seconds as beat does."""
+
+    def __init__(
+        self,
+        *,
+        stall_seconds: float | None = None,
+        broker: Any = None,
+        relay_every: float = 0.5,
+    ) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.errors: list[str] = []
+        self.stall_seconds = stall_seconds
+        self.broker = broker
+        self.relay_every = relay_every
+        self.resent = 0
+        self.resent_at: float | None = None
 
     def _loop(self) -> None:
+        next_relay = 0.0
         try:
             while not self._stop.wait(0.5):
                 try:
-                    engine.reconcile_runs()
+                    # What a worker does before each task: a connection whose backend was
+                    # terminated is replaced, not reused forever.
+                    connection.close_if_unusable_or_obsolete()
+                    engine.reconcile_runs(stall_seconds=self.stall_seconds)
                     engine.wake_runs()
-                    outbox.relay_due(grace_seconds=1)
+                    if time.monotonic() >= next_relay:
+                        next_relay = time.monotonic() + self.relay_every
+                        if self.broker is not None and outbox.broker_restarted(self.broker):
+                            self.resent += engine.resend_lost(before=timezone.now())
+                            self.resent_at = time.monotonic()
+                        outbox.relay_due(grace_seconds=1)
                 except Exception as exc:  # a killed broker: keep going, like beat does
                     self.errors.append(f"{type(exc).__name__}: {exc}")
         finally:
@@ -281,3 +308,109 @@ def assert_invariants() -> None:
     assert not per_step.exists()
     two_decisions = Decision.objects.values("escalation").annotate(n=Count("id")).filter(n__gt=1)
     assert not two_decisions.exists(), "an escalation was decided twice"
+
+
+# --- what each case measured ----------------------------------------------------------------
+
+
+@dataclass
+class CaseReport:
+    case: str
+    started: int
+    finished: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    recovery_seconds: float = 0.0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        extra = "".join(f" {k}={v}" for k, v in self.notes.items())
+        return (
+            f"chaos {self.case}: runs started={self.started} finished={self.finished} "
+            f"duplicates={self.duplicates} lost={self.lost} "
+            f"recovery={self.recovery_seconds:.1f}s{extra}"
+        )
+
+
+REPORTS: list[CaseReport] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not REPORTS:
+        return
+    terminalreporter.section("chaos: runs, duplicates, losses, recovery after the fault")
+    for report in REPORTS:
+        terminalreporter.write_line(report.line())
+    out = ROOT / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    (out / "chaos-summary.json").write_text(
+        json.dumps([asdict(r) for r in REPORTS], indent=2, default=str)
+    )
+
+
+def settled_count(runs: list[WorkflowRun]) -> int:
+    return len(runs) - len(unsettled([r.pk for r in runs]))
+
+
+def unsettled(run_ids: list[Any]) -> list[WorkflowRun]:
+    moving = WorkflowRun.objects.filter(pk__in=run_ids).exclude(status__in=TERMINAL_RUN_STATUSES)
+    return [r for r in moving if not _settled(r)]
+
+
+def measure(
+    case: str, runs: list[WorkflowRun], *, fault_ended: float, timeout: float = 120, **notes: Any
+) -> CaseReport:
+    """Wait for `runs` to settle; record how long after `fault_ended` (a monotonic time) the
+    last one did, what finished, what was applied twice, what was lost. Prints the line and
+    keeps it for the session summary; asserts nothing was duplicated or lost."""
+    ids = [r.pk for r in runs]
+    deadline = time.monotonic() + timeout
+    left = unsettled(ids)
+    # The work still to do when the fault ended: a batch can settle no faster than its backlog.
+    notes = {"unsettled_at_fault_end": len(left), **notes}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = unsettled(ids)
+    settled_at = time.monotonic()
+    report = CaseReport(
+        case=case,
+        started=len(ids),
+        finished=len(ids) - len(left),
+        duplicates=(
+            Effect.objects.values("key").annotate(n=Count("id")).filter(n__gt=1).count()
+            + Decision.objects.values("escalation").annotate(n=Count("id")).filter(n__gt=1).count()
+        ),
+        lost=len(left),
+        recovery_seconds=max(0.0, settled_at - fault_ended),
+        # A callable note is read now, after the runs settled.
+        notes={k: v() if callable(v) else v for k, v in notes.items()},
+    )
+    REPORTS.append(report)
+    print(report.line())
+    assert report.duplicates == 0, report.line()
+    assert report.lost == 0, (
+        report.line()
+        + "\n"
+        + "\n".join(
+            f"{r.pk} {r.status}: " + " | ".join(r.trace.values_list("message", flat=True))
+            for r in left[:5]
+        )
+    )
+    return report
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a celery worker's pool children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces: split after it.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found

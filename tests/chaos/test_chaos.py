@@ -23,7 +23,6 @@ from tests.chaos.conftest import (
     free_port,
     owner_pid,
     running_step,
-    settle,
     wait_until,
 )
 from tests.conftest import ROOT, wait_for_run
@@ -175,9 +174,14 @@ def test_a_decision_delivered_from_two_channels_resumes_the_run_once(
     assert_invariants()
 
 
-def test_redis_killed_and_restarted_empty_during_a_batch_loses_no_run(
+def test_redis_killed_and_restarted_empty_during_50_runs_loses_no_run(
     sends_to, agent, tmp_path, django_db_blocker
 ):
+    """Everything queued in Redis is gone; the outbox's restarted-broker check (beat's relay,
+    every 5 s as in production) sends it all again. The reconciler and the engine are given
+    production's 60 s stall, so the recovery measured is the outbox's, not their sweep."""
+    import redis as redis_py
+
     port = free_port()
     data = tmp_path / "redis"
     data.mkdir()
@@ -205,28 +209,28 @@ def test_redis_killed_and_restarted_empty_during_a_batch_loses_no_run(
 
     redis = redis_server()
     wait_until(lambda: _listening(port), 10, "redis to listen")
+    broker_url = f"redis://127.0.0.1:{port}/0"
     c = sends_to(
-        Cluster(
-            redis_url=f"redis://127.0.0.1:{port}/0",
-            log_dir=tmp_path,
-            django_db_blocker=django_db_blocker,
-        )
+        Cluster(redis_url=broker_url, log_dir=tmp_path, django_db_blocker=django_db_blocker)
     )
-    from tests.chaos.conftest import Reconciler
+    c.env["RUN_STALL_SECONDS"] = "60"
+    broker = redis_py.Redis.from_url(broker_url, socket_timeout=2)
+    from tests.chaos.conftest import Reconciler, measure
 
     try:
         c.start_worker(concurrency=3)
-        with c.supervised(), Reconciler():
+        reconciler = Reconciler(stall_seconds=60, broker=broker, relay_every=5)
+        with c.supervised() as replaced, reconciler:
             runs = [
                 start_run(
                     workflow="fan_out",
-                    input={"hold_seconds": 0.3, "hold": ["gather_a", "gather_b", "gather_c"]},
+                    input={"hold_seconds": 0.1, "hold": ["gather_a", "gather_b"]},
                 )
-                for _ in range(20)
+                for _ in range(50)
             ]
             wait_until(
-                lambda: StepRun.objects.filter(status=StepStatus.SUCCEEDED).count() >= 10,
-                30,
+                lambda: StepRun.objects.filter(status=StepStatus.SUCCEEDED).count() >= 100,
+                60,
                 "the batch to be under way",
             )
             redis.kill()  # SIGKILL: everything queued in it is gone
@@ -234,12 +238,23 @@ def test_redis_killed_and_restarted_empty_during_a_batch_loses_no_run(
             time.sleep(1)
             redis = redis_server()  # same port, empty
             wait_until(lambda: _listening(port), 10, "redis to come back")
-            settle(runs, timeout=90)
+            back = time.monotonic()
+            measure(
+                "redis-restarted-empty-50-runs",
+                runs,
+                fault_ended=back,
+                timeout=90,
+                resent_by_outbox=lambda: reconciler.resent,
+                resent_after=lambda: f"{(reconciler.resent_at or back) - back:.1f}s",
+                workers_replaced=lambda: len(replaced),
+            )
         for run in runs:
             _assert_fan_out_done_once(run)
+        assert reconciler.resent > 0
         assert_invariants()
     finally:
         c.stop()
+        broker.close()
         redis.kill()
         redis.wait(10)
 
@@ -283,9 +298,14 @@ def test_a_postgresql_backend_terminated_mid_step_is_retried(cluster, sends_to, 
 
 
 def test_a_step_that_always_kills_its_worker_is_dead_lettered_after_its_attempts(
-    cluster, sends_to, reconciler, agent
+    cluster, sends_to, reconciler, agent, admin_user
 ):
+    from django.test import Client
+
+    from tests.chaos.conftest import measure
+
     sends_to(cluster)
+    t0 = time.monotonic()
     run = start_run(workflow="kills_its_worker", input={})
     wait_for_run(run, RunStatus.FAILED, timeout=60)
     step = StepRun.objects.get(run=run)
@@ -293,6 +313,12 @@ def test_a_step_that_always_kills_its_worker_is_dead_lettered_after_its_attempts
     letter = DeadLetter.objects.get(run=run)
     assert letter.attempts == 2 and "lost its worker" in letter.error
     assert "lost its worker" in run.error
+    # Visible where an operator looks: the run's page lists the dead letter.
+    client = Client()
+    client.force_login(admin_user)
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert 'id="dead-letters"' in page and "lost its worker" in page
+    measure("poison-step", [run], fault_ended=t0, dead_lettered_after_attempts=letter.attempts)
     assert_invariants()
 
 

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import connection
 from django.test import Client
 
-from bench.processes import free_port
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -25,6 +25,7 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     error_body: dict[str, Any] | None = None
+    message_extra: dict[str, Any] = field(default_factory=dict)  # e.g. tool_calls
 
 
 CANNED: dict[str, dict[str, Any]] = {
@@ -90,7 +91,9 @@ class FakeOpenAI:
                     server.requests.append(body)
                     step = server._script.popleft() if server._script else None
                 if step is None:
-                    step = Scripted(content=server.responder(body))
+                    answer = server.responder(body)
+                    # A responder may answer with a status, headers or a delay too.
+                    step = answer if isinstance(answer, Scripted) else Scripted(content=answer)
                 if step.delay:
                     time.sleep(step.delay)
                 if step.status != 200:
@@ -121,6 +124,7 @@ class FakeOpenAI:
                                     "role": "assistant",
                                     "content": content,
                                     "refusal": None,
+                                    **step.message_extra,
                                 },
                                 "logprobs": {"content": tokens} if body.get("logprobs") else None,
                             }
