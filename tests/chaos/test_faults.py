@@ -42,7 +42,7 @@ from tests.chaos.conftest import (
     measure,
     settled_count,
 )
-from tests.conftest import _service_env
+from tests.conftest import _service_env, wait_for_run
 from tests.fakes.openai_server import CANNED, FakeOpenAI, Scripted, schema_name
 from tests.support import processes
 from workflows.actions import start_run
@@ -69,16 +69,16 @@ def test_workers_sigkilled_again_and_again_during_100_runs_lose_nothing(
 ):
     with _own_cluster(cluster, tmp_path, django_db_blocker) as c:
         sends_to(c)
-        live: list[subprocess.Popen[bytes]] = [c.start_worker(concurrency=2) for _ in range(2)]
+        live: list[subprocess.Popen[bytes]] = [c.start_worker(concurrency=2) for _ in range(3)]
         kills = {"child": 0, "main": 0}
         stop = threading.Event()
         rng = random.Random(19)
 
         def killer() -> None:
-            # A child every ~0.7 s, a whole worker's main process every fourth time (and a
+            # A child every ~1.5 s, a whole worker's main process every fourth time (and a
             # replacement started, as a supervisor would).
             n = 0
-            while not stop.wait(0.7):
+            while not stop.wait(1.5):
                 n += 1
                 victim = rng.choice(live)
                 if n % 4 == 0:
@@ -95,14 +95,14 @@ def test_workers_sigkilled_again_and_again_during_100_runs_lose_nothing(
                     kills["child"] += 1
 
         with Reconciler():
-            runs = _fan_out_batch(100, hold_seconds=0.2, hold=["gather_b"])
+            runs = _fan_out_batch(100, hold_seconds=0.1, hold=["gather_b"])
             thread = threading.Thread(target=killer, daemon=True)
             thread.start()
             # Kills go on until nearly the whole batch is through (15 s at least), so what is
             # measured after is the tail the kills left, not the batch's own length.
             started = time.monotonic()
             while time.monotonic() - started < 15 or (
-                settled_count(runs) < 90 and time.monotonic() - started < 120
+                settled_count(runs) < 90 and time.monotonic() - started < 45
             ):
                 time.sleep(0.5)
             stop.set()
@@ -115,7 +115,7 @@ def test_workers_sigkilled_again_and_again_during_100_runs_lose_nothing(
                 children_killed=kills["child"],
                 mains_killed=kills["main"],
             )
-        assert kills["child"] >= 5 and kills["main"] >= 2
+        assert kills["child"] >= 5 and kills["main"] >= 1
         assert_invariants()
 
 
@@ -405,7 +405,7 @@ def test_malformed_model_output_and_model_faults_settle_every_run(
                         input={**ticket, "subject": f"chaos-{kind}-{i}"},
                     )
                     for kind in FAULTS
-                    for i in range(2)
+                    for i in range(1)
                 }
                 measure(
                     "model-faults-and-malformed-output",
@@ -413,7 +413,7 @@ def test_malformed_model_output_and_model_faults_settle_every_run(
                     fault_ended=t0,
                     timeout=180,
                     model_requests=lambda: len(fake.requests),
-                    failed=lambda: sum(1 for r in runs.values() if _status(r) == "failed"),
+                    outcomes=lambda: ",".join(f"{k}:{_status(r)}" for (k, _), r in runs.items()),
                 )
     for (kind, _), run in runs.items():
         run.refresh_from_db()
@@ -424,4 +424,43 @@ def test_malformed_model_output_and_model_faults_settle_every_run(
     assert not Action.objects.filter(action_type="format_disk").exists()
     for run in runs.values():
         assert Action.objects.filter(run=run).count() <= 10
+    assert_invariants()
+
+
+# --- policy ----------------------------------------------------------------------------------
+
+
+def test_a_policy_edited_between_escalation_and_decision_keeps_the_runs_pinned_version(
+    cluster, sends_to, reconciler, agent, policies, ticket, alice, admin_user
+):
+    from escalations.actions import decide_escalation, save_policy
+    from escalations.models import AutonomyPolicy, Verdict, Via
+    from workflows.models import Action, Effect, PolicyOutcome, RunStatus
+
+    sends_to(cluster)
+    runs = [
+        start_run(workflow="support_triage", input={**ticket, "subject": f"pinned {i}"})
+        for i in range(3)
+    ]
+    for run in runs:
+        wait_for_run(run, RunStatus.WAITING, timeout=60)
+    replies = [Action.objects.get(run=run, action_type="send_reply") for run in runs]
+    versions = {a.pk: a.policy_version for a in replies}
+    # Between escalation and decision, the admin blocks replies outright (a new version).
+    policy = AutonomyPolicy.objects.get(pk=replies[0].policy_id)
+    policy.outcome = PolicyOutcome.BLOCK
+    save_policy(policy=policy, user=admin_user)
+    t0 = time.monotonic()
+    for reply in replies:
+        decide_escalation(
+            escalation_id=reply.escalation.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB
+        )
+    measure("policy-edited-before-decision", runs, fault_ended=t0, timeout=60)
+    for run, reply in zip(runs, replies, strict=True):
+        run.refresh_from_db()
+        reply.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        # Held to the version it was escalated under: approved and executed, once.
+        assert reply.policy_version == versions[reply.pk] != policy.version
+        assert Effect.objects.filter(action=reply).count() == 1
     assert_invariants()
