@@ -1,0 +1,86 @@
+"""A Redis restarted empty lost every queued message: the relay notices (its epoch key is
+gone) and the outbox sends again what each run waits on, at once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from workflows import engine, outbox
+from workflows.actions import start_run
+from workflows.models import Outbox, RunStatus, StepRun, StepStatus, WorkflowRun
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def broker():
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete(outbox.EPOCH_KEY)
+    yield client
+    client.close()
+
+
+def test_the_first_caller_after_a_restart_and_only_it_is_told(broker):
+    assert outbox.broker_restarted() is True
+    assert outbox.broker_restarted() is False
+    assert outbox.broker_restarted(broker) is False
+    broker.delete(outbox.EPOCH_KEY)  # what a restart without persistence does
+    assert outbox.broker_restarted(broker) is True
+
+
+def test_what_runs_wait_on_is_sent_again_through_the_outbox(agent):
+    sent: list[tuple[str, list[str]]] = []
+    with mock.patch("workflows.outbox.send", side_effect=lambda t, a, c=0: sent.append((t, a))):
+        waiting_to_start = start_run(workflow="fan_out", input={})
+        mid_fan_out = start_run(workflow="fan_out", input={})
+    # Both sends went to a broker that then lost them.
+    assert len(sent) == 2 and not Outbox.objects.exists()
+    past = timezone.now() - timedelta(seconds=5)
+    WorkflowRun.objects.filter(pk__in=[waiting_to_start.pk, mid_fan_out.pk]).update(updated_at=past)
+    WorkflowRun.objects.filter(pk=mid_fan_out.pk).update(status=RunStatus.RUNNING)
+    StepRun.objects.filter(run=mid_fan_out, name="start").update(status=StepStatus.SUCCEEDED)
+    StepRun.objects.filter(run=mid_fan_out, name__startswith="gather").update(
+        status=StepStatus.QUEUED, dispatched_at=past
+    )
+    sent.clear()
+    with mock.patch("workflows.outbox.send", side_effect=lambda t, a, c=0: sent.append((t, a))):
+        assert engine.resend_lost(before=timezone.now()) == 5
+    assert sorted(sent) == sorted(
+        [
+            (outbox.ADVANCE, [str(waiting_to_start.pk)]),
+            (outbox.ADVANCE, [str(mid_fan_out.pk)]),
+            *[(outbox.RUN_STEP, [str(mid_fan_out.pk), f"gather_{x}"]) for x in "abc"],
+        ]
+    )
+    assert not Outbox.objects.exists()  # relayed and deleted
+
+
+def test_nothing_sent_after_the_restart_is_sent_again(agent):
+    with mock.patch("workflows.outbox.send"):
+        start_run(workflow="fan_out", input={})
+    with mock.patch("workflows.outbox.send") as send:
+        assert engine.resend_lost(before=timezone.now() - timedelta(seconds=60)) == 0
+    send.assert_not_called()
+
+
+def test_the_relay_task_resends_only_after_a_restart(agent):
+    from workflows.tasks import relay_outbox
+
+    with (
+        mock.patch("workflows.outbox.broker_restarted", return_value=False),
+        mock.patch("workflows.engine.resend_lost") as resend,
+    ):
+        relay_outbox()
+    resend.assert_not_called()
+    with (
+        mock.patch("workflows.outbox.broker_restarted", return_value=True),
+        mock.patch("workflows.engine.resend_lost", return_value=0) as resend,
+    ):
+        relay_outbox()
+    resend.assert_called_once()
