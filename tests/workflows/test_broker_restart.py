@@ -84,3 +84,13 @@ def test_the_relay_task_resends_only_after_a_restart(agent):
     ):
         relay_outbox()
     resend.assert_called_once()
+
+
+def test_workers_wait_out_a_broker_outage_retrying_every_second_at_most():
+    from celery.utils.imports import symbol_by_name
+
+    from config.celery import BROKER_RETRY_MAX_SECONDS, Consumer, app
+
+    assert app.conf.broker_connection_max_retries is None  # never give up and exit
+    assert symbol_by_name(app.conf.worker_consumer) is Consumer
+    assert BROKER_RETRY_MAX_SECONDS <= 1
