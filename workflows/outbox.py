@@ -147,5 +147,14 @@ def broker_restarted(client: Any = None) -> bool:
             client = getattr(conn.default_channel, "client", None)
             if client is None:
                 return False
-            return bool(client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True))
-    return bool(client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True))
+            return _claim_epoch(client)
+    return _claim_epoch(client)
+
+
+def _claim_epoch(client: Any) -> bool:
+    try:
+        return bool(client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True))
+    except Exception:
+        # The first command after a restart meets the connection the old server dropped;
+        # the client reconnects on the next one. Asked again now, not a relay period later.
+        return bool(client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True))
