@@ -141,8 +141,6 @@ def broker_restarted(client: Any = None) -> bool:
     wait on (engine.resend_lost). `client`: a redis client; default, the Celery broker's.
     False where the broker is not Redis (embedded mode's in-memory transport)."""
     if client is None:
-        from config.celery import app
-
         with app.connection_for_write() as conn:
             client = getattr(conn.default_channel, "client", None)
             if client is None:
