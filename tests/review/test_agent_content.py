@@ -1,5 +1,5 @@
-"""Agent-written text (and the customer's) is shown inside hx-disable containers: even an htmx attribute that
-escaped escaping would do nothing there."""
+"""Agent-written text (and the customer's) is shown inside hx-disable containers: even an
+htmx attribute that escaped escaping would do nothing there."""
 
 from __future__ import annotations
 
