@@ -9,7 +9,8 @@ class SlackConfig(AppConfig):
     verbose_name = "Slack"
 
     def ready(self) -> None:
-        from workflows import outbox  # imports models: not before the app registry is ready
+        # Both import models: not before the app registry is ready.
+        from workflows import outbox
 
         from . import conf
 
