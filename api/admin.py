@@ -5,17 +5,39 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.forms import ModelForm
+from django.forms import ModelForm, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
-from .actions import create_api_token, resend_delivery, revoke_api_token
+from .actions import (
+    NotAReviewer,
+    check_reviewer,
+    create_api_token,
+    resend_delivery,
+    revoke_api_token,
+)
 from .models import AgentWebhook, ApiToken, WebhookAttempt, WebhookDelivery
+
+
+class ApiTokenForm(ModelForm[ApiToken]):
+    class Meta:
+        model = ApiToken
+        fields = ["agent", "name", "reviewer", "user"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.instance.pk is None and data.get("reviewer"):
+            try:
+                check_reviewer(data.get("user"))
+            except NotAReviewer as exc:
+                raise ValidationError({"user": str(exc)}) from None
+        return data
 
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
+    form = ApiTokenForm
     list_display = ["prefix", "agent", "name", "reviewer", "user", "created_at", "last_used_at"]
     list_filter = ["reviewer", "agent", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["prefix", "name", "agent__name"]

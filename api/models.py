@@ -31,9 +31,9 @@ def new_webhook_secret() -> str:
 class ApiToken(models.Model):
     """A bearer token that acts for one agent. Only its hash is stored; it is shown once.
 
-    A reviewer token also decides escalations, as `user` (a Django user whose team
-    memberships say which escalations it sees), so every decision names a person or a
-    service account, never "the API".
+    A reviewer token also decides escalations, as `user` (a person, never a service
+    account, whose team memberships say which escalations it sees), so every decision names
+    a person, never "the API" — and never escalations of its own agent's actions.
     """
 
     name = models.CharField(max_length=100, blank=True, help_text="What uses it, e.g. 'prod'.")
@@ -52,8 +52,7 @@ class ApiToken(models.Model):
         null=True,
         blank=True,
         related_name="api_tokens",
-        help_text="Who a reviewer token decides as. Blank: the service account "
-        "api-<agent>, a member of the agent's team.",
+        help_text="The person a reviewer token decides as (required for a reviewer token).",
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -62,6 +61,12 @@ class ApiToken(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "API token"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(reviewer=False) | models.Q(user__isnull=False),
+                name="reviewer_token_names_a_person",
+            ),
+        ]
 
     def __str__(self) -> str:
         label = f" ({self.name})" if self.name else ""

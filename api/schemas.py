@@ -201,7 +201,16 @@ class AlreadyDecidedOut(Schema):
 
 class RunIn(Schema):
     workflow: Text = Field(..., min_length=1, max_length=100)
-    input: JsonObject
+    input: JsonObject = Field(
+        ..., description="Checked against the workflow's input schema (422 if it does not fit)."
+    )
+    idempotency_key: Text | None = Field(
+        None,
+        min_length=1,
+        max_length=150,
+        description="Unique per agent: the same key and body return the same run (200), never "
+        "a second; the same key with another body is 409. Send one, and reuse it on retry.",
+    )
 
 
 class RunActionOut(Schema):

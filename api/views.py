@@ -28,10 +28,11 @@ from ninja.responses import Status
 
 from escalations.access import escalations_for, get_escalation_for
 from escalations.actions import AlreadyDecided, decide_escalation
+from escalations.actions.decisions import DeadlinePassed, NotAPerson, OwnEscalation
 from escalations.models import Decision, EscalationStatus, Verdict, Via
-from workflows.actions import record_outcome, start_run
+from workflows.actions import record_outcome
 from workflows.models import OutcomeQuality, OutcomeSource
-from workflows.specs import UnknownWorkflow, get_spec
+from workflows.specs import InvalidInput, UnknownWorkflow, get_spec
 from workflows.tools import ToolError, get_action_type
 
 from . import actions
@@ -195,6 +196,8 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 def _reviewer_of(token: ApiToken) -> Any:
     if not token.reviewer or token.user is None:
         raise HttpError(403, "This token has no reviewer rights.")
+    if not token.user.is_active:
+        raise HttpError(403, f"{token.user.get_username()} may no longer decide.")
     return token.user
 
 
@@ -378,11 +381,14 @@ def get_escalation(request: HttpRequest, escalation_id: uuid.UUID) -> dict[str, 
     response={201: EscalationOut, 403: Error, 404: Error, 409: AlreadyDecidedOut, **COMMON},
     summary="Approve (optionally with an edited payload), reject or respond",
     description="Exactly one decision wins, whatever the channel: a second gets 409 with the "
-    "first. Rejecting or responding needs a reason; the agent is told.",
+    "first. Rejecting or responding needs a reason; the agent is told. Only a reviewer token "
+    "bound to a person decides, never one acting for the agent whose action it is (403); an "
+    "approval after the SLA ran out is 409.",
     tags=["escalations"],
 )
 def decide(request: HttpRequest, escalation_id: uuid.UUID, body: DecisionIn) -> Status[Any]:
-    user = _reviewer_of(token_of(request))
+    token = token_of(request)
+    user = _reviewer_of(token)
     escalation = get_escalation_for(user, escalation_id)
     try:
         decide_escalation(
@@ -392,7 +398,12 @@ def decide(request: HttpRequest, escalation_id: uuid.UUID, body: DecisionIn) -> 
             via=Via.API,
             reason=body.reason,
             edited_payload=body.edited_payload,
+            agent_id=token.agent_id,
         )
+    except (OwnEscalation, NotAPerson) as exc:
+        raise HttpError(403, str(exc)) from None
+    except DeadlinePassed as exc:
+        raise HttpError(409, " ".join(exc.messages)) from None
     except AlreadyDecided as exc:
         decision = exc.decision
         return Status(
@@ -411,9 +422,12 @@ def decide(request: HttpRequest, escalation_id: uuid.UUID, body: DecisionIn) -> 
 
 @api.post(
     "/runs",
-    response={201: RunOut, 403: Error, **COMMON},
+    response={200: RunOut, 201: RunOut, 403: Error, 409: Error, **COMMON},
     summary="Start a run of a built-in workflow",
-    description="The workflow must run as this token's agent.",
+    description="The workflow must run as this token's agent, and `input` must fit the "
+    "workflow's input schema (422 naming each bad field; nothing is started). 201 for a new "
+    "run, 200 for the same idempotency key and body again; 409 if that key was used for "
+    "another workflow or input.",
     tags=["runs"],
 )
 def create_run(request: HttpRequest, body: RunIn) -> Status[Any]:
@@ -428,8 +442,17 @@ def create_run(request: HttpRequest, body: RunIn) -> Status[Any]:
             f"Workflow '{spec.name}' runs as agent '{spec.agent}'; this token acts for "
             f"'{token.agent.name}'.",
         )
-    run = start_run(workflow=spec.name, input=body.input)
-    return Status(201, describe_run(run))
+    try:
+        run, created = actions.start_run_for_token(
+            token=token, workflow=spec.name, input=body.input, idempotency_key=body.idempotency_key
+        )
+    except InvalidInput as exc:
+        raise NinjaValidationError(
+            [{**error, "loc": ["body", "input", *error["loc"]]} for error in exc.errors]
+        ) from None
+    except actions.RunKeyConflict as exc:
+        raise HttpError(409, str(exc)) from None
+    return Status(201 if created else 200, describe_run(run))
 
 
 @api.get(

@@ -114,7 +114,13 @@ def run(env: BenchEnv) -> list[Result]:
 
     data = env.reset()
     _, agent_raw = create_api_token(agent=data["agent"], name="bench")
-    _, reviewer_raw = create_api_token(agent=data["agent"], reviewer=True, user=data["alice"])
+    from escalations.models import AgentProfile
+
+    # The reviewer's own tooling: an agent's token never decides that agent's escalations.
+    console, _ = AgentProfile.objects.get_or_create(
+        name="review-console", defaults={"team": data["agent"].team}
+    )
+    _, reviewer_raw = create_api_token(agent=console, reviewer=True, user=data["alice"])
     with env.daphne("api") as base:
         results = _submit_auto(base, agent_raw, 40 if _quick(env) else 800)
         results += _round_trips(base, agent_raw, reviewer_raw, 5 if _quick(env) else 60)

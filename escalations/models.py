@@ -436,6 +436,32 @@ class Via(models.TextChoices):
     SYSTEM = "system"
 
 
+class ServiceAccountKind(models.TextChoices):
+    # The SLA's system user (escalations.actions.sla): decides only via "system", as a
+    # policy's declared expiry behaviour.
+    SYSTEM = "system"
+    # An agent's API account (`api-<agent>`, made by earlier versions for reviewer tokens):
+    # never decides anything.
+    AGENT = "agent"
+
+
+class ServiceAccount(models.Model):
+    """Marks a user as a machine, not a person. The database (triggers on decisions and
+    approvals, migration 0008) refuses a verdict by any service account except the system
+    user deciding via "system": decisions are made by people."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="service_account",
+    )
+    kind = models.CharField(max_length=8, choices=ServiceAccountKind.choices)
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.kind} service account)"
+
+
 class Decision(models.Model):
     """A person's verdict. One per escalation, enforced by the database."""
 

@@ -35,7 +35,7 @@ from .models import (
     WorkflowRun,
 )
 from .prompts.actions import pin_prompts
-from .specs import InvalidInput, digest, get_spec
+from .specs import InvalidInput, check_input, digest, get_spec
 from .state import normalise, update_state, write_first_state, write_state
 from .state import validate as validate_state
 from .tools import ToolError, get_action_type
@@ -109,8 +109,7 @@ def start_run(
         existing = WorkflowRun.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
             return existing
-    if not isinstance(input, dict):
-        raise InvalidInput("a run's input must be a JSON object")
+    check_input(spec.input_schema, input)
     plan = spec.make_plan(input, force_sync=force_sync)
     plan_json = [p.to_json() for p in plan]
     initial = normalise(spec.initial_state(input))

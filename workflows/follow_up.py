@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from django.utils.dateparse import parse_datetime
+from pydantic import BaseModel, ConfigDict
 
 from .actions import record_outcome, start_run
 from .engine import StepContext
@@ -95,12 +96,25 @@ def await_reply(ctx: StepContext) -> StepResult:
     return {"replied": replied, "messages": len(replies)}
 
 
+class FollowUpInput(BaseModel):
+    """Written by the triage run that sent the reply (schedule_follow_up)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    subject: str
+    ticket_run: str
+    reply_action: str
+    reply_sent_at: datetime
+    check_after_seconds: int
+
+
 FOLLOW_UP = register(
     WorkflowSpec(
         name="support_follow_up",
         version=1,
         title="Support ticket follow-up",
         agent="triage-agent",
+        input_schema=FollowUpInput,
         steps=(
             StepSpec(
                 "await_reply",

@@ -18,7 +18,9 @@ import re
 from datetime import date
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from .actions import execute_action, propose_action
 from .engine import StepContext
@@ -461,12 +463,25 @@ ACTION_TYPES.setdefault(
     ),
 )
 
+
+class MentionInput(BaseModel):
+    """`publications` (ids from the corpus; all when absent) and `as_of` (a date) are
+    optional; which publications exist is checked when the run is planned."""
+
+    model_config = ConfigDict(extra="allow")
+
+    company: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    publications: list[str] | None = None
+    as_of: date | None = None
+
+
 MENTIONS = register(
     WorkflowSpec(
         name="mention_research",
         version=1,
         title="Mention research",
         agent="research-agent",
+        input_schema=MentionInput,
         steps=(
             StepSpec(
                 "scan",

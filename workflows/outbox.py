@@ -60,8 +60,10 @@ def enqueue(task: str, *args: Any, countdown: float = 0) -> Outbox:
     )
     # The row as written, not read back: the beat relay only takes rows older than its
     # grace period, so this relay is nearly always alone with it (a rare double send is
-    # harmless, see above).
-    transaction.on_commit(lambda: relay(row.pk, row=row))
+    # harmless, see above). robust: the change is committed by then; a relay that fails (the
+    # broker or the database connection gone) leaves the row to beat, and must never turn a
+    # committed change into an error for whoever made it.
+    transaction.on_commit(lambda: relay(row.pk, row=row), robust=True)
     return row
 
 

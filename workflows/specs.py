@@ -17,6 +17,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict
+from pydantic import ValidationError as PydanticValidationError
+
 if TYPE_CHECKING:
     from .engine import StepContext
 
@@ -164,7 +167,39 @@ class InvalidPlan(ValueError):
 
 
 class InvalidInput(ValueError):
-    """The run's input cannot be planned; the run is not created."""
+    """The run's input cannot be planned; the run is not created.
+
+    `errors`: what is wrong, field by field, in the API's 422 shape (`loc` inside the input).
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [{"loc": [], "msg": message, "type": "value_error"}]
+
+
+class AnyObject(BaseModel):
+    """The input schema of a workflow that declares none: any JSON object."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def check_input(model: type[BaseModel], input: Any) -> None:
+    """Raise InvalidInput, naming every bad field, unless `input` fits the declared schema."""
+    if not isinstance(input, dict):
+        raise InvalidInput("a run's input must be a JSON object")
+    try:
+        model.model_validate(input, strict=False)
+    except PydanticValidationError as exc:
+        errors = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        summary = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or 'input'}: {e['msg']}" for e in errors
+        )
+        raise InvalidInput(
+            f"the input does not fit the workflow's schema: {summary}", errors
+        ) from None
 
 
 def check_dag(steps: Sequence[PlannedStep]) -> list[PlannedStep]:
@@ -227,6 +262,9 @@ class WorkflowSpec:
     # The steps whose outputs an escalation's summary reads: each may say what the agent was
     # unsure about (`uncertain_about`), which the reviewer is told first.
     summary_outputs: tuple[str, ...] = ()
+    # What a run's input must look like (a pydantic model; its JSON schema is published with
+    # the API). Checked before anything is created: a bad input is refused, never dead-letters.
+    input_schema: type[BaseModel] = AnyObject
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]

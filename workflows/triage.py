@@ -6,7 +6,9 @@ and route_to_team with a confidence each, act on what policy and people allow, w
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from .actions import execute_action, propose_action
 from .agents import call_for_step
@@ -239,12 +241,27 @@ def wrap_up(ctx: StepContext) -> StepResult:
     return {"success": bool(outcome.get("executed"))}
 
 
+_Line = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+
+
+class Ticket(BaseModel):
+    """A support ticket, as `POST /api/v1/runs` and `manage.py start_run` must give it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ticket_id: _Line
+    subject: _Line
+    body: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20000)]
+    customer: _Line
+
+
 TRIAGE = register(
     WorkflowSpec(
         name="support_triage",
         version=1,
         title="Support ticket triage",
         agent="triage-agent",
+        input_schema=Ticket,
         steps=(
             StepSpec("read_ticket", "Read the ticket", read_ticket),
             StepSpec("classify", "Classify urgency and category", classify),

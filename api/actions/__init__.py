@@ -8,7 +8,8 @@ from .submissions import (
     record_action_result,
     submit_action,
 )
-from .tokens import create_api_token, revoke_api_token, service_user_for
+from .runs import RunKeyConflict, start_run_for_token
+from .tokens import NotAReviewer, check_reviewer, create_api_token, revoke_api_token
 from .webhook_delivery import (
     attempt_webhook_delivery,
     queue_decision_webhook,
@@ -18,14 +19,17 @@ from .webhook_delivery import (
 
 __all__ = [
     "IdempotencyConflict",
+    "NotAReviewer",
     "ResultConflict",
+    "RunKeyConflict",
     "attempt_webhook_delivery",
+    "check_reviewer",
     "create_api_token",
     "queue_decision_webhook",
     "record_action_result",
     "requeue_stalled_deliveries",
     "resend_delivery",
     "revoke_api_token",
-    "service_user_for",
+    "start_run_for_token",
     "submit_action",
 ]

@@ -1,33 +1,38 @@
-"""API tokens: created (the raw value shown once), revoked, and the service account a
-reviewer token decides as when no person is named."""
+"""API tokens: created (the raw value shown once) and revoked. A reviewer token decides as
+a named person, never a service account."""
 
 from __future__ import annotations
 
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from escalations.models import AgentProfile
+from escalations.models import AgentProfile, ServiceAccount
 
 from ..models import ApiToken, hash_token, new_raw_token
 
 
-def service_user_for(agent: AgentProfile) -> User:
-    """The account a reviewer token decides as when no person is named: `api-<agent>`, a
-    member of the agent's team, with no password (it can never log in to the web UI)."""
-    user, created = User.objects.get_or_create(username=f"api-{agent.name}")
-    if created:
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
-    agent.team.members.add(user)
-    return user
+class NotAReviewer(ValueError):
+    """A reviewer token must name the person it decides as."""
+
+
+def check_reviewer(user: User | None) -> None:
+    """Raise NotAReviewer unless `user` is an active person's account (no service account)."""
+    if user is None:
+        raise NotAReviewer("A reviewer token decides as a named person: choose its user.")
+    if not user.is_active or ServiceAccount.objects.filter(user_id=user.pk).exists():
+        raise NotAReviewer(f"{user.get_username()} is not an active person's account.")
 
 
 def create_api_token(
     *, agent: AgentProfile, name: str = "", reviewer: bool = False, user: User | None = None
 ) -> tuple[ApiToken, str]:
-    """Returns the token and its raw value, which exists nowhere else: show it once."""
-    if reviewer and user is None:
-        user = service_user_for(agent)
+    """Returns the token and its raw value, which exists nowhere else: show it once.
+
+    A reviewer token decides as `user`, a person: NotAReviewer if none is named, or if it is
+    a service account or inactive. It still never decides escalations of `agent`'s actions.
+    """
+    if reviewer:
+        check_reviewer(user)
     raw = new_raw_token()
     token = ApiToken.objects.create(
         name=name,
@@ -35,7 +40,7 @@ def create_api_token(
         prefix=raw[: len("cal_") + 8],
         key_hash=hash_token(raw),
         reviewer=reviewer,
-        user=user,
+        user=user if reviewer else None,
     )
     return token, raw
 

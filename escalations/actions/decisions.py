@@ -7,8 +7,9 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from workflows import outbox
@@ -26,6 +27,8 @@ from ..models import (
     Escalation,
     EscalationStatus,
     ExpiryBehaviour,
+    ServiceAccount,
+    ServiceAccountKind,
     Team,
     Verdict,
     Via,
@@ -55,6 +58,39 @@ class AlreadyDecided(Exception):
         else:
             msg = f"already {escalation.status}"
         super().__init__(msg)
+
+
+class NotAPerson(PermissionDenied):
+    """Only people decide: service accounts never, the system user only as the SLA's expiry."""
+
+
+class OwnEscalation(PermissionDenied):
+    """The agent whose action is escalated may not decide it, whatever its token says."""
+
+
+class DeadlinePassed(ValidationError):
+    """An approval arrived after the SLA ran out: the escalation now goes where its policy
+    says (down the chain or its expiry behaviour), even if the sweep has not run yet."""
+
+    def __init__(self, escalation: Escalation) -> None:
+        due = escalation.sla_due_at
+        super().__init__(
+            {
+                "verdict": f"Too late to approve: the SLA ran out at {due:%Y-%m-%d %H:%M:%S} "
+                "UTC, so it follows the policy's escalation path."
+            }
+        )
+        self.escalation = escalation
+
+
+def _check_decider(user: User, via: Via) -> None:
+    kind = ServiceAccount.objects.filter(user_id=user.pk).values_list("kind", flat=True).first()
+    if kind is not None and not (kind == ServiceAccountKind.SYSTEM and via == Via.SYSTEM):
+        raise NotAPerson(f"{user.get_username()} is a service account; only people decide.")
+
+
+def _sla_passed(escalation: Escalation, now: Any) -> bool:
+    return escalation.sla_due_at is not None and escalation.sla_due_at <= now
 
 
 def payload_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -149,12 +185,15 @@ def decide_escalation(
     via: Via,
     reason: str = "",
     edited_payload: dict[str, Any] | None = None,
+    agent_id: int | None = None,
 ) -> Decision | Approval:
     """Record a person's verdict: exactly one wins, whatever channel and however many clicks.
 
-    Raises Http404 if `user` may not see it, ValidationError for a bad verdict, and
-    AlreadyDecided (naming the winner) if it was decided first elsewhere. On commit, the
-    run is re-enqueued and every open queue is told.
+    Raises Http404 if `user` may not see it, ValidationError for a bad verdict,
+    DeadlinePassed (a ValidationError) for an approval after `sla_due_at`, NotAPerson if
+    `user` is a service account, OwnEscalation if `agent_id` (the agent an API token acts
+    for) is the agent whose action this is, and AlreadyDecided (naming the winner) if it was
+    decided first elsewhere. On commit, the run is re-enqueued and every open queue is told.
 
     An escalation needing several approvals (quorum) returns an `Approval` until the last
     one needed arrives, which returns the `Decision`; the same reviewer approving again
@@ -171,8 +210,17 @@ def decide_escalation(
     if edited_payload is not None and not isinstance(edited_payload, dict):
         raise ValidationError({"edited_payload": "The edited payload must be a JSON object."})
 
+    _check_decider(user, via)
     with transaction.atomic():
         escalation = get_escalation_for(user, escalation_id)
+        if agent_id is not None and escalation.action.agent_id == agent_id:
+            raise OwnEscalation("An agent never decides an escalation of its own action.")
+        if (
+            verdict == Verdict.APPROVE
+            and escalation.is_undecided
+            and _sla_passed(escalation, timezone.now())
+        ):
+            raise DeadlinePassed(escalation)
         if verdict == Verdict.APPROVE and edited_payload is not None:
             edited_payload = _checked_edit(escalation.action, edited_payload)
         if verdict == Verdict.APPROVE and escalation.needs_quorum:
@@ -227,12 +275,16 @@ def finalise_decision(
     UPDATE, so exactly one outcome is ever recorded.
     """
     now = timezone.now()
+    undecided = Escalation.objects.filter(pk=escalation.pk, status__in=UNDECIDED_STATUSES)
+    if verdict == Verdict.APPROVE and via != Via.SYSTEM:
+        # A person's approval loses to the SLA's clock even before the sweep handles it.
+        undecided = undecided.filter(Q(sla_due_at__isnull=True) | Q(sla_due_at__gt=now))
     # The conditional UPDATE is the race's referee: its row count says who won.
-    won = Escalation.objects.filter(pk=escalation.pk, status__in=UNDECIDED_STATUSES).update(
-        status=new_status, decided_at=now
-    )
+    won = undecided.update(status=new_status, decided_at=now)
     if not won:
         escalation.refresh_from_db()
+        if escalation.is_undecided and _sla_passed(escalation, now):
+            raise DeadlinePassed(escalation)
         raise AlreadyDecided(escalation)
     try:
         with transaction.atomic():
@@ -245,6 +297,8 @@ def finalise_decision(
                 edited_payload=edited_payload,
             )
     except IntegrityError:
+        if not Decision.objects.filter(escalation=escalation).exists():
+            raise  # not a second decision: a constraint (a service account) refused it
         escalation.refresh_from_db()
         raise AlreadyDecided(escalation) from None
     escalation.status = new_status

@@ -25,6 +25,8 @@ from ..models import (
     Escalation,
     EscalationStatus,
     ExpiryBehaviour,
+    ServiceAccount,
+    ServiceAccountKind,
     Team,
     Verdict,
     Via,
@@ -40,16 +42,17 @@ def system_user() -> User:
     """Who decides when a policy's expiry behaviour does: an inactive account nobody can log
     in as, so every Decision still names a decider and audits read plainly."""
     user = User.objects.filter(username=SYSTEM_USERNAME).first()
-    if user is not None:
-        return user
-    try:
-        with transaction.atomic():
-            user = User(username=SYSTEM_USERNAME, is_active=False, first_name="Caliber")
-            user.set_unusable_password()
-            user.save()
-            return user
-    except IntegrityError:
-        return User.objects.get(username=SYSTEM_USERNAME)
+    if user is None:
+        try:
+            with transaction.atomic():
+                user = User(username=SYSTEM_USERNAME, is_active=False, first_name="Caliber")
+                user.set_unusable_password()
+                user.save()
+        except IntegrityError:
+            user = User.objects.get(username=SYSTEM_USERNAME)
+    # The database lets this account (and no other service account) decide, via "system".
+    ServiceAccount.objects.get_or_create(user=user, defaults={"kind": ServiceAccountKind.SYSTEM})
+    return user
 
 
 def _trace(escalation: Escalation, kind: TraceKind, message: str, **data: object) -> None:

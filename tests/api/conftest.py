@@ -1,4 +1,5 @@
-"""Tokens for the agent API: the triage agent's own token, a reviewer token acting as alice,
+"""Tokens for the agent API: the triage agent's own token, a reviewer token acting as alice
+(through a review console's agent: an agent's own token never decides its own escalations),
 and a token of another agent (an outsider to the triage agent's actions)."""
 
 from __future__ import annotations
@@ -41,8 +42,14 @@ def api(client, agent_token) -> Api:
 
 
 @pytest.fixture
-def reviewer_api(client, agent, alice) -> Api:
-    _, raw = create_api_token(agent=agent, reviewer=True, user=alice)
+def console_agent(support) -> AgentProfile:
+    """What a reviewer's own tooling authenticates as: not the agent under review."""
+    return AgentProfile.objects.create(name="review-console", team=support)
+
+
+@pytest.fixture
+def reviewer_api(client, console_agent, alice) -> Api:
+    _, raw = create_api_token(agent=console_agent, reviewer=True, user=alice)
     return Api(Client(), raw)
 
 

@@ -130,18 +130,74 @@ def reviewer_unknown(api) -> int:
     return api.get(f"/escalations/{uuid.uuid4()}").status_code
 
 
-def test_a_reviewer_token_without_a_user_decides_as_the_agents_service_account(
-    client, escalated, agent
-):
+def test_an_agents_own_token_never_decides_its_own_escalation(client, escalated, agent, alice):
+    """The policy governs the agent: its token may carry reviewer rights as alice, but not
+    over the agent's own actions."""
     from api.actions import create_api_token
 
     from .conftest import Api
 
-    token, raw = create_api_token(agent=agent, reviewer=True)
-    assert token.user.username == "api-triage-agent"
-    assert not token.user.has_usable_password()
+    _, raw = create_api_token(agent=agent, reviewer=True, user=alice)
     r = Api(client, raw).post(
         f"/escalations/{escalated['escalation_id']}/decision", {"verdict": "approve"}
     )
-    assert r.status_code == 201
-    assert r.json()["decision"]["decided_by"] == "api-triage-agent"
+    assert r.status_code == 403, r.content
+    assert "own" in r.json()["detail"]
+    assert not Decision.objects.exists()
+    assert Escalation.objects.get().status == EscalationStatus.OPEN
+    assert Action.objects.get().status == ActionStatus.ESCALATED
+
+
+def test_a_reviewer_token_must_name_a_person(agent):
+    from api.actions import NotAReviewer, create_api_token
+    from escalations.actions import system_user
+
+    with pytest.raises(NotAReviewer):
+        create_api_token(agent=agent, reviewer=True)
+    with pytest.raises(NotAReviewer):
+        create_api_token(agent=agent, reviewer=True, user=system_user())
+
+
+def test_the_database_refuses_a_decision_by_a_service_account(escalated, alice):
+    from django.contrib.auth.models import User
+    from django.db import IntegrityError, transaction
+
+    from escalations.actions import system_user
+    from escalations.models import ServiceAccount
+
+    robot = User.objects.create(username="api-triage-agent")
+    ServiceAccount.objects.create(user=robot, kind="agent")
+    escalation = Escalation.objects.get()
+    for user, via in ((robot, Via.API), (robot, Via.SYSTEM), (system_user(), Via.WEB)):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Decision.objects.create(
+                escalation=escalation, verdict=Verdict.APPROVE, decided_by=user, via=via
+            )
+    assert not Decision.objects.exists()
+    # The SLA's system user, via "system", and any person are let through.
+    with transaction.atomic():
+        Decision.objects.create(
+            escalation=escalation, verdict=Verdict.REJECT, decided_by=system_user(), via="system"
+        )
+        transaction.set_rollback(True)
+    Decision.objects.create(
+        escalation=escalation, verdict=Verdict.APPROVE, decided_by=alice, via=Via.API
+    )
+
+
+def test_a_service_account_is_refused_before_the_database_is_asked(escalated):
+    from django.contrib.auth.models import User
+
+    from escalations.actions.decisions import NotAPerson
+    from escalations.models import ServiceAccount
+
+    robot = User.objects.create(username="api-triage-agent")
+    ServiceAccount.objects.create(user=robot, kind="agent")
+    with pytest.raises(NotAPerson):
+        decide_escalation(
+            escalation_id=escalated["escalation_id"],
+            user=robot,
+            verdict=Verdict.APPROVE,
+            via=Via.API,
+        )
+    assert Escalation.objects.get().status == EscalationStatus.OPEN

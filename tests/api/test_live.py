@@ -21,7 +21,7 @@ from caliber_client import (
     require_approval,
 )
 from escalations.actions import decide_escalation
-from escalations.models import AutonomyPolicy, Escalation, Verdict, Via
+from escalations.models import AgentProfile, AutonomyPolicy, Escalation, Verdict, Via
 from tests.conftest import wait_for
 from workflows.models import Action, PolicyOutcome
 
@@ -39,7 +39,9 @@ def caliber(live_server_url, agent, policies):
 
 @pytest.fixture
 def reviewer(live_server_url, agent, alice):
-    _, raw = create_api_token(agent=agent, reviewer=True, user=alice)
+    # A reviewer's tooling has a token of its own agent: the triage agent's never decides.
+    console = AgentProfile.objects.create(name="review-console", team=agent.team)
+    _, raw = create_api_token(agent=console, reviewer=True, user=alice)
     with Caliber(live_server_url, raw) as client:
         yield client
 

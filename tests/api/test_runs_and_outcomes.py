@@ -70,3 +70,85 @@ def test_an_outcome_needs_a_subject_a_known_quality_and_the_agents_own_action(
     theirs = {"action_id": action["id"], "metric": "m", "quality": "good"}
     assert outsider_api.post("/outcomes", theirs).status_code == 404
     assert not Outcome.objects.exists()
+
+
+def test_a_retried_start_with_the_same_key_is_the_same_run(api, policies, ticket):
+    body = {"workflow": "support_triage", "input": ticket, "idempotency_key": "ticket-T-1"}
+    first = api.post("/runs", body)
+    again = api.post("/runs", body)
+    assert first.status_code == 201, first.content
+    assert again.status_code == 200, again.content
+    assert again.json()["id"] == first.json()["id"]
+    assert WorkflowRun.objects.count() == 1
+
+
+def test_the_same_key_with_another_input_is_409_and_starts_nothing(api, policies, ticket):
+    body = {"workflow": "support_triage", "input": ticket, "idempotency_key": "ticket-T-1"}
+    assert api.post("/runs", body).status_code == 201
+    other = {**body, "input": {**ticket, "subject": "Something else"}}
+    r = api.post("/runs", other)
+    assert r.status_code == 409
+    assert "idempotency key" in r.json()["detail"]
+    assert WorkflowRun.objects.count() == 1
+
+
+def test_keys_are_per_agent(api, policies, ticket):
+    from workflows.actions import start_run
+
+    # A run started elsewhere (a command, a follow-up) under the same raw key is not this one.
+    start_run(workflow="support_triage", input=ticket, idempotency_key="k-1")
+    r = api.post("/runs", {"workflow": "support_triage", "input": ticket, "idempotency_key": "k-1"})
+    assert r.status_code == 201
+    assert WorkflowRun.objects.count() == 2
+
+
+def test_input_that_does_not_fit_the_workflows_schema_is_422_and_starts_nothing(
+    api, policies, ticket
+):
+    del ticket["customer"]
+    r = api.post("/runs", {"workflow": "support_triage", "input": {**ticket, "subject": "  "}})
+    assert r.status_code == 422, r.content
+    locs = sorted(tuple(e["loc"]) for e in r.json()["detail"])
+    assert locs == [("body", "input", "customer"), ("body", "input", "subject")]
+    assert all(e["msg"] for e in r.json()["detail"])
+    assert not WorkflowRun.objects.exists()
+    from workflows.models import Outbox
+
+    assert not Outbox.objects.exists()
+
+
+def test_the_input_schema_is_checked_for_every_workflow(api, policies):
+    from workflows.actions import start_run
+    from workflows.specs import InvalidInput
+
+    with pytest.raises(InvalidInput, match="company"):
+        start_run(workflow="mention_research", input={"company": "", "as_of": "yesterday"})
+    assert not WorkflowRun.objects.exists()
+
+
+def test_a_relay_failing_after_commit_still_answers_201_for_the_committed_run(
+    api, policies, ticket, monkeypatch
+):
+    """The database connection drops between commit and the outbox relay: the run exists and
+    its outbox row waits for beat, so the answer must be the run, not a 500."""
+    from django.db import DatabaseError
+
+    from workflows import outbox
+    from workflows.models import Outbox
+
+    def connection_gone(*args, **kwargs):
+        raise DatabaseError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(outbox, "relay", connection_gone)
+    body = {"workflow": "support_triage", "input": ticket, "idempotency_key": "k-2"}
+    with api_capturing_commits():
+        r = api.post("/runs", body)
+    assert r.status_code == 201, r.content
+    assert WorkflowRun.objects.filter(pk=r.json()["id"]).exists()
+    assert Outbox.objects.count() == 1  # beat's relay sends it
+
+
+def api_capturing_commits():
+    from django.test import TestCase
+
+    return TestCase.captureOnCommitCallbacks(execute=True)

@@ -70,6 +70,12 @@ def test_the_command_makes_reviewer_tokens_for_a_named_user(agent, alice):
     assert token.reviewer and token.user == alice
 
 
+def test_the_command_refuses_a_reviewer_token_without_a_person(agent):
+    with pytest.raises(CommandError, match="--user"):
+        call_command("create_api_token", "--agent", "triage-agent", "--reviewer", stdout=StringIO())
+    assert not ApiToken.objects.exists()
+
+
 def test_the_command_refuses_an_unknown_agent_or_user(agent):
     with pytest.raises(CommandError, match="No agent named"):
         call_command("create_api_token", "--agent", "ghost", stdout=StringIO())

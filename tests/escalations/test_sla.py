@@ -239,3 +239,29 @@ def test_the_beat_task_scans_what_is_due_now(refund_policy, propose, billing):
     assert check_slas() == {"moved": 1}
     assert Escalation.objects.get(pk=due.pk).team_id == billing.pk
     assert Escalation.objects.get(pk=later.pk).team_id != billing.pk
+
+
+def test_an_approval_after_the_sla_ran_out_is_refused_before_the_sweep_runs(
+    refund_policy, propose, alice
+):
+    from escalations.actions.decisions import DeadlinePassed
+
+    refund_policy(sla_minutes=30, expiry_behaviour="reject")
+    esc = escalation_of(propose("issue_refund", REFUND, 0.9))
+    # The SLA ran out a second ago; the sweep has not handled it yet.
+    Escalation.objects.filter(pk=esc.pk).update(sla_due_at=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(DeadlinePassed, match="SLA ran out"):
+        decide_escalation(escalation_id=esc.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB)
+    esc.refresh_from_db()
+    assert esc.status == EscalationStatus.OPEN
+    assert not Decision.objects.exists()
+    assert Action.objects.get().status == ActionStatus.ESCALATED
+    # The sweep then applies the policy's expiry behaviour, as it would have anyway.
+    assert handle_sla_breach(escalation_id=esc.pk) == "rejected"
+
+
+def test_an_approval_before_the_sla_runs_out_still_counts(refund_policy, propose, alice):
+    refund_policy(sla_minutes=30, expiry_behaviour="reject")
+    esc = escalation_of(propose("issue_refund", REFUND, 0.9))
+    decide_escalation(escalation_id=esc.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB)
+    assert Escalation.objects.get().status == EscalationStatus.APPROVED

@@ -1,4 +1,4 @@
-"""manage.py create_api_token --agent NAME [--reviewer [--user USERNAME]] [--name LABEL]"""
+"""manage.py create_api_token --agent NAME [--reviewer --user USERNAME] [--name LABEL]"""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from api.actions import create_api_token
+from api.actions import NotAReviewer, create_api_token
 from escalations.models import AgentProfile
 
 
@@ -20,13 +20,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--reviewer",
             action="store_true",
-            help="May also list and decide escalations (as --user, in that user's teams).",
+            help="May also list and decide escalations as --user, in that person's teams "
+            "(never those of the agent's own actions).",
         )
         parser.add_argument(
             "--user",
             default="",
-            help="Who a reviewer token decides as. Default: the service account "
-            "api-<agent>, a member of the agent's team.",
+            help="The person a reviewer token decides as (required with --reviewer).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -36,6 +36,8 @@ class Command(BaseCommand):
             names = ", ".join(AgentProfile.objects.values_list("name", flat=True)) or "none"
             raise CommandError(f"No agent named {options['agent']!r} (agents: {names}).") from None
         user = None
+        if options["reviewer"] and not options["user"]:
+            raise CommandError("--reviewer needs --user NAME: the person the token decides as.")
         if options["user"]:
             if not options["reviewer"]:
                 raise CommandError("--user only means something with --reviewer.")
@@ -43,9 +45,12 @@ class Command(BaseCommand):
                 user = User.objects.get(username=options["user"])
             except User.DoesNotExist:
                 raise CommandError(f"No user named {options['user']!r}.") from None
-        token, raw = create_api_token(
-            agent=agent, name=options["name"], reviewer=options["reviewer"], user=user
-        )
+        try:
+            token, raw = create_api_token(
+                agent=agent, name=options["name"], reviewer=options["reviewer"], user=user
+            )
+        except NotAReviewer as exc:
+            raise CommandError(str(exc)) from None
         rights = f", reviewer as {token.user}" if token.reviewer else ""
         self.stderr.write(
             f"Token {token.prefix}… for agent {agent.name}{rights}. "

@@ -28,9 +28,12 @@ from .errors import (
 APPROVED = frozenset({"auto_approved", "approved", "executed", "failed"})
 # The server holds a long-poll at most this long; the client asks for at most this per call.
 LONG_POLL_SECONDS = 30.0
-# Transient failures retried with the same request (safe: submissions carry an
+# Transient failures retried with the same request (safe: submissions and run starts carry an
 # idempotency key, everything else is a read or idempotent).
 RETRY_STATUSES = frozenset({502, 503, 504})
+# A request with an idempotency key is also retried after a 500: the server may have
+# committed before failing (its connection dropped), and the key makes the retry find that.
+KEYED_RETRY_STATUSES = RETRY_STATUSES | {500}
 RETRY_DELAYS = (0.25, 1.0, 3.0)
 
 
@@ -105,6 +108,17 @@ def _error_for(response: httpx.Response) -> CaliberError:
         409: Conflict,
     }.get(code, InvalidRequest if code in (400, 413, 422) else CaliberError)
     return kind(message, status_code=code, detail=detail)
+
+
+def _run_body(
+    workflow: str, input: Mapping[str, Any], idempotency_key: str | None
+) -> dict[str, Any]:
+    # Made once, before the first try, so retries cannot start a second run.
+    return {
+        "workflow": workflow,
+        "input": dict(input),
+        "idempotency_key": idempotency_key or str(uuid.uuid4()),
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -213,7 +227,8 @@ class Caliber(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, *, keyed: bool = False, **kwargs: Any) -> Any:
+        retry = KEYED_RETRY_STATUSES if keyed else RETRY_STATUSES
         for attempt in range(len(RETRY_DELAYS) + 1):
             try:
                 response = self._http.request(method, "/api/v1" + path, **kwargs)
@@ -221,7 +236,7 @@ class Caliber(_Base):
                 if attempt == len(RETRY_DELAYS):
                     raise CaliberError(f"cannot reach Caliber at {self.base_url}: {exc}") from exc
             else:
-                if response.status_code not in RETRY_STATUSES or attempt == len(RETRY_DELAYS):
+                if response.status_code not in retry or attempt == len(RETRY_DELAYS):
                     break
             time.sleep(RETRY_DELAYS[attempt])
         if response.is_success:
@@ -258,7 +273,7 @@ class Caliber(_Base):
             summary=summary,
             workflow=workflow,
         )
-        return Approval.from_json(self._call("POST", "/actions", json=body))
+        return Approval.from_json(self._call("POST", "/actions", keyed=True, json=body))
 
     def get(self, action_id: str, *, wait: float = 0) -> Approval:
         params = {"wait": wait} if wait else None
@@ -326,8 +341,13 @@ class Caliber(_Base):
 
     # --- runs and outcomes -------------------------------------------------------------------
 
-    def start_run(self, workflow: str, input: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(self._call("POST", "/runs", json={"workflow": workflow, "input": dict(input)}))
+    def start_run(
+        self, workflow: str, input: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Start a run; the same `idempotency_key` (yours, or one made for this call and
+        reused on its retries) returns the same run, never a second."""
+        body = _run_body(workflow, input, idempotency_key)
+        return dict(self._call("POST", "/runs", keyed=True, json=body))
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/runs/{run_id}"))
@@ -379,7 +399,8 @@ class AsyncCaliber(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(self, method: str, path: str, *, keyed: bool = False, **kwargs: Any) -> Any:
+        retry = KEYED_RETRY_STATUSES if keyed else RETRY_STATUSES
         for attempt in range(len(RETRY_DELAYS) + 1):
             try:
                 response = await self._http.request(method, "/api/v1" + path, **kwargs)
@@ -387,7 +408,7 @@ class AsyncCaliber(_Base):
                 if attempt == len(RETRY_DELAYS):
                     raise CaliberError(f"cannot reach Caliber at {self.base_url}: {exc}") from exc
             else:
-                if response.status_code not in RETRY_STATUSES or attempt == len(RETRY_DELAYS):
+                if response.status_code not in retry or attempt == len(RETRY_DELAYS):
                     break
             await asyncio.sleep(RETRY_DELAYS[attempt])
         if response.is_success:
@@ -420,7 +441,7 @@ class AsyncCaliber(_Base):
             summary=summary,
             workflow=workflow,
         )
-        return Approval.from_json(await self._call("POST", "/actions", json=body))
+        return Approval.from_json(await self._call("POST", "/actions", keyed=True, json=body))
 
     async def get(self, action_id: str, *, wait: float = 0) -> Approval:
         kwargs: dict[str, Any] = {"params": {"wait": wait} if wait else None}
@@ -480,9 +501,11 @@ class AsyncCaliber(_Base):
             body["edited_payload"] = dict(edited_payload)
         return dict(await self._call("POST", f"/escalations/{escalation_id}/decision", json=body))
 
-    async def start_run(self, workflow: str, input: Mapping[str, Any]) -> dict[str, Any]:
-        body = {"workflow": workflow, "input": dict(input)}
-        return dict(await self._call("POST", "/runs", json=body))
+    async def start_run(
+        self, workflow: str, input: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        body = _run_body(workflow, input, idempotency_key)
+        return dict(await self._call("POST", "/runs", keyed=True, json=body))
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
         return dict(await self._call("GET", f"/runs/{run_id}"))
