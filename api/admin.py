@@ -26,7 +26,7 @@ class ApiTokenForm(ModelForm[ApiToken]):
         fields = ["agent", "name", "reviewer", "user"]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         if self.instance.pk is None and data.get("reviewer"):
             try:
                 check_reviewer(data.get("user"))
