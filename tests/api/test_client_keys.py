@@ -68,8 +68,11 @@ def test_a_422_is_not_retried():
         calls.append(request)
         return httpx.Response(422, json={"detail": [{"loc": ["body", "input", "subject"]}]})
 
-    with Caliber("http://caliber.test", "cal_x", transport=httpx.MockTransport(invalid)) as c:
-        with pytest.raises(InvalidRequest) as exc:
-            c.start_run("support_triage", {})
+    transport = httpx.MockTransport(invalid)
+    with (
+        Caliber("http://caliber.test", "cal_x", transport=transport) as c,
+        pytest.raises(InvalidRequest) as exc,
+    ):
+        c.start_run("support_triage", {})
     assert len(calls) == 1
     assert exc.value.detail[0]["loc"] == ["body", "input", "subject"]

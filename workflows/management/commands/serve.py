@@ -1,11 +1,12 @@
-"""Run Caliber: everything in one process (embedded), or web + worker + beat via honcho."""
+"""Run Caliber: everything in one process (embedded), or web + worker + beat under
+supervisord (scale-out), which starts each from this venv and restarts any that dies."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -33,27 +34,34 @@ class Command(BaseCommand):
         if options["rate"] < 0:
             raise CommandError("--rate must be 0 (off) or positive")
         if not settings.EMBEDDED:
-            self._exec_honcho(port, options)
+            self._exec_supervisord(port, options)
         self._serve_embedded(options["host"], port, options["rate"])
 
-    def _exec_honcho(self, port: int, options: dict[str, Any]) -> None:
-        honcho = shutil.which("honcho", path=os.path.dirname(sys.executable)) or shutil.which(
-            "honcho"
-        )
-        if honcho is None:
-            raise CommandError("honcho is not installed; run `make run` to install it")
+    def _exec_supervisord(self, port: int, options: dict[str, Any]) -> None:
+        run_dir = Path(os.environ.get("CALIBER_RUN_DIR") or settings.BASE_DIR / "var")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rate = options["rate"]
         env = dict(
-            os.environ, PORT=str(port), HOST=options["host"], SIMULATE_RATE=str(options["rate"])
+            os.environ,
+            PORT=str(port),
+            HOST=options["host"],
+            SIMULATE_RATE=str(rate),
+            CALIBER_SIMULATE="true" if rate else "false",
+            # The venv's interpreter runs every program: under make, its bin/ is not on PATH.
+            CALIBER_PYTHON=sys.executable,
+            CALIBER_RUN_DIR=str(run_dir.resolve()),
+            WORKER_CONCURRENCY=os.environ.get("WORKER_CONCURRENCY", "2"),
+            CELERY_QUEUE=settings.CELERY_TASK_DEFAULT_QUEUE,
         )
         self.stdout.write(
-            f"Scale-out mode: web, worker, beat{' and simulate' if options['rate'] else ''} "
-            f"via honcho on http://{options['host']}:{port}/"
+            f"Scale-out mode: web, worker, beat{' and simulate' if rate else ''} under "
+            f"supervisord on http://{options['host']}:{port}/  — Ctrl-C stops them all"
         )
-        procfile = settings.BASE_DIR / "Procfile"
-        args = [honcho, "-f", str(procfile), "start", "web", "worker", "beat"]
-        if options["rate"]:
-            args.append("simulate")
-        os.execve(honcho, args, env)  # noqa: S606 - replaces this process with the supervisor
+        self.stdout.flush()
+        conf = settings.BASE_DIR / "config" / "supervisord.conf"
+        args = [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)]
+        # Replaces this process: Ctrl-C (or SIGTERM to this pid) stops every program.
+        os.execve(sys.executable, args, env)  # noqa: S606
 
     def _serve_embedded(self, host: str, port: int, rate: float) -> None:
         from daphne.endpoints import build_endpoint_description_strings
