@@ -1,5 +1,6 @@
-"""Beat's scans: the reconciler (runs that should be moving and are not), the wake-ups, and
-the re-send after a broker restarted empty."""
+"""Beat's scans: the reconciler (runs that should be moving and are not), the take-over of
+runs whose worker stopped renewing its leases, the wake-ups, and the re-send after a broker
+restarted empty."""
 
 from __future__ import annotations
 
@@ -53,6 +54,30 @@ def reconcile_runs(*, stall_seconds: float | None = None) -> int:
             status__in=[RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING],
         ).values_list("pk", flat=True)[:500]
     )
+    for run_id in stalled:
+        enqueue_advance(run_id)
+    return len(stalled)
+
+
+def take_over_expired(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Re-enqueue runs whose holder stopped renewing: a run lease or a running step's lease
+    that ran out (workflows.heartbeat), with no live coordinator. Beat runs this every
+    TAKEOVER_EVERY_SECONDS, so a dead worker's run is taken over within RUN_LEASE_SECONDS
+    plus that; the next advance_run takes the lease and requeues the lost attempt."""
+    # Imported here: workflows.tasks imports the engine, which imports this module.
+    from .tasks import enqueue_advance
+
+    now = now or timezone.now()
+    dead_step = Exists(
+        StepRun.objects.filter(
+            run=OuterRef("pk"), status=StepStatus.RUNNING, lease_expires_at__lte=now
+        )
+    )
+    expired = WorkflowRun.objects.filter(
+        status__in=[RunStatus.PENDING, RunStatus.RUNNING],
+    ).filter((~Q(lease_owner="") & Q(lease_expires_at__lte=now)) | dead_step)
+    live = Q(lease_expires_at__gt=now) & ~Q(lease_owner="")
+    stalled = list(expired.exclude(live).values_list("pk", flat=True)[:limit])
     for run_id in stalled:
         enqueue_advance(run_id)
     return len(stalled)

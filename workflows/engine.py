@@ -51,11 +51,12 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from . import heartbeat
 from .actions import (
     buffered_trace,
     record_trace,
 )
-from .beat import reconcile_runs, resend_lost, wake_runs
+from .beat import reconcile_runs, resend_lost, take_over_expired, wake_runs
 from .ending import dead_letter, fail_locked, finish_locked
 from .leases import LEASE_MARGIN_SECONDS, lease_seconds, new_owner, stall_seconds
 from .llm import get_model
@@ -87,6 +88,7 @@ __all__ = [
     "reconcile_runs",
     "resend_lost",
     "run_step",
+    "take_over_expired",
     "wake_runs",
 ]
 
@@ -112,6 +114,7 @@ class Claim:
     token: str
     resumed: bool
     woken: bool
+    deadline: datetime | None = None  # the attempt's timeout: its lease never outlives it
 
 
 # --- the coordinator ---------------------------------------------------------------------
@@ -407,7 +410,11 @@ def _end_round(
     """Extend the lease for the claimed step, or let it go; save (or leave to `pending`)."""
     fields = ["status", "wake_at", "lease_owner", "lease_expires_at", "updated_at"]
     if claim is not None:
-        lease = max(lease_seconds(), claim.step.timeout_seconds + LEASE_MARGIN_SECONDS)
+        lease = (
+            lease_seconds()  # renewed with the step's by the heartbeat
+            if heartbeat.enabled()
+            else max(lease_seconds(), claim.step.timeout_seconds + LEASE_MARGIN_SECONDS)
+        )
         run.lease_expires_at = now + timedelta(seconds=lease)
     else:
         # Nothing to run here now: let go in this transaction (see _coordinate_locked).
@@ -470,7 +477,8 @@ def _claim(run: WorkflowRun, step: StepRun, token: str, now: datetime) -> Claim 
         step.attempts += 1
     step.status = StepStatus.RUNNING
     step.lease_owner = token
-    step.lease_expires_at = now + timedelta(seconds=step.timeout_seconds)
+    # In a worker the heartbeat renews a short lease up to the timeout (workflows.heartbeat).
+    step.lease_expires_at = now + timedelta(seconds=heartbeat.first_lease(step.timeout_seconds))
     step.started_at = step.started_at or now
     step.not_before = None
     step.save(
@@ -483,7 +491,8 @@ def _claim(run: WorkflowRun, step: StepRun, token: str, now: datetime) -> Claim 
             "not_before",
         ]
     )
-    return Claim(run=run, step=step, token=token, resumed=resumed, woken=woken)
+    deadline = now + timedelta(seconds=step.timeout_seconds)
+    return Claim(run=run, step=step, token=token, resumed=resumed, woken=woken, deadline=deadline)
 
 
 def _requeue_crashed(run: WorkflowRun, step: StepRun) -> bool:
@@ -587,8 +596,12 @@ def _execute(claim: Claim, *, inline: bool, chain: bool = False) -> Claim | _Aga
     params: dict[str, Any] = next(
         (p.get("params", {}) for p in run.plan if p.get("name") == step.name), {}
     )
+    deadline = claim.deadline or timezone.now() + timedelta(seconds=step.timeout_seconds)
+    beating = heartbeat.holding(
+        run_id=run.pk, step_id=step.pk, token=claim.token, deadline=deadline
+    )
     try:
-        with transaction.atomic(), buffered_trace():
+        with beating, transaction.atomic(), buffered_trace():
             ctx = StepContext(
                 run=run,
                 step=step,

@@ -5,10 +5,17 @@ from __future__ import annotations
 import uuid
 
 from celery import shared_task
+from celery.signals import worker_process_init
 from django.conf import settings
 from django.utils import timezone
 
-from . import engine, outbox
+from . import engine, heartbeat, outbox
+
+
+@worker_process_init.connect
+def _start_heartbeat(**kwargs: object) -> None:
+    """Each prefork child renews the leases of the steps it runs (workflows.heartbeat)."""
+    heartbeat.start()
 
 
 @shared_task(name="workflows.tasks.advance_run")
@@ -24,6 +31,11 @@ def run_step(run_id: str, step_name: str) -> None:
 @shared_task(name="workflows.tasks.reconcile_runs")
 def reconcile_runs() -> int:
     return engine.reconcile_runs(stall_seconds=settings.RUN_STALL_SECONDS)
+
+
+@shared_task(name="workflows.tasks.take_over_expired")
+def take_over_expired() -> int:
+    return engine.take_over_expired()
 
 
 @shared_task(name="workflows.tasks.wake_runs")

@@ -126,12 +126,18 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # The engine's beat tasks: re-enqueue stalled runs, wake sleeping ones, relay missed sends.
 RECONCILE_EVERY_SECONDS = env_int("RECONCILE_EVERY_SECONDS", 10, minimum=1)
 OUTBOX_RELAY_EVERY_SECONDS = env_int("OUTBOX_RELAY_EVERY_SECONDS", 5, minimum=1)
+TAKEOVER_EVERY_SECONDS = env_int("TAKEOVER_EVERY_SECONDS", 2, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "reconcile-runs": {
         "task": "workflows.tasks.reconcile_runs",
         "schedule": float(RECONCILE_EVERY_SECONDS),
     },
     "wake-runs": {"task": "workflows.tasks.wake_runs", "schedule": float(RECONCILE_EVERY_SECONDS)},
+    # Runs whose worker stopped renewing its leases (it died): taken over within seconds.
+    "take-over-expired": {
+        "task": "workflows.tasks.take_over_expired",
+        "schedule": float(TAKEOVER_EVERY_SECONDS),
+    },
     # Also what notices a broker that restarted empty (workflows.outbox.broker_restarted):
     # its period plus a worker's reconnect (<= 1 s, config.celery) bounds how long after the
     # broker's return the runs it lost are sent again.
@@ -155,8 +161,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # How long a run may sit pending/running without progress (and without a live lease) before
 # the reconciler re-enqueues it.
 RUN_STALL_SECONDS = env_int("RUN_STALL_SECONDS", 60, minimum=1)
-# How long a coordinator's lease on a run lasts between renewals (a sync step's own timeout
-# extends it while the step runs). A dead coordinator is replaced this long after it died.
-RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 30, minimum=2)
+# How long a lease (a run's coordinator, a step attempt) lasts past its holder's last
+# renewal: a worker's heartbeat renews it every quarter of this, up to the step's timeout
+# (workflows.heartbeat). A dead worker's run is taken over this long after it died, plus
+# TAKEOVER_EVERY_SECONDS at most: 8 + 2 s, inside the 15 s promised.
+RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 8, minimum=2)
 # Outbox rows older than this were missed by the after-commit relay: beat sends them.
 OUTBOX_GRACE_SECONDS = env_int("OUTBOX_GRACE_SECONDS", 10, minimum=1)

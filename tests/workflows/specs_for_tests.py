@@ -280,3 +280,31 @@ DB_VICTIM = register(
         ),
     )
 )
+
+
+def _holds_on_first_attempt(ctx: StepContext) -> StepResult:
+    if ctx.step.attempts == 1:
+        # Long enough to be killed mid-step; far short of the step's timeout.
+        time.sleep(float(ctx.run.input.get("hold", 60)))
+    return {"attempt": ctx.step.attempts}
+
+
+# One long-timeout step: a worker killed while running it must not leave the run stalled for
+# the timeout (the heartbeat's short lease decides, workflows.heartbeat).
+LONG_STEP = register(
+    WorkflowSpec(
+        name="long_step",
+        version=1,
+        title="One step with a two-minute timeout",
+        agent="triage-agent",
+        steps=(
+            StepSpec(
+                "hold",
+                "Holds on its first attempt",
+                _holds_on_first_attempt,
+                retry=Retry(max_attempts=3, backoff_seconds=0.1),
+                timeout_seconds=120.0,
+            ),
+        ),
+    )
+)
