@@ -185,7 +185,7 @@ def test_the_database_refuses_a_decision_by_a_service_account(escalated, alice):
     )
 
 
-def test_a_service_account_is_refused_before_the_database_is_asked(escalated):
+def test_a_service_account_is_refused_with_a_clear_error_and_nothing_written(escalated):
     from django.contrib.auth.models import User
 
     from escalations.actions.decisions import NotAPerson
@@ -200,4 +200,21 @@ def test_a_service_account_is_refused_before_the_database_is_asked(escalated):
             verdict=Verdict.APPROVE,
             via=Via.API,
         )
+    assert Escalation.objects.get().status == EscalationStatus.OPEN
+
+
+def test_an_approval_after_the_sla_ran_out_is_409_and_writes_nothing(reviewer_api, escalated):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    Escalation.objects.filter(pk=escalated["escalation_id"]).update(
+        sla_due_at=timezone.now() - timedelta(seconds=1)
+    )
+    r = reviewer_api.post(
+        f"/escalations/{escalated['escalation_id']}/decision", {"verdict": "approve"}
+    )
+    assert r.status_code == 409, r.content
+    assert "SLA ran out" in r.json()["detail"]
+    assert not Decision.objects.exists()
     assert Escalation.objects.get().status == EscalationStatus.OPEN

@@ -114,6 +114,20 @@ def test_the_admin_shows_a_new_token_once_and_it_works(client, admin_user, agent
     assert raw not in client.get(f"/admin/api/apitoken/{token.pk}/change/").content.decode()
 
 
+def test_the_admin_refuses_a_reviewer_token_without_a_person(client, admin_user, agent):
+    from escalations.actions import system_user
+
+    client.force_login(admin_user)
+    for user in ("", system_user().pk):
+        r = client.post(
+            "/admin/api/apitoken/add/",
+            {"agent": agent.pk, "name": "ci", "reviewer": "on", "user": user},
+        )
+        assert r.status_code == 200
+        assert "errorlist" in r.content.decode()
+    assert not ApiToken.objects.exists()
+
+
 def test_the_admin_revokes_tokens(client, admin_user, agent_token):
     client.force_login(admin_user)
     client.post(

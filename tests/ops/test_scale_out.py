@@ -97,9 +97,9 @@ class ScaleOut:
         except (OSError, ValueError):
             return None
 
-    def children(self) -> dict[int, str]:
-        """The supervisor's child processes: pid -> command line."""
-        parent = self.supervisord_pid()
+    def children(self, parent: int | None = None) -> dict[int, str]:
+        """The supervisor's child processes (or `parent`'s): pid -> command line."""
+        parent = parent or self.supervisord_pid()
         found = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -224,6 +224,23 @@ def test_a_worker_that_dies_is_started_again(scale_out: ScaleOut) -> None:
         "exited: worker (terminated by SIGKILL"
         in (scale_out.run_dir / "supervisord.log").read_text()
     )
+
+    # A pool child killed while the new worker's pool starts: the worker may go down with
+    # WorkerLostError, but not for good — a worker with its whole pool is back.
+    child = wait_until(
+        lambda: next(iter(scale_out.children(replacement)), None),
+        60,
+        "the new worker's first pool child",
+        scale_out,
+    )
+    os.kill(child, signal.SIGKILL)
+
+    def full_pool() -> bool:
+        worker = scale_out.worker_pid()
+        pool = scale_out.children(worker) if worker else {}
+        return len(pool) == 2 and child not in pool
+
+    wait_until(full_pool, 90, "a worker with its whole pool again", scale_out)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -51,7 +51,15 @@ class Command(BaseCommand):
             CALIBER_PYTHON=sys.executable,
             CALIBER_RUN_DIR=str(run_dir.resolve()),
             WORKER_CONCURRENCY=os.environ.get("WORKER_CONCURRENCY", "2"),
-            CELERY_QUEUE=settings.CELERY_TASK_DEFAULT_QUEUE,
+            # A priority queue (where there is one) first: workers serve it before the rest.
+            CALIBER_WORKER_QUEUES=",".join(
+                q
+                for q in (
+                    getattr(settings, "CELERY_PRIORITY_QUEUE", None),
+                    settings.CELERY_TASK_DEFAULT_QUEUE,
+                )
+                if q
+            ),
         )
         self.stdout.write(
             f"Scale-out mode: web, worker, beat{' and simulate' if rate else ''} under "
