@@ -193,6 +193,8 @@ def test_a_service_account_is_refused_with_a_clear_error_and_nothing_written(esc
 
     robot = User.objects.create(username="api-triage-agent")
     ServiceAccount.objects.create(user=robot, kind="agent")
+    # As earlier versions made it: a member of the agent's team, so it sees the escalation.
+    Escalation.objects.get().team.members.add(robot)
     with pytest.raises(NotAPerson):
         decide_escalation(
             escalation_id=escalated["escalation_id"],
