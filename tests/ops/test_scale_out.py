@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -111,8 +112,11 @@ class ScaleOut:
                     found[int(entry.name)] = cmdline
         return found
 
+    def worker_pids(self) -> set[int]:
+        return {pid for pid, cmd in self.children().items() if " worker " in cmd}
+
     def worker_pid(self) -> int | None:
-        return next((pid for pid, cmd in self.children().items() if " worker " in cmd), None)
+        return min(self.worker_pids(), default=None)
 
     def stop(self) -> int | None:
         """Ctrl-C, as a person stops it: SIGINT to the whole foreground process group."""
@@ -210,23 +214,22 @@ def test_one_approval_goes_through_over_http(scale_out: ScaleOut) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_that_dies_is_started_again(scale_out: ScaleOut) -> None:
-    doomed = scale_out.worker_pid()
-    assert doomed is not None
+    before = scale_out.worker_pids()
+    assert len(before) == 2, "two worker processes: one takes over while the other restarts"
+    doomed = min(before)
     os.kill(doomed, signal.SIGKILL)
     replacement = wait_until(
-        lambda: (pid := scale_out.worker_pid()) and pid != doomed and pid,
+        lambda: (new := scale_out.worker_pids() - before) and len(new) == 1 and new.pop(),
         60,
         "supervisord to start a new worker",
         scale_out,
     )
-    assert replacement != doomed
-    assert (
-        "exited: worker (terminated by SIGKILL"
-        in (scale_out.run_dir / "supervisord.log").read_text()
-    )
+    assert doomed not in scale_out.worker_pids()
+    supervisor_log = (scale_out.run_dir / "supervisord.log").read_text()
+    assert re.search(r"exited: worker-\d \(terminated by SIGKILL", supervisor_log)
 
     # A pool child killed while the new worker's pool starts: the worker may go down with
-    # WorkerLostError, but not for good — a worker with its whole pool is back.
+    # WorkerLostError, but not for good — two workers, each with its pool, are back.
     child = wait_until(
         lambda: next(iter(scale_out.children(replacement)), None),
         60,
@@ -235,12 +238,12 @@ def test_a_worker_that_dies_is_started_again(scale_out: ScaleOut) -> None:
     )
     os.kill(child, signal.SIGKILL)
 
-    def full_pool() -> bool:
-        worker = scale_out.worker_pid()
-        pool = scale_out.children(worker) if worker else {}
-        return len(pool) == 2 and child not in pool
+    def full_pools() -> bool:
+        workers = scale_out.worker_pids()
+        pools = [scale_out.children(w) for w in workers]
+        return len(workers) == 2 and all(pools) and all(child not in p for p in pools)
 
-    wait_until(full_pool, 90, "a worker with its whole pool again", scale_out)
+    wait_until(full_pools, 90, "two workers with their pools again", scale_out)
 
 
 @pytest.mark.django_db(transaction=True)

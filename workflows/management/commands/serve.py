@@ -50,7 +50,8 @@ class Command(BaseCommand):
             # The venv's interpreter runs every program: under make, its bin/ is not on PATH.
             CALIBER_PYTHON=sys.executable,
             CALIBER_RUN_DIR=str(run_dir.resolve()),
-            WORKER_CONCURRENCY=os.environ.get("WORKER_CONCURRENCY", "2"),
+            WORKER_PROCESSES=os.environ.get("WORKER_PROCESSES", "2"),
+            WORKER_CONCURRENCY=os.environ.get("WORKER_CONCURRENCY", "1"),
             # A priority queue (where there is one) first: workers serve it before the rest.
             CALIBER_WORKER_QUEUES=",".join(
                 q
