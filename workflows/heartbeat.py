@@ -33,6 +33,7 @@ from django.db import connection
 from django.utils import timezone
 
 from . import leases
+from .models import StepRun, StepStatus, WorkflowRun
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,6 @@ def holding(*, run_id: uuid.UUID, step_id: int, token: str, deadline: datetime) 
 
 def beat(now: datetime | None = None) -> int:
     """Renew every lease this process holds; how many rows were renewed."""
-    from .models import StepRun, StepStatus, WorkflowRun
-
     with _lock:
         held = list(_held.values())
     renewed = 0

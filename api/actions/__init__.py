@@ -2,13 +2,13 @@
 results, decision webhooks. Views, the admin, the management commands, Celery tasks and
 tests all call these."""
 
+from .runs import RunKeyConflict, start_run_for_token
 from .submissions import (
     IdempotencyConflict,
     ResultConflict,
     record_action_result,
     submit_action,
 )
-from .runs import RunKeyConflict, start_run_for_token
 from .tokens import NotAReviewer, check_reviewer, create_api_token, revoke_api_token
 from .webhook_delivery import (
     attempt_webhook_delivery,
