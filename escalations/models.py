@@ -447,7 +447,7 @@ class ServiceAccountKind(models.TextChoices):
 
 class ServiceAccount(models.Model):
     """Marks a user as a machine, not a person. The database (triggers on decisions and
-    approvals, migration 0008) refuses a verdict by any service account except the system
+    approvals, migration 0009) refuses a verdict by any service account except the system
     user deciding via "system": decisions are made by people."""
 
     user = models.OneToOneField(

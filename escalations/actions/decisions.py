@@ -81,7 +81,7 @@ class DeadlinePassed(ValidationError):
         self.escalation = escalation
 
 
-# What the database says when it refuses a service account's verdict (migration 0008's
+# What the database says when it refuses a service account's verdict (migration 0009's
 # triggers): asking it there costs no query on the hot path every channel shares.
 REFUSED_BY_THE_DATABASE = "decisions are made by people"
 

@@ -78,7 +78,7 @@ def mark_existing_service_accounts(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("escalations", "0007_undecided_queue_indexes"),
+        ("escalations", "0008_queue_risk_due_and_search"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
