@@ -89,20 +89,10 @@ def python_reads() -> dict[str, dict[str, object]]:
     return reads
 
 
-def procfile_reads() -> dict[str, dict[str, object]]:
-    reads: dict[str, dict[str, object]] = {}
-    for match in re.finditer(
-        r"\$\{([A-Z][A-Z0-9_]*)(?::-([^}]*))?\}", (ROOT / "Procfile").read_text()
-    ):
-        reads.setdefault(match[1], {})["Procfile"] = match[2] if match[2] is not None else UNSET
-    return reads
-
-
 def all_reads() -> dict[str, dict[str, object]]:
-    reads = python_reads()
-    for name, where in procfile_reads().items():
-        reads.setdefault(name, {}).update(where)
-    return reads
+    # config/supervisord.conf reads only what `manage.py serve` sets for it (serve.py reads
+    # the deployment's variables, so they are found above).
+    return python_reads()
 
 
 def documented() -> dict[str, tuple[str, set[str]]]:
