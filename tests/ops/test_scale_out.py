@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bench import processes
 from tests.conftest import TICKET, _test_database_url
+from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 240.0  # migrate + seed_demo + three processes, on a loaded 2-core machine
