@@ -57,17 +57,19 @@ DAYS = 30
 RUNS_PER_DAY = (28, 44)
 DEGRADED_FROM, DEGRADED_TO = 16, 12  # days ago: the bad prompt's window
 
+# (category, subject, body, routine): routine tickets have a known answer the agent gives
+# confidently and nearly always right; the rest it is less sure of, and less often right.
 _TICKETS = (
-    ("billing", "Charged twice for my subscription", "I was charged twice this month."),
-    ("billing", "Refund for order {n}", "The item arrived broken, I'd like my money back."),
-    ("billing", "Invoice shows the wrong VAT number", "Please correct the VAT number."),
-    ("account", "Can't log in after the password reset", "The reset link says it expired."),
-    ("account", "Please delete my account", "I no longer use the service."),
-    ("bug", "Export to CSV is empty", "The export has headers and no rows since Monday."),
-    ("bug", "App crashes when I open settings", "Every time, on Android 14."),
-    ("shipping", "Where is order {n}?", "Tracking hasn't moved for five days."),
-    ("shipping", "Wrong size delivered", "I ordered an M and got an XL."),
-    ("question", "Do you offer a student discount?", "I'm at university and on a budget."),
+    ("billing", "Charged twice for my subscription", "I was charged twice this month.", False),
+    ("billing", "Refund for order {n}", "The item arrived broken, I'd like my money back.", False),
+    ("billing", "Invoice shows the wrong VAT number", "Please correct the VAT number.", False),
+    ("account", "Can't log in after the password reset", "The reset link says it expired.", True),
+    ("account", "Please delete my account", "I no longer use the service.", True),
+    ("bug", "Export to CSV is empty", "The export has headers and no rows since Monday.", False),
+    ("bug", "App crashes when I open settings", "Every time, on Android 14.", False),
+    ("shipping", "Where is order {n}?", "Tracking hasn't moved for five days.", True),
+    ("shipping", "Wrong size delivered", "I ordered an M and got an XL.", True),
+    ("question", "Do you offer a student discount?", "I'm at university and on a budget.", True),
 )
 _TEAMS = {"billing": "Billing", "account": "Support", "bug": "Support", "shipping": "Support"}
 _NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Frances", "Donald", "Radia")
@@ -80,10 +82,19 @@ _REJECT_REASONS = (
 _RESPOND = ("Check the order history first, it was already refunded.",)
 
 
-def approval_probability(confidence: float, *, degraded: bool = False) -> float:
-    """How often a person approves an action of this confidence unchanged."""
+ROUTINE_ERROR = 0.001
+
+
+def approval_probability(
+    confidence: float, *, routine: bool = False, degraded: bool = False
+) -> float:
+    """How often a person approves an action unchanged: a routine ticket's answer nearly
+    always; otherwise less often than the confidence says (the model is overconfident in the
+    middle), and much less with the bad prompt, with no change in the model's confidence."""
+    if routine:
+        return 1 - ROUTINE_ERROR
     p = confidence ** (1 + 2 * (1 - confidence))
-    return p * 0.62 if degraded else p
+    return p * 0.4 if degraded else p
 
 
 @dataclass
@@ -134,7 +145,9 @@ def _plan(now: datetime, rng: random.Random) -> _Plan:
             created = day.replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(
                 minutes=rng.randint(0, 10 * 60)
             )
-            category, subject, body = rng.choice(_TICKETS)
+            category, subject, body, routine = rng.choice(_TICKETS)
+            # The bad prompt broke the routine answers' template too: drafted like the rest.
+            routine = routine and not degraded
             subject = subject.format(n=1000 + serial)
             name = rng.choice(_NAMES)
             ticket = {
@@ -182,7 +195,7 @@ def _plan(now: datetime, rng: random.Random) -> _Plan:
             )
             if failed:
                 continue
-            for action_type, payload, confidence in _proposals(rng, ticket, category):
+            for action_type, payload, confidence in _proposals(rng, ticket, category, routine):
                 _add_action(
                     plan,
                     rng,
@@ -194,6 +207,7 @@ def _plan(now: datetime, rng: random.Random) -> _Plan:
                     confidence=confidence,
                     created=created + timedelta(seconds=rng.randint(5, 60)),
                     degraded=degraded,
+                    routine=routine and action_type == "send_reply",
                     teams=teams,
                     reviewers=reviewers,
                     fallback=fallback,
@@ -202,7 +216,7 @@ def _plan(now: datetime, rng: random.Random) -> _Plan:
 
 
 def _proposals(
-    rng: random.Random, ticket: dict[str, str], category: str
+    rng: random.Random, ticket: dict[str, str], category: str, routine: bool
 ) -> list[tuple[str, dict[str, Any], float]]:
     tid = ticket["ticket_id"]
     name = ticket["customer"].split(".")[0].title()
@@ -217,7 +231,7 @@ def _proposals(
                 "body": f"Hi {name},\n\nThanks for writing in about this. We're on it and "
                 "will follow up within a day.\n\nBest,\nSupport",
             },
-            rng.betavariate(6, 1.6),
+            rng.uniform(0.95, 0.995) if routine else rng.betavariate(5, 2),
         ),
     ]
     if category in _TEAMS and rng.random() < 0.5:
@@ -243,6 +257,7 @@ def _add_action(
     confidence: float,
     created: datetime,
     degraded: bool,
+    routine: bool,
     teams: dict[str, Team],
     reviewers: dict[str, User | None],
     fallback: User | None,
@@ -280,7 +295,8 @@ def _add_action(
         action.status = ActionStatus.EXECUTED
         action.executed_at = created + timedelta(seconds=1)
         action.result = {"demo": True}
-        _maybe_outcome(plan, rng, action, good=rng.random() < approval_probability(confidence))
+        good = rng.random() < approval_probability(confidence, routine=routine)
+        _maybe_outcome(plan, rng, action, good=good)
         return
     if decision.outcome == PolicyOutcome.BLOCK:
         action.status = ActionStatus.BLOCKED
@@ -308,7 +324,9 @@ def _add_action(
         sla_due_at=created + timedelta(minutes=sla) if sla else None,
         decided_at=decided_at,
     )
-    p_ok = approval_probability(confidence, degraded=degraded and action_type == "send_reply")
+    p_ok = approval_probability(
+        confidence, routine=routine, degraded=degraded and action_type == "send_reply"
+    )
     roll = rng.random()
     edited: dict[str, Any] | None = None
     reason = ""
@@ -348,18 +366,18 @@ def _add_action(
         )
     )
     if approved:
-        good = rng.random() < (0.55 if degraded and action_type == "send_reply" else 0.9)
+        good = rng.random() < (0.55 if degraded and action_type == "send_reply" else 0.92)
         _maybe_outcome(plan, rng, action, good=good)
 
 
 def _maybe_outcome(plan: _Plan, rng: random.Random, action: Action, *, good: bool) -> None:
-    if action.action_type != "send_reply" or rng.random() < 0.3:
+    if rng.random() < 0.4:
         return
     assert action.executed_at is not None
     plan.outcomes.append(
         Outcome(
             action=action,
-            metric="customer_satisfied",
+            metric="customer_satisfied" if action.action_type == "send_reply" else "judged_correct",
             quality=OutcomeQuality.GOOD if good else OutcomeQuality.BAD,
             value=1.0 if good else 0.0,
             source=OutcomeSource.FOLLOW_UP,
@@ -368,8 +386,3 @@ def _maybe_outcome(plan: _Plan, rng: random.Random, action: Action, *, good: boo
             recorded_at=action.executed_at + timedelta(hours=6),
         )
     )
-
-
-def expected_approval_curve(bins: int = 10) -> list[float]:
-    """The curve the history is drawn from, per confidence bin (tests compare to it)."""
-    return [approval_probability((i + 0.5) / bins) for i in range(bins)]
