@@ -26,10 +26,10 @@ def _counts() -> tuple[int, ...]:
     )
 
 
-def _month(**kw: str) -> queries.Scope:
+def _month(action_type: str = "") -> queries.Scope:
     today = timezone.now().astimezone(UTC).date()
     since = datetime.combine(today - timedelta(days=DAYS + 1), time(), tzinfo=UTC)
-    return queries.Scope(since=since, until=timezone.now(), **kw)
+    return queries.Scope(since=since, until=timezone.now(), action_type=action_type)
 
 
 @pytest.fixture
