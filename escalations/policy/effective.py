@@ -202,6 +202,11 @@ class GateRow:
     def current(self) -> Gate:
         return next((g for g in self.gates if g.current), self.gates[1])
 
+    @property
+    def conditions(self) -> list[str]:
+        """What else sends it to review or blocks it, at any trust level (said once)."""
+        return list(dict.fromkeys(c for g in self.gates for c in g.conditions))
+
 
 def gate_rows(
     policy_set: PolicySet,
