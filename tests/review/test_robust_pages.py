@@ -153,3 +153,13 @@ def test_claim_conflicts_are_unchanged_for_non_htmx_posts(alice, carol, escalati
     claim_escalation(escalation_id=escalation.pk, user=alice)
     response = _client(carol).post(reverse("review:claim", args=[escalation.pk]))
     assert response.status_code == 302
+
+
+def test_an_expired_form_token_is_our_page_and_changes_nothing(alice, escalation):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    response = client.post(reverse("review:claim", args=[escalation.pk]))
+    assert response.status_code == 403
+    assert "This page was open too long" in response.text
+    escalation.refresh_from_db()
+    assert escalation.claimed_by is None
