@@ -115,7 +115,7 @@ class QueueFilters:
                 value = value[-1] if value else ""
             value = str(value)
             if _CONTROL.search(value):
-                raise InvalidFilter(f"{name}: not a value any filter has")
+                raise InvalidFilter(f"The {name} filter holds a control character no {name} has.")
             return value.strip()[:_MAX_PARAM]
 
         risk = text("risk")

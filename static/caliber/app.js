@@ -270,6 +270,19 @@
     announce(text);
   });
 
+  // An htmx request whose session has gone follows the redirect to the login form: send the
+  // whole page there instead of swapping the login form into the queue.
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var xhr = e.detail && e.detail.xhr;
+    if (!xhr || !xhr.responseURL) return;
+    var url = new URL(xhr.responseURL);
+    if (url.origin === location.origin && url.pathname === "/login/") {
+      e.detail.shouldSwap = false;
+      connState("session ended: logging in again…");
+      window.location.assign("/login/?next=" + encodeURIComponent(location.pathname + location.search));
+    }
+  });
+
   // --- the live connection -----------------------------------------------------------------
   document.addEventListener("htmx:wsOpen", function () {
     document.body.classList.remove("ws-down");

@@ -91,6 +91,19 @@ def test_a_lost_session_sends_the_live_queue_to_the_login_page(
     page.context.close()
 
 
+def test_a_filter_click_after_the_session_ended_goes_to_the_login_page(
+    page, alice, agent, policies
+):
+    escalate(agent, subject="Waiting for alice")
+    login(page, "alice")
+    expect(page.locator(".conn-state")).to_have_text("live")
+    Session.objects.all().delete()
+    page.locator(".facet a[data-facet=risk]").first.click()
+    page.wait_for_url(re.compile(r"/login/\?next="))
+    expect(page.locator("input[name=username]")).to_be_visible()
+    assert page.locator("#queue").count() == 0  # not the login form swapped into the queue
+
+
 def test_the_queue_and_the_detail_page_fit_a_phone(
     browser, live_server_url, alice, agent, policies
 ):
