@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.sessions.models import Session
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, expect
 
 from bench import processes
 from escalations.actions import claim_escalation
@@ -20,7 +20,7 @@ from tests.review.factories import escalate
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 def _shot(page: Page, name: str) -> None:
@@ -28,7 +28,7 @@ def _shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
-def _page(browser: Browser, base_url: str, viewport: dict[str, int] | None = None) -> Page:
+def _page(browser: Browser, base_url: str, viewport: ViewportSize | None = None) -> Page:
     context = browser.new_context(
         base_url=base_url, viewport=viewport or {"width": 1280, "height": 860}
     )
