@@ -159,6 +159,9 @@ def test_each_example_names_its_ticket_links_it_and_says_what_a_person_decided(
         esc = Escalation.objects.get(action_id=ex.action_id)
         assert ex.url == f"/review/{esc.pk}/"
         assert ex.title == "Charged twice for my subscription"
+        assert (
+            ex.ticket == Escalation.objects.get(action_id=ex.action_id).action.payload["ticket_id"]
+        )
 
 
 def test_the_admin_lists_the_examples_with_links_and_verdicts(admin_client, history, policies):
