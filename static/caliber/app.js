@@ -252,24 +252,6 @@
     }
   }
 
-  // A notice from the server for an htmx request that swaps nothing (a claim from the queue).
-  document.addEventListener("caliber:notice", function (e) {
-    var text = e.detail && e.detail.value;
-    if (!text) return;
-    var main = document.querySelector("main");
-    if (!main) return;
-    var list = main.querySelector("ul.messages");
-    if (!list) {
-      list = document.createElement("ul");
-      list.className = "messages";
-      main.insertBefore(list, main.firstChild);
-    }
-    var item = document.createElement("li");
-    item.textContent = text;
-    list.appendChild(item);
-    announce(text);
-  });
-
   // An htmx request whose session has gone follows the redirect to the login form: send the
   // whole page there instead of swapping the login form into the queue.
   document.addEventListener("htmx:beforeSwap", function (e) {

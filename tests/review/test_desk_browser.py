@@ -154,7 +154,7 @@ def test_no_page_logs_a_console_error(browser, live_server_url, admin_user, caro
     expect(page.locator(f"#esc-{other.pk}")).to_contain_text("claimed by you")
     page.keyboard.press("j")
     page.keyboard.press("c")  # carol has it: refused, and said so without an error
-    expect(page.locator(".messages")).to_contain_text("Not claimed")
+    expect(page.locator("#queue-note")).to_contain_text("Not claimed")
     # A filter click swaps the queue and opens a new socket.
     page.locator(".facet a[data-facet=risk]").first.click()
     expect(page).to_have_url(re.compile(r"risk="))
