@@ -12,11 +12,11 @@ import pytest
 from django.contrib.sessions.models import Session
 from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, expect
 
-from bench import processes
 from escalations.actions import claim_escalation
 from escalations.models import AutonomyPolicy
 from tests.conftest import ARTIFACTS, _free_port, _service_env, _stop, login
 from tests.review.factories import escalate
+from tests.support import processes
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
