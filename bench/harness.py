@@ -158,7 +158,7 @@ class BenchEnv:
         from escalations.models import AgentProfile, AutonomyPolicy, Team
 
         with open(os.devnull, "w") as devnull:
-            call_command("seed_demo", quiet_logins=True, stdout=devnull)
+            call_command("seed_demo", quiet_logins=True, no_history=True, stdout=devnull)
         return {
             "admin": User.objects.get(username="admin"),
             "alice": User.objects.get(username="alice"),

@@ -34,7 +34,8 @@ from .models import (
     Escalation,
     Team,
 )
-from .policy import WhatIfReport, what_if
+from .policy import CompiledPolicy, WhatIfReport, current_policy_set, what_if
+from .policy.effective import gate_rows, idle_numbers
 from .recommender import Recommendation, recommend_for
 
 WHATIF_DEFAULT = 500
@@ -168,8 +169,49 @@ def _recommendations(action_type: str) -> list[Recommendation]:
     return [recommend_for(t) for t in types]
 
 
+class AutonomyPolicyForm(forms.ModelForm[AutonomyPolicy]):
+    change_reason = forms.CharField(
+        label="Why this change",
+        required=False,
+        max_length=100,
+        help_text="Kept in the version history with your name: what evidence or incident made "
+        "you change it. Required to save a change to an existing policy.",
+    )
+
+    class Meta:
+        model = AutonomyPolicy
+        fields = [
+            f.name
+            for f in AutonomyPolicy._meta.concrete_fields
+            if f.editable and f.name not in {"id", "version", "updated_at"}
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        previewing = "_whatif" in self.data
+        reason = (data.get("change_reason") or "").strip()
+        if self.instance.pk is not None and not reason and not previewing:
+            self.add_error("change_reason", "Say why you are changing this policy.")
+        return data
+
+
+def _gates(policy: AutonomyPolicy) -> dict[str, Any]:
+    """The gate that applies for every agent and action type this policy covers."""
+    policy_set = current_policy_set()
+    compiled = policy_set.by_id.get(policy.pk) or CompiledPolicy.of(policy)
+    rows = gate_rows(
+        policy_set,
+        workflow=policy.workflow,
+        agent_ids=[policy.agent_id] if policy.agent_id else None,
+        action_types=[policy.action_type] if policy.action_type else None,
+    )
+    idle = idle_numbers(compiled, rows) if policy.enabled else []
+    return {"gate_rows": rows, "idle_numbers": idle}
+
+
 @admin.register(AutonomyPolicy)
 class AutonomyPolicyAdmin(SimpleHistoryAdmin):
+    form = AutonomyPolicyForm
     list_display = [
         "name",
         "enabled",
@@ -222,7 +264,7 @@ class AutonomyPolicyAdmin(SimpleHistoryAdmin):
                 ]
             },
         ),
-        ("Version", {"fields": ["version", "updated_at"]}),
+        ("Version", {"fields": ["change_reason", "version", "updated_at"]}),
     ]
 
     @admin.display(description="scope")
@@ -276,6 +318,7 @@ class AutonomyPolicyAdmin(SimpleHistoryAdmin):
             "whatif_limit": _whatif_limit(request) if request.method == "POST" else WHATIF_DEFAULT,
             "recommendations": _recommendations(action_type),
             "versions": self._versions(obj) if obj is not None else [],
+            **(_gates(obj) if obj is not None else {}),
         }
         return super().changeform_view(request, object_id, form_url, context)
 
@@ -347,10 +390,13 @@ class AutonomyPolicyAdmin(SimpleHistoryAdmin):
     ) -> None:
         user = request.user
         reverting = "/history/" in request.path
+        reason = (form.cleaned_data.get("change_reason") or "").strip()
+        if reverting:
+            reason = f"reverted from history: {reason}" if reason else "reverted from history"
         save_policy(
             policy=obj,
             user=user if isinstance(user, User) else None,
-            reason="reverted from history" if reverting else "",
+            reason=reason or ("created" if not change else ""),
         )
 
 

@@ -47,6 +47,7 @@ from escalations.models import UNDECIDED_STATUSES
 from .live import queue_hub, register_server_loop
 from .queue import (
     PAGE_SIZE,
+    InvalidFilter,
     QueueFilters,
     SortKey,
     cursor_key,
@@ -140,7 +141,9 @@ def _load_started(message: dict[str, Any]) -> asyncio.Future[dict[str, Any] | No
     return future
 
 
-# Close codes: the page's script sends people to log in on 4401 and never retries 4403/4404.
+# Close codes: the page's script sends people to log in on 4401 and never retries
+# 4400/4403/4404.
+BAD_REQUEST = 4400
 UNAUTHENTICATED = 4401
 MESSAGE_TOO_BIG = 1009
 FORBIDDEN = 4403
@@ -182,19 +185,26 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
         self._lock = asyncio.Lock()
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
-            await self.close(code=UNAUTHENTICATED)
+            await self._refuse(UNAUTHENTICATED)
             return
-        params = {
-            k: v[-1] for k, v in parse_qs(self.scope.get("query_string", b"").decode()).items()
-        }
-        self.filters = QueueFilters.from_params(params)
+        try:
+            params = {
+                k: v[-1]
+                for k, v in parse_qs(
+                    self.scope.get("query_string", b"").decode(errors="replace")
+                ).items()
+            }
+            self.filters = QueueFilters.from_params(params)
+        except InvalidFilter:
+            await self._refuse(BAD_REQUEST)
+            return
         self.watch = None
         if params.get("watch"):
             try:
                 self.watch = uuid.UUID(params["watch"])
                 await _db(get_escalation_for, user, self.watch)
             except (ValueError, Http404):
-                await self.close(code=NOT_FOUND)
+                await self._refuse(NOT_FOUND)
                 return
         teams = await _db(team_ids_for, user)
         self.teams = None if teams is None else frozenset(teams)
@@ -212,6 +222,13 @@ class ReviewQueueConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=html)
         # Changes that arrived while the snapshot was read are applied after it.
         self._drain_task = asyncio.create_task(self._drain())
+
+    async def _refuse(self, code: int) -> None:
+        """Accept, then close with `code`: a socket closed before it is accepted reaches the
+        browser as a failed handshake (1006, no code), which the page cannot tell from a
+        network blip and retries forever; after an accept the page reads the code."""
+        await self.accept()
+        await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
         if self.joined:

@@ -76,6 +76,15 @@ def why_of(reasons: list[Any]) -> str:
     return " · ".join(dict.fromkeys(shown))
 
 
+class InvalidFilter(ValueError):
+    """A filter value no real value can look like (a NUL or another control character): the
+    request is junk, answered 400 (a page) or closed 4400 (the websocket). PostgreSQL cannot
+    even compare text with a NUL in it: psycopg refuses to send one."""
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 FACETS = ("team", "workflow", "agent", "action_type", "risk", "status")
 
 
@@ -97,11 +106,17 @@ class QueueFilters:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> QueueFilters:
+        """Raises InvalidFilter on control characters; any other unknown value just matches
+        nothing (or, for the risk, status and page cursor, is ignored)."""
+
         def text(name: str) -> str:
             value = params.get(name, "")
             if isinstance(value, list):
                 value = value[-1] if value else ""
-            return str(value).strip()[:_MAX_PARAM]
+            value = str(value)
+            if _CONTROL.search(value):
+                raise InvalidFilter(f"The {name} filter holds a control character no {name} has.")
+            return value.strip()[:_MAX_PARAM]
 
         risk = text("risk")
         status = text("status")

@@ -32,8 +32,16 @@ from escalations.models import Decision, Escalation, Verdict, Via
 from escalations.rendering import proposal_for_action, tree
 from workflows.tools import get_action_type
 
+from .errors import bad_request
 from .forms import EDIT, DecisionForm, ReassignForm
-from .queue import QueueFilters, load_row, queue_context, render_queue_note, render_row
+from .queue import (
+    InvalidFilter,
+    QueueFilters,
+    load_row,
+    queue_context,
+    render_queue_note,
+    render_row,
+)
 
 
 def _is_htmx(request: HttpRequest) -> bool:
@@ -50,7 +58,10 @@ def _queue_template(request: HttpRequest) -> str:
 @login_required
 @require_GET
 def queue(request: HttpRequest) -> HttpResponse:
-    filters = QueueFilters.from_params(request.GET)
+    try:
+        filters = QueueFilters.from_params(request.GET)
+    except InvalidFilter as exc:
+        return bad_request(request, str(exc))
     response = render(request, _queue_template(request), queue_context(request.user, filters))
     patch_vary_headers(response, ("HX-Request",))
     return response

@@ -62,6 +62,8 @@ MIDDLEWARE = [
     # Lets policy and agent history record which admin made each change.
     "simple_history.middleware.HistoryRequestMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # After auth and messages: the 400 page is the styled one, with the reviewer's nav.
+    "review.errors.RejectNulMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from workflows.models import Action, PolicyOutcome
 from workflows.tools import ToolError
 
-from ..models import AutonomyPolicy
+from ..models import AutonomyPolicy, Decision, Escalation
 from .compiled import CompiledPolicy, current_policy_set
 from .evaluation import _SEVERITY, evaluate
 
@@ -23,6 +24,11 @@ class WhatIfExample:
     before: PolicyOutcome
     after: PolicyOutcome
     reasons_after: list[str]
+    title: str = ""  # the run's (the ticket's subject)
+    ticket: str = ""
+    created: datetime | None = None
+    url: str = ""  # the escalation a person decided, else the run
+    verdict: str = ""  # what a person decided, or what happened without one
 
 
 @dataclass
@@ -81,13 +87,14 @@ class _ReplayCounter:
         )
 
 
-def what_if(draft: AutonomyPolicy, *, limit: int = 500, examples_per_move: int = 5) -> WhatIfReport:
+def what_if(draft: AutonomyPolicy, *, limit: int = 500, examples_per_move: int = 8) -> WhatIfReport:
     """Replay the last `limit` recorded actions against today's policies and against today's
     policies with `draft` (unsaved; new or edited) in place, and count what moves.
 
     Both sides are evaluated now, so the difference is the draft's alone. The kill switch is
     left out (it would hide the policy's effect) and rate caps are replayed from what each
-    side let run alone within the window.
+    side let run alone within the window. Each move keeps its newest examples, each with its
+    ticket, a link and the verdict a person gave it (the evidence the draft is judged by).
     """
     current = current_policy_set()
     compiled = CompiledPolicy.of(draft)
@@ -133,16 +140,58 @@ def what_if(draft: AutonomyPolicy, *, limit: int = 500, examples_per_move: int =
         report.counts[(before, after)] = report.counts.get((before, after), 0) + 1
         if before != after:
             shown = report.examples.setdefault((before, after), [])
-            if len(shown) < examples_per_move:
-                shown.append(
-                    WhatIfExample(
-                        action_id=str(action.pk),
-                        action_type=action.action_type,
-                        agent=action.agent.name,
-                        confidence=action.confidence,
-                        before=before,
-                        after=after,
-                        reasons_after=after_reasons,
-                    )
+            shown.append(
+                WhatIfExample(
+                    action_id=str(action.pk),
+                    action_type=action.action_type,
+                    agent=action.agent.name,
+                    confidence=action.confidence,
+                    before=before,
+                    after=after,
+                    reasons_after=after_reasons,
+                    title=action.run.title if action.run is not None else "",
+                    ticket=str(action.payload.get("ticket_id") or "")[:40],
+                    created=action.created_at,
+                    url=f"/runs/{action.run_id}/" if action.run_id else "",
+                    verdict=_UNDECIDED_VERDICT.get(action.status, action.status),
                 )
+            )
+            if len(shown) > examples_per_move:
+                shown.pop(0)  # replayed oldest first: keep the newest
+    _add_verdicts(report)
     return report
+
+
+_UNDECIDED_VERDICT = {
+    "auto_approved": "none needed: acted alone",
+    "executed": "none needed: acted alone",
+    "blocked": "none: blocked",
+    "escalated": "waiting for a person",
+    "proposed": "not decided yet",
+}
+
+
+def _add_verdicts(report: WhatIfReport) -> None:
+    """What a person decided about each example: one query for all of them."""
+    examples = [ex for shown in report.examples.values() for ex in shown]
+    ids = [ex.action_id for ex in examples]
+    decisions = {
+        str(d.escalation.action_id): d
+        for d in Decision.objects.filter(escalation__action_id__in=ids).select_related(
+            "escalation", "decided_by"
+        )
+    }
+    escalated = dict(Escalation.objects.filter(action_id__in=ids).values_list("action_id", "id"))
+    for shown in report.examples.values():
+        for i, ex in enumerate(shown):
+            decision = decisions.get(ex.action_id)
+            verdict = ex.verdict
+            if decision is not None:
+                who = decision.decided_by.get_username() if decision.decided_by else "system"
+                verdict = f"{decision.get_verdict_display()} by {who}"
+                if decision.edited_payload is not None:
+                    verdict += " (edited)"
+            esc_id = escalated.get(uuid.UUID(ex.action_id))
+            url = f"/review/{esc_id}/" if esc_id is not None else ex.url
+            shown[i] = replace(ex, verdict=verdict, url=url)
+        shown.reverse()  # newest first

@@ -22,10 +22,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from escalations.access import get_action_for, team_ids_for
 from escalations.models import AgentProfile, Decision
-from escalations.policy import current_threshold
+from escalations.policy import current_policy_set
+from escalations.policy.effective import GateRow, gate_rows
 from escalations.recommender import Recommendation, recommend_for
 from workflows.actions import record_outcome
-from workflows.models import OutcomeQuality, OutcomeSource
+from workflows.models import OutcomeQuality, OutcomeSource, PolicyOutcome
 from workflows.specs import all_specs
 from workflows.tools import ACTION_TYPES
 
@@ -76,6 +77,24 @@ def _scope(request: HttpRequest, form: FilterForm) -> queries.Scope:
     )
 
 
+def _gates(scope: queries.Scope) -> list[GateRow]:
+    """The gate that applies to each agent in scope (escalations/policy/effective.py): the
+    threshold a person tunes is shown only where it is the one that decides."""
+    policy_set = current_policy_set()
+    agent_ids = [
+        a.id
+        for a in policy_set.agents.values()
+        if (scope.agent_id is None or a.id == scope.agent_id)
+        and (scope.team_ids is None or a.team_id in scope.team_ids)
+    ]
+    return gate_rows(
+        policy_set,
+        workflow=scope.workflow,
+        agent_ids=agent_ids,
+        action_types=[scope.action_type] if scope.action_type else None,
+    )
+
+
 RECOMMENDATION_TTL = 60
 
 
@@ -106,14 +125,19 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     labels = [row["day"].strftime("%b %d") for row in trend]
     calibration = []
     stamp = Decision.objects.aggregate(last=Max("pk"))["last"]
+    gates = _gates(scope)
     for action_type, bins in queries.calibration(scope).items():
-        threshold = current_threshold(action_type)
+        applying = [row.current for row in gates if row.action_type == action_type]
+        # The chart's line: the bar that decides, when one agent's gate is a bar at all.
+        thresholds = {g.threshold for g in applying if g.outcome == PolicyOutcome.AUTO}
+        threshold = thresholds.pop() if len(thresholds) == 1 else None
         calibration.append(
             {
                 "action_type": action_type,
                 "bins": bins,
                 "chart": calibration_chart(bins, threshold=threshold),
                 "threshold": threshold,
+                "gates": applying,
                 "recommendation": _recommendation(action_type, stamp),
             }
         )
@@ -150,6 +174,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "by_agent": by["agent"],
             "by_workflow": by["workflow"],
             "calibration": calibration,
+            "gates": gates,
             "failures": queries.failure_cases(scope),
             "outcomes": queries.outcome_quality(scope),
             "autonomous": queries.recent_autonomous_actions(scope),

@@ -145,8 +145,38 @@
     return false;
   }
 
+  // --- shortcuts can be turned off (stored in this browser) --------------------------------
+  var SHORTCUTS_KEY = "caliber.shortcuts";
+  function shortcutsOn() {
+    try { return localStorage.getItem(SHORTCUTS_KEY) !== "off"; } catch (err) { return true; }
+  }
+  function showShortcutsState() {
+    var on = shortcutsOn();
+    document.body.classList.toggle("shortcuts-off", !on);
+    document.querySelectorAll(".keys").forEach(function (hint) {
+      var button = hint.querySelector(".keys-toggle");
+      if (!button) {
+        button = document.createElement("button");
+        button.type = "button";
+        button.className = "keys-toggle";
+        hint.appendChild(button);
+      }
+      button.textContent = on ? "Turn shortcuts off" : "Shortcuts are off: turn on";
+      button.setAttribute("aria-pressed", on ? "false" : "true");
+    });
+  }
+  document.addEventListener("click", function (e) {
+    var button = e.target instanceof Element ? e.target.closest(".keys-toggle") : null;
+    if (!button) return;
+    var on = shortcutsOn();
+    try { localStorage.setItem(SHORTCUTS_KEY, on ? "off" : "on"); } catch (err) { /* private mode */ }
+    showShortcutsState();
+    announce(on ? "Keyboard shortcuts off" : "Keyboard shortcuts on");
+  });
+
   document.addEventListener("keydown", function (e) {
     if (e.key === "Escape" && typing(e)) { e.target.blur(); return; }
+    if (!shortcutsOn()) return;
     if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.altKey || typing(e)) return;
     var handled = document.getElementById("queue-rows") ? queueKey(e) : detailKey(e);
     if (handled) e.preventDefault();
@@ -189,13 +219,70 @@
   }
   setInterval(tick, 1000);
 
+  // --- screen-reader announcements of live changes -----------------------------------------
+  // Real text in a polite live region (#live-announcer, in the base layout): a CSS ::before
+  // is not reliably read out, and a region that only changes class is not read at all.
+  function announce(text) {
+    var region = document.getElementById("live-announcer");
+    if (!region || !text) return;
+    // Cleared first, so the same words twice in a row are announced twice.
+    region.textContent = "";
+    setTimeout(function () { region.textContent = text; }, 50);
+  }
+  function connState(text) {
+    document.querySelectorAll(".conn-state").forEach(function (el) {
+      if (el.textContent !== text) el.textContent = text;
+    });
+  }
+  var lastLiveState = null;
+  function announceChanges() {
+    var fresh = Array.prototype.slice.call(document.querySelectorAll("#queue-rows .row.arrived:not([data-announced])"));
+    fresh.forEach(function (row) { row.setAttribute("data-announced", "1"); });
+    if (fresh.length === 1) {
+      var title = fresh[0].querySelector(".title");
+      announce("New escalation: " + (title ? title.textContent.trim() : "one more in the queue"));
+    } else if (fresh.length > 1) {
+      announce(fresh.length + " new escalations in the queue");
+    }
+    var state = document.getElementById("live-state");
+    if (state) {
+      var text = state.textContent.replace(/\s+/g, " ").trim();
+      if (lastLiveState !== null && text !== lastLiveState) announce(text);
+      lastLiveState = text;
+    }
+  }
+
+  // An htmx request whose session has gone follows the redirect to the login form: send the
+  // whole page there instead of swapping the login form into the queue.
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var xhr = e.detail && e.detail.xhr;
+    if (!xhr || !xhr.responseURL) return;
+    var url = new URL(xhr.responseURL);
+    if (url.origin === location.origin && url.pathname === "/login/") {
+      e.detail.shouldSwap = false;
+      connState("session ended: logging in again…");
+      window.location.assign("/login/?next=" + encodeURIComponent(location.pathname + location.search));
+    }
+  });
+
   // --- the live connection -----------------------------------------------------------------
-  document.addEventListener("htmx:wsOpen", function () { document.body.classList.remove("ws-down"); });
+  document.addEventListener("htmx:wsOpen", function () {
+    document.body.classList.remove("ws-down");
+    connState("live");
+  });
   document.addEventListener("htmx:wsClose", function (e) {
     document.body.classList.add("ws-down");
     var code = e.detail && e.detail.event ? e.detail.event.code : 0;
-    if (code === 4401) { window.location.assign("/login/?next=" + encodeURIComponent(location.pathname + location.search)); return; }
-    if (code === 4403 || code === 4404) return;
+    if (code === 4401) {
+      connState("session ended: logging in again…");
+      window.location.assign("/login/?next=" + encodeURIComponent(location.pathname + location.search));
+      return;
+    }
+    if (code === 4400 || code === 4403 || code === 4404) {
+      connState(code === 4400 ? "not live: these filters are not valid" : "not live");
+      return;
+    }
+    connState("reconnecting…");
     // The extension retries only abnormal closes; a server that shuts down cleanly (a deploy,
     // a restart) closes with 1000/1001, and the page must come back by itself then too.
     var elt = e.target;
@@ -204,11 +291,15 @@
       setTimeout(function () { if (document.body.contains(elt)) wrapper.reconnect(); }, 500 + Math.random() * 1500);
     }
   });
-  document.addEventListener("htmx:wsAfterMessage", function () { restoreSelection(); prunePicked(); tick(); });
-  document.addEventListener("htmx:afterSettle", function () { restoreSelection(); prunePicked(); tick(); });
+  document.addEventListener("htmx:wsAfterMessage", function () { restoreSelection(); prunePicked(); tick(); announceChanges(); });
+  document.addEventListener("htmx:afterSettle", function () { restoreSelection(); prunePicked(); tick(); showShortcutsState(); });
 
   document.addEventListener("DOMContentLoaded", function () {
     tick();
+    showShortcutsState();
+    document.querySelectorAll(".conn-state").forEach(function (el) { if (!el.textContent) el.textContent = "connecting…"; });
+    var state = document.getElementById("live-state");
+    if (state) lastLiveState = state.textContent.replace(/\s+/g, " ").trim();
     if (!document.getElementById("queue-rows")) return;
     var stored = null;
     try { stored = sessionStorage.getItem(SELECTED_KEY); sessionStorage.removeItem(SELECTED_KEY); } catch (err) { /* private mode */ }

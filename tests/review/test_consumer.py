@@ -75,11 +75,40 @@ def _row_ids(html: str) -> list[str]:
     return re.findall(r'<article id="esc-([0-9a-f-]+)"', html)
 
 
-def test_anonymous_connections_are_refused():
+async def _refused_with(ws: WebsocketCommunicator) -> int:
+    """Accepted, then closed with a code the page's script reads (a socket closed before it
+    is accepted reaches the browser as a failed handshake with no code at all)."""
+    connected, _ = await ws.connect()
+    assert connected
+    message = await ws.receive_output(timeout=5)
+    assert message["type"] == "websocket.close"
+    return int(message["code"])
+
+
+def test_anonymous_connections_are_told_to_log_in():
     async def scenario():
-        connected, code = await _communicator(ORIGIN).connect()
-        assert not connected
-        assert code == 4401
+        assert await _refused_with(_communicator(ORIGIN)) == 4401
+
+    async_to_sync(scenario)()
+
+
+@pytest.mark.parametrize("query", ["team=%00", "agent=a%00b", "workflow=%01", "risk=%7F"])
+def test_junk_filters_close_the_socket_as_a_bad_request(alice, query):
+    cookie = _cookie(alice)
+
+    async def scenario():
+        assert await _refused_with(_communicator(ORIGIN, cookie, query=query)) == 4400
+
+    async_to_sync(scenario)()
+
+
+def test_unknown_filter_values_give_an_empty_live_queue(alice, agent, policies):
+    escalate(agent, subject="Hidden by the filter")
+
+    async def scenario():
+        ws, snapshot = await _open(alice, "team=%3Cscript%3E&risk=zzz&after=nope&%00=1")
+        assert 'id="queue-rows"' in snapshot and not _row_ids(snapshot)
+        await ws.disconnect()
 
     async_to_sync(scenario)()
 
@@ -268,8 +297,7 @@ def test_watching_another_teams_escalation_is_refused(bob, agent, policies):
 
     async def scenario():
         ws = _communicator(ORIGIN, cookie, query=f"watch={esc.pk}")
-        connected, code = await ws.connect()
-        assert not connected and code == 4404
+        assert await _refused_with(ws) == 4404
 
     async_to_sync(scenario)()
 

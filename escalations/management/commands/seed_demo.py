@@ -1,6 +1,8 @@
-"""Demo teams, users, agents and policies.
+"""Demo teams, users, agents and policies, and 30 days of history (escalations/demo_history.py)
+so the metrics, calibration and the recommender have something to show on first start.
 
-Passwords are generated fresh on every run and printed, never stored in code.
+Passwords are generated fresh on every run and printed, never stored in code. Running it
+again adds no second history.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from escalations.actions import save_policy
+from escalations.demo_history import DAYS, seed_history
 from escalations.models import AgentProfile, AutonomyPolicy, ExpiryBehaviour, Team, TrustLevel
 from workflows.models import PolicyOutcome
 
@@ -94,6 +97,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--quiet-logins", action="store_true", help="Do not print logins.")
+        parser.add_argument(
+            "--no-history",
+            action="store_true",
+            help="Skip the 30 days of demo history (benchmarks and tests start empty).",
+        )
 
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
@@ -143,8 +151,11 @@ class Command(BaseCommand):
                 teams[team_slug].members.add(user)
             role = "admin, sees every team" if is_admin else f"reviewer, team {team_slug}"
             logins.append((username, password, role))
+        added = 0 if options["no_history"] else seed_history()
         if not options["quiet_logins"]:
             self.stdout.write(self.style.SUCCESS(f"Demo data ready (agent: {agent.name})."))
+            if added:
+                self.stdout.write(f"Added {DAYS} days of history: {added} runs.")
             self.stdout.write("Demo logins (passwords are new on every start):")
             for username, password, role in logins:
                 self.stdout.write(f"  {username:<8} {password:<14} {role}")

@@ -1,0 +1,102 @@
+"""`seed_demo` gives the demo 30 days of history: metrics, calibration and the recommender
+have something to say on first start, the rollups count it exactly, and a second run adds
+nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from escalations.demo_history import DAYS, DEGRADED_FROM, DEGRADED_TO, HISTORY_KEY
+from escalations.models import Decision, Escalation
+from escalations.recommender import recommend_for
+from review.metrics import queries, rollups
+from workflows.models import Action, Outcome, WorkflowRun
+from workflows.prompts.models import ModelCall
+
+pytestmark = pytest.mark.django_db
+
+
+def _counts() -> tuple[int, ...]:
+    return tuple(
+        m.objects.count() for m in (WorkflowRun, Action, Escalation, Decision, Outcome, ModelCall)
+    )
+
+
+def _month(action_type: str = "") -> queries.Scope:
+    today = timezone.now().astimezone(UTC).date()
+    since = datetime.combine(today - timedelta(days=DAYS + 1), time(), tzinfo=UTC)
+    return queries.Scope(since=since, until=timezone.now(), action_type=action_type)
+
+
+@pytest.fixture
+def seeded(db):
+    call_command("seed_demo", quiet_logins=True)
+
+
+def test_a_second_run_adds_nothing(seeded):
+    first = _counts()
+    runs, actions, escalations, decisions, outcomes, calls = first
+    assert runs > 25 * DAYS and actions > runs and decisions == escalations > 500
+    assert outcomes > 300 and calls == runs
+    assert WorkflowRun.objects.exclude(idempotency_key__startswith=HISTORY_KEY).count() == 0
+    call_command("seed_demo", quiet_logins=True)
+    assert _counts() == first
+
+
+def test_the_rollups_count_the_bulk_history_exactly(seeded):
+    scope = _month()
+    by_triggers = (
+        queries.action_figures(scope),
+        queries.decision_figures(scope),
+        queries.calibration(scope),
+        queries.daily_trend(scope),
+        queries.run_figures(scope),
+    )
+    rollups.compact()
+    assert rollups.rebuild() > 0
+    assert (
+        queries.action_figures(scope),
+        queries.decision_figures(scope),
+        queries.calibration(scope),
+        queries.daily_trend(scope),
+        queries.run_figures(scope),
+    ) == by_triggers
+
+
+def test_confidence_predicts_approval_and_the_recommender_has_an_answer(seeded):
+    bins = [b for b in queries.calibration(_month())["send_reply"] if b["n"] >= 30]
+    rates = [b["rate"] for b in bins]
+    assert len(bins) >= 5
+    assert rates[-1] > 0.95 and rates[0] < 0.4
+    # Broadly rising: each bin at least about as likely to be approved as two bins lower.
+    assert all(rates[i] >= rates[i - 2] - 0.05 for i in range(2, len(rates)))
+    reply = recommend_for("send_reply")
+    assert reply.threshold is not None and 0.9 <= reply.threshold <= 0.97
+    assert reply.decided > 500
+
+
+def test_the_degraded_days_stand_out(seeded):
+    trend = {r["day"]: r for r in queries.daily_trend(_month(action_type="send_reply"))}
+    today = timezone.now().astimezone(UTC).date()
+
+    def approval(days: range) -> float:
+        rows = [trend[today - timedelta(days=d)] for d in days]
+        return sum(r["approval_rate"] * r["decisions"] for r in rows) / sum(
+            r["decisions"] for r in rows
+        )
+
+    bad = approval(range(DEGRADED_TO, DEGRADED_FROM + 1))
+    normal = approval(range(DEGRADED_FROM + 2, DAYS))
+    assert bad < normal - 0.2
+    failures = queries.failure_cases(_month())
+    assert failures.get("model error")
+
+
+def test_the_metrics_page_shows_the_history_at_once(seeded, admin_client):
+    html = admin_client.get("/metrics/?period=30").text
+    assert "No human decisions in this period yet." not in html
+    assert "act alone at confidence &gt;= 0.9" in html or "act alone at confidence >= 0.9" in html
