@@ -71,6 +71,7 @@ from .models import (
 )
 from .outbox import ADVANCE, RUN_STEP
 from .outbox import enqueue as outbox_enqueue
+from .outcomes import run_outcome
 from .recovery import RESUME_RUN, attention_resolved, recovery_check, with_effect
 from .specs import Sleep, UnknownWorkflow, Wait, get_spec
 from .state import StateView, normalise, update_state
@@ -393,8 +394,6 @@ def _settle_status(
             run.status = RunStatus.RUNNING
         run.wake_at = None
     elif all(s.is_done for s in steps):
-        from .outcomes import run_outcome
-
         status, reason = run_outcome(run)
         finish_locked(run, status, reason, all_done=True, pending=pending)
         return False

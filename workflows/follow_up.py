@@ -20,6 +20,7 @@ from django.utils.dateparse import parse_datetime
 from .actions import record_outcome, start_run
 from .engine import StepContext
 from .models import Action, ActionStatus, OutcomeQuality, OutcomeSource, TraceKind, WorkflowRun
+from .run_events import CUSTOMER_REPLIED
 from .specs import StepResult, StepSpec, Wait, WorkflowSpec, register
 
 FOLLOW_UP_SECONDS = 6 * 3600
@@ -69,8 +70,6 @@ def _customer_replies(ticket_run: WorkflowRun, since: datetime) -> list[dict[str
 def await_reply(ctx: StepContext) -> StepResult:
     """Wait for the customer's reply to the ticket (an outside event delivered to the ticket
     run: POST /api/v1/runs/{id}/events) or the end of the window, whichever comes first."""
-    from .run_events import CUSTOMER_REPLIED
-
     data = ctx.run.input
     since = parse_datetime(str(data.get("reply_sent_at", "")))
     if since is None:

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from . import outbox
+from .actions import execute_action
 from .models import Action, ActionStatus, Effect, TraceKind
 from .tools import get_action_type
 
@@ -103,8 +104,6 @@ def settle_actions(ctx: StepContext, actions: Iterable[Action]) -> Settled:
     """Settle what can be settled now. Precondition: inside the step attempt's transaction
     (its lease fences the commit). Each action's row is locked first, so an undo racing the
     end of the window either wins (the action is back with a person) or finds it executed."""
-    from .actions import execute_action
-
     now = timezone.now()
     ids = [a.pk for a in actions]
     out = Settled()

@@ -13,7 +13,8 @@ from django.utils import timezone
 
 from workflows import outbox
 from workflows.actions import record_trace
-from workflows.models import Action, ActionStatus, TraceKind
+from workflows.models import Action, ActionStatus, Effect, TraceKind
+from workflows.settle import record_decision, record_undo
 from workflows.tools import ACTION_TYPES, ToolError, get_action_type
 
 from .. import notify
@@ -225,8 +226,6 @@ def finalise_decision(
     a person, the last quorum approver, the SLA timer — races through the same conditional
     UPDATE, so exactly one outcome is ever recorded.
     """
-    from workflows.settle import record_decision
-
     now = timezone.now()
     # The conditional UPDATE is the race's referee: its row count says who won.
     won = Escalation.objects.filter(pk=escalation.pk, status__in=UNDECIDED_STATUSES).update(
@@ -297,6 +296,7 @@ def finalise_decision(
 def fallback_owner(user: User, escalation: Escalation) -> str:
     """Who takes the work over when the action's fallback runs: the person who decided, or,
     for the SLA's system user, the first active member of the escalation's team."""
+    # sla imports this module (finalise_decision): read its constant at call time.
     from .sla import SYSTEM_USERNAME
 
     if user.is_active and user.get_username() != SYSTEM_USERNAME:
@@ -319,10 +319,6 @@ def undo_approval(*, escalation_id: uuid.UUID | str, user: User, via: Via) -> Es
     locked, in the order the engine's settlement takes the action's: an undo racing the
     window's end either wins or finds the action executed.
     """
-    from workflows.actions import record_trace
-    from workflows.models import Effect
-    from workflows.settle import record_undo
-
     with transaction.atomic():
         escalation = get_escalation_for(user, escalation_id)
         locked = Escalation.objects.select_for_update().filter(pk=escalation.pk).first()
