@@ -26,7 +26,7 @@ def test_every_way_of_starting_a_worker_consumes_the_priority_queue_first():
     assert "-Q ${CELERY_QUEUE:-caliber}-priority,${CELERY_QUEUE:-caliber} " in procfile
     embedded = (ROOT / "workflows" / "embedded.py").read_text()
     assert "queues=[settings.CELERY_PRIORITY_QUEUE, settings.CELERY_TASK_DEFAULT_QUEUE]" in embedded
-    processes = (ROOT / "bench" / "processes.py").read_text()
+    processes = (ROOT / "tests" / "support" / "processes.py").read_text()
     assert '"-Q", f"{queue}-priority,{queue}"' in processes
     default = settings.CELERY_TASK_DEFAULT_QUEUE
     assert default + "-priority" == settings.CELERY_PRIORITY_QUEUE
