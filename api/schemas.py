@@ -234,6 +234,29 @@ class RunOut(Schema):
     actions: list[RunActionOut]
 
 
+class EventIn(Schema):
+    kind: Text = Field(
+        ...,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_.-]{0,63}$",
+        description="What happened, e.g. customer_replied (needs data.text), payment_cleared.",
+    )
+    data: JsonObject | None = Field(None, description="The event's details (a JSON object).")
+    idempotency_key: Text = Field(
+        "",
+        max_length=150,
+        description="The same key delivered again records and wakes nothing a second time.",
+    )
+
+
+class EventOut(Schema):
+    run_id: uuid.UUID
+    kind: str
+    woke: int = Field(..., description="Waiting steps woken (the run's and its follow-ups').")
+    duplicate: bool = Field(..., description="This key was delivered before: nothing changed.")
+
+
 class OutcomeIn(Schema):
     action_id: uuid.UUID | None = None
     run_id: uuid.UUID | None = None

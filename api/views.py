@@ -32,6 +32,7 @@ from escalations.actions.decisions import DeadlinePassed, NotAPerson, OwnEscalat
 from escalations.models import Decision, EscalationStatus, Verdict, Via
 from workflows.actions import record_outcome
 from workflows.models import OutcomeQuality, OutcomeSource
+from workflows.run_events import deliver_event
 from workflows.specs import InvalidInput, UnknownWorkflow, get_spec
 from workflows.tools import ToolError, get_action_type
 
@@ -56,6 +57,8 @@ from .schemas import (
     Error,
     EscalationOut,
     EscalationPage,
+    EventIn,
+    EventOut,
     OutcomeIn,
     OutcomeOut,
     ResultIn,
@@ -463,6 +466,40 @@ def create_run(request: HttpRequest, body: RunIn) -> Status[Any]:
 )
 def get_run(request: HttpRequest, run_id: uuid.UUID) -> dict[str, Any]:
     return describe_run(get_run_for_token(token_of(request), run_id))
+
+
+@api.post(
+    "/runs/{run_id}/events",
+    response={202: EventOut, 404: Error, **COMMON},
+    summary="Deliver an outside event to a run (the customer replied, a payment cleared)",
+    description="Recorded in the run's state; steps waiting for this kind of event (the "
+    "run's and its follow-up runs') wake now rather than at their deadline. A "
+    "customer_replied event adds data.text to the conversation.",
+    tags=["runs"],
+)
+def deliver_run_event(request: HttpRequest, run_id: uuid.UUID, body: EventIn) -> Status[Any]:
+    token = token_of(request)
+    run = get_run_for_token(token, run_id)
+    try:
+        delivered = deliver_event(
+            run_id=run.pk,
+            kind=body.kind,
+            data=body.data,
+            actor=token.actor,
+            key=body.idempotency_key,
+        )
+    except DjangoValidationError as exc:
+        field, errors = next(iter(exc.message_dict.items()))
+        raise _unprocessable(["body", field], " ".join(errors)) from None
+    return Status(
+        202,
+        {
+            "run_id": run.pk,
+            "kind": delivered.kind,
+            "woke": delivered.woke,
+            "duplicate": delivered.duplicate,
+        },
+    )
 
 
 @api.post(

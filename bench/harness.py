@@ -194,7 +194,8 @@ class BenchEnv:
         from config.celery import app
 
         with app.connection_for_write() as conn:
-            conn.default_channel.queue_purge(os.environ["CELERY_QUEUE"])  # type: ignore[attr-defined]
+            for queue in (os.environ["CELERY_QUEUE"], os.environ["CELERY_QUEUE"] + "-priority"):
+                conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
 
     # --- processes --------------------------------------------------------------------------
 
@@ -376,7 +377,7 @@ def inline_engine() -> Iterator[Callable[[], int]]:
         while pending:
             task, args = pending.pop(0)
             ran += 1
-            if task == outbox.ADVANCE:
+            if task in (outbox.ADVANCE, outbox.RESUME):
                 engine.advance_run(run_id=uuid.UUID(args[0]))
             elif task == outbox.RUN_STEP:
                 engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])

@@ -8,10 +8,12 @@ import re
 from typing import Any
 
 from django import forms
+from django.utils import timezone
 
 from escalations.models import Team, Verdict
 from escalations.rendering import Proposal
-from workflows.tools import ActionType
+from workflows.models import Action
+from workflows.tools import ActionType, get_action_type
 
 EDIT = "edit"
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -191,15 +193,25 @@ class DecisionForm(forms.Form):
     def confirm_digest(self) -> str:
         return payload_digest(self.version_to_run)
 
-    def success_message(self) -> str:
+    def success_message(self, action: Action) -> str:
+        """What happens next, as it is: never a promise the engine may not keep."""
         verdict = self.cleaned_data["verdict"]
+        tool = get_action_type(action.action_type)
         if verdict == Verdict.APPROVE:
             changed = self.cleaned_data["edited"] not in (None, self.payload)
             edited = " with your edits" if changed else ""
-            return f"Approved{edited}; the run resumes."
+            if action.execute_after is not None:
+                left = max(round((action.execute_after - timezone.now()).total_seconds()), 0)
+                return f"Approved{edited}: queued, it executes in {left} s unless you undo it."
+            return f"Approved{edited}: queued to execute now."
         if verdict == Verdict.RESPOND:
-            return "Answer sent to the agent; the run resumes."
-        return "Rejected; the agent is told why and the run resumes."
+            return (
+                "Answered: the agent revises its proposal with your words; the revision comes "
+                "back to the queue (or runs, if policy lets it)."
+            )
+        if tool.fallback is not None and action.run_id is not None:
+            return f"Rejected: it will not run. Next: {tool.fallback_label.lower()} (you)."
+        return "Rejected: it will not run; the agent is told why."
 
 
 class ReassignForm(forms.Form):

@@ -11,4 +11,5 @@ urlpatterns = [
     path("<uuid:pk>/claim/", views.claim, name="claim"),
     path("<uuid:pk>/release/", views.release, name="release"),
     path("<uuid:pk>/reassign/", views.reassign, name="reassign"),
+    path("<uuid:pk>/undo/", views.undo, name="undo"),
 ]

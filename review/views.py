@@ -21,11 +21,13 @@ from escalations.access import AnyUser, get_escalation_for
 from escalations.actions import (
     AlreadyClaimed,
     AlreadyDecided,
+    TooLateToUndo,
     claim_escalation,
     decide_escalation,
     decide_escalations,
     reassign_escalation,
     release_escalation,
+    undo_approval,
 )
 from escalations.actions.decisions import payload_diff
 from escalations.models import Decision, Escalation, Verdict, Via
@@ -42,6 +44,7 @@ from .queue import (
     render_queue_note,
     render_row,
 )
+from .settlement import revision_context, settlement_of, status_label
 
 
 def _is_htmx(request: HttpRequest) -> bool:
@@ -73,14 +76,27 @@ def decision_panel_context(user: AnyUser, pk: uuid.UUID | str | None) -> dict[st
         raise Http404("No such escalation")
     esc = get_escalation_for(user, pk)
     decision = Decision.objects.filter(escalation=esc).select_related("decided_by").first()
-    return {"esc": esc, "decision": decision, "user": user, **_decision_extras(esc, decision)}
+    return {
+        "esc": esc,
+        "decision": decision,
+        "user": user,
+        **_decision_extras(esc, decision, user),
+    }
 
 
-def _decision_extras(esc: Escalation, decision: Decision | None) -> dict[str, object]:
+def _decision_extras(
+    esc: Escalation, decision: Decision | None, user: AnyUser
+) -> dict[str, object]:
     diff = None
     if decision is not None and decision.edited_payload is not None:
         diff = payload_diff(esc.action.payload, decision.edited_payload)
-    return {"diff": diff}
+    status_css, status_text = status_label(esc, decision)
+    return {
+        "diff": diff,
+        "settlement": settlement_of(esc, decision, user),
+        "status_css": status_css,
+        "status_text": status_text,
+    }
 
 
 def _detail_context(request: HttpRequest, pk: uuid.UUID) -> dict[str, object]:
@@ -102,6 +118,7 @@ def _detail_context(request: HttpRequest, pk: uuid.UUID) -> dict[str, object]:
         "ticket": run.input if run is not None and isinstance(run.input, dict) else {},
         "proposal": proposal,
         "ticket_tree": tree(run.input) if run is not None else (),
+        "revision": revision_context(action),
         "trace": list(run.trace.all()) if run is not None else [],
         "steps": list(run.steps.all()) if run is not None else [],
         "state_json": json.dumps(run.state, indent=2, ensure_ascii=False) if run else "",
@@ -155,7 +172,11 @@ def decide(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
                     form.add_error(field if field in form.fields else None, error)
         else:
             if isinstance(result, Decision):
-                messages.success(request, form.success_message())
+                esc.action.refresh_from_db()
+                messages.success(request, form.success_message(esc.action))
+                if esc.action.execute_after is not None:
+                    # Its page shows the countdown and the Undo button.
+                    return redirect("review:detail", pk=esc.pk)
             else:
                 # A quorum escalation: this approval counts, others are still needed.
                 esc.refresh_from_db()
@@ -283,6 +304,21 @@ def reassign(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     ctx = _detail_context(request, pk)
     ctx["reassign_form"] = form
     return render(request, "review/detail.html", ctx, status=400)
+
+
+@login_required
+@require_POST
+def undo(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    try:
+        undo_approval(escalation_id=pk, user=request.user, via=Via.WEB)  # type: ignore[arg-type]
+    except TooLateToUndo as exc:
+        messages.info(request, f"Not undone: {exc}.")
+    else:
+        messages.success(request, "Undone: nothing was sent. It is back in the queue.")
+    if _is_htmx(request):
+        # The whole page changes (the decision form is back): htmx reloads it.
+        return HttpResponse(status=204, headers={"HX-Refresh": "true"})
+    return redirect("review:detail", pk=pk)
 
 
 @never_cache

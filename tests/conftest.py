@@ -204,7 +204,8 @@ def _purge_queue() -> None:
     from config.celery import app
 
     with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)  # type: ignore[attr-defined]
+        for queue in (settings.CELERY_TASK_DEFAULT_QUEUE, settings.CELERY_PRIORITY_QUEUE):
+            conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")

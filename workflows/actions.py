@@ -238,6 +238,7 @@ def create_action(
     verdict: Verdict | None = None,
     force_review_reasons: Sequence[str] = (),
     declared_irreversible: bool = False,
+    revision_of: Action | None = None,
 ) -> Action:
     """The one way an Action comes to exist: engine proposals, API submissions and the
     engine's own "needs attention" alike.
@@ -282,6 +283,8 @@ def create_action(
         policy_id=verdict.policy_id,
         policy_version=verdict.policy_version,
         status=status_for(outcome),
+        revision_of=revision_of,
+        revision_round=revision_of.revision_round + 1 if revision_of is not None else 0,
     )
     if run is not None and evaluated:
         record_trace(
@@ -310,14 +313,17 @@ def propose_action(
     confidence: float,
     rationale: str,
     force_review_reasons: list[str] | tuple[str, ...] = (),
+    revision_of: Action | None = None,
 ) -> Action:
     """Record what the agent proposes and hold it against policy.
 
     AUTO marks it auto-approved (the engine executes it), REVIEW escalates it to a person,
-    BLOCK refuses it. Idempotent per (run, step, action type).
+    BLOCK refuses it. Idempotent per (run, step, action type) and revision round:
+    `revision_of` is the action a person answered, which this one revises.
     """
     tool = get_action_type(action_type)
-    key = f"{run.pk}:{step_name}:{action_type}"
+    round_ = revision_of.revision_round + 1 if revision_of is not None else 0
+    key = f"{run.pk}:{step_name}:{action_type}" + (f":r{round_}" if round_ else "")
     existing = Action.objects.filter(idempotency_key=key).first()
     if existing is not None:
         return existing
@@ -331,6 +337,7 @@ def propose_action(
         rationale=rationale,
         idempotency_key=key,
         force_review_reasons=force_review_reasons,
+        revision_of=revision_of,
     )
 
 

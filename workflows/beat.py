@@ -14,7 +14,7 @@ from django.utils import timezone
 from . import leases
 from .gate import gate
 from .models import RunStatus, StepRun, StepStatus, WorkflowRun
-from .outbox import ADVANCE, RUN_STEP
+from .outbox import ADVANCE, RESUME, RUN_STEP
 from .outbox import enqueue as outbox_enqueue
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,9 @@ def wake_runs(*, limit: int = 500) -> int:
             step.waiting_for = {**(step.waiting_for or {}), "until": now.isoformat()}
             step.save(update_fields=["waiting_for"])
         for run_id in due:
-            outbox_enqueue(ADVANCE, str(run_id))
+            # A wake-up is often a person's decision coming due (an undo window ended): on
+            # the queue workers serve first.
+            outbox_enqueue(RESUME, str(run_id))
     return len(due)
 
 

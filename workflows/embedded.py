@@ -37,7 +37,10 @@ class EmbeddedServices:
             without_heartbeat=True,
             without_mingle=True,
             without_gossip=True,
-            queues=[settings.CELERY_TASK_DEFAULT_QUEUE],
+            # The priority queue first (what follows a person's decision). kombu's memory
+            # transport cycles fairly between them rather than strictly in order: in embedded
+            # mode the decision's task is only never starved, not served first.
+            queues=[settings.CELERY_PRIORITY_QUEUE, settings.CELERY_TASK_DEFAULT_QUEUE],
         )
         t = threading.Thread(target=self.worker.start, name="celery-worker", daemon=True)
         t.start()

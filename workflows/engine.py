@@ -72,6 +72,7 @@ from .models import (
 )
 from .outbox import ADVANCE, RUN_STEP
 from .outbox import enqueue as outbox_enqueue
+from .outcomes import run_outcome
 from .recovery import RESUME_RUN, attention_resolved, recovery_check, with_effect
 from .specs import Sleep, UnknownWorkflow, Wait, get_spec
 from .state import StateView, normalise, update_state
@@ -300,7 +301,7 @@ def _coordinate_locked(
     claim = _dispatch(run, work, token, now)
     if run.is_terminal:
         return None
-    if not _settle_status(run, steps, work, claim, pending):
+    if not _settle_status(run, steps, work, claim, pending, awaited=awaited, now=now):
         return None
     _end_round(run, claim, now, pending)
     return claim
@@ -349,9 +350,10 @@ def _due_work(
     def deps_done(s: StepRun) -> bool:
         return all(by_name[d].is_done for d in s.depends_on if d in by_name)
 
-    undecided = {pk for pk, a in awaited.items() if a.status == ActionStatus.ESCALATED}
+    # Still with a person, or approved and inside its undo window: not settled yet.
+    unsettled = {pk for pk, a in awaited.items() if _unsettled(a, now)}
     resumable = [
-        s for s in steps if s.status == StepStatus.WAITING and _wait_over(s, now, undecided)
+        s for s in steps if s.status == StepStatus.WAITING and _wait_over(s, now, unsettled)
     ]
     ready = [
         s
@@ -381,6 +383,9 @@ def _settle_status(
     work: list[StepRun],
     claim: Claim | None,
     pending: list[str] | None,
+    *,
+    awaited: dict[str, Action],
+    now: datetime,
 ) -> bool:
     """The run's status after this round: running, waiting (until when), or finished —
     then False, the round is over."""
@@ -392,7 +397,8 @@ def _settle_status(
             run.status = RunStatus.RUNNING
         run.wake_at = None
     elif all(s.is_done for s in steps):
-        finish_locked(run, RunStatus.SUCCEEDED, all_done=True, pending=pending)
+        status, reason = run_outcome(run)
+        finish_locked(run, status, reason, all_done=True, pending=pending)
         return False
     else:
         in_flight = any(s.status in (StepStatus.RUNNING, StepStatus.QUEUED) for s in steps)
@@ -400,6 +406,8 @@ def _settle_status(
         if waiting and not in_flight and run.status != RunStatus.WAITING:
             run.status = RunStatus.WAITING
         wakes = [_until(s) for s in waiting]
+        # An approved action's undo window ends: the run wakes to execute it.
+        wakes += [a.execute_after for a in awaited.values() if a.in_undo_window(now)]
         run.wake_at = min((w for w in wakes if w is not None), default=None)
     return True
 
@@ -455,13 +463,24 @@ def _awaited_actions(steps: list[StepRun]) -> dict[str, Action]:
     return {str(a.pk): a for a in with_effect(Action.objects.filter(pk__in=ids))}
 
 
-def _wait_over(step: StepRun, now: datetime, undecided: set[str]) -> bool:
+def _unsettled(action: Action, now: datetime) -> bool:
+    return action.status == ActionStatus.ESCALATED or action.in_undo_window(now)
+
+
+def _wait_over(step: StepRun, now: datetime, unsettled: set[str]) -> bool:
+    """Whichever comes first: its deadline, an awaited outside event, its actions settled
+    (all of them; with `each`, any one: the step settles it and waits again for the rest)."""
     wf = step.waiting_for or {}
     until = _until(step)
-    if until is not None:
-        return until <= now
-    ids = wf.get("actions") or []
-    return not any(str(a) in undecided for a in ids)
+    if until is not None and until <= now:
+        return True
+    if wf.get("event"):
+        return True
+    ids = [str(a) for a in wf.get("actions") or []]
+    if ids:
+        pending = [a for a in ids if a in unsettled]
+        return len(pending) < len(ids) if wf.get("each") else not pending
+    return until is None and not wf.get("events")
 
 
 def _claim(run: WorkflowRun, step: StepRun, token: str, now: datetime) -> Claim | None:
@@ -649,7 +668,7 @@ def _commit(
     fence = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, lease_owner=token)
     fields: dict[str, Any] = {"lease_owner": "", "lease_expires_at": None, "error": ""}
     if isinstance(result, Wait):
-        fields |= {"status": StepStatus.WAITING, "waiting_for": {"actions": list(result.actions)}}
+        fields |= {"status": StepStatus.WAITING, "waiting_for": result.waiting_for()}
         message = f"waiting: {result.reason}"
     elif isinstance(result, Sleep):
         fields |= {
@@ -701,7 +720,7 @@ def _commit(
         locked.save(update_fields=pending)
     if chain:
         return nxt
-    if isinstance(result, Sleep):
+    if isinstance(result, Sleep | Wait) and result.until is not None:
         wake = result.until if locked.wake_at is None else min(locked.wake_at, result.until)
         WorkflowRun.objects.filter(pk=run.pk).update(wake_at=wake, updated_at=now)
     if not inline and _worth_advancing(run.pk):

@@ -1,25 +1,28 @@
 """The triage follow-up: "check in 6 hours whether the customer replied".
 
 Triage ends by scheduling a follow-up run (its own run, so the ticket's run finishes — and
-counts as complete — now, not in six hours). The follow-up's one step asks to be woken: the
-time is a database column scanned by beat, never a broker countdown. On waking it looks at
-the ticket run's conversation and records what it found as an outcome of the reply it sent:
-no reply within the window is taken as resolved (good); a reply means the customer still
-needed help (bad).
+counts as complete — now, not in six hours). The follow-up's one step waits for the
+customer's reply (an outside event delivered to the ticket run, workflows.run_events) or the
+end of the window, whichever comes first: the window's end is a database column scanned by
+beat, never a broker countdown. It then records what it found as an outcome of the reply it
+sent: no reply within the window is taken as resolved (good); a reply means the customer
+still needed help (bad).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from pydantic import BaseModel, ConfigDict
 
 from .actions import record_outcome, start_run
 from .engine import StepContext
 from .models import Action, ActionStatus, OutcomeQuality, OutcomeSource, TraceKind, WorkflowRun
-from .specs import Sleep, StepResult, StepSpec, WorkflowSpec, register
+from .run_events import CUSTOMER_REPLIED
+from .specs import StepResult, StepSpec, Wait, WorkflowSpec, register
 
 FOLLOW_UP_SECONDS = 6 * 3600
 METRIC = "customer_replied_within_6h"
@@ -66,19 +69,23 @@ def _customer_replies(ticket_run: WorkflowRun, since: datetime) -> list[dict[str
 
 
 def await_reply(ctx: StepContext) -> StepResult:
+    """Wait for the customer's reply to the ticket (an outside event delivered to the ticket
+    run: POST /api/v1/runs/{id}/events) or the end of the window, whichever comes first."""
     data = ctx.run.input
-    if not ctx.woken:
-        return Sleep.after(
-            float(data.get("check_after_seconds", FOLLOW_UP_SECONDS)),
-            "check whether the customer replied",
-        )
-    ticket_run = WorkflowRun.objects.get(pk=data["ticket_run"])
-    reply = Action.objects.get(pk=data["reply_action"])
-    since = parse_datetime(data["reply_sent_at"])
+    since = parse_datetime(str(data.get("reply_sent_at", "")))
     if since is None:
         raise ValueError("reply_sent_at is not a timestamp")
+    deadline = since + timedelta(seconds=float(data.get("check_after_seconds", FOLLOW_UP_SECONDS)))
+    ticket_run = WorkflowRun.objects.get(pk=data["ticket_run"])
     replies = _customer_replies(ticket_run, since)
     replied = bool(replies)
+    if not replied and not ctx.woken and timezone.now() < deadline:
+        return Wait(
+            "the customer's reply, or the end of the follow-up window",
+            events=(CUSTOMER_REPLIED,),
+            until=deadline,
+        )
+    reply = Action.objects.get(pk=data["reply_action"])
     record_outcome(
         metric=METRIC,
         quality=OutcomeQuality.BAD if replied else OutcomeQuality.GOOD,

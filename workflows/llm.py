@@ -429,6 +429,23 @@ class OfflineModel:
             problems.append("the reply is too short to address the ticket")
         return {"ok": not problems, "problems": problems}, []
 
+    def _triage_revise(self, v: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        payload = parse_json_object(str(v.get("payload", "{}")))
+        answer = " ".join(str(v.get("answer", "")).split())
+        kind = str(v.get("action_type", ""))
+        revised, changed = revise_payload(kind, payload, answer)
+        return (
+            {
+                "payload": revised,
+                # The reviewer said what they want; a revision that did it is likelier to pass.
+                "confidence": 0.85 if changed else 0.5,
+                "rationale": f"revised as {v.get('reviewer') or 'the reviewer'} asked: {changed}"
+                if changed
+                else "could not tell what to change; sent back as it was",
+            },
+            [f"revision rule: {changed or 'none matched'}"],
+        )
+
     def _escalation_summary(self, v: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         unsure = str(v.get("unsure") or "").strip()
         summary = (
@@ -438,6 +455,69 @@ class OfflineModel:
             + (f" The agent is unsure about: {unsure}." if unsure else "")
         )
         return {"summary": summary[:1500]}, []
+
+
+_TEAMS = ("Billing", "Engineering", "Support", "Logistics")
+_SIGN_OFF = "\n\nBest regards,"
+
+
+def _second_person(text: str) -> str:
+    """'their order number' (about the customer, to the reviewer) -> 'your order number'."""
+    swaps = {"their": "your", "them": "you", "they": "you", "theirs": "yours", "he": "you"}
+    return " ".join(swaps.get(w.lower(), w) for w in text.split())
+
+
+def _add_paragraph(body: str, paragraph: str) -> str:
+    if _SIGN_OFF in body:
+        head, tail = body.split(_SIGN_OFF, 1)
+        return f"{head.rstrip()}\n\n{paragraph}{_SIGN_OFF}{tail}"
+    return f"{body.rstrip()}\n\n{paragraph}"
+
+
+def revise_payload(kind: str, payload: dict[str, Any], answer: str) -> tuple[dict[str, Any], str]:
+    """The offline model's revision: do what a reviewer's short instruction asks, by rules.
+    Returns the revised payload and what changed ('' if no rule applied)."""
+    text = answer.strip().rstrip(".!")
+    low = text.lower()
+    revised = dict(payload)
+    if kind == "send_reply" and isinstance(payload.get("body"), str):
+        body = str(payload["body"])
+        ask = re.search(
+            r"\bask (?:them |the customer |him |her )?(?:for|about) (.+?)(?: first)?$", low
+        )
+        if ask:
+            wanted = _second_person(text[ask.start(1) : ask.end(1)])
+            line = f"Before we go further, could you send us {wanted}?"
+            revised["body"] = _add_paragraph(body, line)
+            return revised, f"asked the customer for {wanted}"
+        if re.search(r"\bapologi[sz]e\b|\bsay sorry\b", low):
+            revised["body"] = _add_paragraph(body, "I am sorry for the trouble this has caused.")
+            return revised, "added an apology"
+        say = re.search(r"\b(?:tell|remind) (?:them|the customer) (?:that )?(.+)$", low)
+        if say:
+            said = _second_person(text[say.start(1) : say.end(1)])
+            revised["body"] = _add_paragraph(body, said[:1].upper() + said[1:] + ".")
+            return revised, "told the customer what the reviewer asked"
+        if promises_refund(body) and "refund" in low:
+            kept = [s for s in re.split(r"(?<=[.!?])\s+", body) if not promises_refund(s)]
+            revised["body"] = " ".join(kept)
+            return revised, "removed the refund promise"
+        if text:
+            revised["body"] = _add_paragraph(
+                body, _second_person(text)[:1].upper() + _second_person(text)[1:] + "."
+            )
+            return revised, "added the reviewer's point to the reply"
+        return revised, ""
+    if kind == "route_to_team":
+        team = next((t for t in _TEAMS if t.lower() in low), None)
+        if team and team != payload.get("team"):
+            revised["team"] = team
+            return revised, f"routed to {team} instead"
+        return revised, ""
+    if text:
+        revised["note"] = text
+        return revised, "recorded the reviewer's note"
+    return revised, ""
 
 
 def get_model() -> ModelClient:

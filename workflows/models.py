@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.db import models
@@ -13,12 +14,18 @@ class RunStatus(models.TextChoices):
     PENDING = "pending"
     RUNNING = "running"
     WAITING = "waiting"
+    # Only when the run's objective was met (the workflow's declared outcome says so).
     SUCCEEDED = "succeeded"
+    # A person took the work over (a rejected reply's fallback owner, rounds of answers
+    # exhausted): not a success, not a crash.
+    HANDED_OFF = "handed_off", "Handed off"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
-TERMINAL_RUN_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL_RUN_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.HANDED_OFF, RunStatus.FAILED, RunStatus.CANCELLED}
+)
 
 
 class StepStatus(models.TextChoices):
@@ -306,6 +313,18 @@ class Action(models.Model):
     payload_digest = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     executed_at = models.DateTimeField(null=True, blank=True)
+    # The undo window of an approved irreversible action: it runs no earlier than this (a
+    # database timer the engine's wake-up reads, never a broker countdown alone).
+    execute_after = models.DateTimeField(null=True, blank=True)
+    # What the person who decided told the agent, for the engine to act on without knowing
+    # escalations: {"verdict", "text", "by", "owner"} (owner: who takes the work over if the
+    # action type's fallback runs).
+    feedback = models.JSONField(default=dict, blank=True)
+    # A revision the agent proposed after a person answered (Respond) this one.
+    revision_of = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="revisions"
+    )
+    revision_round = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["created_at"]
@@ -328,6 +347,23 @@ class Action(models.Model):
     @property
     def payload_to_execute(self) -> dict[str, Any]:
         return self.approved_payload if self.approved_payload is not None else self.payload
+
+    @property
+    def answered(self) -> bool:
+        """A person answered it in words (Respond) instead of approving or rejecting it."""
+        return self.feedback.get("verdict") == "respond"
+
+    @property
+    def verdict_label(self) -> str:
+        """The status a person reads: an answered action is not "rejected"."""
+        return "answered" if self.answered else self.status
+
+    def in_undo_window(self, now: datetime) -> bool:
+        return (
+            self.status == ActionStatus.APPROVED
+            and self.execute_after is not None
+            and self.execute_after > now
+        )
 
 
 class Effect(models.Model):

@@ -34,6 +34,9 @@ RUN_STEP = "workflows.tasks.run_step"
 # Written into the broker once; gone means the broker lost its data (restarted empty), and
 # with it every message sent before: see broker_restarted.
 EPOCH_KEY = "caliber:broker-epoch"
+# The same as ADVANCE, routed (settings.CELERY_TASK_ROUTES) to the queue workers serve first:
+# a run going on after a person's decision, an undo window's end, a wake-up.
+RESUME = "workflows.tasks.resume_run"
 
 # Task-name prefix -> the queue its tasks go to (None: the default queue), asked at send
 # time. Registered at app start by an app that routes its tasks (Slack's own workers).

@@ -74,6 +74,13 @@ def recovery_check(
     if digest(run.plan) != run.plan_digest:
         problems.append("the run's plan changed since it was stored")
     wanted = [a for s in resuming for a in (s.waiting_for or {}).get("actions", [])]
+    # A step that settles its actions one by one resumes while some are still undecided.
+    one_by_one = {
+        str(a)
+        for s in resuming
+        if (s.waiting_for or {}).get("each")
+        for a in (s.waiting_for or {}).get("actions", [])
+    }
     if awaited is None:
         found = with_effect(Action.objects.filter(pk__in=wanted)) if wanted else []
     else:
@@ -87,10 +94,12 @@ def recovery_check(
             problems.append(f"action {label}'s payload changed since it was proposed")
         if action.status == ActionStatus.EXECUTED or getattr(action, "has_effect", False):
             problems.append(f"action {label} was already executed elsewhere")
-        elif action.status not in (ActionStatus.APPROVED, ActionStatus.REJECTED):
+        elif action.status not in (ActionStatus.APPROVED, ActionStatus.REJECTED) and not (
+            str(action.pk) in one_by_one and action.status == ActionStatus.ESCALATED
+        ):
             problems.append(f"action {label} is {action.status}, not decided")
     if wanted and not problems:
-        checks.append(f"{len(wanted)} awaited action(s) decided, unchanged, not yet executed")
+        checks.append(f"{len(wanted)} awaited action(s) unchanged, not yet executed")
     if len({*wanted}) != len(found):
         problems.append("an awaited action no longer exists")
     ok = not problems

@@ -40,6 +40,15 @@ class Proposal(ModelOutput):
     actions: list[ProposedAction] = Field(max_length=10)
 
 
+class Revision(ModelOutput):
+    """The agent's proposal again, revised after a person answered it (Respond)."""
+
+    strict_schema: ClassVar[bool] = False
+    payload: dict[str, Any]
+    confidence: float = Field(ge=0, le=1)
+    rationale: str = Field(max_length=1000)
+
+
 class Judgement(ModelOutput):
     ok: bool
     problems: list[str] = Field(max_length=20)

@@ -32,14 +32,33 @@ class Mode:
 
 @dataclass(frozen=True)
 class Wait:
-    """Returned by a step that cannot finish until a person decides something.
+    """Returned by a step that cannot finish until a person decides something, or an outside
+    event arrives, or a time comes — whichever is first.
 
     `actions`: the ids of the escalated actions it waits on; the engine resumes the step only
-    once none of them is still with a person. Empty: any nudge resumes it (it re-checks).
+    once none of them is still with a person (or in its undo window), or, with `each`, as
+    soon as any one of them is settled (the step acts on it and waits again for the rest).
+    `events`: kinds of outside events (workflows.run_events) that wake it. `until`: its
+    deadline (a database timer, like Sleep's). All empty: any nudge resumes it.
     """
 
     reason: str
     actions: tuple[str, ...] = ()
+    each: bool = False
+    events: tuple[str, ...] = ()
+    until: datetime | None = None
+
+    def waiting_for(self) -> dict[str, Any]:
+        """What the engine stores on the step (StepRun.waiting_for)."""
+        out: dict[str, Any] = {"actions": list(self.actions)}
+        if self.each:
+            out["each"] = True
+        if self.events:
+            out["events"] = list(self.events)
+        if self.until is not None:
+            out["until"] = self.until.isoformat()
+            out["reason"] = self.reason
+        return out
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,10 @@ class PlannedStep:
 Planner = Callable[["WorkflowSpec", dict[str, Any]], list[PlannedStep]]
 
 
+# Given every step's output by step name: ("succeeded" | "handed_off" | "failed", reason).
+Outcome = Callable[[dict[str, dict[str, Any]]], tuple[str, str]]
+
+
 class InvalidPlan(ValueError):
     pass
 
@@ -265,6 +288,12 @@ class WorkflowSpec:
     # What a run's input must look like (a pydantic model; its JSON schema is published with
     # the API). Checked before anything is created: a bad input is refused, never dead-letters.
     input_schema: type[BaseModel] = AnyObject
+    # How a run whose every step is done ended, from the steps' outputs: (status, reason).
+    # A run "succeeded" only when its objective was met; None: finishing all steps meets it.
+    outcome: Outcome | None = None
+    # How many times the agent may revise a proposal a person answered (Respond) before the
+    # action type's fallback runs instead.
+    max_revision_rounds: int = 2
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]

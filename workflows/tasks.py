@@ -23,6 +23,13 @@ def advance_run(run_id: str) -> None:
     engine.advance_run(run_id=uuid.UUID(run_id))
 
 
+@shared_task(name="workflows.tasks.resume_run")
+def resume_run(run_id: str) -> None:
+    """advance_run on the priority queue (settings.CELERY_TASK_ROUTES): what a person decided
+    must not wait behind every step already queued."""
+    engine.advance_run(run_id=uuid.UUID(run_id))
+
+
 @shared_task(name="workflows.tasks.run_step")
 def run_step(run_id: str, step_name: str) -> None:
     engine.run_step(run_id=uuid.UUID(run_id), step_name=step_name)
@@ -50,6 +57,11 @@ def relay_outbox() -> int:
     if outbox.broker_restarted():
         engine.resend_lost(before=timezone.now())
     return outbox.relay_due(grace_seconds=settings.OUTBOX_GRACE_SECONDS)
+
+
+def enqueue_resume(run_id: uuid.UUID | str, countdown: float = 0) -> None:
+    """enqueue_advance on the queue workers serve first (after a person's decision)."""
+    resume_run.apply_async(args=(str(run_id),), countdown=countdown)
 
 
 def enqueue_advance(run_id: uuid.UUID | str, countdown: float = 0) -> None:

@@ -59,6 +59,15 @@ class ActionType:
     # quorum thresholds read it); None: the action moves no money.
     amount_field: str | None = None
     rendering: Rendering = Rendering()
+    # How long an approved irreversible action waits before it runs, so the reviewer can
+    # still undo the approval (settings.UNDO_WINDOW_SECONDS overrides it for every type).
+    # Reversible actions run at once.
+    undo_seconds: float = 10.0
+    # What happens instead when a person rejects it (or answers it until the agent's rounds
+    # run out): given the payload and who takes the work over, the effect to record. None:
+    # nothing, the action is only skipped.
+    fallback: Callable[[dict[str, Any], str], dict[str, Any]] | None = None
+    fallback_label: str = ""
 
     def validate(self, payload: object) -> dict[str, Any]:
         if not isinstance(payload, dict):
@@ -83,6 +92,12 @@ def _send_reply(payload: dict[str, Any], key: str) -> dict[str, Any]:
     if not str(payload.get("body", "")).strip():
         raise ToolError("send_reply needs a non-empty body")
     return {"message_id": f"msg-{_digest(payload, key)}", "to": payload["to"]}
+
+
+def _hand_to_owner(payload: dict[str, Any], owner: str) -> dict[str, Any]:
+    """A customer who gets no reply from the agent gets one from a person: the ticket is
+    assigned to a named owner (the demo's ticket system records the assignment)."""
+    return {"ticket_id": payload.get("ticket_id"), "assigned_to": owner, "status": "open"}
 
 
 def _route_to_team(payload: dict[str, Any], key: str) -> dict[str, Any]:
@@ -121,6 +136,8 @@ ACTION_TYPES: dict[str, ActionType] = {
             rendering=Rendering(
                 RenderKind.EMAIL, (("to", "to"), ("subject", "subject"), ("body", "body"))
             ),
+            fallback=_hand_to_owner,
+            fallback_label="Hand the ticket to a person",
         ),
         ActionType(
             name="route_to_team",
@@ -139,6 +156,8 @@ ACTION_TYPES: dict[str, ActionType] = {
             required_fields=("ticket_id", "amount"),
             execute=_issue_refund,
             amount_field="amount",
+            fallback=_hand_to_owner,
+            fallback_label="Hand the ticket to a person",
         ),
     )
 }

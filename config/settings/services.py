@@ -7,6 +7,7 @@ psycopg 3, Redis as the Celery broker and the channels-redis layer.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dj_database_url
@@ -95,6 +96,12 @@ if REDIS_URL:
 # Celery (read by config/celery.py with namespace="CELERY").
 CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "caliber")
+# What follows a person's decision (a run resuming, an undo window's end) goes here, and every
+# worker consumes it first: `-Q <queue>-priority,<queue>` with the Redis transport's
+# "priority" order (BRPOP on the keys in that order, never rotated), so one free child takes
+# a decision before the next of a thousand queued steps.
+CELERY_PRIORITY_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}-priority"
+CELERY_TASK_ROUTES = {"workflows.tasks.resume_run": {"queue": CELERY_PRIORITY_QUEUE}}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
@@ -115,7 +122,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = (
     # Redis re-delivers an unacked task after the visibility timeout: keep it well above the
     # task time limit or long tasks would run twice concurrently.
-    {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 4}
+    {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 4, "queue_order_strategy": "priority"}
     if REDIS_URL
     # kombu's memory transport polls; its 1 s default makes the embedded demo sluggish.
     else {"polling_interval": 0.005}
@@ -166,5 +173,10 @@ RUN_STALL_SECONDS = env_int("RUN_STALL_SECONDS", 60, minimum=1)
 # (workflows.heartbeat). A dead worker's run is taken over this long after it died, plus
 # TAKEOVER_EVERY_SECONDS at most: 8 + 2 s, inside the 15 s promised.
 RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 8, minimum=2)
+# The undo window of every irreversible action type, in seconds, overriding what each type
+# declares (workflows.tools: 10 s by default); 0 runs approved actions at once. Unset: per type.
+UNDO_WINDOW_SECONDS: int | None = (
+    env_int("UNDO_WINDOW_SECONDS", 10, minimum=0) if os.environ.get("UNDO_WINDOW_SECONDS") else None
+)
 # Outbox rows older than this were missed by the after-commit relay: beat sends them.
 OUTBOX_GRACE_SECONDS = env_int("OUTBOX_GRACE_SECONDS", 10, minimum=1)

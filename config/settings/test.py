@@ -15,6 +15,9 @@ os.environ.setdefault("OUTBOX_GRACE_SECONDS", "1")
 # Every test client is 127.0.0.1: the suite presents far more bad tokens a minute than any
 # one client should (tests/api/test_throttle.py lowers it again).
 os.environ.setdefault("API_AUTH_FAILURES_PER_MINUTE", "1000000")
+# Approved irreversible actions run at once unless a test sets a window (settings fixture: it
+# is read where the decision is made).
+os.environ.setdefault("UNDO_WINDOW_SECONDS", "0")
 
 from .main import *  # noqa: F403
 

@@ -7,7 +7,13 @@ tests — imports from here.
 from .agents import set_autonomy_paused
 from .bulk import BulkOutcome, decide_escalations, irreversible_among
 from .claims import AlreadyClaimed, claim_escalation, reassign_escalation, release_escalation
-from .decisions import AlreadyDecided, decide_escalation, escalate_action
+from .decisions import (
+    AlreadyDecided,
+    TooLateToUndo,
+    decide_escalation,
+    escalate_action,
+    undo_approval,
+)
 from .policies import restore_policy_version, save_policy
 from .sla import expire_due_escalations, handle_sla_breach, system_user
 
@@ -15,6 +21,7 @@ __all__ = [
     "AlreadyClaimed",
     "AlreadyDecided",
     "BulkOutcome",
+    "TooLateToUndo",
     "claim_escalation",
     "decide_escalation",
     "decide_escalations",
@@ -28,4 +35,5 @@ __all__ = [
     "save_policy",
     "set_autonomy_paused",
     "system_user",
+    "undo_approval",
 ]

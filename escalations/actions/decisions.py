@@ -13,9 +13,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from workflows import outbox
-from workflows import tasks as workflow_tasks
 from workflows.actions import record_trace
-from workflows.models import Action, ActionStatus, TraceKind
+from workflows.models import Action, ActionStatus, Effect, TraceKind
+from workflows.settle import record_decision, record_undo
 from workflows.tools import ACTION_TYPES, ToolError, get_action_type
 
 from .. import notify
@@ -310,7 +310,19 @@ def finalise_decision(
     action.status = ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
     if verdict == Verdict.APPROVE and edited_payload is not None:
         action.approved_payload = edited_payload
-    action.save(update_fields=["status", "approved_payload"])
+    # The engine settles the action on its own, whatever its siblings wait for: it is told
+    # the verdict, the words and who takes the work over if the fallback runs; the run's
+    # resume is queued (outbox, the priority queue) in this transaction.
+    settled = record_decision(
+        action=action,
+        verdict=verdict,
+        approved=verdict == Verdict.APPROVE,
+        text=reason,
+        by=user.get_username(),
+        owner=fallback_owner(user, escalation),
+        now=now,
+    )
+    action.save(update_fields=["status", "approved_payload", *settled])
     if action.run is not None:
         record_trace(
             run=action.run,
@@ -334,13 +346,74 @@ def finalise_decision(
                 "edited": edited_payload is not None,
             },
         )
-        run_id = action.run.pk
-        # robust: the decision is committed by then; a broker hiccup must not turn it into an
-        # error page (Slack would tell the clicker it failed). engine.reconcile_runs resumes a
-        # waiting run whose escalations are all decided, so a lost send is only late.
-        transaction.on_commit(lambda: workflow_tasks.enqueue_advance(run_id), robust=True)
     notify.escalation_changed(escalation)
     return decision
+
+
+def fallback_owner(user: User, escalation: Escalation) -> str:
+    """Who takes the work over when the action's fallback runs: the person who decided, or,
+    for the SLA's system user, the first active member of the escalation's team."""
+    # sla imports this module (finalise_decision): read its constant at call time.
+    from .sla import SYSTEM_USERNAME
+
+    if user.is_active and user.get_username() != SYSTEM_USERNAME:
+        return user.get_username()
+    member = escalation.team.members.filter(is_active=True).order_by("username").first()
+    return member.get_username() if member is not None else f"the {escalation.team.name} team"
+
+
+class TooLateToUndo(Exception):
+    """The approval can no longer be undone (executed, window over, not an approval)."""
+
+
+def undo_approval(*, escalation_id: uuid.UUID | str, user: User, via: Via) -> Escalation:
+    """Take back an approval inside the action's undo window: the escalation is open in the
+    queue again, the action waits for a person, nothing ran. The approval and the undo both
+    stay in the run's trace. Only the approver (or an admin) may undo.
+
+    Starts from approved with the action approved, inside its window, with no effect in the
+    ledger; raises TooLateToUndo otherwise. The escalation's and the action's rows are
+    locked, in the order the engine's settlement takes the action's: an undo racing the
+    window's end either wins or finds the action executed.
+    """
+    with transaction.atomic():
+        escalation = get_escalation_for(user, escalation_id)
+        locked = Escalation.objects.select_for_update().filter(pk=escalation.pk).first()
+        decision = Decision.objects.filter(escalation=escalation).first()
+        if locked is None or locked.status != EscalationStatus.APPROVED or decision is None:
+            raise TooLateToUndo(f"it is {escalation.status}, not an approval waiting to run")
+        if decision.decided_by_id != user.pk and not user.is_superuser:
+            raise TooLateToUndo(f"only {decision.decided_by} (who approved it) can undo it")
+        action = Action.objects.select_for_update().get(pk=escalation.action_id)
+        now = timezone.now()
+        if (
+            not action.in_undo_window(now)
+            or Effect.objects.filter(key=action.idempotency_key).exists()
+        ):
+            raise TooLateToUndo("its undo window is over: it has run or is running")
+        left = (action.execute_after - now).total_seconds() if action.execute_after else 0
+        action.save(update_fields=record_undo(action=action))
+        decision.delete()
+        Approval.objects.filter(escalation=escalation).delete()
+        escalation.status = EscalationStatus.OPEN
+        escalation.decided_at = None
+        escalation.claimed_by = None
+        escalation.claimed_at = None
+        escalation.save(update_fields=["status", "decided_at", "claimed_by", "claimed_at"])
+        if action.run is not None:
+            record_trace(
+                run=action.run,
+                kind=TraceKind.HUMAN,
+                step_name=action.step_name,
+                actor=user.get_username(),
+                message=f"{user.get_username()} undid the approval of {action.action_type} "
+                f"via {via}, {left:.0f} s before it would have run: nothing was sent; it is "
+                "back in the queue",
+                data={"escalation": str(escalation.pk), "undo": True, "via": via},
+            )
+        notify.escalation_changed(escalation)
+        notify.escalation_opened(escalation)
+    return escalation
 
 
 def _approve_towards_quorum(

@@ -152,3 +152,37 @@ def api_capturing_commits():
     from django.test import TestCase
 
     return TestCase.captureOnCommitCallbacks(execute=True)
+
+
+def test_an_outside_event_is_delivered_to_a_run_once_per_key(api, policies, ticket):
+    run = api.post("/runs", {"workflow": "support_triage", "input": ticket}).json()
+    body = {
+        "kind": "customer_replied",
+        "data": {"text": "Still charged twice!"},
+        "idempotency_key": "mail-42",
+    }
+    r = api.post(f"/runs/{run['id']}/events", body)
+    assert r.status_code == 202, r.content
+    assert r.json() == {
+        "run_id": run["id"],
+        "kind": "customer_replied",
+        "woke": 0,
+        "duplicate": False,
+    }
+    again = api.post(f"/runs/{run['id']}/events", body)
+    assert again.json()["duplicate"] is True
+    state = WorkflowRun.objects.get(pk=run["id"]).state
+    assert [e["key"] for e in state["workspace"]["events"]] == ["mail-42"]
+    assert state["conversation"]["messages"][-1]["content"] == "Still charged twice!"
+
+
+def test_a_bad_event_is_422_and_another_agents_run_is_404(api, outsider_api, policies, ticket):
+    run = api.post("/runs", {"workflow": "support_triage", "input": ticket}).json()
+    no_text = api.post(f"/runs/{run['id']}/events", {"kind": "customer_replied", "data": {}})
+    assert no_text.status_code == 422
+    assert no_text.json()["detail"][0]["loc"] == ["body", "data"]
+    bad_kind = api.post(f"/runs/{run['id']}/events", {"kind": "Customer Replied!"})
+    assert bad_kind.status_code == 422
+    other = outsider_api.post(f"/runs/{run['id']}/events", {"kind": "payment_cleared"})
+    assert other.status_code == 404
+    assert "events" not in WorkflowRun.objects.get(pk=run["id"]).state["workspace"]

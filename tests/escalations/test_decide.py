@@ -8,7 +8,8 @@ from django.http import Http404
 from escalations.actions import AlreadyDecided, decide_escalation
 from escalations.models import AgentProfile, Decision, Escalation, EscalationStatus, Verdict, Via
 from workflows.actions import propose_action, start_run
-from workflows.models import Action, ActionStatus, RunStatus, WorkflowRun
+from workflows.models import Action, ActionStatus, Outbox, RunStatus, WorkflowRun
+from workflows.outbox import RESUME
 
 
 @pytest.fixture
@@ -39,12 +40,15 @@ def test_approving_records_one_decision_and_approves_the_action(
     escalation.refresh_from_db()
     assert escalation.status == EscalationStatus.APPROVED
     assert Action.objects.get(pk=escalation.action_id).status == ActionStatus.APPROVED
-    # The run is re-enqueued and every transport told, all only after commit.
+    # The run's resume is written to the outbox with the decision (on the priority queue) and
+    # relayed, and every transport told, all only after commit.
     names = [c.__qualname__ for c in callbacks]
-    assert any(n.startswith("finalise_decision") for n in names)
+    assert any(n.startswith("enqueue") for n in names)
     # The live queue, long-polls and the rest hear of it through the events module's
     # one after-commit dispatch.
     assert any(n.startswith("publish") for n in names)
+    run_id = str(escalation.action.run_id)
+    assert Outbox.objects.filter(task=RESUME, args=[run_id]).count() == 1
 
 
 @pytest.mark.django_db

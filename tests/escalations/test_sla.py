@@ -168,10 +168,12 @@ def test_expiry_racing_a_decision_has_exactly_one_outcome(
     # and could reach the triage's act step after the timer approved, executing the action.
     # That includes the outbox relay of each run's start.
     woken: list[str] = []
-    monkeypatch.setattr(
-        "workflows.tasks.enqueue_advance", lambda run_id, countdown=0: woken.append(str(run_id))
-    )
-    monkeypatch.setattr("workflows.outbox.send", lambda task, args, countdown=0: None)
+
+    def send(task, args, countdown=0):
+        if task == "workflows.tasks.resume_run":
+            woken.append(args[0])
+
+    monkeypatch.setattr("workflows.outbox.send", send)
     refund_policy(sla_minutes=30, expiry_behaviour="approve", approvals_required=approvals)
     outcomes = []
     for i in range(6):

@@ -34,7 +34,7 @@ class InlineTasks:
 
     def deliver(self, task: str, args: list[Any]) -> None:
         self.delivered.append((task, list(args)))
-        if task == "workflows.tasks.advance_run":
+        if task in ("workflows.tasks.advance_run", "workflows.tasks.resume_run"):
             engine.advance_run(run_id=uuid.UUID(args[0]))
         elif task == "workflows.tasks.run_step":
             engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])

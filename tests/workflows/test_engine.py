@@ -68,7 +68,7 @@ def test_an_escalated_action_makes_the_run_wait_until_a_person_approves(
     assert TraceKind.HUMAN in kinds and TraceKind.ESCALATED in kinds
 
 
-def test_a_rejected_action_is_skipped_and_its_reason_reaches_the_agent(
+def test_a_rejected_reply_is_handed_to_a_named_person_and_the_run_is_handed_off(
     celery_worker, policies, ticket, alice
 ):
     run = start_run(workflow="support_triage", input=ticket)
@@ -81,17 +81,35 @@ def test_a_rejected_action_is_skipped_and_its_reason_reaches_the_agent(
         via=Via.WEB,
         reason="Never promise a refund",
     )
-    wait_for_run(run, RunStatus.SUCCEEDED)
+    # Not "succeeded": the customer got no reply from the agent; a person has the ticket.
+    wait_for_run(run, RunStatus.HANDED_OFF)
     reply.refresh_from_db()
     assert reply.status == ActionStatus.REJECTED
     assert not Effect.objects.filter(action=reply).exists()
+    fallback = Effect.objects.get(run=run, key__contains=f"fallback-{reply.pk}")
+    assert fallback.result == {
+        "ticket_id": ticket["ticket_id"],
+        "assigned_to": "alice",
+        "status": "open",
+    }
     run.refresh_from_db()
-    assert run.state["workspace"]["outputs"]["act"]["feedback"] == [
+    assert run.error == "send_reply handed to alice (alice: Never promise a refund)"
+    act = run.state["workspace"]["outputs"]["act"]
+    assert act["handed_off"] == [
+        {
+            "action_type": "send_reply",
+            "owner": "alice",
+            "reason": "Never promise a refund",
+            "by": "alice",
+        }
+    ]
+    assert act["feedback"] == [
         {"action_type": "send_reply", "verdict": "reject", "reason": "Never promise a refund"}
     ]
     assert run.trace.filter(
         message__contains="Never promise a refund", kind=TraceKind.OBSERVED
     ).exists()
+    assert run.trace.filter(message__contains="alice now owns it").exists()
 
 
 def test_advancing_a_run_again_applies_no_effect_twice(celery_worker, policies, ticket, alice):

@@ -190,7 +190,8 @@ def test_no_follow_up_when_no_reply_was_sent(policies, ticket, alice, inline_tas
     )
     inline_tasks.drain()
     run.refresh_from_db()
-    assert run.status == RunStatus.SUCCEEDED
+    # The reply's fallback ran: a person has the ticket; nothing was sent to follow up.
+    assert run.status == RunStatus.HANDED_OFF
     assert not WorkflowRun.objects.filter(parent=run).exists()
 
 

@@ -247,7 +247,7 @@ def test_a_run_resumed_after_a_decision_records_a_passing_recovery_check(
     assert run.status == RunStatus.WAITING
     act = StepRun.objects.get(run=run, name="act")
     reply = Action.objects.get(run=run, action_type="send_reply")
-    assert act.waiting_for == {"actions": [str(reply.pk)]}
+    assert act.waiting_for == {"actions": [str(reply.pk)], "each": True}
     decide_escalation(
         escalation_id=reply.escalation.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB
     )
@@ -258,7 +258,7 @@ def test_a_run_resumed_after_a_decision_records_a_passing_recovery_check(
     assert check.data["ok"] is True and check.data["cause"] == "a decision"
     assert "state chain intact" in check.message
     assert "objective unchanged" in check.message
-    assert "1 awaited action(s) decided, unchanged, not yet executed" in check.message
+    assert "1 awaited action(s) unchanged, not yet executed" in check.message
 
 
 def test_a_run_whose_awaited_action_changed_refuses_to_resume_and_escalates(

@@ -15,7 +15,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from ..llm import ModelClient, ModelError, ModelOutputError, RenderedPrompt, get_model
-from ..schemas import Classification, Draft, Judgement, ModelOutput, Proposal, Summary
+from ..schemas import Classification, Draft, Judgement, ModelOutput, Proposal, Revision, Summary
 from .defaults import DEFAULT_EVAL_CASES, DEFAULT_PROMPTS
 from .models import (
     ModelCall,
@@ -213,6 +213,7 @@ def _schema_for(name: str) -> type[ModelOutput]:
         "triage.draft_reply": Draft,
         "triage.propose": Proposal,
         "triage.judge_reply": Judgement,
+        "triage.revise": Revision,
         "escalation.summary": Summary,
     }
     return schemas.get(name, ModelOutput)

@@ -56,6 +56,18 @@ DEFAULT_PROMPTS: dict[str, dict[str, Any]] = {
         ),
         "parameters": {"temperature": 0, "max_tokens": 300},
     },
+    "triage.revise": {
+        "system": SYSTEM,
+        "template": (
+            "You proposed this $action_type for ticket “$subject” from $customer:\n$payload\n\n"
+            "Instead of approving it, the reviewer $reviewer answered:\n$answer\n\n"
+            "Do what the reviewer asks: return the revised payload (the same fields, changed "
+            "only as the answer requires), your confidence (0-1) that the reviewer approves "
+            "it now, and a one-line rationale saying what you changed. Never promise a "
+            "refund, credit or compensation."
+        ),
+        "parameters": {"temperature": 0, "max_tokens": 900},
+    },
     "escalation.summary": {
         "system": (
             "You write the two-to-four sentence briefing a busy reviewer reads before deciding "
@@ -101,6 +113,20 @@ DEFAULT_EVAL_CASES: list[dict[str, Any]] = [
         "name": "flags a refund promise",
         "variables": {"subject": "Refund", "reply": "Hi, we will refund you today."},
         "expected": {"ok": {"equals": False}},
+    },
+    {
+        "prompt_name": "triage.revise",
+        "name": "keeps the payload's fields",
+        "variables": {
+            "action_type": "send_reply",
+            "subject": "Where is my parcel?",
+            "customer": "ada@example.com",
+            "payload": '{"ticket_id": "T-1", "to": "ada@example.com", "body": "Hi Ada,\\n\\n'
+            'We are on it.\\n\\nBest regards,\\nSupport"}',
+            "reviewer": "alice",
+            "answer": "Ask for their order number first.",
+        },
+        "expected": {"confidence": {"min": 0, "max": 1}},
     },
     {
         "prompt_name": "escalation.summary",

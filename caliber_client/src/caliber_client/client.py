@@ -121,6 +121,13 @@ def _run_body(
     }
 
 
+def _event_body(kind: str, data: Mapping[str, Any] | None, key: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"kind": kind, "data": dict(data or {})}
+    if key:
+        body["idempotency_key"] = key
+    return body
+
+
 def _jsonable(value: Any) -> Any:
     return str(value) if isinstance(value, Decimal) else value
 
@@ -352,6 +359,19 @@ class Caliber(_Base):
     def get_run(self, run_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/runs/{run_id}"))
 
+    def deliver_event(
+        self,
+        run_id: str,
+        kind: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str = "",
+    ) -> dict[str, Any]:
+        """Tell a run something happened outside (kind "customer_replied" with data
+        {"text": ...}, "payment_cleared"...); a step waiting for it wakes now."""
+        body = _event_body(kind, data, idempotency_key)
+        return dict(self._call("POST", f"/runs/{run_id}/events", json=body))
+
     def record_outcome(
         self,
         metric: str,
@@ -509,6 +529,17 @@ class AsyncCaliber(_Base):
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
         return dict(await self._call("GET", f"/runs/{run_id}"))
+
+    async def deliver_event(
+        self,
+        run_id: str,
+        kind: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str = "",
+    ) -> dict[str, Any]:
+        body = _event_body(kind, data, idempotency_key)
+        return dict(await self._call("POST", f"/runs/{run_id}/events", json=body))
 
     async def record_outcome(
         self,

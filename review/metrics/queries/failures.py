@@ -49,6 +49,23 @@ def failure_cases(scope: Scope, limit: int = 30) -> dict[str, list[dict[str, Any
         .only("error", "finished_at", "created_at", "input", "workflow")
         .order_by("-created_at")
     )
+    handed_off = (
+        scope.runs()
+        .filter(status=RunStatus.HANDED_OFF)
+        .only("error", "finished_at", "created_at", "input", "workflow")
+        .order_by("-created_at")
+    )
+    for run in handed_off[: limit * 4]:
+        add(
+            "handed to a person",
+            {
+                "kind": "run handed off",
+                "when": run.finished_at or run.created_at,
+                "text": run.error,
+                "run_id": run.pk,
+                "title": run.title,
+            },
+        )
     for run in failed[: limit * 4]:
         add(
             failure_cause(run.error),
@@ -87,6 +104,9 @@ def failure_cases(scope: Scope, limit: int = 30) -> dict[str, list[dict[str, Any
         action = d.escalation.action
         if d.verdict == Verdict.APPROVE:
             cause, kind = "edited by a reviewer", f"{action.action_type} edited"
+        elif d.verdict == Verdict.RESPOND:
+            # Its own mode: the agent was answered and revised, not refused.
+            cause, kind = "answered by a reviewer", f"{action.action_type} answered"
         else:
             reason = (d.reason or "no reason").strip().splitlines()[0][:80]
             cause, kind = f"rejected: {reason}", f"{action.action_type} {d.get_verdict_display()}"

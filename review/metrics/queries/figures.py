@@ -29,9 +29,13 @@ def run_figures(scope: Scope) -> dict[str, Any]:
         by_status[key[3]] = by_status.get(key[3], 0) + n
     agg: dict[str, Any] = {
         "total": sum(by_status.values()),
-        **{s: by_status.get(s, 0) for s in ("succeeded", "failed", "cancelled", "waiting")},
+        **{
+            s: by_status.get(s, 0)
+            for s in ("succeeded", "handed_off", "failed", "cancelled", "waiting")
+        },
     }
-    finished = agg["succeeded"] + agg["failed"] + agg["cancelled"]
+    # A run a person took over (handed_off) finished without meeting its objective.
+    finished = agg["succeeded"] + agg["handed_off"] + agg["failed"] + agg["cancelled"]
     # A run succeeds only when every step met its success criteria, so "succeeded" is
     # "finished and met its objective": the completion rate's numerator.
     agg["completion_rate"] = rate(agg["succeeded"], finished)

@@ -29,7 +29,12 @@ def daily_trend(scope: Scope) -> list[dict[str, Any]]:
             "decisions": 0,
             "approved": 0,
         }
-    finished_statuses = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
+    finished_statuses = {
+        RunStatus.SUCCEEDED,
+        RunStatus.HANDED_OFF,
+        RunStatus.FAILED,
+        RunStatus.CANCELLED,
+    }
     for key, n in scope.run_counts().items():
         if key[0] in days:
             on_day = days[key[0]]

@@ -10,7 +10,17 @@ from django.core.management.base import BaseCommand, CommandError
 
 from workflows.actions import start_run
 from workflows.demo_tickets import make_ticket
-from workflows.models import WorkflowRun
+from workflows.models import RunStatus, WorkflowRun
+from workflows.run_events import CUSTOMER_REPLIED, deliver_event
+
+# Now and then a customer writes back to a ticket whose follow-up is waiting: delivered as an
+# outside event, as a mail gateway would through the API, so the demo shows it land.
+WRITE_BACK_CHANCE = 0.15
+WRITE_BACKS = (
+    "Thanks, but it is still not working.",
+    "That did not help; I was charged again today.",
+    "Here is my order number: 100-4521.",
+)
 
 
 class Command(BaseCommand):
@@ -30,6 +40,25 @@ class Command(BaseCommand):
         run_simulation(rate=rate, count=count, seed=options["seed"], stop=None, out=self.stdout)
 
 
+def _customer_writes_back(rng: random.Random, out: Any) -> None:
+    waiting = list(
+        WorkflowRun.objects.filter(workflow="support_triage", children__status=RunStatus.WAITING)
+        .order_by("-created_at")
+        .values_list("pk", flat=True)[:20]
+    )
+    if not waiting:
+        return
+    run_id = rng.choice(waiting)
+    delivered = deliver_event(
+        run_id=run_id,
+        kind=CUSTOMER_REPLIED,
+        data={"text": rng.choice(WRITE_BACKS)},
+        actor="simulate",
+    )
+    if out is not None:
+        out.write(f"the customer of run {run_id} wrote back ({delivered.woke} step(s) woken)")
+
+
 def run_simulation(*, rate: float, count: int, seed: int | None, stop: Any, out: Any = None) -> int:
     rng = random.Random(seed)
     number = WorkflowRun.objects.count() + 1
@@ -42,6 +71,8 @@ def run_simulation(*, rate: float, count: int, seed: int | None, stop: Any, out:
             out.write(f"started run {run.pk} for {run.input['ticket_id']}")
         number += 1
         started += 1
+        if rng.random() < WRITE_BACK_CHANCE:
+            _customer_writes_back(rng, out)
         if stop is not None:
             if stop.wait(1.0 / rate):
                 break
