@@ -416,6 +416,10 @@ def execute_action(*, action: Action) -> Action:
             message=f"executed {action.action_type}",
             data={"action": str(action.pk), "result": result},
         )
+    if action.audit_sampled:
+        from escalations.actions import audit_after_execution
+
+        audit_after_execution(action=action)
     return action
 
 
