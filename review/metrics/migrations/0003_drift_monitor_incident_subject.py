@@ -24,7 +24,7 @@ def no_op(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('escalations', '0008_audit_rate_drift_hold_targets_audit_kind'),
+        ('escalations', '0009_audit_rate_drift_hold_targets_audit_kind'),
         ('metrics', '0002_daily_rollups'),
     ]
 
