@@ -25,7 +25,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('escalations', '0009_audit_rate_drift_hold_targets_audit_kind'),
-        ('metrics', '0002_daily_rollups'),
+        ('metrics', '0003_alert_notify_attempts'),
     ]
 
     operations = [
