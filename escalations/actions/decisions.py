@@ -25,7 +25,6 @@ from ..models import (
     Approval,
     Decision,
     Escalation,
-    EscalationKind,
     EscalationStatus,
     ExpiryBehaviour,
     Team,
@@ -113,18 +112,11 @@ def _chain_team_ids(slugs: tuple[str, ...]) -> list[int]:
     return [by_slug[s] for s in slugs if s in by_slug]
 
 
-def escalate_action(
-    *,
-    action: Action,
-    team_id: int,
-    kind: EscalationKind = EscalationKind.REVIEW,
-    with_sla: bool = True,
-) -> Escalation:
+def escalate_action(*, action: Action, team_id: int) -> Escalation:
     """Open an escalation for `action` and announce it to the team's live queue after commit.
 
     Its SLA, escalation chain, expiry behaviour and quorum are copied from the policy version
     recorded on the action, so editing the policy afterwards changes nothing already open.
-    An audit (`kind`) of an action that already ran has no SLA (`with_sla=False`).
     """
     policy = policy_as_evaluated(action.policy_id, action.policy_version)
     now = timezone.now()
@@ -140,7 +132,7 @@ def escalate_action(
     )
     if policy is not None:
         routing["approvals_required"] = policy.approvals_for(amount)
-        if policy.sla_minutes and with_sla:
+        if policy.sla_minutes:
             routing.update(
                 sla_minutes=policy.sla_minutes,
                 sla_due_at=now + timedelta(minutes=policy.sla_minutes),
@@ -155,7 +147,6 @@ def escalate_action(
     escalation = Escalation.objects.create(
         action=action,
         team_id=team_id,
-        kind=kind,
         reasons=list(action.reasons),
         summary=summary,
         created_at=now,
@@ -180,9 +171,7 @@ def escalate_action(
             run=action.run,
             kind=TraceKind.ESCALATED,
             step_name=action.step_name,
-            message=f"{action.action_type} "
-            + ("sent for audit" if kind == EscalationKind.AUDIT else "escalated")
-            + f" to team {escalation.team.name}"
+            message=f"{action.action_type} escalated to team {escalation.team.name}"
             + (f" ({', '.join(extras)})" if extras else ""),
             data={"escalation": str(escalation.pk)},
         )
@@ -318,11 +307,6 @@ def finalise_decision(
     escalation.status = new_status
     escalation.decided_at = now
     action = escalation.action
-    if escalation.is_audit and action.status != ActionStatus.ESCALATED:
-        # An audit of an action that already ran alone: the verdict is evidence about it
-        # (the recommender and the drift test read it); the action and its run stay as they are.
-        notify.escalation_changed(escalation)
-        return decision
     action.status = ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
     if verdict == Verdict.APPROVE and edited_payload is not None:
         action.approved_payload = edited_payload
