@@ -381,6 +381,12 @@ def inline_engine() -> Iterator[Callable[[], int]]:
                 engine.advance_run(run_id=uuid.UUID(args[0]))
             elif task == outbox.RUN_STEP:
                 engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])
+            elif task == "escalations.tasks.write_summary":
+                # A worker writes the model's summary after the escalation commits: part of
+                # what a run costs.
+                from escalations.actions.summaries import write_model_summary
+
+                write_model_summary(escalation_id=args[0])
             else:
                 raise RuntimeError(f"inline engine: no handler for {task}")
         return ran

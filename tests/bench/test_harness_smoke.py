@@ -106,11 +106,13 @@ def test_the_peer_workflow_pauses_for_approval_and_its_costs_are_counted(
     }
     assert costs.queries > 0
     assert costs.commits > 0
-    assert costs.tasks == 2  # the start and the resume after the decision
+    # The start, the model summary written after the escalation commits, the resume.
+    assert costs.tasks == 3
     # The engine's hot path, pinned (bench-peers measures it): a change here is a change in
     # what every run costs. Propose + escalate + wait, then resume + execute + finish; each
-    # in three transactions (the first round's claim, then one commit per step).
-    assert (to_pause.queries, to_pause.commits) == (25, 3)
+    # in three transactions (the first round's claim, then one commit per step); before the
+    # pause, the model's summary written by its after-commit task (4 statements, 3 commits).
+    assert (to_pause.queries, to_pause.commits) == (29, 6)
     assert (to_done.queries, to_done.commits) == (24, 3)
 
 

@@ -100,7 +100,7 @@ def _tables(ctx) -> list[str]:
     return [m[1] if m else "?" for m in found]
 
 
-def test_the_dashboard_costs_25_queries_however_much_history_there_is(
+def test_the_dashboard_costs_26_queries_however_much_history_there_is(
     admin_user, propose, decide, policies
 ):
     from django.db import connection
@@ -145,7 +145,8 @@ def test_the_dashboard_costs_25_queries_however_much_history_there_is(
             "escalations_escalation",  # SLA breaches
             "metrics_modelcallday",  # model cost
             "metrics_modelcalldelta",
-            "workflows_workflowrun",  # failure cases: failed runs...
+            "workflows_workflowrun",  # failure cases: runs handed to a person...
+            "workflows_workflowrun",  # ... failed runs...
             "escalations_decision",  # ... rejected decisions (ids, newest first)...
             "escalations_decision",  # ... and those, with their actions
             "workflows_outcome",  # ... and bad outcomes
