@@ -250,7 +250,7 @@ def test_a_rejection_reason_reaches_the_agent(page, celery_worker, alice, polici
     page.keyboard.press("Escape")
     page.keyboard.press("r")
     expect(page.locator(".messages")).to_contain_text("Rejected")
-    run = wait_for_run(run, RunStatus.SUCCEEDED)
+    run = wait_for_run(run, RunStatus.HANDED_OFF)  # a rejected reply: a person owns the ticket
     feedback = run.state["workspace"]["outputs"]["act"]["feedback"]
     assert feedback == [
         {

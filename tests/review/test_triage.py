@@ -77,9 +77,7 @@ def test_search_finds_by_customer_ticket_words_and_reply_and_says_how_many(
         client.get(url, {"q": "crushed"})
 
 
-def test_search_with_nul_or_junk_is_a_400_or_an_empty_result_never_an_error(
-    alice, agent, policies
-):
+def test_search_with_nul_or_junk_is_a_400_or_an_empty_result_never_an_error(alice, agent, policies):
     escalate(agent)
     client = _client(alice)
     # A NUL anywhere in a query string is refused before any view (review.errors).
