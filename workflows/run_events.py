@@ -110,11 +110,15 @@ def _wake_waiting(run: WorkflowRun, kind: str, at: str) -> int:
     """Mark the steps waiting for `kind` (this run's and its children's) and send their runs
     on. Precondition: inside the delivering transaction. The step rows are locked, so a
     coordinator round deciding about them sees the mark or has already moved them on."""
-    steps = list(
-        StepRun.objects.select_for_update(no_key=True)
-        .filter(status=StepStatus.WAITING, waiting_for__events__contains=[kind])
+    # The kinds a step waits for are matched here, not in SQL: SQLite (embedded mode) has no
+    # JSON `contains` lookup, and a run and its children have only a few waiting steps.
+    steps = [
+        step
+        for step in StepRun.objects.select_for_update(no_key=True)
+        .filter(status=StepStatus.WAITING)
         .filter(run_id__in=[run.pk, *run.children.values_list("pk", flat=True)])
-    )
+        if kind in ((step.waiting_for or {}).get("events") or [])
+    ]
     for step in steps:
         step.waiting_for = {**(step.waiting_for or {}), "event": {"kind": kind, "at": at}}
         step.save(update_fields=["waiting_for"])
