@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.asgi import get_asgi_application
+from psycopg_pool import ConnectionPool
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.main")
 # Whether this module is what configures Django (daphne), not a process that imported it
@@ -37,6 +38,10 @@ def pool_connections(databases: dict[str, Any], max_size: int, timeout: float = 
                     "max_size": max_size,
                     "timeout": timeout,
                     "reconnect_timeout": timeout,
+                    # A pooled connection whose backend was terminated (a failover, an
+                    # operator's pg_terminate_backend) is found dead and replaced at checkout,
+                    # not handed to a request that would answer 503 with it.
+                    "check": ConnectionPool.check_connection,
                 },
             }
 
