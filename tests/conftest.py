@@ -240,6 +240,28 @@ def live_server_url(
     _stop(proc)
 
 
+@pytest.fixture
+def restartable_server(
+    django_db_setup: None, django_db_blocker: Any, worker_log_dir: Path
+) -> Iterator[dict[str, Any]]:
+    """A daphne of this test's own, which the test may stop and start again on the same port."""
+    with django_db_blocker.unblock():
+        env = _service_env()
+    port = _free_port()
+    server: dict[str, Any] = {"url": f"http://127.0.0.1:{port}"}
+
+    def start() -> None:
+        server["proc"] = processes.start_daphne(
+            env=env, log_path=worker_log_dir / "daphne-restartable.log", port=port, append=True
+        )
+
+    server["start"] = start
+    server["stop"] = lambda: _stop(server["proc"])
+    start()
+    yield server
+    _stop(server["proc"])
+
+
 # --- the browser ---------------------------------------------------------------------------
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"

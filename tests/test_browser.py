@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,15 +13,11 @@ from escalations.actions import decide_escalation
 from escalations.models import Decision, Escalation, Verdict, Via
 from tests.conftest import (
     ARTIFACTS,
-    _free_port,
-    _service_env,
-    _stop,
     login,
     wait_for,
     wait_for_run,
 )
 from tests.review.factories import escalate
-from tests.support import processes
 from workflows.actions import start_run
 from workflows.models import Action, ActionStatus, RunStatus
 
@@ -318,26 +313,6 @@ def test_a_decision_made_in_slack_updates_every_open_page(
     expect(detail_page.locator("#esc-status")).to_have_text("Approved")
     _shot(detail_page, "detail-decided-in-slack")
     queue_page.context.close()
-
-
-@pytest.fixture
-def restartable_server(django_db_setup, django_db_blocker, worker_log_dir) -> Iterator[dict]:
-    """A daphne of this test's own, which the test may stop and start again on the same port."""
-    with django_db_blocker.unblock():
-        env = _service_env()
-    port = _free_port()
-    server: dict = {"url": f"http://127.0.0.1:{port}"}
-
-    def start() -> None:
-        server["proc"] = processes.start_daphne(
-            env=env, log_path=worker_log_dir / "daphne-restartable.log", port=port, append=True
-        )
-
-    server["start"] = start
-    server["stop"] = lambda: _stop(server["proc"])
-    start()
-    yield server
-    _stop(server["proc"])
 
 
 def test_the_page_resyncs_after_the_server_drops_the_socket(

@@ -5,7 +5,6 @@ changes are read out."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,9 +13,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, exp
 
 from escalations.actions import claim_escalation
 from escalations.models import AutonomyPolicy
-from tests.conftest import ARTIFACTS, _free_port, _service_env, _stop, login
+from tests.conftest import ARTIFACTS, login
 from tests.review.factories import escalate
-from tests.support import processes
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
@@ -52,38 +50,19 @@ def _scroll_width(page: Page) -> int:
     return int(page.evaluate("document.documentElement.scrollWidth"))
 
 
-@pytest.fixture
-def restartable(django_db_setup, django_db_blocker, worker_log_dir) -> Iterator[dict]:
-    """A daphne of this test's own, stopped and started again on the same port."""
-    with django_db_blocker.unblock():
-        env = _service_env()
-    port = _free_port()
-    server: dict = {"url": f"http://127.0.0.1:{port}"}
-
-    def start() -> None:
-        server["proc"] = processes.start_daphne(
-            env=env, log_path=worker_log_dir / "daphne-session.log", port=port, append=True
-        )
-
-    server["start"] = start
-    start()
-    yield server
-    _stop(server["proc"])
-
-
 def test_a_lost_session_sends_the_live_queue_to_the_login_page(
-    browser, restartable, alice, agent, policies
+    browser, restartable_server, alice, agent, policies
 ):
     escalate(agent, subject="Waiting for alice")
-    page = _page(browser, restartable["url"])
+    page = _page(browser, restartable_server["url"])
     login(page, "alice")
     expect(page.locator(".conn-state")).to_have_text("live")
 
     # The session ends (expired, or flushed by a logout elsewhere) while the socket is down.
-    _stop(restartable["proc"])
+    restartable_server["stop"]()
     expect(page.locator(".conn-state")).to_have_text("reconnecting…")
     Session.objects.all().delete()
-    restartable["start"]()
+    restartable_server["start"]()
 
     page.wait_for_url(re.compile(r"/login/\?next=(/|%2F)review(/|%2F)"), timeout=30_000)
     expect(page.locator("input[name=username]")).to_be_visible()
