@@ -36,7 +36,7 @@ def _time_passes(run: WorkflowRun, step_name: str) -> None:
     the run's wake-up time (the earliest of its sleeps') are now in the past."""
     past = timezone.now() - timedelta(seconds=1)
     step = StepRun.objects.get(run=run, name=step_name)
-    step.waiting_for = {**step.waiting_for, "until": past.isoformat()}
+    step.waiting_for = {**(step.waiting_for or {}), "until": past.isoformat()}
     step.save(update_fields=["waiting_for"])
     WorkflowRun.objects.filter(pk=run.pk).update(wake_at=past)
 
