@@ -223,10 +223,13 @@ def test_a_killed_workers_run_is_taken_over_within_15_seconds(scale_out: ScaleOu
     from django.utils import timezone
 
     from api.actions import create_api_token
-    from escalations.models import AgentProfile
+    from escalations.models import AgentProfile, Team
     from workflows.models import RunStatus, StepRun, StepStatus, TraceEvent, WorkflowRun
 
-    _, raw = create_api_token(agent=AgentProfile.objects.get(name="triage-agent"), name="kill")
+    # The previous test's flush took seed_demo's rows with it.
+    team, _ = Team.objects.get_or_create(slug="support", defaults={"name": "Support"})
+    agent, _ = AgentProfile.objects.get_or_create(name="triage-agent", defaults={"team": team})
+    _, raw = create_api_token(agent=agent, name="kill")
     with httpx.Client(base_url=scale_out.url + "/api/v1", timeout=20) as http:
         started = http.post(
             "/runs",
@@ -270,6 +273,7 @@ def test_a_killed_workers_run_is_taken_over_within_15_seconds(scale_out: ScaleOu
         scale_out,
     )
     taken_over_after = (lost.created_at - killed_at).total_seconds()
+    print(f"taken over {taken_over_after:.1f} s after the kill")
     assert taken_over_after < 15, f"taken over {taken_over_after:.1f} s after the kill"
     wait_until(
         lambda: WorkflowRun.objects.get(pk=run_id).status == RunStatus.SUCCEEDED,
