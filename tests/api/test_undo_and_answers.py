@@ -185,3 +185,31 @@ def test_the_client_raises_answered_with_the_answer(api, answered):
         seen.raise_unless_approved()
     assert raised.value.answer == "Ask for their order number first."
     assert isinstance(raised.value, Rejected)  # `except Rejected` still stops the call
+
+
+def _through_django(client: Client):
+    """An httpx transport that hands each request to the real app (Django's test client)."""
+    import httpx
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        response = client.generic(
+            request.method,
+            request.url.raw_path.decode(),
+            data=request.content,
+            content_type=request.headers.get("content-type", "application/json"),
+            headers={"Authorization": request.headers["authorization"]},
+        )
+        return httpx.Response(response.status_code, content=response.content)
+
+    return httpx.MockTransport(handle)
+
+
+def test_the_client_undoes_once_and_says_conflict_after(console_agent, approved, alice):
+    from caliber_client import Caliber, Conflict
+
+    _, raw = create_api_token(agent=console_agent, reviewer=True, user=alice)
+    with Caliber("http://caliber.test", raw, transport=_through_django(Client())) as caliber:
+        assert caliber.undo(str(approved.pk))["status"] == "open"
+        with pytest.raises(Conflict, match="it is open, not an approval waiting to run"):
+            caliber.undo(str(approved.pk))
+    assert Action.objects.get(pk=approved.action_id).status == ActionStatus.ESCALATED
