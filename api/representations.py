@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
 
-from escalations.models import UNDECIDED_STATUSES, Decision, Escalation
+from escalations.models import UNDECIDED_STATUSES, Decision, Escalation, reported_status
 from workflows.models import Action, ActionStatus, Outcome, WorkflowRun
 
 from .models import SubmittedAction
@@ -33,11 +33,12 @@ def describe_action(action: Action) -> dict[str, Any]:
     escalation = _related(action, "escalation", Escalation)
     decision = _related(escalation, "decision", Decision) if escalation else None
     submission = _related(action, "api_submission", SubmittedAction)
+    verdict = decision.verdict if decision else None
     return {
         "id": action.pk,
         "agent": action.agent.name,
         "action_type": action.action_type,
-        "status": action.status,
+        "status": reported_status(action.status, verdict),
         "decided": is_decided(action, escalation),
         "payload": action.payload,
         "payload_to_execute": action.payload_to_execute,
@@ -55,8 +56,8 @@ def describe_action(action: Action) -> dict[str, Any]:
             "policy_version": action.policy_version,
         },
         "escalation_id": escalation.pk if escalation else None,
-        "escalation_status": escalation.status if escalation else None,
-        "verdict": decision.verdict if decision else None,
+        "escalation_status": reported_status(escalation.status, verdict) if escalation else None,
+        "verdict": verdict,
         "reason": decision.reason if decision else "",
         "edited_payload": decision.edited_payload if decision else None,
         "decided_by": decision.decided_by.get_username() if decision else None,
@@ -83,9 +84,10 @@ def describe_decision(decision: Decision) -> dict[str, Any]:
 def describe_escalation(escalation: Escalation) -> dict[str, Any]:
     action = escalation.action
     decision = _related(escalation, "decision", Decision)
+    verdict = decision.verdict if decision else None
     return {
         "id": escalation.pk,
-        "status": escalation.status,
+        "status": reported_status(escalation.status, verdict),
         "team": escalation.team.slug,
         "summary": escalation.summary,
         "reasons": list(escalation.reasons),
@@ -99,7 +101,7 @@ def describe_escalation(escalation: Escalation) -> dict[str, Any]:
             "payload": action.payload,
             "confidence": action.confidence,
             "summary": action.rationale,
-            "status": action.status,
+            "status": reported_status(action.status, verdict),
             "run_id": action.run_id,
         },
         "decision": describe_decision(decision) if decision else None,
@@ -123,7 +125,7 @@ def describe_run(run: WorkflowRun) -> dict[str, Any]:
             {
                 "id": a.pk,
                 "action_type": a.action_type,
-                "status": a.status,
+                "status": a.verdict_label,
                 "escalation_id": e.pk if (e := _related(a, "escalation", Escalation)) else None,
             }
             for a in actions

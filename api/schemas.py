@@ -51,6 +51,25 @@ Text = Annotated[str, AfterValidator(_check_text)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_checked_object)]
 
 
+# Statuses as the API reports them: the stored ones, and `answered` for a Respond (a person
+# answered the agent in words instead of approving or rejecting; escalations.models.ANSWERED).
+ActionStatusOut = Literal[
+    "proposed",
+    "auto_approved",
+    "escalated",
+    "approved",
+    "rejected",
+    "answered",
+    "blocked",
+    "executed",
+    "failed",
+]
+EscalationStatusOut = Literal[
+    "open", "claimed", "approved", "rejected", "answered", "expired", "cancelled"
+]
+VerdictOut = Literal["approve", "reject", "respond"]
+
+
 class Error(Schema):
     detail: str
 
@@ -102,10 +121,10 @@ class ActionOut(Schema):
     id: uuid.UUID
     agent: str
     action_type: str
-    status: str = Field(
+    status: ActionStatusOut = Field(
         ...,
-        description="proposed, auto_approved, escalated, approved, rejected, blocked, "
-        "executed or failed",
+        description="Where it stands. `answered`: a person answered the agent (Respond) "
+        "instead of approving or rejecting it; it does not run, `reason` is the answer.",
     )
     decided: bool = Field(..., description="Policy or a person has settled it.")
     payload: dict[str, Any]
@@ -122,8 +141,8 @@ class ActionOut(Schema):
     run_id: uuid.UUID | None
     decision: PolicyDecisionOut
     escalation_id: uuid.UUID | None
-    escalation_status: str | None
-    verdict: str | None = Field(..., description="The person's verdict: approve, reject, respond.")
+    escalation_status: EscalationStatusOut | None
+    verdict: VerdictOut | None = Field(..., description="The person's verdict.")
     reason: str
     edited_payload: dict[str, Any] | None
     decided_by: str | None
@@ -145,7 +164,7 @@ class ResultIn(Schema):
 
 
 class DecisionOut(Schema):
-    verdict: str
+    verdict: VerdictOut
     reason: str
     edited_payload: dict[str, Any] | None
     decided_by: str
@@ -160,13 +179,15 @@ class EscalationActionOut(Schema):
     payload: dict[str, Any]
     confidence: float
     summary: str
-    status: str
+    status: ActionStatusOut
     run_id: uuid.UUID | None
 
 
 class EscalationOut(Schema):
     id: uuid.UUID
-    status: str
+    status: EscalationStatusOut = Field(
+        ..., description="`answered`: decided by a Respond (the agent was answered in words)."
+    )
     team: str
     summary: str
     reasons: list[str]
@@ -192,7 +213,7 @@ class DecisionIn(Schema):
 
 class AlreadyDecidedOut(Schema):
     detail: str
-    escalation_status: str
+    escalation_status: EscalationStatusOut
     decision: DecisionOut | None
 
 
@@ -216,7 +237,7 @@ class RunIn(Schema):
 class RunActionOut(Schema):
     id: uuid.UUID
     action_type: str
-    status: str
+    status: ActionStatusOut
     escalation_id: uuid.UUID | None
 
 

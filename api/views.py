@@ -28,8 +28,15 @@ from ninja.responses import Status
 
 from escalations.access import escalations_for, get_escalation_for
 from escalations.actions import AlreadyDecided, decide_escalation
-from escalations.actions.decisions import DeadlinePassed, NotAPerson, OwnEscalation
-from escalations.models import Decision, EscalationStatus, Verdict, Via
+from escalations.actions.decisions import (
+    DeadlinePassed,
+    NotAPerson,
+    NotTheApprover,
+    OwnEscalation,
+    TooLateToUndo,
+    undo_approval,
+)
+from escalations.models import ANSWERED, Decision, EscalationStatus, Verdict, Via, reported_status
 from workflows.actions import record_outcome
 from workflows.models import OutcomeQuality, OutcomeSource
 from workflows.run_events import deliver_event
@@ -57,6 +64,7 @@ from .schemas import (
     Error,
     EscalationOut,
     EscalationPage,
+    EscalationStatusOut,
     EventIn,
     EventOut,
     OutcomeIn,
@@ -349,13 +357,18 @@ def report_result(request: HttpRequest, action_id: uuid.UUID, body: ResultIn) ->
 )
 def list_escalations(
     request: HttpRequest,
-    status: EscalationStatus | None = None,
+    status: EscalationStatusOut | None = None,
     limit: int = QueryParam(50, ge=1, le=200),
     offset: int = QueryParam(0, ge=0, le=1_000_000),
 ) -> dict[str, Any]:
     user = _reviewer_of(token_of(request))
     qs = escalations_for(user)
-    if status is not None:
+    # `answered` and `rejected` are one stored status, told apart by the verdict.
+    if status == ANSWERED:
+        qs = qs.filter(status=EscalationStatus.REJECTED, decision__verdict=Verdict.RESPOND)
+    elif status == EscalationStatus.REJECTED:
+        qs = qs.filter(status=status).exclude(decision__verdict=Verdict.RESPOND)
+    elif status is not None:
         qs = qs.filter(status=status)
     page = qs.select_related(
         "action", "action__agent", "team", "decision", "decision__decided_by"
@@ -413,11 +426,39 @@ def decide(request: HttpRequest, escalation_id: uuid.UUID, body: DecisionIn) -> 
             409,
             {
                 "detail": str(exc),
-                "escalation_status": exc.escalation.status,
+                "escalation_status": reported_status(
+                    exc.escalation.status,
+                    decision.verdict if isinstance(decision, Decision) else None,
+                ),
                 "decision": describe_decision(decision) if isinstance(decision, Decision) else None,
             },
         )
     return Status(201, describe_escalation(get_escalation_for(user, escalation.pk)))
+
+
+@api.post(
+    "/escalations/{escalation_id}/undo",
+    response={200: EscalationOut, 403: Error, 404: Error, 409: Error, **COMMON},
+    summary="Take back an approval while its action waits out its undo window",
+    description="The browser's and Slack's Undo: an approved irreversible action runs only "
+    "after its undo window; until then the person who approved it (or an admin) may take the "
+    "approval back, through a reviewer token acting for them. Nothing runs, the escalation "
+    "is open again, and the undo is in the run's trace. Once, whatever the channel: a second "
+    "undo, or one after the window (the action ran or is running), is 409 and changes "
+    "nothing. Never through a token of the agent whose action it is (403).",
+    tags=["escalations"],
+)
+def undo(request: HttpRequest, escalation_id: uuid.UUID) -> dict[str, Any]:
+    token = token_of(request)
+    user = _reviewer_of(token)
+    escalation = get_escalation_for(user, escalation_id)
+    try:
+        undo_approval(escalation_id=escalation.pk, user=user, via=Via.API, agent_id=token.agent_id)
+    except (OwnEscalation, NotTheApprover) as exc:
+        raise HttpError(403, str(exc)) from None
+    except TooLateToUndo as exc:
+        raise HttpError(409, f"Not undone: {exc}.") from None
+    return describe_escalation(get_escalation_for(user, escalation.pk))
 
 
 # --- runs and outcomes -----------------------------------------------------------------------

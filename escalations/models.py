@@ -400,6 +400,14 @@ class Escalation(models.Model):
         return self.status in UNDECIDED_STATUSES
 
     @property
+    def reported_status(self) -> str:
+        """Its status as shown and reported: `answered` for a Respond (reads the decision)."""
+        if self.status != EscalationStatus.REJECTED:
+            return self.status
+        decision = Decision.objects.filter(escalation=self).only("verdict").first()
+        return reported_status(self.status, decision.verdict if decision else None)
+
+    @property
     def next_team_id(self) -> int | None:
         """Who gets it when the SLA passes, or None at the end of the chain."""
         return int(self.chain[self.hops]) if self.hops < len(self.chain) else None
@@ -424,8 +432,21 @@ class Verdict(models.TextChoices):
     APPROVE = "approve"
     REJECT = "reject"
     # Answer the agent in free text instead of running its action (LangGraph's "respond"):
-    # the action does not run, the escalation ends rejected, the text reaches the agent.
+    # the action does not run, the text reaches the agent, which revises it. Reported as
+    # `answered` (reported_status below), stored as rejected.
     RESPOND = "respond"
+
+
+# What a Respond is called wherever a decided escalation or its action is shown or reported
+# (the API and its webhooks, the client, Slack, badges): its own verdict, never "rejected".
+# Stored, both are `rejected` (the contract's statuses: nothing ran), told apart by the
+# decision's verdict (the action's `feedback` carries it too).
+ANSWERED = "answered"
+
+
+def reported_status(status: str, verdict: str | None) -> str:
+    """An escalation's or an action's status as reported: `answered` for a Respond."""
+    return ANSWERED if verdict == Verdict.RESPOND and status == "rejected" else status
 
 
 class Via(models.TextChoices):

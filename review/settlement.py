@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from escalations.access import AnyUser
 from escalations.actions.decisions import payload_diff
-from escalations.models import Decision, Escalation, Verdict
+from escalations.models import ANSWERED, Decision, Escalation, Verdict, reported_status
 from workflows.models import Action, ActionStatus, Effect
 from workflows.tools import get_action_type
 
@@ -93,6 +93,7 @@ def revision_context(action: Action) -> dict[str, Any] | None:
 
 def status_label(esc: Escalation, decision: Decision | None) -> tuple[str, str]:
     """(css status, label): an answered escalation is "Answered", never "Rejected"."""
-    if decision is not None and decision.verdict == Verdict.RESPOND:
-        return "answered", "Answered"
+    status = reported_status(esc.status, decision.verdict if decision else None)
+    if status == ANSWERED:
+        return status, "Answered"
     return esc.status, esc.get_status_display()

@@ -92,14 +92,11 @@ def wake_runs(*, limit: int = 500) -> int:
             .values_list("pk", flat=True)[:limit]
         )
         now = timezone.now()
+        # Only the column is cleared: each sleeping step keeps its own deadline, and the
+        # round the resume starts wakes the steps whose deadline has come (engine._wait_over)
+        # and sets the column again to the earliest of the rest. (Rewriting every waiting
+        # step's deadline to now here once ended a day's sleep when a minute's ran out.)
         WorkflowRun.objects.filter(pk__in=due).update(wake_at=None, updated_at=now)
-        # The run's column is the timer; its sleeping steps are due when it fires (an operator
-        # may have moved it earlier).
-        for step in StepRun.objects.filter(
-            run_id__in=due, status=StepStatus.WAITING, waiting_for__has_key="until"
-        ):
-            step.waiting_for = {**(step.waiting_for or {}), "until": now.isoformat()}
-            step.save(update_fields=["waiting_for"])
         for run_id in due:
             # A wake-up is often a person's decision coming due (an undo window ended): on
             # the queue workers serve first.

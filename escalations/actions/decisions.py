@@ -30,6 +30,7 @@ from ..models import (
     Team,
     Verdict,
     Via,
+    reported_status,
 )
 from ..policy import amount_of, policy_as_evaluated
 from ..risk import DUE_WITHOUT_SLA, grade_risk
@@ -49,8 +50,9 @@ class AlreadyDecided(Exception):
         )
         self.decision = decision
         if decision is not None:
+            status = reported_status(escalation.status, decision.verdict)
             msg = (
-                f"already {escalation.status} by {decision.decided_by} via {decision.via} "
+                f"already {status} by {decision.decided_by} via {decision.via} "
                 f"at {decision.created_at:%Y-%m-%d %H:%M:%S} UTC"
             )
         else:
@@ -366,10 +368,18 @@ class TooLateToUndo(Exception):
     """The approval can no longer be undone (executed, window over, not an approval)."""
 
 
-def undo_approval(*, escalation_id: uuid.UUID | str, user: User, via: Via) -> Escalation:
+class NotTheApprover(TooLateToUndo):
+    """Only the person who approved it (or an admin) may undo an approval."""
+
+
+def undo_approval(
+    *, escalation_id: uuid.UUID | str, user: User, via: Via, agent_id: int | None = None
+) -> Escalation:
     """Take back an approval inside the action's undo window: the escalation is open in the
     queue again, the action waits for a person, nothing ran. The approval and the undo both
-    stay in the run's trace. Only the approver (or an admin) may undo.
+    stay in the run's trace. Only the approver (or an admin) may undo (NotTheApprover), and,
+    like a decision, never through a token of the agent whose action it is (OwnEscalation).
+    A second undo (a double click, a redelivered Slack action) finds it open: TooLateToUndo.
 
     Starts from approved with the action approved, inside its window, with no effect in the
     ledger; raises TooLateToUndo otherwise. The escalation's and the action's rows are
@@ -378,12 +388,14 @@ def undo_approval(*, escalation_id: uuid.UUID | str, user: User, via: Via) -> Es
     """
     with transaction.atomic():
         escalation = get_escalation_for(user, escalation_id)
+        if agent_id is not None and escalation.action.agent_id == agent_id:
+            raise OwnEscalation("An agent never decides an escalation of its own action.")
         locked = Escalation.objects.select_for_update().filter(pk=escalation.pk).first()
         decision = Decision.objects.filter(escalation=escalation).first()
         if locked is None or locked.status != EscalationStatus.APPROVED or decision is None:
             raise TooLateToUndo(f"it is {escalation.status}, not an approval waiting to run")
         if decision.decided_by_id != user.pk and not user.is_superuser:
-            raise TooLateToUndo(f"only {decision.decided_by} (who approved it) can undo it")
+            raise NotTheApprover(f"only {decision.decided_by} (who approved it) can undo it")
         action = Action.objects.select_for_update().get(pk=escalation.action_id)
         now = timezone.now()
         if (

@@ -10,7 +10,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from escalations.models import Decision, Escalation, EscalationStatus, Verdict
+from django.utils import timezone
+
+from escalations.models import Decision, Escalation, EscalationStatus, Verdict, reported_status
 from escalations.rendering import Proposal, TreeNode, proposal_for_action
 from workflows.tools import ToolError, get_action_type
 
@@ -21,8 +23,11 @@ APPROVE = "caliber.approve"
 REJECT = "caliber.reject"
 EDIT = "caliber.edit"
 RESPOND = "caliber.respond"
+# Takes back an approval while its irreversible action waits out its undo window.
+UNDO = "caliber.undo"
 OPEN = "caliber.open"
 ACTIONS_BLOCK = "caliber.decide"
+UNDO_BLOCK = "caliber.undo"
 REJECT_CALLBACK = "caliber.reject"
 EDIT_CALLBACK = "caliber.edit"
 RESPOND_CALLBACK = "caliber.respond"
@@ -245,10 +250,12 @@ def message(
     outcome = outcome_text(esc, decision)
     moved = esc.team_id != for_team_id
     if outcome is not None:
-        text = escape_within(f"{label}: {esc.status}", TEXT_LIMIT)
+        status = reported_status(esc.status, decision.verdict if decision else None)
+        text = escape_within(f"{label}: {status}", TEXT_LIMIT)
         if moved:
             outcome += f"\n_Moved to {escape_within(esc.team.name, 200)} before the decision._"
         blocks.append({"type": "section", "block_id": "caliber.outcome", "text": md(outcome)})
+        blocks.extend(_undo_blocks(esc, decision))
         blocks.append({"type": "context", "elements": [md(f"<{url}|Open in Caliber>")]})
     elif moved:
         blocks.append(
@@ -283,6 +290,36 @@ def message(
             blocks.append({"type": "context", "elements": [md(f":eyes: {who} is looking at it")]})
         blocks.append(_buttons(esc, url, irreversible=_irreversible(esc)))
     return text, blocks
+
+
+def _undo_blocks(esc: Escalation, decision: Decision | None) -> list[Block]:
+    """While an approved irreversible action waits out its undo window: when it runs, and
+    the browser's Undo. A click after the window is refused (and the message refreshed)."""
+    action = esc.action
+    if decision is None or decision.verdict != Verdict.APPROVE:
+        return []
+    if action.execute_after is None or not action.in_undo_window(timezone.now()):
+        return []
+    when = action.execute_after
+    at = f"<!date^{int(when.timestamp())}^{{time_secs}}|{when:%H:%M:%S} UTC>"
+    return [
+        {
+            "type": "context",
+            "elements": [md(f":hourglass_flowing_sand: Queued: runs at {at}. Undo until then.")],
+        },
+        {
+            "type": "actions",
+            "block_id": UNDO_BLOCK,
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": UNDO,
+                    "text": plain("Undo"),
+                    "value": str(esc.pk),
+                }
+            ],
+        },
+    ]
 
 
 def _irreversible(esc: Escalation) -> bool:

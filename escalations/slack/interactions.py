@@ -17,7 +17,7 @@ from django.db import transaction
 from django.http import Http404, HttpResponse, JsonResponse
 
 from escalations.access import get_escalation_for
-from escalations.actions import AlreadyDecided, decide_escalation
+from escalations.actions import AlreadyDecided, TooLateToUndo, decide_escalation, undo_approval
 from escalations.models import Verdict, Via
 from escalations.rendering import proposal_for_action
 from workflows.tools import ToolError, get_action_type
@@ -71,7 +71,7 @@ def block_actions(payload: dict[str, Any]) -> HttpResponse:
     if not actions or not isinstance(actions[0], dict):
         return ok()
     action_id = actions[0].get("action_id")
-    if action_id not in (blocks.APPROVE, blocks.REJECT, blocks.EDIT, blocks.RESPOND):
+    if action_id not in (blocks.APPROVE, blocks.REJECT, blocks.EDIT, blocks.RESPOND, blocks.UNDO):
         return ok()  # "Open in Caliber" is a link: Slack still tells us, nothing to do
     esc_id = _escalation_id(actions[0].get("value"))
     if esc_id is None:
@@ -81,6 +81,8 @@ def block_actions(payload: dict[str, Any]) -> HttpResponse:
     if user is None:
         _ephemeral(payload, None, NOT_LINKED.format(url=conf.review_url(esc_id)))
         return ok()
+    if action_id == blocks.UNDO:
+        return _undo(payload, esc_id, user)
     if action_id == blocks.APPROVE:
         try:
             decide_escalation(
@@ -96,6 +98,22 @@ def block_actions(payload: dict[str, Any]) -> HttpResponse:
             _ephemeral(payload, esc_id, " ".join(exc.messages))
         return ok()
     return _open_modal(payload, esc_id, user, str(action_id))
+
+
+def _undo(payload: dict[str, Any], esc_id: str, user: Any) -> HttpResponse:
+    """The browser's Undo: the same action, once (a second click, or a redelivery, finds it
+    open again and is told so); after the window it is refused and changes nothing."""
+    try:
+        undo_approval(escalation_id=esc_id, user=user, via=Via.SLACK)
+    except Http404:
+        _ephemeral(payload, None, NOT_YOURS)
+    except TooLateToUndo as exc:
+        _ephemeral(payload, esc_id, f"Not undone: {exc}. Nothing changed.")
+        # The message may still show an Undo that no longer applies: bring it up to date.
+        transport.escalation_changed(get_escalation_for(user, esc_id))
+    else:
+        _ephemeral(payload, esc_id, "Undone: nothing was sent. It is back in the queue.")
+    return ok()
 
 
 _MODALS = {

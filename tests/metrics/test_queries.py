@@ -51,6 +51,9 @@ def test_approval_edit_reject_and_override_rates(propose, decide, policies):
     assert (d["approved"], d["edited"], d["rejected"], d["responded"]) == (2, 1, 1, 1)
     assert d["approval_rate"] == pytest.approx(0.4)
     assert d["override_rate"] == pytest.approx(0.6)
+    # An answer is its own verdict: not a rejection.
+    assert d["reject_rate"] == pytest.approx(0.2)
+    assert d["respond_rate"] == pytest.approx(0.2)
     assert d["latency_p50_s"] is not None and d["latency_p50_s"] >= 0
 
 
@@ -135,6 +138,16 @@ def test_breakdown_by_action_type(propose, decide, policies):
     rows = {r["key"]: r for r in queries.breakdown(scope(), "action_type")}
     assert rows["update_crm"]["autonomous_share"] == 1.0
     assert rows["send_reply"]["override_rate"] == 1.0
+
+
+def test_an_answer_is_counted_as_answered_not_rejected_in_the_breakdown(propose, decide, policies):
+    decide(propose("send_reply", 0.9), "reject", reason="no")
+    decide(propose("send_reply", 0.9), "respond", reason="Ask for the order number first")
+    decide(propose("send_reply", 0.9), "approve")
+    [row] = [r for r in queries.breakdown(scope(), "action_type") if r["key"] == "send_reply"]
+    assert row["reject_rate"] == pytest.approx(1 / 3)
+    assert row["respond_rate"] == pytest.approx(1 / 3)
+    assert row["override_rate"] == pytest.approx(2 / 3)
 
 
 def test_daily_trend_has_a_row_per_day_and_no_fake_zeros(make_run):

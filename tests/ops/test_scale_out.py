@@ -54,6 +54,9 @@ class ScaleOut:
             # A queue and channel prefix of its own on the test Redis db.
             CELERY_QUEUE=f"scale-out-{uuid.uuid4().hex[:8]}",
             CHANNELS_PREFIX=f"scale-out-{uuid.uuid4().hex[:8]}",
+            # The test workflows too (a deployment adds its own the same way): one holds a
+            # worker long enough to be killed mid-step.
+            WORKFLOW_MODULES="tests.workflows.specs_for_tests",
         )
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -210,6 +213,82 @@ def test_one_approval_goes_through_over_http(scale_out: ScaleOut) -> None:
     assert approved >= 1, "the demo policies send a customer reply to review"
     assert run.status == RunStatus.SUCCEEDED, (run.status, run.error)
     assert run.actions.filter(action_type="send_reply", status="executed").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_workers_run_is_taken_over_within_15_seconds(scale_out: ScaleOut) -> None:
+    """With the shipped settings (RUN_LEASE_SECONDS, beat's take-over every 2 s): the worker
+    running a step is SIGKILLed with its pool child, and the other worker takes the run over
+    — not the step's two-minute timeout, not the minute-long reconciler."""
+    from django.utils import timezone
+
+    from api.actions import create_api_token
+    from escalations.models import AgentProfile, Team
+    from workflows.models import RunStatus, StepRun, StepStatus, TraceEvent, WorkflowRun
+
+    # The previous test's flush took seed_demo's rows with it.
+    team, _ = Team.objects.get_or_create(slug="support", defaults={"name": "Support"})
+    agent, _ = AgentProfile.objects.get_or_create(name="triage-agent", defaults={"team": team})
+    _, raw = create_api_token(agent=agent, name="kill")
+    with httpx.Client(base_url=scale_out.url + "/api/v1", timeout=20) as http:
+        started = http.post(
+            "/runs",
+            json={"workflow": "long_step", "input": {"hold": 100}, "idempotency_key": "kill-1"},
+            headers={"Authorization": f"Bearer {raw}"},
+        )
+    assert started.status_code == 201, started.text
+    run_id = started.json()["id"]
+    step = wait_until(
+        lambda: (
+            StepRun.objects.filter(run_id=run_id, status=StepStatus.RUNNING)
+            .exclude(lease_owner="")
+            .first()
+        ),
+        60,
+        "the long step to be running",
+        scale_out,
+    )
+    child = int(step.lease_owner.split(":")[1])
+    worker = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert worker in scale_out.worker_pids()
+    # Let the heartbeat renew the lease once, so the kill is of a step well under way.
+    claimed = step.lease_expires_at
+    wait_until(
+        lambda: StepRun.objects.get(pk=step.pk).lease_expires_at > claimed,
+        30,
+        "the heartbeat to renew the step's lease",
+        scale_out,
+    )
+    for pid in (worker, child):
+        os.kill(pid, signal.SIGKILL)
+    killed_at = timezone.now()
+    lost = wait_until(
+        lambda: (
+            TraceEvent.objects.filter(run_id=run_id, message__contains="lost its worker")
+            .order_by("created_at")
+            .first()
+        ),
+        60,
+        "the run to be taken over",
+        scale_out,
+    )
+    taken_over_after = (lost.created_at - killed_at).total_seconds()
+    print(f"taken over {taken_over_after:.1f} s after the kill")
+    assert taken_over_after < 15, f"taken over {taken_over_after:.1f} s after the kill"
+    wait_until(
+        lambda: WorkflowRun.objects.get(pk=run_id).status == RunStatus.SUCCEEDED,
+        60,
+        "the run to finish on the other worker",
+        scale_out,
+    )
+    assert StepRun.objects.get(pk=step.pk).attempts == 2
+    # supervisord starts the killed worker again (the next test counts on two).
+    wait_until(
+        lambda: len(scale_out.worker_pids()) == 2 and worker not in scale_out.worker_pids(),
+        60,
+        "supervisord to start the killed worker again",
+        scale_out,
+    )
 
 
 @pytest.mark.django_db(transaction=True)

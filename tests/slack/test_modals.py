@@ -130,7 +130,13 @@ def test_respond_opens_a_modal_and_its_answer_reaches_the_agent(esc, slack, clie
         "slack",
     )
     esc.refresh_from_db()
-    assert esc.status == EscalationStatus.REJECTED  # the action does not run
+    assert esc.status == EscalationStatus.REJECTED  # stored: the action does not run
+    # ... and the message says what it was: an answer, its own verdict, never "rejected".
+    deliver_all()
+    [shown] = slack.all_messages()
+    assert shown["text"].endswith(": answered")
+    assert ":speech_balloon: *Answered instead of running* by *alice*" in json.dumps(shown)
+    assert "Rejected" not in json.dumps(shown)
 
 
 def test_an_unsigned_edit_submission_changes_nothing(esc, client):

@@ -214,6 +214,30 @@ SLEEPER = register(
 )
 
 
+def _nap_for(seconds: float) -> Any:
+    def nap(ctx: StepContext) -> StepResult:
+        if not ctx.woken:
+            return Sleep.after(seconds, f"nap {seconds:.0f} s")
+        return {"woke": True}
+
+    return nap
+
+
+# Two sleeps in one run, side by side: a minute and a day.
+TWO_SLEEPS = register(
+    WorkflowSpec(
+        name="two_sleeps",
+        version=1,
+        title="Two naps of different lengths",
+        agent="triage-agent",
+        steps=(
+            StepSpec("short_nap", "A minute", _nap_for(60), depends_on=(), mode=Mode.ASYNC),
+            StepSpec("long_nap", "A day", _nap_for(86400), depends_on=(), mode=Mode.ASYNC),
+        ),
+    )
+)
+
+
 def _scribble(ctx: StepContext) -> StepResult:
     # Past the StateView, into the dicts it shows: never a write.
     ctx.state.workspace["scribbled"] = True

@@ -31,6 +31,16 @@ from workflows.specs import (
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def _time_passes(run: WorkflowRun, step_name: str) -> None:
+    """The step's sleep ran out, as far as the database timer is concerned: its deadline and
+    the run's wake-up time (the earliest of its sleeps') are now in the past."""
+    past = timezone.now() - timedelta(seconds=1)
+    step = StepRun.objects.get(run=run, name=step_name)
+    step.waiting_for = {**(step.waiting_for or {}), "until": past.isoformat()}
+    step.save(update_fields=["waiting_for"])
+    WorkflowRun.objects.filter(pk=run.pk).update(wake_at=past)
+
+
 def _noop(ctx):
     return {}
 
@@ -264,7 +274,7 @@ def test_a_step_can_sleep_and_is_woken_by_the_database_timer(agent, inline_tasks
     assert run.status == RunStatus.WAITING
     assert run.wake_at is not None and run.wake_at > timezone.now() + timedelta(minutes=59)
     assert engine.wake_runs() == 0  # not due yet
-    WorkflowRun.objects.filter(pk=run.pk).update(wake_at=timezone.now() - timedelta(seconds=1))
+    _time_passes(run, "nap")
     assert engine.wake_runs() == 1
     inline_tasks.drain()
     run.refresh_from_db()
@@ -272,6 +282,27 @@ def test_a_step_can_sleep_and_is_woken_by_the_database_timer(agent, inline_tasks
     assert run.wake_at is None
     check = run.trace.get(kind=TraceKind.RECOVERY)
     assert "after a wake-up: passed" in check.message
+
+
+def test_only_the_sleep_whose_time_came_wakes(agent, inline_tasks):
+    run = start_run(workflow="two_sleeps", input={})
+    inline_tasks.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.WAITING
+    long_nap = StepRun.objects.get(run=run, name="long_nap")
+    day_later = long_nap.waiting_for["until"]
+    # The minute is up; the day is not.
+    _time_passes(run, "short_nap")
+    assert engine.wake_runs() == 1
+    inline_tasks.drain()
+    run.refresh_from_db()
+    long_nap.refresh_from_db()
+    assert StepRun.objects.get(run=run, name="short_nap").status == StepStatus.SUCCEEDED
+    assert long_nap.status == StepStatus.WAITING
+    assert long_nap.waiting_for["until"] == day_later
+    assert run.status == RunStatus.WAITING
+    assert run.wake_at is not None and run.wake_at > timezone.now() + timedelta(hours=23)
+    assert engine.wake_runs() == 0
 
 
 def test_the_parallel_fan_out_joins_exactly_once_through_a_real_worker(celery_worker, agent):

@@ -18,6 +18,7 @@ from workflows.models import (
     Outcome,
     RunStatus,
     StepRun,
+    StepStatus,
     TraceKind,
     WorkflowRun,
 )
@@ -160,8 +161,12 @@ def test_the_follow_up_wakes_and_records_whether_the_customer_replied(
     follow_up = WorkflowRun.objects.get(parent=run)
     if customer_wrote:
         record_message(run=run, role="customer", content="Still broken, please call me")
-    # Six hours later, as far as beat's scan is concerned.
-    WorkflowRun.objects.filter(pk=follow_up.pk).update(wake_at=timezone.now())
+    # Six hours later, as far as the database timer is concerned.
+    now = timezone.now()
+    sleeping = StepRun.objects.get(run=follow_up, status=StepStatus.WAITING)
+    sleeping.waiting_for = {**sleeping.waiting_for, "until": now.isoformat()}
+    sleeping.save(update_fields=["waiting_for"])
+    WorkflowRun.objects.filter(pk=follow_up.pk).update(wake_at=now)
     assert engine.wake_runs() == 1
     inline_tasks.drain()
     follow_up.refresh_from_db()

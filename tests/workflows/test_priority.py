@@ -36,6 +36,10 @@ def test_every_way_of_starting_a_worker_consumes_the_priority_queue_first():
     # Redis: BRPOP on the queues in the order the worker lists them, never rotated.
     assert settings.CELERY_BROKER_TRANSPORT_OPTIONS["queue_order_strategy"] == "priority"
     assert settings.CELERY_WORKER_PREFETCH_MULTIPLIER == 1
+    # With late acks a running task holds its prefetch slot until it is done, so a worker
+    # whose children are all busy reserves nothing more: no ordinary step waits in the
+    # worker ahead of a decision's resume (acked early, each child would hold one more).
+    assert settings.CELERY_TASK_ACKS_LATE is True
 
 
 def test_decisions_are_resumed_before_a_thousand_queued_steps(

@@ -8,6 +8,7 @@ agent acts.
 from .client import Approval, AsyncCaliber, Caliber
 from .decorators import require_approval
 from .errors import (
+    Answered,
     ApprovalTimeout,
     AuthenticationFailed,
     Blocked,
@@ -21,6 +22,7 @@ from .errors import (
 from .webhooks import InvalidSignature, verify_signature, verify_webhook
 
 __all__ = [
+    "Answered",
     "Approval",
     "ApprovalTimeout",
     "AsyncCaliber",

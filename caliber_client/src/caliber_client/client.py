@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from .errors import (
+    Answered,
     ApprovalTimeout,
     AuthenticationFailed,
     Blocked,
@@ -77,17 +78,25 @@ class Approval:
         return self.status in APPROVED
 
     @property
+    def answered(self) -> bool:
+        """A person answered in words (Respond) instead of approving or rejecting it."""
+        return self.status == "answered" or self.verdict == "respond"
+
+    @property
     def edited(self) -> bool:
         return self.data.get("edited_payload") is not None
 
     def raise_unless_approved(self) -> Approval:
-        """Return self if it may run; raise Blocked, Rejected or ApprovalTimeout otherwise."""
+        """Return self if it may run; raise Blocked, Answered, Rejected or ApprovalTimeout
+        otherwise."""
         if self.approved:
             return self
         if not self.decided:
             raise ApprovalTimeout(self)
         if self.status == "blocked":
             raise Blocked("; ".join(self.reasons) or "blocked by policy", self)
+        if self.answered:
+            raise Answered(self.reason, self)
         reason = self.reason or (
             f"escalation {self.data.get('escalation_status')}" if self.escalation_id else ""
         )
@@ -346,6 +355,11 @@ class Caliber(_Base):
             body["edited_payload"] = dict(edited_payload)
         return dict(self._call("POST", f"/escalations/{escalation_id}/decision", json=body))
 
+    def undo(self, escalation_id: str) -> dict[str, Any]:
+        """Take back this person's approval while its action waits out its undo window: it
+        runs nothing and is open again. `Conflict` once the window is over (or undone)."""
+        return dict(self._call("POST", f"/escalations/{escalation_id}/undo"))
+
     # --- runs and outcomes -------------------------------------------------------------------
 
     def start_run(
@@ -520,6 +534,9 @@ class AsyncCaliber(_Base):
         if edited_payload is not None:
             body["edited_payload"] = dict(edited_payload)
         return dict(await self._call("POST", f"/escalations/{escalation_id}/decision", json=body))
+
+    async def undo(self, escalation_id: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/escalations/{escalation_id}/undo"))
 
     async def start_run(
         self, workflow: str, input: Mapping[str, Any], *, idempotency_key: str | None = None

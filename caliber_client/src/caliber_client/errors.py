@@ -39,8 +39,8 @@ class InvalidRequest(CaliberError):
 
 
 class Rejected(Exception):
-    """The action may not run: a person rejected it (or answered instead), or policy blocked
-    it. `reason` is what the agent should know; `approval` has everything else."""
+    """The action may not run: a person rejected it (or answered instead: Answered), or
+    policy blocked it. `reason` is what the agent should know; `approval` has everything else."""
 
     def __init__(self, reason: str, approval: Approval):
         super().__init__(reason or f"action {approval.id} was {approval.status}")
@@ -50,6 +50,17 @@ class Rejected(Exception):
     @property
     def verdict(self) -> str | None:
         return self.approval.verdict
+
+
+class Answered(Rejected):
+    """A person answered instead of approving or rejecting (status `answered`, verdict
+    `respond`): the action does not run as proposed; `answer` is what they said to do
+    (e.g. "ask for their order number first"). A Rejected, so `except Rejected` still
+    stops the call; catch it first to act on the answer."""
+
+    @property
+    def answer(self) -> str:
+        return self.reason
 
 
 class Blocked(Rejected):

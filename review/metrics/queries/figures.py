@@ -68,7 +68,9 @@ def decision_figures(scope: Scope) -> dict[str, Any]:
     n = agg["total"]
     agg["approval_rate"] = rate(agg["approved"], n)
     agg["edit_rate"] = rate(agg["edited"], n)
-    agg["reject_rate"] = rate(agg["rejected"] + agg["responded"], n)
+    agg["reject_rate"] = rate(agg["rejected"], n)
+    # Its own verdict: the agent was answered (and revised), not refused.
+    agg["respond_rate"] = rate(agg["responded"], n)
     # A person changing or refusing what the agent proposed: autonomy mis-calibration signal.
     agg["override_rate"] = rate(agg["edited"] + agg["rejected"] + agg["responded"], n)
     agg.update(decision_latency(scope))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any
 
-from escalations.models import AgentProfile
+from escalations.models import AgentProfile, Verdict
 from workflows.models import (
     RunStatus,
 )
@@ -90,10 +90,15 @@ def breakdowns(scope: Scope) -> dict[str, list[dict[str, Any]]]:
         judged: dict[str, dict[str, int]] = {}
         for c in decided:
             name = label(by, c.agent_id, c.workflow, c.action_type)
-            acc = judged.setdefault(name, {"n": 0, "approved": 0, "edited": 0, "rejected": 0})
+            acc = judged.setdefault(
+                name, {"n": 0, "approved": 0, "edited": 0, "rejected": 0, "responded": 0}
+            )
             acc["n"] += c.n
             if c.kind in (APPROVED, EDITED):
                 acc[c.kind] += c.n
+            elif c.kind == Verdict.RESPOND:
+                # Its own verdict: answered (and revised), not refused.
+                acc["responded"] += c.n
             else:
                 acc["rejected"] += c.n
         for name, acc in judged.items():
@@ -104,7 +109,8 @@ def breakdowns(scope: Scope) -> dict[str, list[dict[str, Any]]]:
                 approval_rate=rate(acc["approved"], n),
                 edit_rate=rate(acc["edited"], n),
                 reject_rate=rate(acc["rejected"], n),
-                override_rate=rate(acc["edited"] + acc["rejected"], n),
+                respond_rate=rate(acc["responded"], n),
+                override_rate=rate(acc["edited"] + acc["rejected"] + acc["responded"], n),
             )
         out[by] = sorted(
             ({"key": name, **row} for name, row in rows.items()),
