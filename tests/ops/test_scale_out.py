@@ -116,7 +116,10 @@ class ScaleOut:
         return found
 
     def worker_pids(self) -> set[int]:
-        return {pid for pid, cmd in self.children().items() if " worker " in cmd}
+        return {pid for pid, cmd in self.children().items() if " -n worker" in cmd}
+
+    def resumer_pids(self) -> set[int]:
+        return {pid for pid, cmd in self.children().items() if " -n resumer@" in cmd}
 
     def worker_pid(self) -> int | None:
         return min(self.worker_pids(), default=None)
@@ -173,6 +176,11 @@ def test_one_approval_goes_through_over_http(scale_out: ScaleOut) -> None:
     from api.actions import create_api_token
     from escalations.models import AgentProfile, Escalation
     from workflows.models import RunStatus, WorkflowRun
+
+    # Beside the workers, one process serves only what follows a person's decision.
+    resumers = [scale_out.children()[pid] for pid in scale_out.resumer_pids()]
+    assert len(resumers) == 1, scale_out.children()
+    assert re.search(r" -Q \S+-priority ", resumers[0]), resumers[0]
 
     agent = AgentProfile.objects.get(name="triage-agent")
     _, agent_raw = create_api_token(agent=agent, name="scale-out test")

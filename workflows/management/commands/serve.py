@@ -52,11 +52,13 @@ class Command(BaseCommand):
             CALIBER_RUN_DIR=str(run_dir.resolve()),
             WORKER_PROCESSES=os.environ.get("WORKER_PROCESSES", "2"),
             WORKER_CONCURRENCY=os.environ.get("WORKER_CONCURRENCY", "1"),
-            # A priority queue (where there is one) first: workers serve it before the rest.
+            # The priority queue first: workers serve it before the rest, and the resumer
+            # serves nothing else.
+            CALIBER_PRIORITY_QUEUE=settings.CELERY_PRIORITY_QUEUE,
             CALIBER_WORKER_QUEUES=",".join(
                 q
                 for q in (
-                    getattr(settings, "CELERY_PRIORITY_QUEUE", None),
+                    settings.CELERY_PRIORITY_QUEUE,
                     settings.CELERY_TASK_DEFAULT_QUEUE,
                 )
                 if q
