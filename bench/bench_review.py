@@ -46,6 +46,7 @@ def _seed_open(env_data: dict[str, Any], count: int) -> None:
     from django.utils import timezone
 
     from escalations.models import Escalation, EscalationStatus
+    from escalations.rendering import queue_card
     from escalations.risk import DUE_WITHOUT_SLA, RISK_ORDER
     from escalations.search import search_text_for
     from workflows.demo_tickets import make_ticket
@@ -122,6 +123,17 @@ def _seed_open(env_data: dict[str, Any], count: int) -> None:
                     due_without_sla_at=now + DUE_WITHOUT_SLA[risk],
                     search_text=search_text_for(
                         action_type=action_type, agent=agent.name, payload=payload, ticket=ticket
+                    ),
+                    card=queue_card(
+                        action_type=action_type,
+                        payload=payload,
+                        ticket=ticket,
+                        reasons=action.reasons,
+                        agent=agent.name,
+                        workflow=run.workflow,
+                        confidence=confidence,
+                        rationale=action.rationale,
+                        home_team=agent.team.name,
                     ),
                 )
             )

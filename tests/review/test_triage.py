@@ -4,6 +4,7 @@ claiming from the queue; and the detail page's cost, pinned."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -31,9 +32,11 @@ def _rows(html: str) -> list[str]:
 def test_a_row_shows_the_customer_line_the_proposals_first_line_and_why_in_a_few_words(
     alice, agent, policies
 ):
-    esc = escalate(agent, subject="Charged twice", body="Hi,\nI was charged twice this month.")
-    Action.objects.filter(pk=esc.action_id).update(
-        payload={"ticket_id": "T-1", "to": "ada@example.com", "body": "Hello Ada,\n\nRefunded."}
+    escalate(
+        agent,
+        subject="Charged twice",
+        body="Hi,\nI was charged twice this month.",
+        payload={"ticket_id": "T-1", "to": "ada@example.com", "body": "Hello Ada,\n\nRefunded."},
     )
     html = _client(alice).get(reverse("review:queue")).text
     assert "ada@x.io: “Hi,”" in html
@@ -75,6 +78,46 @@ def test_search_finds_by_customer_ticket_words_and_reply_and_says_how_many(
     # session, user, the user's teams, the matching rows (one join), every count (one query)
     with django_assert_num_queries(5):
         client.get(url, {"q": "crushed"})
+
+
+def _facet_count(html: str, facet: str, value: str) -> int | None:
+    m = re.search(
+        rf'data-facet="{facet}" data-value="{value}"[^>]*>.*?class="n">(\d+)<', html, re.S
+    )
+    return int(m.group(1)) if m else None
+
+
+def test_the_filter_counts_count_the_search_result_not_the_whole_queue(alice, agent, policies):
+    escalate(agent, subject="Package arrived damaged", action_type="update_crm")
+    escalate(agent, subject="Package lost", action_type="route_to_team")
+    escalate(agent, subject="Login fails", action_type="send_reply")
+    client = _client(alice)
+    html = client.get(reverse("review:queue")).text
+    assert _facet_count(html, "action_type", "send_reply") == 1
+    html = client.get(reverse("review:queue"), {"q": "package"}).text
+    assert _facet_count(html, "action_type", "update_crm") == 1
+    assert _facet_count(html, "action_type", "route_to_team") == 1
+    # Nothing the search does not show is counted.
+    assert not _facet_count(html, "action_type", "send_reply")
+    assert _facet_count(html, "team", "support") == 2
+
+
+def test_a_search_matching_past_the_cap_reads_in_queue_order_and_finds_the_same(
+    alice, agent, policies, monkeypatch
+):
+    from review import queue
+
+    made = [
+        escalate(agent, subject=f"Package {i}", due_in=timedelta(minutes=10 - i)) for i in range(4)
+    ]
+    escalate(agent, subject="Login fails")
+    client = _client(alice)
+    expected = [str(e.pk) for e in reversed(made)]
+    assert _rows(client.get(reverse("review:queue"), {"q": "package"}).text) == expected
+    monkeypatch.setattr(queue, "COUNT_CAP", 2)  # four matches: "common" (search.matching)
+    html = client.get(reverse("review:queue"), {"q": "package"}).text
+    assert _rows(html) == expected
+    assert re.search(r'id="queue-count"[^>]*>2\+<', html)
 
 
 def test_search_with_nul_or_junk_is_a_400_or_an_empty_result_never_an_error(alice, agent, policies):
