@@ -13,7 +13,9 @@
       span.textContent = String(left);
       if (left === 0 && !span.hasAttribute("data-expired")) {
         span.setAttribute("data-expired", "");
-        var undo = document.querySelector("[data-undo]");
+        // Its own Undo (a bulk approval's page lists several).
+        var scope = span.closest(".settlement") || document;
+        var undo = scope.querySelector("[data-undo]");
         if (undo) undo.disabled = true;
         done = true;
       }

@@ -197,18 +197,33 @@ def test_bulk_approve_decides_each_once_and_audits_each(alice, agent, policies):
 
 
 def test_bulk_approve_of_irreversible_ones_asks_first_showing_each_as_it_will_run(
-    alice, agent, policies
+    alice, agent, policies, settings
 ):
+    settings.UNDO_WINDOW_SECONDS = 10
     reply = escalate(agent)
     crm = escalate(agent, action_type="update_crm")
     client = _client(alice)
     data = {"ids": [str(reply.pk), str(crm.pk)], "verdict": "approve", "reason": ""}
     page = client.post(reverse("review:bulk"), data)
-    assert page.status_code == 200 and "1 cannot be undone" in page.text
+    assert page.status_code == 200 and "Approve 2: 1 cannot be undone once it runs" in page.text
+    # Exactly what happens: how many are irreversible, and that they wait out the window.
+    said = " ".join(re.search(r'class="what-happens">(.*?)</p>', page.text, re.S)[1].split())
+    assert said == (
+        "Each of the 1 below waits 10 s after you approve, then executes as shown; until then"
+        " its page has an Undo that puts it back in the queue. The other 1 you selected can be"
+        " reversed later; they run at once."
+    )
+    assert "the moment" not in page.text and "others in your selection" not in page.text
     assert '<div class="email-body">Hello Ada</div>' in page.text
     assert not Decision.objects.exists()
-    client.post(reverse("review:bulk"), {**data, "confirm": "irreversible"})
+    done = client.post(reverse("review:bulk"), {**data, "confirm": "irreversible"}, follow=True)
     assert Decision.objects.count() == 2
+    # As after a single approval, the page points to the Undo of the irreversible one.
+    assert done.redirect_chain[-1][0].startswith(reverse("review:bulk_done"))
+    assert "Approved 2." in done.text
+    assert f'action="{reverse("review:undo", args=[reply.pk])}"' in done.text
+    assert reverse("review:undo", args=[crm.pk]) not in done.text
+    assert "Queued: executes in" in done.text
 
 
 def test_bulk_reject_needs_one_reason_and_skips_what_is_not_mine(alice, bob, agent, policies):
