@@ -324,9 +324,12 @@ def _raise_one(agent: Any, committed: dict[str, float], seq: int) -> None:
         )
         esc = action.escalation
         # Each one due sooner than everything before it, so it lands at the top of every
-        # page's window (a row below the window is, correctly, not pushed at all).
+        # page's window (a row below the window is, correctly, not pushed at all). Sooner
+        # than the background too: a critical one without an SLA is due 10 minutes after it
+        # was raised (escalations.risk.DUE_WITHOUT_SLA), and with rows due at +30 min, as
+        # here before, every push fell below the first page and none arrived.
         Escalation.objects.filter(pk=esc.pk).update(
-            sla_due_at=timezone.now() + timedelta(minutes=30) - timedelta(seconds=seq)
+            sla_due_at=timezone.now() + timedelta(minutes=5) - timedelta(seconds=seq)
         )
         committed[str(esc.pk)] = time.time()
 
