@@ -125,8 +125,7 @@ def test_rejected_replies_end_handed_off_as_the_live_engine_ends_them(seeded, ad
     ).exists()
     failures = queries.failure_cases(_month())
     assert failures.get("handed to a person")
-    page = admin_client.get(f"/review/{rejected[0].escalation.pk}/").text
-    assert (
-        f"Hand the ticket to a person: {rejected[0].escalation.decision.decided_by.username} owns it"
-        in page
-    )
+    first = rejected[0].escalation
+    page = admin_client.get(f"/review/{first.pk}/").text
+    owner = first.decision.decided_by.username
+    assert f"Hand the ticket to a person: {owner} owns it" in page

@@ -31,7 +31,7 @@ def escalate(
 ) -> Escalation:
     """One run with one escalated action, committed (with its SLA and team) in one go."""
     default, confidence = PROPOSALS[action_type]
-    payload = default if payload is None else payload
+    proposed: dict[str, object] = dict(default if payload is None else payload)
     with transaction.atomic():
         run = WorkflowRun.objects.create(
             workflow="support_triage",
@@ -44,7 +44,7 @@ def escalate(
             run=run,
             step_name="propose_actions",
             action_type=action_type,
-            payload=dict(payload),
+            payload=proposed,
             confidence=confidence,
             rationale="because",
         )
