@@ -4,7 +4,10 @@
   "use strict";
 
   function tick() {
-    var spans = document.querySelectorAll(".countdown[data-execute-after]");
+    // .countdown-chip: the same countdown in the page's head (review/detail.html).
+    var spans = document.querySelectorAll(
+      ".countdown[data-execute-after], .countdown-chip[data-execute-after]"
+    );
     var done = false;
     Array.prototype.forEach.call(spans, function (span) {
       var at = Date.parse(span.getAttribute("data-execute-after"));
