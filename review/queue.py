@@ -9,7 +9,8 @@ A page is PAGE_SIZE rows of that order, starting after a cursor (the last row of
 before; none for the first page): keyset pagination, so every open escalation is reachable
 and a deep page costs an index range read, not an OFFSET scan. Counts are exact up to
 COUNT_CAP and shown as "1,000+" beyond it; past FACET_SAMPLE open, the facet counts are
-over the FACET_SAMPLE due soonest, and the page says so. Both keep /review/'s cost flat
+over the FACET_SAMPLE due soonest (with a search: over FACET_SAMPLE of its matches), and
+the page says so. Both keep /review/'s cost flat
 however long the queue gets (the partial indexes in escalations 0007 serve the order).
 """
 
@@ -342,8 +343,9 @@ def load_row(pk: str) -> dict[str, Any] | None:
 class Counts:
     """How many undecided escalations each filter value holds, and how many the filters match.
 
-    Facet counts are over the reviewer's whole queue (not narrowed by the other filters), so
-    a number next to a filter never changes just because another filter was clicked.
+    Facet counts are over the reviewer's whole queue, or what a search matches (not narrowed
+    by the other filters), so a number next to a filter never changes just because another
+    filter was clicked.
 
     `total`, `matching` and `mine` are exact up to COUNT_CAP, and COUNT_CAP + 1 past it
     (shown "1,000+"). The facet counts are exact up to FACET_SAMPLE open; past it they are
