@@ -46,6 +46,7 @@ def _seed_open(env_data: dict[str, Any], count: int) -> None:
     from django.utils import timezone
 
     from escalations.models import Escalation, EscalationStatus
+    from escalations.rendering import queue_card
     from escalations.risk import DUE_WITHOUT_SLA, RISK_ORDER
     from escalations.search import search_text_for
     from workflows.demo_tickets import make_ticket
@@ -122,6 +123,17 @@ def _seed_open(env_data: dict[str, Any], count: int) -> None:
                     due_without_sla_at=now + DUE_WITHOUT_SLA[risk],
                     search_text=search_text_for(
                         action_type=action_type, agent=agent.name, payload=payload, ticket=ticket
+                    ),
+                    card=queue_card(
+                        action_type=action_type,
+                        payload=payload,
+                        ticket=ticket,
+                        reasons=action.reasons,
+                        agent=agent.name,
+                        workflow=run.workflow,
+                        confidence=confidence,
+                        rationale=action.rationale,
+                        home_team=agent.team.name,
                     ),
                 )
             )
@@ -312,9 +324,12 @@ def _raise_one(agent: Any, committed: dict[str, float], seq: int) -> None:
         )
         esc = action.escalation
         # Each one due sooner than everything before it, so it lands at the top of every
-        # page's window (a row below the window is, correctly, not pushed at all).
+        # page's window (a row below the window is, correctly, not pushed at all). Sooner
+        # than the background too: a critical one without an SLA is due 10 minutes after it
+        # was raised (escalations.risk.DUE_WITHOUT_SLA), and with rows due at +30 min, as
+        # here before, every push fell below the first page and none arrived.
         Escalation.objects.filter(pk=esc.pk).update(
-            sla_due_at=timezone.now() + timedelta(minutes=30) - timedelta(seconds=seq)
+            sla_due_at=timezone.now() + timedelta(minutes=5) - timedelta(seconds=seq)
         )
         committed[str(esc.pk)] = time.time()
 

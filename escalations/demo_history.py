@@ -32,6 +32,7 @@ from django.utils import timezone
 from workflows.models import (
     Action,
     ActionStatus,
+    Effect,
     Outcome,
     OutcomeQuality,
     OutcomeSource,
@@ -40,6 +41,7 @@ from workflows.models import (
     WorkflowRun,
 )
 from workflows.prompts.models import ModelCall
+from workflows.tools import ACTION_TYPES
 
 from .models import (
     AgentProfile,
@@ -105,6 +107,7 @@ class _Plan:
     decisions: list[Decision]
     outcomes: list[Outcome]
     calls: list[ModelCall]
+    effects: list[Effect]
 
 
 def history_exists() -> bool:
@@ -122,6 +125,7 @@ def seed_history(*, now: datetime | None = None, seed: int = 17) -> int:
         Escalation.objects.bulk_create(plan.escalations, batch_size=500)
         Decision.objects.bulk_create(plan.decisions, batch_size=500)
         Outcome.objects.bulk_create(plan.outcomes, batch_size=500)
+        Effect.objects.bulk_create(plan.effects, batch_size=500)
         ModelCall.objects.bulk_create(plan.calls, batch_size=500)
     return len(plan.runs)
 
@@ -135,7 +139,7 @@ def _plan(now: datetime, rng: random.Random) -> _Plan:
     }
     fallback = User.objects.filter(is_superuser=True).order_by("pk").first()
     policy_set = compile_policy_set()
-    plan = _Plan([], [], [], [], [], [])
+    plan = _Plan([], [], [], [], [], [], [])
     serial = 0
     for days_ago in range(DAYS, 0, -1):
         degraded = DEGRADED_TO <= days_ago <= DEGRADED_FROM
@@ -368,6 +372,32 @@ def _add_action(
     if approved:
         good = rng.random() < (0.55 if degraded and action_type == "send_reply" else 0.92)
         _maybe_outcome(plan, rng, action, good=good)
+    elif verdict == Verdict.REJECT:
+        _hand_off(plan, action, by=reviewer.get_username(), reason=reason, at=decided_at)
+
+
+def _hand_off(plan: _Plan, action: Action, *, by: str, reason: str, at: datetime) -> None:
+    """What the live engine does with a rejected action whose type declares a fallback
+    (workflows.settle.run_fallback): the person who rejected it owns the work, recorded in
+    the effect ledger; a rejected customer reply hands its run to them (triage_outcome)."""
+    tool = ACTION_TYPES.get(action.action_type)
+    if tool is None or tool.fallback is None or action.run is None:
+        return
+    run = action.run
+    action.feedback = {"verdict": Verdict.REJECT.value, "text": reason, "by": by, "owner": by}
+    plan.effects.append(
+        Effect(
+            key=f"{run.pk}:act:fallback-{action.pk}",
+            run=run,
+            step_name="act",
+            result=tool.fallback(dict(action.payload), by),
+            created_at=at + timedelta(seconds=1),
+        )
+    )
+    if action.action_type == "send_reply" and run.status == RunStatus.SUCCEEDED:
+        run.status = RunStatus.HANDED_OFF
+        run.error = f"{action.action_type} handed to {by} ({by}: {reason})"
+        run.finished_at = max(run.finished_at or at, at + timedelta(seconds=1))
 
 
 def _maybe_outcome(plan: _Plan, rng: random.Random, action: Action, *, good: bool) -> None:

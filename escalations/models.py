@@ -364,6 +364,9 @@ class Escalation(models.Model):
     due_without_sla_at = models.DateTimeField(default=timezone.now)
     # What a reviewer may search for (ticket, customer, proposal, agent), written when opened.
     search_text = models.TextField(blank=True, default="")
+    # What its queue row shows that cannot change while it waits (escalations.rendering.
+    # queue_card), written when opened: a page reads it instead of the payload and the run.
+    card = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

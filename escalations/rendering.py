@@ -269,6 +269,102 @@ def _route(
     )
 
 
+def short_reason(reason: str) -> str:
+    """A policy reason in a few words: what differs from row to row, not the sentence."""
+    for pattern, words in _SHORT_REASONS:
+        m = pattern.search(reason)
+        if m:
+            return words.format(*m.groups())
+    return clip(reason, 48)
+
+
+_SHORT_REASONS = [
+    (re.compile(r"confidence (\d\.\d+) < (\d\.\d+)"), "confidence {0} < {1}"),
+    (re.compile(r"is irreversible"), "irreversible"),
+    (re.compile(r"matches block pattern '([^']{0,30})"), "blocked word “{0}”"),
+    (re.compile(r"matches review pattern '([^']{0,30})"), "matched “{0}”"),
+    (re.compile(r"always requires review"), "always reviewed"),
+    (re.compile(r"^\S+ (\S+) > (\S+), the most"), "amount {0} > {1}"),
+    (re.compile(r"has no numeric"), "no amount given"),
+    (re.compile(r"rate cap reached"), "over the rate cap"),
+    (re.compile(r"no autonomy policy covers"), "no policy covers it"),
+    (re.compile(r"autonomy is paused"), "agent paused"),
+]
+
+
+def why_of(reasons: Any) -> str:
+    """The row's why: each reason in a few words, the policy's bookkeeping left out."""
+    reasons = reasons if isinstance(reasons, list) else []
+    shown = [short_reason(str(r)) for r in reasons if "other matching policies" not in str(r)]
+    return " · ".join(dict.fromkeys(shown))
+
+
+# WorkflowRun.title's fields, in its order.
+_TITLE_FIELDS = ("subject", "company", "title")
+
+
+def queue_card(
+    *,
+    action_type: str,
+    payload: Any,
+    ticket: Any,
+    reasons: Any,
+    agent: str,
+    workflow: str,
+    confidence: float,
+    rationale: str = "",
+    home_team: str = "",
+) -> dict[str, str]:
+    """What a queue row shows of an escalation that never changes while it waits (the
+    proposal, the ticket, why), worked out once when it is opened and stored on it
+    (`Escalation.card`): the queue reads fifty of these a page, and building each from the
+    payload and the run's input cost more than the rest of the page. The type, agent and
+    workflow ride along so the queue's facet counts need no join either.
+
+    What does change while it waits (team, claim, SLA, status) is read from the row."""
+    ticket = ticket if isinstance(ticket, Mapping) else {}
+    payload = payload if isinstance(payload, Mapping) else {}
+    customer = str(ticket.get("customer") or "")
+    message = str(ticket.get("body") or "")
+    title = next((str(ticket[k]) for k in _TITLE_FIELDS if ticket.get(k)), workflow or agent)
+    proposal = render_proposal(
+        action_type,
+        payload,
+        ticket={"subject": title, "customer": customer},
+        rationale=rationale,
+        home_team=home_team,
+    )
+    first_line = next((line for line in message.splitlines() if line.strip()), "")
+    return {
+        "type": action_type,
+        "agent": agent,
+        "workflow": workflow,
+        "title": clip(title, 200),
+        "customer": clip(customer, 120),
+        "line": clip(first_line, 120),
+        "gist": proposal.gist,
+        "why": why_of(reasons) or "policy requires review",
+        "confidence": f"{confidence:.2f}",
+    }
+
+
+def card_for_action(action: Any) -> dict[str, str]:
+    """queue_card() of an `Action` (with its run and agent)."""
+    run = action.run
+    agent = action.agent
+    return queue_card(
+        action_type=action.action_type,
+        payload=action.payload,
+        ticket=run.input if run is not None else None,
+        reasons=list(action.reasons or []),
+        agent=agent.name if agent is not None else "",
+        workflow=run.workflow if run is not None else "",
+        confidence=action.confidence,
+        rationale=action.rationale,
+        home_team=agent.team.name if agent is not None and agent.team_id else "",
+    )
+
+
 def proposal_for_action(action: Any, payload: Mapping[str, Any] | None = None) -> Proposal:
     """The proposal of an `Action` (its run's input and its agent's team read from it);
     `payload`: another version of it (a reviewer's edit) rendered the same way."""

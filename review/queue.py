@@ -9,7 +9,8 @@ A page is PAGE_SIZE rows of that order, starting after a cursor (the last row of
 before; none for the first page): keyset pagination, so every open escalation is reachable
 and a deep page costs an index range read, not an OFFSET scan. Counts are exact up to
 COUNT_CAP and shown as "1,000+" beyond it; past FACET_SAMPLE open, the facet counts are
-over the FACET_SAMPLE due soonest, and the page says so. Both keep /review/'s cost flat
+over the FACET_SAMPLE due soonest (with a search: over FACET_SAMPLE of its matches), and
+the page says so. Both keep /review/'s cost flat
 however long the queue gets (the partial indexes in escalations 0007 serve the order).
 """
 
@@ -29,51 +30,23 @@ from django.db.models.fields.json import KeyTextTransform
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 from django.utils.timesince import timesince, timeuntil
 
 from escalations.access import AnyUser, escalations_for
 from escalations.models import QUEUE_DUE, UNDECIDED_STATUSES, Escalation, EscalationStatus
-from escalations.rendering import clip, render_proposal
 from escalations.risk import RISK_ORDER
 from escalations.search import matches_text, matching
 from workflows.tools import ACTION_TYPES
 
+from .rows import row_html
+
 PAGE_SIZE = 50
-_TITLE_FIELDS = ("subject", "company", "title")  # WorkflowRun.title's, in its order
 COUNT_CAP = 1_000
 # The facet counts join every row to its action and run (for type, agent and workflow):
 # over 1,000 rows that join was a third of the page's time at 100k open, measured.
 FACET_SAMPLE = 500
 _MAX_PARAM = 100
-
-
-def short_reason(reason: str) -> str:
-    """A policy reason in a few words: what differs from row to row, not the sentence."""
-    for pattern, words in _SHORT_REASONS:
-        m = pattern.search(reason)
-        if m:
-            return words.format(*m.groups())
-    return clip(reason, 48)
-
-
-_SHORT_REASONS = [
-    (re.compile(r"confidence (\d\.\d+) < (\d\.\d+)"), "confidence {0} < {1}"),
-    (re.compile(r"is irreversible"), "irreversible"),
-    (re.compile(r"matches block pattern '([^']{0,30})"), "blocked word “{0}”"),
-    (re.compile(r"matches review pattern '([^']{0,30})"), "matched “{0}”"),
-    (re.compile(r"always requires review"), "always reviewed"),
-    (re.compile(r"^\S+ (\S+) > (\S+), the most"), "amount {0} > {1}"),
-    (re.compile(r"has no numeric"), "no amount given"),
-    (re.compile(r"rate cap reached"), "over the rate cap"),
-    (re.compile(r"no autonomy policy covers"), "no policy covers it"),
-    (re.compile(r"autonomy is paused"), "agent paused"),
-]
-
-
-def why_of(reasons: list[Any]) -> str:
-    """The row's why: each reason in a few words, the policy's bookkeeping left out."""
-    shown = [short_reason(str(r)) for r in reasons if "other matching policies" not in str(r)]
-    return " · ".join(dict.fromkeys(shown))
 
 
 class InvalidFilter(ValueError):
@@ -184,12 +157,13 @@ class QueueFilters:
         q = Q()
         if self.team:
             q &= Q(team__slug=self.team)
+        # The card's copies (escalations.rendering.queue_card): no join to filter on them.
         if self.workflow:
-            q &= Q(action__run__workflow=self.workflow)
+            q &= Q(card__workflow=self.workflow)
         if self.agent:
-            q &= Q(action__agent__name=self.agent)
+            q &= Q(card__agent=self.agent)
         if self.action_type:
-            q &= Q(action__action_type=self.action_type)
+            q &= Q(card__type=self.action_type)
         if self.risk:
             q &= Q(risk=self.risk)
         if self.status:
@@ -198,9 +172,11 @@ class QueueFilters:
             q &= Q(claimed_by_id=user.pk) if user.is_authenticated else Q(pk__in=[])
         return q
 
-    def narrow(self, qs: QuerySet[Escalation], user: AnyUser) -> QuerySet[Escalation]:
-        """`qs` with every filter and the search applied."""
-        return matching(qs.filter(self.condition(user)), self.q)
+    def narrow(
+        self, qs: QuerySet[Escalation], user: AnyUser, *, common: bool = False
+    ) -> QuerySet[Escalation]:
+        """`qs` with every filter and the search applied (`common`: escalations.search)."""
+        return matching(qs.filter(self.condition(user)), self.q, common=common)
 
     def matches(self, row: Mapping[str, Any], user: AnyUser) -> bool:
         """condition(), in Python, for a row from load_row()."""
@@ -274,9 +250,9 @@ def with_due(qs: QuerySet[Escalation]) -> QuerySet[Escalation]:
 
 
 # What a row shows, read as plain values: building fifty model instances (with their
-# action, run, agent, team and claimer) cost more than the query itself. The run's title
-# is read from its input in SQL; the rest of the input, and its state, never leave the
-# database.
+# action, run, agent, team and claimer) cost more than the query itself. What cannot change
+# while it waits is the escalation's card (escalations.rendering.queue_card), written when it
+# was opened: no payload, run input or agent is read for a page.
 _ROW_VALUES: dict[str, Any] = {
     "r_id": F("id"),
     "r_status": F("status"),
@@ -284,23 +260,12 @@ _ROW_VALUES: dict[str, Any] = {
     "r_due": QUEUE_DUE,
     "r_risk": F("risk"),
     "r_created": F("created_at"),
-    "r_reasons": F("reasons"),
     "r_team_id": F("team_id"),
     "r_team": F("team__name"),
     "r_team_slug": F("team__slug"),
     "r_claimed_by_id": F("claimed_by_id"),
     "r_claimed_by": F("claimed_by__username"),
-    "r_type": F("action__action_type"),
-    "r_confidence": F("action__confidence"),
-    "r_agent": F("action__agent__name"),
-    "r_run": F("action__run_id"),
-    "r_workflow": F("action__run__workflow"),
-    "r_payload": F("action__payload"),
-    "r_rationale": F("action__rationale"),
-    "r_home_team": F("action__agent__team__name"),
-    "r_customer": KeyTextTransform("customer", "action__run__input"),
-    "r_message": KeyTextTransform("body", "action__run__input"),
-    **{f"r_title_{k}": KeyTextTransform(k, "action__run__input") for k in _TITLE_FIELDS},
+    "r_card": F("card"),
 }
 
 
@@ -309,10 +274,15 @@ def _values(qs: QuerySet[Escalation]) -> QuerySet[Escalation, Any]:
 
 
 def _windows(
-    base: QuerySet[Escalation], filters: QueueFilters, user: AnyUser, cursor: SortKey | None
+    base: QuerySet[Escalation],
+    filters: QueueFilters,
+    user: AnyUser,
+    cursor: SortKey | None,
+    *,
+    common: bool = False,
 ) -> list[QuerySet[Escalation]]:
     """The page's rows, as ordered querysets to read in turn (one for the first page)."""
-    qs = filters.narrow(base, user)
+    qs = filters.narrow(base, user, common=common)
     if cursor is None:
         return [ordered(qs)]
     return [ordered(with_due(qs).filter(cond)) for cond in after_conditions(cursor)]
@@ -334,9 +304,11 @@ def queue_rows(
     cursor: SortKey | None = None,
     *,
     limit: int = PAGE_SIZE,
+    common: bool = False,
 ) -> list[dict[str, Any]]:
     now = timezone.now()
-    values = _first([_values(qs) for qs in _windows(base, filters, user, cursor)], limit)
+    windows = _windows(base, filters, user, cursor, common=common)
+    values = _first([_values(qs) for qs in windows], limit)
     return [row_data(v, now=now) for v in values]
 
 
@@ -371,8 +343,9 @@ def load_row(pk: str) -> dict[str, Any] | None:
 class Counts:
     """How many undecided escalations each filter value holds, and how many the filters match.
 
-    Facet counts are over the reviewer's whole queue (not narrowed by the other filters), so
-    a number next to a filter never changes just because another filter was clicked.
+    Facet counts are over the reviewer's whole queue, or what a search matches (not narrowed
+    by the other filters), so a number next to a filter never changes just because another
+    filter was clicked.
 
     `total`, `matching` and `mine` are exact up to COUNT_CAP, and COUNT_CAP + 1 past it
     (shown "1,000+"). The facet counts are exact up to FACET_SAMPLE open; past it they are
@@ -408,13 +381,13 @@ class Counts:
 
 # (facet, value expression, label expression); labels travel with values so the page needs
 # no extra queries to name teams and agents.
-_FACET_COLUMNS = {
-    "team": ("team__slug", "team__name"),
-    "workflow": ("action__run__workflow", "action__run__workflow"),
-    "agent": ("action__agent__name", "action__agent__name"),
-    "action_type": ("action__action_type", "action__action_type"),
-    "risk": ("risk", "risk"),
-    "status": ("status", "status"),
+_FACET_COLUMNS: dict[str, tuple[Any, Any]] = {
+    "team": (F("team__slug"), F("team__name")),
+    "workflow": (KeyTextTransform("workflow", "card"), KeyTextTransform("workflow", "card")),
+    "agent": (KeyTextTransform("agent", "card"), KeyTextTransform("agent", "card")),
+    "action_type": (KeyTextTransform("type", "card"), KeyTextTransform("type", "card")),
+    "risk": (F("risk"), F("risk")),
+    "status": (F("status"), F("status")),
 }
 
 
@@ -430,38 +403,53 @@ def queue_counts(base: QuerySet[Escalation], filters: QueueFilters, user: AnyUse
     mine = Q(claimed_by_id=user.pk) if user.is_authenticated else Q(pk__in=[])
     annotations: dict[str, Any] = {}
     for name, (value, label) in _FACET_COLUMNS.items():
-        annotations[f"v_{name}"] = F(value)
-        annotations[f"l_{name}"] = F(label)
-    sample = ordered(base).annotate(**annotations).values(*annotations)[:FACET_SAMPLE]
-    inner, params = sample.query.sql_with_params()
+        annotations[f"v_{name}"] = value
+        annotations[f"l_{name}"] = label
+    # The facets count what a search shows, not the whole queue (the other filters still
+    # do not narrow them: a number beside a filter never changes because another was
+    # clicked).
     total_sql, total_params = _capped_count_sql(base)
     mine_sql, mine_params = _capped_count_sql(base.filter(mine))
-    if filters.condition(user) or filters.q:
-        matching_sql, matching_params = _capped_count_sql(filters.narrow(base, user))
+    matching_sql, matching_params = "NULL", ()  # no filter: what matches is the total
+    if filters.q:
+        # A search's matches, read once, in no order, stopping at COUNT_CAP + 1: a common
+        # word matches thousands, and putting them in queue order to take the first
+        # FACET_SAMPLE sorted all of them (50 ms at 100k open, measured). The facets are
+        # over the first FACET_SAMPLE found; the count of a plain search is these counted.
+        found = matching(base, filters.q).order_by().annotate(**annotations)
+        inner, params = found.values(*annotations)[: COUNT_CAP + 1].query.sql_with_params()
+        ctes = f"m AS ({inner}), q AS (SELECT * FROM m LIMIT {FACET_SAMPLE})"  # noqa: S608
+        if not filters.condition(user):
+            matching_sql = "(SELECT COUNT(*) FROM m)"
     else:
-        # No filter: what matches is the total; not counted twice.
-        matching_sql, matching_params = "NULL", ()
-    parts = [f"SELECT 'total', '', '', {total_sql}, {matching_sql}, {mine_sql}"]
+        sample = ordered(base).annotate(**annotations).values(*annotations)[:FACET_SAMPLE]
+        inner, params = sample.query.sql_with_params()
+        ctes = f"q AS ({inner})"
+    if filters.condition(user):
+        matching_sql, matching_params = _capped_count_sql(filters.narrow(base, user))
+    # Subqueries built above from querysets; every value in them is a parameter.
+    counted = f"{total_sql}, {matching_sql}, {mine_sql}, (SELECT COUNT(*) FROM q)"  # noqa: S608
+    parts = [f"SELECT 'total', '', '', {counted}"]
     for name in _FACET_COLUMNS:
         parts.append(
             # Names come from _FACET_COLUMNS, never from input; values are parameters.
-            f"SELECT '{name}', v_{name}, MIN(l_{name}), COUNT(*), 0, 0 FROM q GROUP BY v_{name}"  # noqa: S608
+            f"SELECT '{name}', v_{name}, MIN(l_{name}), COUNT(*), 0, 0, 0 FROM q GROUP BY v_{name}"  # noqa: S608
         )
-    # A CTE read five times: PostgreSQL materialises it once (one bounded read of the
-    # join), and the same SQL runs on SQLite for the embedded mode.
-    sql = f"WITH q AS ({inner}) " + " UNION ALL ".join(parts)
+    # CTEs read several times: PostgreSQL materialises each once (one bounded read), and
+    # the same SQL runs on SQLite for the embedded mode.
+    sql = f"WITH {ctes} " + " UNION ALL ".join(parts)
     counts = Counts()
     with connection.cursor() as cursor:
         cursor.execute(sql, (*params, *total_params, *matching_params, *mine_params))
-        for facet, value, label, n, matching, mine_n in cursor.fetchall():
+        for facet, value, label, n, matching_n, mine_n, sample_n in cursor.fetchall():
             if facet == "total":
                 counts.total, counts.mine = n, mine_n
-                counts.matching = n if matching is None else matching
+                counts.matching = n if matching_n is None else matching_n
+                counts.sampled = sample_n >= FACET_SAMPLE
                 continue
-            if value is None:
+            if not value:
                 value, label = "", "(no workflow)"
             counts.facets.setdefault(facet, []).append((str(value), str(label), n))
-    counts.sampled = counts.total > FACET_SAMPLE
     for values in counts.facets.values():
         values.sort(key=lambda v: (-v[2], v[1]))
     risks = {v: n for v, _, n in counts.facet("risk")}
@@ -534,50 +522,36 @@ def row_data(v: Mapping[str, Any], *, now: datetime | None = None) -> dict[str, 
     The facet values (team_slug, workflow, ...) ride along for QueueFilters.matches().
     """
     now = now or timezone.now()
-    reasons = v["r_reasons"] if isinstance(v["r_reasons"], list) else []
-    title = ""
-    if v["r_run"] is not None:
-        # WorkflowRun.title, from the values read in SQL.
-        title = next(
-            (str(v[f"r_title_{k}"]) for k in _TITLE_FIELDS if v[f"r_title_{k}"]), v["r_workflow"]
-        )
+    card = v["r_card"] if isinstance(v["r_card"], dict) else {}
     pk = str(v["r_id"])
     sla: datetime | None = v["r_sla"]
-    customer, message = v["r_customer"] or "", v["r_message"] or ""
-    proposal = render_proposal(
-        v["r_type"],
-        v["r_payload"] if isinstance(v["r_payload"], dict) else {},
-        ticket={"subject": title, "customer": customer},
-        rationale=v["r_rationale"] or "",
-        home_team=v["r_home_team"] or "",
-    )
-    first_line = next((line for line in message.splitlines() if line.strip()), "")
-    tool = ACTION_TYPES.get(v["r_type"])
+    action_type = card.get("type", "")
+    tool = ACTION_TYPES.get(action_type)
     return {
         "id": pk,
         "key": sort_key(v["r_due"], v["r_created"], v["r_id"]),
         "url": _detail_url(pk),
         "status": v["r_status"],
         "risk": v["r_risk"],
-        "type": v["r_type"],
-        "label": tool.label if tool is not None else v["r_type"],
+        "type": action_type,
+        "label": tool.label if tool is not None else action_type,
         "irreversible": tool is None or not tool.reversible,
-        "title": title or v["r_agent"],
-        "customer": customer,
-        "customer_line": clip(first_line, 120),
-        "gist": proposal.gist,
+        "title": card.get("title") or card.get("agent", ""),
+        "customer": card.get("customer", ""),
+        "customer_line": card.get("line", ""),
+        "gist": card.get("gist", ""),
         "sla": sla.isoformat() if sla else "",
         "sla_text": timeuntil(sla, now) if sla else "",
-        "why": why_of(reasons),
+        "why": card.get("why", ""),
         "search": v.get("r_search") or "",
         "claimed_by_id": v["r_claimed_by_id"],
         "claimed_by": v["r_claimed_by"] or "",
         "team_id": v["r_team_id"],
         "team": v["r_team"],
         "team_slug": v["r_team_slug"],
-        "agent": v["r_agent"],
-        "workflow": v["r_workflow"] or "",
-        "confidence": f"{v['r_confidence']:.2f}",
+        "agent": card.get("agent", ""),
+        "workflow": card.get("workflow", ""),
+        "confidence": card.get("confidence", ""),
         "created": v["r_created"].isoformat(),
         "age": timesince(v["r_created"], now),
     }
@@ -600,11 +574,13 @@ _detail_template: str | None = None
 def render_row(
     row: dict[str, Any], *, user: AnyUser, arrived: bool = False, oob: bool = False
 ) -> str:
-    """The row partial; `oob`: as an out-of-band swap of itself (claimed, released: same
-    place, new state)."""
-    return render_to_string(
-        "review/queue.html#row", {"row": row, "user": user, "arrived": arrived, "oob": oob}
-    )
+    """The row's HTML (review.rows); `oob`: as an out-of-band swap of itself (claimed,
+    released: same place, new state)."""
+    return row_html(row, user=user, arrived=arrived, oob=oob)
+
+
+def rows_html(rows: list[dict[str, Any]], user: AnyUser) -> str:
+    return mark_safe("".join(row_html(r, user=user) for r in rows))  # noqa: S308 - escaped in rows.py
 
 
 def render_queue_note(note: str) -> str:
@@ -625,10 +601,15 @@ class Page:
 
 
 def queue_page(
-    base: QuerySet[Escalation], filters: QueueFilters, user: AnyUser, cursor: SortKey | None
+    base: QuerySet[Escalation],
+    filters: QueueFilters,
+    user: AnyUser,
+    cursor: SortKey | None,
+    *,
+    common: bool = False,
 ) -> Page:
     # One row more than a page says whether a next page exists, without counting.
-    rows = queue_rows(base, filters, user, cursor, limit=PAGE_SIZE + 1)
+    rows = queue_rows(base, filters, user, cursor, limit=PAGE_SIZE + 1, common=common)
     return Page(rows=rows[:PAGE_SIZE], more=len(rows) > PAGE_SIZE)
 
 
@@ -662,13 +643,17 @@ def counts_context(
 def queue_context(user: AnyUser, filters: QueueFilters) -> dict[str, Any]:
     """Everything the page (and the consumer's snapshot) renders: rows, counts, filters."""
     base = undecided_for(user)
-    page = queue_page(base, filters, user, cursor_key(user, filters))
+    counts = counts_context(base, filters, user)
+    # Counted first: a search matching past the cap is read in queue order (search.matching).
+    common = bool(filters.q) and counts["counts"].matching > COUNT_CAP
+    page = queue_page(base, filters, user, cursor_key(user, filters), common=common)
     return {
         "rows": page.rows,
+        "rows_html": rows_html(page.rows, user),
         "page": page,
         "user": user,
         **pager_context(filters, page.ids, page.more),
-        **counts_context(base, filters, user),
+        **counts,
     }
 
 

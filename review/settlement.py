@@ -7,6 +7,8 @@ and revised (with a link to the revision), failed with its error.
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +19,9 @@ from django.utils import timezone
 from escalations.access import AnyUser
 from escalations.actions.decisions import payload_diff
 from escalations.models import ANSWERED, Decision, Escalation, Verdict, reported_status
+from workflows.llm import OfflineModel
 from workflows.models import Action, ActionStatus, Effect
+from workflows.prompts.models import ModelCall
 from workflows.tools import get_action_type
 
 
@@ -77,17 +81,70 @@ def settlement_of(esc: Escalation, decision: Decision | None, user: AnyUser) -> 
     return Settlement(state="not_run", text="Not run")
 
 
+@dataclass(frozen=True)
+class FieldChange:
+    """One payload field a revision changed, as lines a reviewer reads: a reply's body is
+    several paragraphs, and the whole old body struck out beside the whole new one hid the
+    one sentence that changed."""
+
+    key: str
+    added: list[str]
+    removed: list[str]
+
+
+def _field_changes(before: dict[str, Any], after: dict[str, Any]) -> list[FieldChange]:
+    out = []
+    for key in [*before, *(k for k in after if k not in before)]:
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if isinstance(old, str) and isinstance(new, str):
+            lines = list(difflib.ndiff(old.splitlines(), new.splitlines()))
+            added = [ln[2:] for ln in lines if ln.startswith("+ ") and ln[2:].strip()]
+            removed = [ln[2:] for ln in lines if ln.startswith("- ") and ln[2:].strip()]
+        else:
+            added = [] if new is None else [_plain(new)]
+            removed = [] if old is None else [_plain(old)]
+        out.append(FieldChange(key=key, added=added, removed=removed))
+    return out
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _revised_by_model(action: Action) -> str:
+    """Which model wrote the revision: its run's last triage.revise call up to then."""
+    if action.run_id is None:
+        return ""
+    call = (
+        ModelCall.objects.filter(
+            run_id=action.run_id, prompt_name="triage.revise", created_at__lte=action.created_at
+        )
+        .order_by("-created_at")
+        .values_list("model", flat=True)
+        .first()
+    )
+    return call or ""
+
+
 def revision_context(action: Action) -> dict[str, Any] | None:
-    """For a revision's page: the proposal a person answered, their words, and the diff."""
+    """For a revision's page: the proposal a person answered, their words, what the agent
+    changed (line by line), and whether the offline fallback model wrote it."""
     original = action.revision_of
     if original is None:
         return None
+    model = _revised_by_model(action)
     return {
         "original": original,
         "original_escalation": getattr(original, "escalation", None),
         "answer": original.feedback.get("text", ""),
         "answered_by": original.feedback.get("by", ""),
         "diff": payload_diff(original.payload, action.payload),
+        "changes": _field_changes(original.payload, action.payload),
+        "model": model,
+        "offline": model == OfflineModel.name,
+        "offline_label": OfflineModel.label,
     }
 
 

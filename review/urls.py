@@ -6,6 +6,7 @@ app_name = "review"
 urlpatterns = [
     path("", views.queue, name="queue"),
     path("bulk/", views.bulk_decide, name="bulk"),
+    path("bulk/queued/", views.bulk_done, name="bulk_done"),
     path("<uuid:pk>/", views.detail, name="detail"),
     path("<uuid:pk>/decide/", views.decide, name="decide"),
     path("<uuid:pk>/claim/", views.claim, name="claim"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -12,12 +13,14 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from config.celery import app as celery_app
-from escalations.access import AnyUser, get_escalation_for
+from escalations.access import AnyUser, escalations_for, get_escalation_for
 from escalations.actions import (
     AlreadyClaimed,
     AlreadyDecided,
@@ -29,9 +32,11 @@ from escalations.actions import (
     release_escalation,
     undo_approval,
 )
+from escalations.actions.bulk import MAX_BULK
 from escalations.actions.decisions import payload_diff
 from escalations.models import Decision, Escalation, Verdict, Via
 from escalations.rendering import proposal_for_action, tree
+from workflows.settle import undo_window_seconds
 from workflows.tools import get_action_type
 
 from .errors import bad_request
@@ -219,11 +224,23 @@ def bulk_decide(request: HttpRequest) -> HttpResponse:
             .select_related("action", "action__run", "action__agent__team", "team")
             .order_by("created_at")
         )
-        items = [(esc, proposal_for_action(esc.action)) for esc in irreversible]
+        items = [
+            (esc, proposal_for_action(esc.action), undo_window_seconds(esc.action.action_type))
+            for esc in irreversible
+        ]
+        windows = {w for _, _, w in items}
         return render(
             request,
             "review/bulk_confirm.html",
-            {"ids": ids, "reason": reason, "items": items, "count": len(ids)},
+            {
+                "ids": ids,
+                "reason": reason,
+                "items": items,
+                "count": len(ids),
+                "others": len(ids) - len(items),
+                # One figure when every type waits the same (the usual case).
+                "window": windows.pop() if len(windows) == 1 else None,
+            },
         )
     parts = []
     done = len(outcome.decided) + len(outcome.counted)
@@ -236,7 +253,53 @@ def bulk_decide(request: HttpRequest) -> HttpResponse:
     if outcome.refused:
         parts.append(f"{len(outcome.refused)} refused: {outcome.refused[0][1]}")
     messages.success(request, "; ".join(parts) + ".")
+    waiting = _in_undo_window(outcome.decided) if verdict == Verdict.APPROVE else []
+    if waiting:
+        # As after a single approval: where the Undo is, while it still can be.
+        return redirect(f"{reverse('review:bulk_done')}?{urlencode({'ids': waiting}, True)}")
     return redirect("review:queue")
+
+
+def _in_undo_window(escalation_ids: list[str]) -> list[str]:
+    now = timezone.now()
+    return [
+        str(pk)
+        for pk in Escalation.objects.filter(
+            pk__in=escalation_ids, action__execute_after__gt=now
+        ).values_list("pk", flat=True)
+    ]
+
+
+@login_required
+@require_GET
+def bulk_done(request: HttpRequest) -> HttpResponse:
+    """What became of the irreversible ones a bulk approval queued: each with its countdown
+    and its Undo while the window lasts, then what happened to it ("Sent at 14:02")."""
+    ids = []
+    for raw in request.GET.getlist("ids")[:MAX_BULK]:
+        try:
+            ids.append(uuid.UUID(raw))
+        except ValueError:
+            continue
+    escalations = (
+        escalations_for(request.user)
+        .filter(pk__in=ids)
+        .select_related("action", "action__run", "action__agent__team", "team")
+        .order_by("created_at")
+    )
+    decisions = {
+        d.escalation_id: d
+        for d in Decision.objects.filter(escalation__in=escalations).select_related("decided_by")
+    }
+    items = [
+        (
+            esc,
+            proposal_for_action(esc.action),
+            settlement_of(esc, decisions.get(esc.pk), request.user),
+        )
+        for esc in escalations
+    ]
+    return render(request, "review/bulk_done.html", {"items": items})
 
 
 def _claim_response(request: HttpRequest, pk: uuid.UUID, note: str = "") -> HttpResponse:

@@ -489,7 +489,9 @@ def revise_payload(kind: str, payload: dict[str, Any], answer: str) -> tuple[dic
             wanted = _second_person(text[ask.start(1) : ask.end(1)])
             line = f"Before we go further, could you send us {wanted}?"
             revised["body"] = _add_paragraph(body, line)
-            return revised, f"asked the customer for {wanted}"
+            # Said to the reviewer, so in the reviewer's words ("their order number"), not
+            # the customer's ("your order number", which read as if addressed to them).
+            return revised, f"asked the customer for {text[ask.start(1) : ask.end(1)]}"
         if re.search(r"\bapologi[sz]e\b|\bsay sorry\b", low):
             revised["body"] = _add_paragraph(body, "I am sorry for the trouble this has caused.")
             return revised, "added an apology"

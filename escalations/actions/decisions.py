@@ -33,6 +33,7 @@ from ..models import (
     reported_status,
 )
 from ..policy import amount_of, policy_as_evaluated
+from ..rendering import card_for_action
 from ..risk import DUE_WITHOUT_SLA, grade_risk
 from ..search import search_text_for
 from ..summary import first_summary
@@ -161,6 +162,7 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
             ticket=action.run.input if action.run is not None else None,
             summary=summary,
         ),
+        card=card_for_action(action),
         **routing,
     )
     if action.run is not None:

@@ -4,7 +4,10 @@
   "use strict";
 
   function tick() {
-    var spans = document.querySelectorAll(".countdown[data-execute-after]");
+    // .countdown-chip: the same countdown in the page's head (review/detail.html).
+    var spans = document.querySelectorAll(
+      ".countdown[data-execute-after], .countdown-chip[data-execute-after]"
+    );
     var done = false;
     Array.prototype.forEach.call(spans, function (span) {
       var at = Date.parse(span.getAttribute("data-execute-after"));
@@ -13,7 +16,9 @@
       span.textContent = String(left);
       if (left === 0 && !span.hasAttribute("data-expired")) {
         span.setAttribute("data-expired", "");
-        var undo = document.querySelector("[data-undo]");
+        // Its own Undo (a bulk approval's page lists several).
+        var scope = span.closest(".settlement") || document;
+        var undo = scope.querySelector("[data-undo]");
         if (undo) undo.disabled = true;
         done = true;
       }

@@ -100,3 +100,32 @@ def test_the_metrics_page_shows_the_history_at_once(seeded, admin_client):
     html = admin_client.get("/metrics/?period=30").text
     assert "No human decisions in this period yet." not in html
     assert "act alone at confidence &gt;= 0.9" in html or "act alone at confidence >= 0.9" in html
+
+
+def test_rejected_replies_end_handed_off_as_the_live_engine_ends_them(seeded, admin_client):
+    from escalations.models import Verdict
+    from workflows.models import Effect, RunStatus
+
+    rejected = Action.objects.filter(
+        action_type="send_reply", escalation__decision__verdict=Verdict.REJECT
+    ).select_related("run")
+    assert rejected.count() > 10
+    for action in rejected:
+        # The person who rejected it owns the ticket: the run says so, the ledger records it.
+        who = action.escalation.decision.decided_by.username
+        assert action.run.status == RunStatus.HANDED_OFF
+        assert action.run.error.startswith(f"send_reply handed to {who} ({who}: ")
+        effect = Effect.objects.get(key__endswith=f":fallback-{action.pk}")
+        assert effect.result["assigned_to"] == who
+    # Nothing else is handed off: an approved reply's run succeeded.
+    assert not WorkflowRun.objects.filter(
+        status=RunStatus.HANDED_OFF,
+        actions__escalation__decision__verdict=Verdict.APPROVE,
+        actions__action_type="send_reply",
+    ).exists()
+    failures = queries.failure_cases(_month())
+    assert failures.get("handed to a person")
+    first = rejected[0].escalation
+    page = admin_client.get(f"/review/{first.pk}/").text
+    owner = first.decision.decided_by.username
+    assert f"Hand the ticket to a person: {owner} owns it" in page

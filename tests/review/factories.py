@@ -27,9 +27,11 @@ def escalate(
     due_in: timedelta | None = None,
     team: Team | None = None,
     body: str = "I was charged twice this month.",
+    payload: dict[str, object] | None = None,
 ) -> Escalation:
     """One run with one escalated action, committed (with its SLA and team) in one go."""
-    payload, confidence = PROPOSALS[action_type]
+    default, confidence = PROPOSALS[action_type]
+    proposed: dict[str, object] = dict(default if payload is None else payload)
     with transaction.atomic():
         run = WorkflowRun.objects.create(
             workflow="support_triage",
@@ -42,7 +44,7 @@ def escalate(
             run=run,
             step_name="propose_actions",
             action_type=action_type,
-            payload=dict(payload),
+            payload=proposed,
             confidence=confidence,
             rationale="because",
         )

@@ -99,10 +99,29 @@ def test_the_queue_and_the_detail_page_fit_a_phone(
     expect(logout).to_be_in_viewport()
     box = logout.bounding_box()
     assert box is not None and box["x"] + box["width"] <= 390
+    # The filters wrap: every one of them inside the screen, none clipped at its edge.
+    chips = page.locator(".facet a:visible")
+    assert chips.count() >= 4
+    for i in range(chips.count()):
+        box = chips.nth(i).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, i
+    groups = page.locator("#queue-facets")
+    assert groups.evaluate("e => e.scrollWidth <= e.clientWidth")
     _shot(page, "queue-390")
 
     page.goto(f"/review/{esc.pk}/")
     expect(page.locator("#decision-form")).to_be_visible()
+    # The decision within reach: a bar on the first screen, and the panel right after the
+    # proposal (before the summary, the facts and the evidence).
+    bar = page.locator(".action-bar")
+    expect(bar).to_be_in_viewport()
+    box = bar.bounding_box()
+    assert box is not None and box["y"] + box["height"] <= 844
+    panel_y = page.locator("#decision-panel").bounding_box()
+    summary_y = page.locator(".card.summary").bounding_box()
+    assert panel_y is not None and summary_y is not None and panel_y["y"] < summary_y["y"]
+    page.locator(".action-bar a", has_text="Reject or respond").click()
+    expect(page.locator("#id_reason")).to_be_in_viewport()
     expect(page.locator(".conn-state, #live-state").first).to_be_visible()
     assert _scroll_width(page) <= 390
     approve = page.locator('.decision-form button[data-key="a"]')

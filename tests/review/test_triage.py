@@ -4,6 +4,7 @@ claiming from the queue; and the detail page's cost, pinned."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -31,9 +32,11 @@ def _rows(html: str) -> list[str]:
 def test_a_row_shows_the_customer_line_the_proposals_first_line_and_why_in_a_few_words(
     alice, agent, policies
 ):
-    esc = escalate(agent, subject="Charged twice", body="Hi,\nI was charged twice this month.")
-    Action.objects.filter(pk=esc.action_id).update(
-        payload={"ticket_id": "T-1", "to": "ada@example.com", "body": "Hello Ada,\n\nRefunded."}
+    escalate(
+        agent,
+        subject="Charged twice",
+        body="Hi,\nI was charged twice this month.",
+        payload={"ticket_id": "T-1", "to": "ada@example.com", "body": "Hello Ada,\n\nRefunded."},
     )
     html = _client(alice).get(reverse("review:queue")).text
     assert "ada@x.io: “Hi,”" in html
@@ -75,6 +78,46 @@ def test_search_finds_by_customer_ticket_words_and_reply_and_says_how_many(
     # session, user, the user's teams, the matching rows (one join), every count (one query)
     with django_assert_num_queries(5):
         client.get(url, {"q": "crushed"})
+
+
+def _facet_count(html: str, facet: str, value: str) -> int | None:
+    m = re.search(
+        rf'data-facet="{facet}" data-value="{value}"[^>]*>.*?class="n">(\d+)<', html, re.S
+    )
+    return int(m.group(1)) if m else None
+
+
+def test_the_filter_counts_count_the_search_result_not_the_whole_queue(alice, agent, policies):
+    escalate(agent, subject="Package arrived damaged", action_type="update_crm")
+    escalate(agent, subject="Package lost", action_type="route_to_team")
+    escalate(agent, subject="Login fails", action_type="send_reply")
+    client = _client(alice)
+    html = client.get(reverse("review:queue")).text
+    assert _facet_count(html, "action_type", "send_reply") == 1
+    html = client.get(reverse("review:queue"), {"q": "package"}).text
+    assert _facet_count(html, "action_type", "update_crm") == 1
+    assert _facet_count(html, "action_type", "route_to_team") == 1
+    # Nothing the search does not show is counted.
+    assert not _facet_count(html, "action_type", "send_reply")
+    assert _facet_count(html, "team", "support") == 2
+
+
+def test_a_search_matching_past_the_cap_reads_in_queue_order_and_finds_the_same(
+    alice, agent, policies, monkeypatch
+):
+    from review import queue
+
+    made = [
+        escalate(agent, subject=f"Package {i}", due_in=timedelta(minutes=10 - i)) for i in range(4)
+    ]
+    escalate(agent, subject="Login fails")
+    client = _client(alice)
+    expected = [str(e.pk) for e in reversed(made)]
+    assert _rows(client.get(reverse("review:queue"), {"q": "package"}).text) == expected
+    monkeypatch.setattr(queue, "COUNT_CAP", 2)  # four matches: "common" (search.matching)
+    html = client.get(reverse("review:queue"), {"q": "package"}).text
+    assert _rows(html) == expected
+    assert re.search(r'id="queue-count"[^>]*>2\+<', html)
 
 
 def test_search_with_nul_or_junk_is_a_400_or_an_empty_result_never_an_error(alice, agent, policies):
@@ -154,18 +197,33 @@ def test_bulk_approve_decides_each_once_and_audits_each(alice, agent, policies):
 
 
 def test_bulk_approve_of_irreversible_ones_asks_first_showing_each_as_it_will_run(
-    alice, agent, policies
+    alice, agent, policies, settings
 ):
+    settings.UNDO_WINDOW_SECONDS = 10
     reply = escalate(agent)
     crm = escalate(agent, action_type="update_crm")
     client = _client(alice)
     data = {"ids": [str(reply.pk), str(crm.pk)], "verdict": "approve", "reason": ""}
     page = client.post(reverse("review:bulk"), data)
-    assert page.status_code == 200 and "1 cannot be undone" in page.text
+    assert page.status_code == 200 and "Approve 2: 1 cannot be undone once it runs" in page.text
+    # Exactly what happens: how many are irreversible, and that they wait out the window.
+    said = " ".join(re.search(r'class="what-happens">(.*?)</p>', page.text, re.S)[1].split())
+    assert said == (
+        "Each of the 1 below waits 10 s after you approve, then executes as shown; until then"
+        " its page has an Undo that puts it back in the queue. The other 1 you selected can be"
+        " reversed later; they run at once."
+    )
+    assert "the moment" not in page.text and "others in your selection" not in page.text
     assert '<div class="email-body">Hello Ada</div>' in page.text
     assert not Decision.objects.exists()
-    client.post(reverse("review:bulk"), {**data, "confirm": "irreversible"})
+    done = client.post(reverse("review:bulk"), {**data, "confirm": "irreversible"}, follow=True)
     assert Decision.objects.count() == 2
+    # As after a single approval, the page points to the Undo of the irreversible one.
+    assert done.redirect_chain[-1][0].startswith(reverse("review:bulk_done"))
+    assert "Approved 2." in done.text
+    assert f'action="{reverse("review:undo", args=[reply.pk])}"' in done.text
+    assert reverse("review:undo", args=[crm.pk]) not in done.text
+    assert "Queued: executes in" in done.text
 
 
 def test_bulk_reject_needs_one_reason_and_skips_what_is_not_mine(alice, bob, agent, policies):
