@@ -35,7 +35,7 @@ from ..models import (
 from ..policy import amount_of, policy_as_evaluated
 from ..rendering import card_for_action
 from ..risk import DUE_WITHOUT_SLA, grade_risk
-from ..search import search_text_for
+from ..search import search_text_for_action
 from ..summary import first_summary
 
 WRITE_SUMMARY = "escalations.tasks.write_summary"
@@ -177,13 +177,7 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
         created_at=now,
         risk=risk,
         due_without_sla_at=now + DUE_WITHOUT_SLA[risk],
-        search_text=search_text_for(
-            action_type=action.action_type,
-            agent=action.agent.name,
-            payload=action.payload,
-            ticket=action.run.input if action.run is not None else None,
-            summary=summary,
-        ),
+        search_text=search_text_for_action(action, summary),
         card=card_for_action(action),
         **routing,
     )
