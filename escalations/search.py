@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 from django.db.models import Q, QuerySet
+
+if TYPE_CHECKING:
+    from workflows.models import Action
 
 _PUNCT = re.compile(r"[@._\-/:#]+")
 SEARCH_CONFIG = "english"
@@ -52,6 +55,18 @@ def search_text_for(
     pieces = [_PUNCT.sub(" ", p) for p in parts if len(p) < 200 and _PUNCT.search(p)]
     # NUL cannot be stored in a PostgreSQL text column.
     return "\n".join(p for p in [*parts, *pieces] if p).replace("\x00", " ")[:MAX_TEXT]
+
+
+def search_text_for_action(action: Action, summary: str) -> str:
+    """The search text of an escalation of `action`: its type, agent, payload and the run's
+    ticket, with `summary` (the template's, or the model's once written)."""
+    return search_text_for(
+        action_type=action.action_type,
+        agent=action.agent.name,
+        payload=action.payload,
+        ticket=action.run.input if action.run is not None else None,
+        summary=summary,
+    )
 
 
 def words(text: str) -> list[str]:

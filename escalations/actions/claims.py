@@ -15,13 +15,12 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from workflows.actions import record_trace
 from workflows.models import TraceKind
 
 from .. import notify
 from ..access import get_escalation_for, sees_everything
 from ..models import UNDECIDED_STATUSES, Escalation, EscalationStatus, Team
-from .decisions import AlreadyDecided
+from .decisions import AlreadyDecided, trace_escalation
 
 
 class AlreadyClaimed(Exception):
@@ -34,16 +33,14 @@ class AlreadyClaimed(Exception):
 
 
 def _trace(escalation: Escalation, user: User, message: str, **data: object) -> None:
-    action = escalation.action
-    if action.run is not None:
-        record_trace(
-            run=action.run,
-            kind=TraceKind.HUMAN,
-            step_name=action.step_name,
-            actor=user.get_username(),
-            message=message,
-            data={"escalation": str(escalation.pk), **data},
-        )
+    trace_escalation(
+        escalation.action,
+        escalation,
+        message,
+        kind=TraceKind.HUMAN,
+        actor=user.get_username(),
+        **data,
+    )
 
 
 def _refused(escalation: Escalation) -> Exception:

@@ -35,10 +35,32 @@ from ..models import (
 from ..policy import amount_of, policy_as_evaluated
 from ..rendering import card_for_action
 from ..risk import DUE_WITHOUT_SLA, grade_risk
-from ..search import search_text_for
+from ..search import search_text_for_action
 from ..summary import first_summary
 
 WRITE_SUMMARY = "escalations.tasks.write_summary"
+
+
+def trace_escalation(
+    action: Action,
+    escalation: Escalation,
+    message: str,
+    *,
+    kind: TraceKind,
+    actor: str,
+    **data: object,
+) -> None:
+    """Record `message` on the run of the escalated `action` (if it has a run), the row
+    carrying the escalation's id beside `data`."""
+    if action.run is not None:
+        record_trace(
+            run=action.run,
+            kind=kind,
+            step_name=action.step_name,
+            actor=actor,
+            message=message,
+            data={"escalation": str(escalation.pk), **data},
+        )
 
 
 class AlreadyDecided(Exception):
@@ -155,13 +177,7 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
         created_at=now,
         risk=risk,
         due_without_sla_at=now + DUE_WITHOUT_SLA[risk],
-        search_text=search_text_for(
-            action_type=action.action_type,
-            agent=action.agent.name,
-            payload=action.payload,
-            ticket=action.run.input if action.run is not None else None,
-            summary=summary,
-        ),
+        search_text=search_text_for_action(action, summary),
         card=card_for_action(action),
         **routing,
     )
@@ -414,17 +430,16 @@ def undo_approval(
         escalation.claimed_by = None
         escalation.claimed_at = None
         escalation.save(update_fields=["status", "decided_at", "claimed_by", "claimed_at"])
-        if action.run is not None:
-            record_trace(
-                run=action.run,
-                kind=TraceKind.HUMAN,
-                step_name=action.step_name,
-                actor=user.get_username(),
-                message=f"{user.get_username()} undid the approval of {action.action_type} "
-                f"via {via}, {left:.0f} s before it would have run: nothing was sent; it is "
-                "back in the queue",
-                data={"escalation": str(escalation.pk), "undo": True, "via": via},
-            )
+        trace_escalation(
+            action,
+            escalation,
+            f"{user.get_username()} undid the approval of {action.action_type} via {via}, "
+            f"{left:.0f} s before it would have run: nothing was sent; it is back in the queue",
+            kind=TraceKind.HUMAN,
+            actor=user.get_username(),
+            undo=True,
+            via=via,
+        )
         notify.escalation_changed(escalation)
         notify.escalation_opened(escalation)
     return escalation
@@ -472,15 +487,15 @@ def _approve_towards_quorum(
             f"completing the quorum ({', '.join(approvers)}: {len(approvers)} of {required})"
             + (f": {reason}" if reason else ""),
         )
-    if action.run is not None:
-        record_trace(
-            run=action.run,
-            kind=TraceKind.HUMAN,
-            step_name=action.step_name,
-            actor=user.get_username(),
-            message=f"{user.get_username()} approved {action.action_type} via {via} "
-            f"({len(approvers)} of {required} approvals)" + (f": {reason}" if reason else ""),
-            data={"escalation": str(escalation.pk), "verdict": Verdict.APPROVE, "via": via},
-        )
+    trace_escalation(
+        action,
+        escalation,
+        f"{user.get_username()} approved {action.action_type} via {via} "
+        f"({len(approvers)} of {required} approvals)" + (f": {reason}" if reason else ""),
+        kind=TraceKind.HUMAN,
+        actor=user.get_username(),
+        verdict=Verdict.APPROVE,
+        via=via,
+    )
     notify.escalation_changed(escalation)
     return approval

@@ -16,7 +16,6 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from workflows.actions import record_trace
 from workflows.models import TraceKind
 
 from .. import notify
@@ -31,7 +30,7 @@ from ..models import (
     Verdict,
     Via,
 )
-from .decisions import AlreadyDecided, finalise_decision
+from .decisions import AlreadyDecided, finalise_decision, trace_escalation
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +55,7 @@ def system_user() -> User:
 
 
 def _trace(escalation: Escalation, kind: TraceKind, message: str, **data: object) -> None:
-    action = escalation.action
-    if action.run is not None:
-        record_trace(
-            run=action.run,
-            kind=kind,
-            step_name=action.step_name,
-            actor="caliber",
-            message=message,
-            data={"escalation": str(escalation.pk), **data},
-        )
+    trace_escalation(escalation.action, escalation, message, kind=kind, actor="caliber", **data)
 
 
 def _move(escalation: Escalation, *, team: Team, now: datetime, due: datetime | None) -> int:

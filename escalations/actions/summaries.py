@@ -8,7 +8,7 @@ from django.db import transaction
 
 from .. import notify
 from ..models import Escalation
-from ..search import search_text_for
+from ..search import search_text_for_action
 from ..summary import PENDING_NOTE, summarise
 
 
@@ -28,13 +28,7 @@ def write_model_summary(*, escalation_id: uuid.UUID | str) -> bool:
     action = escalation.action
     text = summarise(action, list(escalation.reasons))
     # Searchable by what the model wrote too, not only by the template it replaces.
-    searchable = search_text_for(
-        action_type=action.action_type,
-        agent=action.agent.name,
-        payload=action.payload,
-        ticket=action.run.input if action.run is not None else None,
-        summary=text,
-    )
+    searchable = search_text_for_action(action, text)
     with transaction.atomic():
         written = Escalation.objects.filter(
             pk=escalation.pk, summary__endswith=PENDING_NOTE

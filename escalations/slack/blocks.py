@@ -376,32 +376,59 @@ def _buttons(esc: Escalation, url: str, *, irreversible: bool) -> Block:
 
 def reject_modal(esc: Escalation, *, channel_id: str = "") -> dict[str, Any]:
     """The modal behind Reject: Slack buttons carry no text, and a reject needs a reason."""
-    return {
-        "type": "modal",
-        "callback_id": REJECT_CALLBACK,
-        "private_metadata": _meta(esc, channel_id),
-        "title": plain("Reject", 24),
-        "submit": plain("Reject", 24),
-        "close": plain("Cancel", 24),
-        "blocks": [
+    return _modal(
+        esc,
+        channel_id,
+        callback_id=REJECT_CALLBACK,
+        title="Reject",
+        submit="Reject",
+        blocks=[
             {
                 "type": "section",
                 "text": md(f"*{escape(_label(esc))}*\n" + escape_within(esc.summary, 2500)),
             },
-            {
-                "type": "input",
-                "block_id": REASON_BLOCK,
-                "label": plain("Why? The agent is told.", 2000),
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": REASON_INPUT,
-                    "multiline": True,
-                    "min_length": 1,
-                    "max_length": 2000,
-                },
-            },
+            _reason_input("Why? The agent is told.", required=True),
         ],
+    )
+
+
+def _modal(
+    esc: Escalation,
+    channel_id: str,
+    *,
+    callback_id: str,
+    title: str,
+    submit: str,
+    blocks: list[Block],
+) -> dict[str, Any]:
+    """A modal about `esc` whose submission comes back to `callback_id` with a Cancel button."""
+    return {
+        "type": "modal",
+        "callback_id": callback_id,
+        "private_metadata": _meta(esc, channel_id),
+        "title": plain(title, 24),
+        "submit": plain(submit, 24),
+        "close": plain("Cancel", 24),
+        "blocks": blocks,
     }
+
+
+def _reason_input(label: str, *, required: bool) -> Block:
+    """The free-text input read back as the decision's reason: a required one is multi-line."""
+    element: dict[str, Any] = {
+        "type": "plain_text_input",
+        "action_id": REASON_INPUT,
+        "multiline": required,
+    }
+    if required:
+        element["min_length"] = 1
+    element["max_length"] = 2000
+    block: Block = {"type": "input", "block_id": REASON_BLOCK}
+    if not required:
+        block["optional"] = True
+    block["label"] = plain(label, 2000)
+    block["element"] = element
+    return block
 
 
 def _meta(esc: Escalation, channel_id: str) -> str:
@@ -449,41 +476,26 @@ def edit_modal(esc: Escalation, *, channel_id: str = "") -> dict[str, Any]:
                 "element": element,
             }
         )
-    blocks.append(
-        {
-            "type": "input",
-            "block_id": REASON_BLOCK,
-            "optional": True,
-            "label": plain("Note for the record (optional)", 2000),
-            "element": {
-                "type": "plain_text_input",
-                "action_id": REASON_INPUT,
-                "multiline": False,
-                "max_length": 2000,
-            },
-        }
+    blocks.append(_reason_input("Note for the record (optional)", required=False))
+    return _modal(
+        esc,
+        channel_id,
+        callback_id=EDIT_CALLBACK,
+        title="Edit, then approve",
+        submit="Approve and send" if irreversible else "Approve edited",
+        blocks=blocks,
     )
-    return {
-        "type": "modal",
-        "callback_id": EDIT_CALLBACK,
-        "private_metadata": _meta(esc, channel_id),
-        "title": plain("Edit, then approve", 24),
-        "submit": plain("Approve and send" if irreversible else "Approve edited", 24),
-        "close": plain("Cancel", 24),
-        "blocks": blocks,
-    }
 
 
 def respond_modal(esc: Escalation, *, channel_id: str = "") -> dict[str, Any]:
     """Answer the agent instead of running its action (the browser's Respond)."""
-    return {
-        "type": "modal",
-        "callback_id": RESPOND_CALLBACK,
-        "private_metadata": _meta(esc, channel_id),
-        "title": plain("Respond", 24),
-        "submit": plain("Send to the agent", 24),
-        "close": plain("Cancel", 24),
-        "blocks": [
+    return _modal(
+        esc,
+        channel_id,
+        callback_id=RESPOND_CALLBACK,
+        title="Respond",
+        submit="Send to the agent",
+        blocks=[
             {
                 "type": "section",
                 "text": md(
@@ -491,20 +503,9 @@ def respond_modal(esc: Escalation, *, channel_id: str = "") -> dict[str, Any]:
                     "revises.\n" + escape_within(esc.summary, 2500)
                 ),
             },
-            {
-                "type": "input",
-                "block_id": REASON_BLOCK,
-                "label": plain("Your answer to the agent", 2000),
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": REASON_INPUT,
-                    "multiline": True,
-                    "min_length": 1,
-                    "max_length": 2000,
-                },
-            },
+            _reason_input("Your answer to the agent", required=True),
         ],
-    }
+    )
 
 
 def notice_modal(title: str, text: str) -> dict[str, Any]:

@@ -1,27 +1,15 @@
 """The API's hot paths, counted in queries: what an agent's submit and a reviewer's decide
 cost, statement by statement, so a change that adds a round trip says so here."""
 
-import re
-
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from tests.support.queries import statements
+
 from .conftest import action_body, reply_body
 
 pytestmark = pytest.mark.django_db
-
-
-def statements(ctx: CaptureQueriesContext) -> list[str]:
-    """Each statement as `VERB table`, savepoints left out (they cost no planning)."""
-    out = []
-    for q in ctx.captured_queries:
-        sql = q["sql"]
-        if "SAVEPOINT" in sql:
-            continue
-        table = re.search(r'(?:FROM|INTO|UPDATE)\s+"?(\w+)"?', sql)
-        out.append(f"{sql.split()[0]} {table[1] if table else '?'}")
-    return out
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from django.utils import timezone
 from api.actions import create_api_token
 from api.models import AgentWebhook, WebhookDelivery
 from escalations.actions import decide_escalation
-from escalations.models import Decision, Escalation, EscalationStatus, Verdict, Via
-from workflows.actions import propose_action
-from workflows.models import Action, ActionStatus, RunStatus, TraceKind, WorkflowRun
+from escalations.models import Decision, EscalationStatus, Verdict, Via
+from tests.review.factories import escalate
+from workflows.models import Action, ActionStatus, TraceKind
 
 from .conftest import Api, reply_body
 
@@ -105,22 +105,7 @@ def test_the_webhook_payload_says_answered(api, reviewer_api, policies, agent):
 def approved(agent, policies, alice, settings):
     """A reply in a waiting run, approved by alice; its minute's undo window running."""
     settings.UNDO_WINDOW_SECONDS = 60
-    run = WorkflowRun.objects.create(
-        workflow="support_triage",
-        workflow_version=1,
-        agent=agent,
-        input={"ticket_id": "T-1", "subject": "Charged twice", "body": "…", "customer": "a@x"},
-        status=RunStatus.WAITING,
-    )
-    action = propose_action(
-        run=run,
-        step_name="propose_actions",
-        action_type="send_reply",
-        payload={"ticket_id": "T-1", "to": "ada@example.com", "body": "Refund on its way."},
-        confidence=0.6,
-        rationale="A double charge.",
-    )
-    esc = Escalation.objects.get(action=action)
+    esc = escalate(agent)
     decide_escalation(escalation_id=esc.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB)
     return esc
 

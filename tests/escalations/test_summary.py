@@ -23,6 +23,17 @@ def triage_run(policies, ticket, django_capture_on_commit_callbacks):
         return start_run(workflow="support_triage", input=ticket)
 
 
+def propose_reply(run):
+    return propose_action(
+        run=run,
+        step_name="propose_actions",
+        action_type="send_reply",
+        payload=REPLY,
+        confidence=0.9,
+        rationale="answer",
+    )
+
+
 def escalate(run, django_capture_on_commit_callbacks):
     sent = []
     with (
@@ -30,14 +41,7 @@ def escalate(run, django_capture_on_commit_callbacks):
         mock.patch("escalations.summary.call_model") as model,
         django_capture_on_commit_callbacks(execute=True),
     ):
-        action = propose_action(
-            run=run,
-            step_name="propose_actions",
-            action_type="send_reply",
-            payload=REPLY,
-            confidence=0.9,
-            rationale="answer",
-        )
+        action = propose_reply(run)
     assert not model.called, "no model call may happen inside the escalating transaction"
     return Escalation.objects.get(action=action), sent
 
@@ -84,12 +88,5 @@ def test_summary_facts_come_from_the_steps_the_workflow_declares(triage_run):
             }
         }
     }
-    action = propose_action(
-        run=run,
-        step_name="propose_actions",
-        action_type="send_reply",
-        payload=REPLY,
-        confidence=0.9,
-        rationale="answer",
-    )
+    action = propose_reply(run)
     assert facts(action, [])["unsure"] == "which plan they are on; the refund window"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from django.db import transaction
+from django.test import Client
 from django.utils import timezone
 
 from escalations.models import AgentProfile, Escalation, Team
@@ -57,3 +59,15 @@ def escalate(
         Escalation.objects.filter(pk=esc.pk).update(**updates)
     esc.refresh_from_db()
     return esc
+
+
+def logged_in(user) -> Client:
+    """A test client with `user` signed in."""
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def queue_rows(html: str) -> list[str]:
+    """The escalation ids of the queue's rows, in the order the page lists them."""
+    return re.findall(r'<article id="esc-([0-9a-f-]+)"', html)

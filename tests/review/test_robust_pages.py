@@ -8,15 +8,9 @@ from django.test import Client
 from django.urls import reverse
 
 from escalations.actions import claim_escalation
-from tests.review.factories import escalate
+from tests.review.factories import escalate, logged_in
 
 pytestmark = pytest.mark.django_db
-
-
-def _client(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -40,7 +34,7 @@ def escalation(agent, policies):
     ],
 )
 def test_a_nul_or_control_character_in_a_filter_is_a_400_page(admin_user, url):
-    response = _client(admin_user).get(url)
+    response = logged_in(admin_user).get(url)
     assert response.status_code == 400
     assert "That address doesn't make sense here" in response.text
     assert 'class="topbar"' in response.text  # ours, with the navigation
@@ -56,24 +50,24 @@ def test_a_nul_or_control_character_in_a_filter_is_a_400_page(admin_user, url):
     ],
 )
 def test_other_junk_in_a_filter_gives_an_empty_or_unfiltered_page(alice, escalation, url):
-    response = _client(alice).get(url)
+    response = logged_in(alice).get(url)
     assert response.status_code == 200
 
 
 def test_junk_metrics_filters_are_a_400_that_says_which(alice):
-    response = _client(alice).get("/metrics/?agent=abc&period=999&action_type=nope&workflow=x")
+    response = logged_in(alice).get("/metrics/?agent=abc&period=999&action_type=nope&workflow=x")
     assert response.status_code == 400
     assert "no workflow named" in response.text and 'class="topbar"' in response.text
 
 
 def test_an_unknown_team_filter_matches_nothing(alice, escalation):
-    html = _client(alice).get("/review/?team=%3Cscript%3E").text
+    html = logged_in(alice).get("/review/?team=%3Cscript%3E").text
     assert f'id="esc-{escalation.pk}"' not in html
     assert "<script>" not in html.split("</head>")[1]
 
 
 def test_another_teams_escalation_is_our_404_page(bob, escalation):
-    response = _client(bob).get(reverse("review:detail", args=[escalation.pk]))
+    response = logged_in(bob).get(reverse("review:detail", args=[escalation.pk]))
     assert response.status_code == 404
     assert "Nothing here for you" in response.text
     assert "belongs to a team you are not on" in response.text
@@ -82,14 +76,14 @@ def test_another_teams_escalation_is_our_404_page(bob, escalation):
 
 
 def test_an_unknown_address_is_our_404_page(alice):
-    response = _client(alice).get("/no/such/page/")
+    response = logged_in(alice).get("/no/such/page/")
     assert response.status_code == 404
     assert "Nothing here for you" in response.text
 
 
 def test_a_reviewer_operating_a_run_gets_our_403_page(alice, escalation):
     run = escalation.action.run
-    response = _client(alice).post(reverse("runs:retry", args=[run.pk]), {"reason": "x"})
+    response = logged_in(alice).post(reverse("runs:retry", args=[run.pk]), {"reason": "x"})
     assert response.status_code == 403
     assert "You can't do that here" in response.text
     assert "Only admins operate runs." in response.text
@@ -103,7 +97,7 @@ def test_the_500_page_needs_no_request():
 
 
 def test_the_base_layout_has_a_live_region_with_text_not_css(alice, escalation):
-    html = _client(alice).get(reverse("review:queue")).text
+    html = logged_in(alice).get(reverse("review:queue")).text
     assert 'id="live-announcer"' in html and 'aria-live="polite"' in html
 
 
@@ -125,7 +119,7 @@ def test_no_template_carries_inline_script_style_or_handlers():
 
 def test_claim_conflicts_are_unchanged_for_non_htmx_posts(alice, carol, escalation):
     claim_escalation(escalation_id=escalation.pk, user=alice)
-    response = _client(carol).post(reverse("review:claim", args=[escalation.pk]))
+    response = logged_in(carol).post(reverse("review:claim", args=[escalation.pk]))
     assert response.status_code == 302
 
 

@@ -8,25 +8,14 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from escalations.models import Decision, Escalation, EscalationStatus
-from tests.review.factories import escalate
+from tests.review.factories import escalate, logged_in, queue_rows
 from workflows.models import Action, TraceEvent
 
 pytestmark = pytest.mark.django_db
-
-
-def _client(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def _rows(html: str) -> list[str]:
-    return re.findall(r'<article id="esc-([0-9a-f-]+)"', html)
 
 
 def test_a_row_shows_the_customer_line_the_proposals_first_line_and_why_in_a_few_words(
@@ -38,7 +27,7 @@ def test_a_row_shows_the_customer_line_the_proposals_first_line_and_why_in_a_few
         body="Hi,\nI was charged twice this month.",
         payload={"ticket_id": "T-1", "to": "ada@example.com", "body": "Hello Ada,\n\nRefunded."},
     )
-    html = _client(alice).get(reverse("review:queue")).text
+    html = logged_in(alice).get(reverse("review:queue")).text
     assert "ada@x.io: “Hi,”" in html
     # Its first line after the greeting.
     assert "Reply to ada@example.com: Refunded." in html
@@ -50,7 +39,7 @@ def test_a_row_shows_the_customer_line_the_proposals_first_line_and_why_in_a_few
 def test_the_why_differs_with_the_confidence_gap(alice, agent, policies):
     escalate(agent, action_type="update_crm")
     escalate(agent, action_type="route_to_team")
-    html = _client(alice).get(reverse("review:queue")).text
+    html = logged_in(alice).get(reverse("review:queue")).text
     assert "confidence 0.40 &lt; 0.70" in html
     assert "confidence 0.20 &lt; 0.50" in html
 
@@ -60,15 +49,15 @@ def test_search_finds_by_customer_ticket_words_and_reply_and_says_how_many(
 ):
     a = escalate(agent, subject="Package arrived damaged", body="The box was crushed.")
     b = escalate(agent, subject="Login fails", body="My account is locked.")
-    client = _client(alice)
+    client = logged_in(alice)
     url = reverse("review:queue")
-    assert _rows(client.get(url, {"q": "crushed"}).text) == [str(a.pk)]
-    assert _rows(client.get(url, {"q": "locked account"}).text) == [str(b.pk)]
+    assert queue_rows(client.get(url, {"q": "crushed"}).text) == [str(a.pk)]
+    assert queue_rows(client.get(url, {"q": "locked account"}).text) == [str(b.pk)]
     # Stemming: "packages" finds "Package".
-    assert _rows(client.get(url, {"q": "packages"}).text) == [str(a.pk)]
+    assert queue_rows(client.get(url, {"q": "packages"}).text) == [str(a.pk)]
     # Pieces of an address.
-    assert set(_rows(client.get(url, {"q": "ada"}).text)) == {str(a.pk), str(b.pk)}
-    assert _rows(client.get(url, {"q": "nothing-like-this"}).text) == []
+    assert set(queue_rows(client.get(url, {"q": "ada"}).text)) == {str(a.pk), str(b.pk)}
+    assert queue_rows(client.get(url, {"q": "nothing-like-this"}).text) == []
     html = client.get(url, {"q": "crushed", "risk": "medium"}).text
     assert re.search(r'id="queue-count"[^>]*>1<', html) and "of 2" in html
     assert 'name="q" value="crushed"' in html
@@ -91,7 +80,7 @@ def test_the_filter_counts_count_the_search_result_not_the_whole_queue(alice, ag
     escalate(agent, subject="Package arrived damaged", action_type="update_crm")
     escalate(agent, subject="Package lost", action_type="route_to_team")
     escalate(agent, subject="Login fails", action_type="send_reply")
-    client = _client(alice)
+    client = logged_in(alice)
     html = client.get(reverse("review:queue")).text
     assert _facet_count(html, "action_type", "send_reply") == 1
     html = client.get(reverse("review:queue"), {"q": "package"}).text
@@ -111,18 +100,18 @@ def test_a_search_matching_past_the_cap_reads_in_queue_order_and_finds_the_same(
         escalate(agent, subject=f"Package {i}", due_in=timedelta(minutes=10 - i)) for i in range(4)
     ]
     escalate(agent, subject="Login fails")
-    client = _client(alice)
+    client = logged_in(alice)
     expected = [str(e.pk) for e in reversed(made)]
-    assert _rows(client.get(reverse("review:queue"), {"q": "package"}).text) == expected
+    assert queue_rows(client.get(reverse("review:queue"), {"q": "package"}).text) == expected
     monkeypatch.setattr(queue, "COUNT_CAP", 2)  # four matches: "common" (search.matching)
     html = client.get(reverse("review:queue"), {"q": "package"}).text
-    assert _rows(html) == expected
+    assert queue_rows(html) == expected
     assert re.search(r'id="queue-count"[^>]*>2\+<', html)
 
 
 def test_search_with_nul_or_junk_is_a_400_or_an_empty_result_never_an_error(alice, agent, policies):
     escalate(agent)
-    client = _client(alice)
+    client = logged_in(alice)
     # A NUL anywhere in a query string is refused before any view (review.errors).
     for junk in ("\x00", "a\x00b"):
         assert client.get(reverse("review:queue"), {"q": junk}).status_code == 400, junk
@@ -133,7 +122,7 @@ def test_search_with_nul_or_junk_is_a_400_or_an_empty_result_never_an_error(alic
 
 def test_the_detail_page_costs_a_fixed_number_of_queries(alice, agent, policies):
     esc = escalate(agent)
-    client = _client(alice)
+    client = logged_in(alice)
     url = reverse("review:detail", args=[esc.pk])
     client.get(url)  # warm the session
     with CaptureQueriesContext(connection) as ctx:
@@ -153,7 +142,7 @@ def test_the_reply_is_an_email_beside_the_customers_message_not_a_json_string(
     Action.objects.filter(pk=esc.action_id).update(
         payload={"ticket_id": "T-1", "to": "ada@example.com", "body": "Hi Ada,\n\nI <i>it</i>."}
     )
-    html = _client(alice).get(reverse("review:detail", args=[esc.pk])).text
+    html = logged_in(alice).get(reverse("review:detail", args=[esc.pk])).text
     judge = html[html.index('class="card judge"') : html.index('class="card summary"')]
     assert "What the customer wrote" in judge and "I was &lt;b&gt;charged&lt;/b&gt; twice." in judge
     assert '<dd class="email-to">ada@example.com</dd>' in judge
@@ -168,11 +157,11 @@ def test_a_crm_update_is_a_field_diff_and_a_routing_is_from_to_with_the_reason(
     alice, agent, policies
 ):
     crm = escalate(agent, action_type="update_crm")
-    html = _client(alice).get(reverse("review:detail", args=[crm.pk])).text
+    html = logged_in(alice).get(reverse("review:detail", args=[crm.pk])).text
     assert '<table class="field-diff">' in html
     assert "<code>category</code></th><td><del>(not set)</del></td><td><ins>billing</ins>" in html
     route = escalate(agent, action_type="route_to_team")
-    html = _client(alice).get(reverse("review:detail", args=[route.pk])).text
+    html = logged_in(alice).get(reverse("review:detail", args=[route.pk])).text
     assert '<span class="route-from">Support</span>' in html
     assert '<strong class="route-to">Billing</strong>' in html
     assert "Why:</span> because" in html
@@ -183,7 +172,7 @@ def test_a_crm_update_is_a_field_diff_and_a_routing_is_from_to_with_the_reason(
 
 def test_bulk_approve_decides_each_once_and_audits_each(alice, agent, policies):
     made = [escalate(agent, action_type="update_crm", subject=f"t{i}") for i in range(5)]
-    client = _client(alice)
+    client = logged_in(alice)
     data = {"ids": [str(e.pk) for e in made], "verdict": "approve", "reason": "batch ok"}
     response = client.post(reverse("review:bulk"), data)
     assert response.status_code == 302
@@ -202,7 +191,7 @@ def test_bulk_approve_of_irreversible_ones_asks_first_showing_each_as_it_will_ru
     settings.UNDO_WINDOW_SECONDS = 10
     reply = escalate(agent)
     crm = escalate(agent, action_type="update_crm")
-    client = _client(alice)
+    client = logged_in(alice)
     data = {"ids": [str(reply.pk), str(crm.pk)], "verdict": "approve", "reason": ""}
     page = client.post(reverse("review:bulk"), data)
     assert page.status_code == 200 and "Approve 2: 1 cannot be undone once it runs" in page.text
@@ -228,10 +217,10 @@ def test_bulk_approve_of_irreversible_ones_asks_first_showing_each_as_it_will_ru
 
 def test_bulk_reject_needs_one_reason_and_skips_what_is_not_mine(alice, bob, agent, policies):
     mine = escalate(agent, action_type="update_crm")
-    client = _client(bob)  # Billing: not his team's
+    client = logged_in(bob)  # Billing: not his team's
     client.post(reverse("review:bulk"), {"ids": [str(mine.pk)], "verdict": "reject", "reason": "x"})
     assert not Decision.objects.exists()
-    alice_client = _client(alice)
+    alice_client = logged_in(alice)
     alice_client.post(reverse("review:bulk"), {"ids": [str(mine.pk)], "verdict": "reject"})
     assert not Decision.objects.exists()
     alice_client.post(
@@ -247,7 +236,7 @@ def test_claiming_from_the_queue_swaps_the_row_and_the_note_not_the_detail_panel
     alice, carol, agent, policies
 ):
     esc = escalate(agent)
-    response = _client(alice).post(
+    response = logged_in(alice).post(
         reverse("review:claim", args=[esc.pk]), {"from": "queue"}, headers={"HX-Request": "true"}
     )
     assert response.status_code == 200
@@ -255,7 +244,7 @@ def test_claiming_from_the_queue_swaps_the_row_and_the_note_not_the_detail_panel
     assert "claimed by you" in response.text
     assert 'id="queue-note"' in response.text
     assert 'id="live-state"' not in response.text and 'id="esc-status"' not in response.text
-    late = _client(carol).post(
+    late = logged_in(carol).post(
         reverse("review:claim", args=[esc.pk]), {"from": "queue"}, headers={"HX-Request": "true"}
     )
     assert "Not claimed: this escalation was already claimed by alice" in late.text

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from escalations.actions import claim_escalation, decide_escalation
 from escalations.models import Decision, Escalation, EscalationStatus, Verdict, Via
-from tests.review.factories import escalate
+from tests.review.factories import escalate, logged_in, queue_rows
 from workflows.models import Action, TraceEvent
 
 pytestmark = pytest.mark.django_db
@@ -23,16 +23,6 @@ XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 @pytest.fixture
 def escalation(agent, policies):
     return escalate(agent, subject=XSS, body=XSS)
-
-
-def _client(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def _rows(html: str) -> list[str]:
-    return re.findall(r'<article id="esc-([0-9a-f-]+)"', html)
 
 
 def _confirmed(client: Client, url: str, data: dict[str, str]):
@@ -59,19 +49,19 @@ def test_anonymous_people_are_sent_to_log_in(client, escalation):
 
 
 def test_the_queue_shows_my_teams_escalations(alice, escalation):
-    response = _client(alice).get(reverse("review:queue"))
+    response = logged_in(alice).get(reverse("review:queue"))
     assert response.status_code == 200
     assert f'id="esc-{escalation.pk}"' in response.text
     assert 'ws-connect="/ws/review/"' in response.text
 
 
 def test_the_queue_hides_other_teams_escalations(bob, escalation):
-    response = _client(bob).get(reverse("review:queue"))
+    response = logged_in(bob).get(reverse("review:queue"))
     assert f'id="esc-{escalation.pk}"' not in response.text
 
 
 def test_admins_see_every_team(admin_user, escalation):
-    response = _client(admin_user).get(reverse("review:queue"))
+    response = logged_in(admin_user).get(reverse("review:queue"))
     assert f'id="esc-{escalation.pk}"' in response.text
 
 
@@ -84,8 +74,8 @@ def test_the_queue_is_sorted_by_sla_due_time_else_by_the_time_its_risk_allows(
     late = escalate(agent, subject="late", due_in=timedelta(hours=3))
     overdue = escalate(agent, subject="overdue", due_in=timedelta(minutes=-5))
     soon = escalate(agent, subject="soon", due_in=timedelta(minutes=5))
-    html = _client(alice).get(reverse("review:queue")).text
-    assert _rows(html) == [str(e.pk) for e in (overdue, soon, none, late)]
+    html = logged_in(alice).get(reverse("review:queue")).text
+    assert queue_rows(html) == [str(e.pk) for e in (overdue, soon, none, late)]
 
 
 def test_an_escalation_without_an_sla_is_never_buried_under_newer_ones(alice, agent, policies):
@@ -97,8 +87,8 @@ def test_an_escalation_without_an_sla_is_never_buried_under_newer_ones(alice, ag
     newer = [
         escalate(agent, subject=f"reply {i}", due_in=timedelta(minutes=30 + i)) for i in range(60)
     ]
-    html = _client(alice).get(reverse("review:queue")).text
-    rows = _rows(html)
+    html = logged_in(alice).get(reverse("review:queue")).text
+    rows = queue_rows(html)
     assert rows[0] == str(old.pk)
     assert str(newer[-1].pk) not in rows  # page two: the queue is longer than a page
 
@@ -109,10 +99,10 @@ def test_filters_narrow_the_list_and_counts_show_every_value(alice, carol, agent
     route = escalate(agent, subject="route", action_type="route_to_team")
     claim_escalation(escalation_id=route.pk, user=alice)
     claim_escalation(escalation_id=crm.pk, user=carol)
-    client = _client(alice)
+    client = logged_in(alice)
     url = reverse("review:queue")
 
-    assert _rows(client.get(url, {"action_type": "update_crm"}).text) == [str(crm.pk)]
+    assert queue_rows(client.get(url, {"action_type": "update_crm"}).text) == [str(crm.pk)]
     # Graded from the policy inputs: the reply is irreversible and customer-facing but above
     # its bar; the routing is internal but far under its bar; the CRM update a little under.
     assert {e.pk: Escalation.objects.get(pk=e.pk).risk for e in (reply, crm, route)} == {
@@ -120,13 +110,16 @@ def test_filters_narrow_the_list_and_counts_show_every_value(alice, carol, agent
         crm.pk: "low",
         route.pk: "medium",
     }
-    assert set(_rows(client.get(url, {"risk": "medium"}).text)) == {str(reply.pk), str(route.pk)}
-    assert _rows(client.get(url, {"risk": "low"}).text) == [str(crm.pk)]
-    assert _rows(client.get(url, {"risk": "high"}).text) == []
-    assert _rows(client.get(url, {"mine": "1"}).text) == [str(route.pk)]
-    assert _rows(client.get(url, {"status": "open"}).text) == [str(reply.pk)]
-    assert _rows(client.get(url, {"team": "support", "agent": "triage-agent"}).text)
-    assert _rows(client.get(url, {"workflow": "nope"}).text) == []
+    assert set(queue_rows(client.get(url, {"risk": "medium"}).text)) == {
+        str(reply.pk),
+        str(route.pk),
+    }
+    assert queue_rows(client.get(url, {"risk": "low"}).text) == [str(crm.pk)]
+    assert queue_rows(client.get(url, {"risk": "high"}).text) == []
+    assert queue_rows(client.get(url, {"mine": "1"}).text) == [str(route.pk)]
+    assert queue_rows(client.get(url, {"status": "open"}).text) == [str(reply.pk)]
+    assert queue_rows(client.get(url, {"team": "support", "agent": "triage-agent"}).text)
+    assert queue_rows(client.get(url, {"workflow": "nope"}).text) == []
 
     html = client.get(url, {"action_type": "update_crm"}).text
     assert re.search(r'id="queue-count"[^>]*>1<', html)
@@ -139,13 +132,15 @@ def test_filters_narrow_the_list_and_counts_show_every_value(alice, carol, agent
 
 
 def test_unknown_filter_values_filter_nothing_instead_of_failing(alice, escalation):
-    response = _client(alice).get(reverse("review:queue"), {"risk": "x' OR 1=1", "status": "nope"})
+    response = logged_in(alice).get(
+        reverse("review:queue"), {"risk": "x' OR 1=1", "status": "nope"}
+    )
     assert response.status_code == 200
-    assert _rows(response.text) == [str(escalation.pk)]
+    assert queue_rows(response.text) == [str(escalation.pk)]
 
 
 def test_an_htmx_filter_click_gets_just_the_queue_section(alice, escalation):
-    response = _client(alice).get(
+    response = logged_in(alice).get(
         reverse("review:queue"), {"risk": "high"}, headers={"HX-Request": "true"}
     )
     assert response.text.lstrip().startswith('<section id="queue"')
@@ -156,7 +151,7 @@ def test_an_htmx_filter_click_gets_just_the_queue_section(alice, escalation):
 def test_the_queue_costs_the_same_number_of_queries_however_long_it_is(
     alice, agent, policies, django_assert_num_queries
 ):
-    client = _client(alice)
+    client = logged_in(alice)
     url = reverse("review:queue")
     for i in range(3):
         escalate(agent, subject=f"ticket {i}", due_in=timedelta(minutes=i))
@@ -168,12 +163,12 @@ def test_the_queue_costs_the_same_number_of_queries_however_long_it_is(
     # session, user, the user's teams, the rows (one join), every count (one query)
     with django_assert_num_queries(5):
         response = client.get(url)
-    assert len(_rows(response.text)) == 40
+    assert len(queue_rows(response.text)) == 40
     assert len(few.captured_queries) == 5
 
 
 def test_another_teams_escalation_is_a_404_for_every_verb(bob, escalation):
-    client = _client(bob)
+    client = logged_in(bob)
     assert client.get(reverse("review:detail", args=[escalation.pk])).status_code == 404
     for name, data in (
         ("review:decide", {"verdict": "approve"}),
@@ -188,12 +183,12 @@ def test_another_teams_escalation_is_a_404_for_every_verb(bob, escalation):
 
 
 def test_another_teams_run_is_a_404(bob, escalation):
-    response = _client(bob).get(reverse("runs:detail", args=[escalation.action.run_id]))
+    response = logged_in(bob).get(reverse("runs:detail", args=[escalation.action.run_id]))
     assert response.status_code == 404
 
 
 def test_agent_text_is_escaped_everywhere_it_is_shown(alice, escalation):
-    client = _client(alice)
+    client = logged_in(alice)
     for url in (
         reverse("review:queue"),
         reverse("review:detail", args=[escalation.pk]),
@@ -207,7 +202,7 @@ def test_agent_text_is_escaped_everywhere_it_is_shown(alice, escalation):
 
 
 def test_pages_carry_a_csp_without_inline_script_or_style(alice, escalation):
-    client = _client(alice)
+    client = logged_in(alice)
     for url in (reverse("review:queue"), reverse("review:detail", args=[escalation.pk])):
         response = client.get(url)
         csp = response["Content-Security-Policy"]
@@ -246,7 +241,7 @@ def test_htmx_posts_carry_the_token_from_the_page(alice, escalation):
 
 
 def test_the_detail_page_leads_with_why_and_what_is_at_stake(alice, escalation):
-    html = _client(alice).get(reverse("review:detail", args=[escalation.pk])).text
+    html = logged_in(alice).get(reverse("review:detail", args=[escalation.pk])).text
     assert "Why it was escalated" in html and "irreversible" in html.lower()
     assert "Customer-facing" in html and "medium risk" in html
     assert "Plan" in html and "State" in html
@@ -255,7 +250,7 @@ def test_the_detail_page_leads_with_why_and_what_is_at_stake(alice, escalation):
 
 
 def test_approving_an_irreversible_reply_asks_once_more_and_only_then_decides(alice, escalation):
-    client = _client(alice)
+    client = logged_in(alice)
     url = reverse("review:decide", args=[escalation.pk])
     first = client.post(url, {"verdict": "approve"})
     assert first.status_code == 200 and "cannot be undone" in first.text
@@ -272,7 +267,7 @@ def test_approving_an_irreversible_reply_asks_once_more_and_only_then_decides(al
 
 
 def test_edit_then_approve_executes_the_edited_fields_and_records_the_diff(alice, escalation):
-    client = _client(alice)
+    client = logged_in(alice)
     url = reverse("review:decide", args=[escalation.pk])
     edit = {
         "verdict": "edit",
@@ -300,13 +295,13 @@ def test_edit_then_approve_executes_the_edited_fields_and_records_the_diff(alice
     assert action.payload["body"] == "Hello Ada"
     human = TraceEvent.objects.filter(run=action.run, kind="human").last()
     assert human.data["payload_diff"]["changed"] == {"body": ["Hello Ada", "Hello Ada, refunded."]}
-    html = _client(alice).get(reverse("review:detail", args=[escalation.pk])).text
+    html = logged_in(alice).get(reverse("review:detail", args=[escalation.pk])).text
     assert "Edited before approval" in html and "Hello Ada, refunded." in html
 
 
 def test_an_edit_that_changes_nothing_is_a_plain_approval(alice, escalation):
     _confirmed(
-        _client(alice),
+        logged_in(alice),
         reverse("review:decide", args=[escalation.pk]),
         {
             "verdict": "edit",
@@ -320,7 +315,7 @@ def test_an_edit_that_changes_nothing_is_a_plain_approval(alice, escalation):
 
 
 def test_an_edit_emptying_a_required_field_is_refused_and_changes_nothing(alice, escalation):
-    response = _client(alice).post(
+    response = logged_in(alice).post(
         reverse("review:decide", args=[escalation.pk]),
         {"verdict": "edit", "p__ticket_id": "T-1", "p__to": "ada@example.com", "p__body": "  "},
     )
@@ -336,7 +331,7 @@ def test_numbers_stay_numbers_and_bad_ones_are_refused(alice, agent, policies):
     A.objects.filter(pk=esc.action_id).update(
         payload={"ticket_id": "T-1", "priority": 2, "vip": False}
     )
-    client = _client(alice)
+    client = logged_in(alice)
     bad = client.post(
         reverse("review:decide", args=[esc.pk]),
         {"verdict": "edit", "p__ticket_id": "T-1", "p__priority": "two"},
@@ -358,7 +353,7 @@ def test_a_nested_payload_is_edited_as_json_and_bad_json_is_refused(alice, agent
     from workflows.models import Action as A
 
     A.objects.filter(pk=esc.action_id).update(payload={"ticket_id": "T-1", "tags": ["a"]})
-    client = _client(alice)
+    client = logged_in(alice)
     response = client.post(
         reverse("review:decide", args=[esc.pk]), {"verdict": "edit", "edited_payload": "{not json"}
     )
@@ -377,7 +372,7 @@ def test_a_nested_payload_is_edited_as_json_and_bad_json_is_refused(alice, agent
 
 
 def test_rejecting_without_a_reason_is_refused_and_changes_nothing(alice, escalation):
-    response = _client(alice).post(
+    response = logged_in(alice).post(
         reverse("review:decide", args=[escalation.pk]), {"verdict": "reject", "reason": ""}
     )
     assert response.status_code == 400
@@ -386,7 +381,7 @@ def test_rejecting_without_a_reason_is_refused_and_changes_nothing(alice, escala
 
 
 def test_responding_sends_free_text_instead_of_running_the_action(alice, escalation):
-    client = _client(alice)
+    client = logged_in(alice)
     response = client.post(reverse("review:decide", args=[escalation.pk]), {"verdict": "respond"})
     assert response.status_code == 400 and "Write the answer" in response.text
     client.post(
@@ -402,7 +397,7 @@ def test_the_second_tab_sees_who_decided_instead_of_an_error(alice, carol, escal
     decide_escalation(
         escalation_id=escalation.pk, user=carol, verdict=Verdict.APPROVE, via=Via.SLACK
     )
-    response = _client(alice).post(
+    response = logged_in(alice).post(
         reverse("review:decide", args=[escalation.pk]),
         {"verdict": "reject", "reason": "no"},
         follow=True,
@@ -415,10 +410,10 @@ def test_the_second_tab_sees_who_decided_instead_of_an_error(alice, carol, escal
 
 
 def test_claiming_and_releasing_from_the_detail_page(alice, carol, escalation):
-    client = _client(alice)
+    client = logged_in(alice)
     response = client.post(reverse("review:claim", args=[escalation.pk]), follow=True)
     assert "You</strong> claimed this" in response.text
-    carol_page = _client(carol).post(reverse("review:claim", args=[escalation.pk]), follow=True)
+    carol_page = logged_in(carol).post(reverse("review:claim", args=[escalation.pk]), follow=True)
     assert "already claimed by alice" in carol_page.text
     assert "alice</strong> is on this" in carol_page.text
     client.post(reverse("review:release", args=[escalation.pk]))
@@ -427,7 +422,7 @@ def test_claiming_and_releasing_from_the_detail_page(alice, carol, escalation):
 
 
 def test_reassigning_hands_it_to_the_other_team(alice, bob, billing, escalation):
-    client = _client(alice)
+    client = logged_in(alice)
     response = client.post(
         reverse("review:reassign", args=[escalation.pk]), {"team": billing.pk, "note": "refund"}
     )
@@ -435,11 +430,11 @@ def test_reassigning_hands_it_to_the_other_team(alice, bob, billing, escalation)
     escalation.refresh_from_db()
     assert escalation.team == billing
     assert client.get(reverse("review:detail", args=[escalation.pk])).status_code == 404
-    assert _client(bob).get(reverse("review:detail", args=[escalation.pk])).status_code == 200
+    assert logged_in(bob).get(reverse("review:detail", args=[escalation.pk])).status_code == 200
 
 
 def test_reassigning_to_no_team_is_refused(alice, escalation):
-    response = _client(alice).post(reverse("review:reassign", args=[escalation.pk]), {"team": ""})
+    response = logged_in(alice).post(reverse("review:reassign", args=[escalation.pk]), {"team": ""})
     assert response.status_code == 400
     escalation.refresh_from_db()
     assert escalation.team.slug == "support"
@@ -463,12 +458,12 @@ def test_every_open_escalation_is_reachable_page_by_page(alice, agent, policies,
     monkeypatch.setattr(queue, "PAGE_SIZE", 3)
     made = [escalate(agent, subject=f"t{i}", due_in=timedelta(minutes=i % 4)) for i in range(7)]
     made.append(escalate(agent, subject="no SLA"))
-    client = _client(alice)
+    client = logged_in(alice)
     url, seen, pages = reverse("review:queue"), [], 0
     query: str | None = ""
     while query is not None:
         html = client.get(f"{url}?{query}").text
-        rows = _rows(html)
+        rows = queue_rows(html)
         assert len(rows) <= 3
         seen += rows
         pages += 1
@@ -494,8 +489,8 @@ def test_a_page_starting_after_a_decided_row_still_starts_where_it_did(
         escalate(agent, subject=f"t{i}", due_in=timedelta(minutes=i + 1)) for i in range(3)
     )
     decide_escalation(escalation_id=second.pk, user=carol, verdict=Verdict.APPROVE, via=Via.WEB)
-    html = _client(alice).get(reverse("review:queue"), {"after": str(second.pk)}).text
-    assert _rows(html) == [str(third.pk)]
+    html = logged_in(alice).get(reverse("review:queue"), {"after": str(second.pk)}).text
+    assert queue_rows(html) == [str(third.pk)]
 
 
 def test_counts_past_the_cap_say_so_instead_of_counting_everything(
@@ -512,7 +507,7 @@ def test_counts_past_the_cap_say_so_instead_of_counting_everything(
             action_type=("update_crm", "send_reply")[i % 2],
             due_in=timedelta(minutes=i),
         )
-    client = _client(alice)
+    client = logged_in(alice)
     html = client.get(reverse("review:queue")).text
     assert re.search(r'id="queue-count"[^>]*>3\+<', html)
     assert "the counts below are over the 2 due soonest" in html

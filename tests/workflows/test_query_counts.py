@@ -1,25 +1,13 @@
 """An engine step's commit, counted in queries: the cost every step of every run pays."""
 
-import re
-
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from tests.support.queries import statements
 from workflows.actions import start_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def statements(ctx: CaptureQueriesContext) -> list[str]:
-    out = []
-    for q in ctx.captured_queries:
-        sql = q["sql"]
-        if "SAVEPOINT" in sql:
-            continue
-        table = re.search(r'(?:FROM|INTO|UPDATE)\s+"(\w+)"', sql)
-        out.append(f"{sql.split()[0]} {table[1]}" if table else sql.split()[0])
-    return out
 
 
 def test_an_async_steps_claim_and_commit_cost_twelve_queries_in_two_transactions(

@@ -137,6 +137,23 @@ def _event_body(kind: str, data: Mapping[str, Any] | None, key: str) -> dict[str
     return body
 
 
+def _decision_body(
+    verdict: str, reason: str, edited_payload: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"verdict": verdict, "reason": reason}
+    if edited_payload is not None:
+        body["edited_payload"] = dict(edited_payload)
+    return body
+
+
+def _outcome_body(
+    metric: str, quality: str, note: str, **extra: str | float | Mapping[str, Any] | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"metric": metric, "quality": quality, "note": note}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
 def _jsonable(value: Any) -> Any:
     return str(value) if isinstance(value, Decimal) else value
 
@@ -350,9 +367,7 @@ class Caliber(_Base):
         reason: str = "",
         edited_payload: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"verdict": verdict, "reason": reason}
-        if edited_payload is not None:
-            body["edited_payload"] = dict(edited_payload)
+        body = _decision_body(verdict, reason, edited_payload)
         return dict(self._call("POST", f"/escalations/{escalation_id}/decision", json=body))
 
     def undo(self, escalation_id: str) -> dict[str, Any]:
@@ -397,9 +412,9 @@ class Caliber(_Base):
         note: str = "",
         data: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"metric": metric, "quality": quality, "note": note}
-        extra = {"action_id": action_id, "run_id": run_id, "value": value, "data": data}
-        body.update({k: v for k, v in extra.items() if v is not None})
+        body = _outcome_body(
+            metric, quality, note, action_id=action_id, run_id=run_id, value=value, data=data
+        )
         return dict(self._call("POST", "/outcomes", json=body))
 
 
@@ -530,9 +545,7 @@ class AsyncCaliber(_Base):
         reason: str = "",
         edited_payload: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"verdict": verdict, "reason": reason}
-        if edited_payload is not None:
-            body["edited_payload"] = dict(edited_payload)
+        body = _decision_body(verdict, reason, edited_payload)
         return dict(await self._call("POST", f"/escalations/{escalation_id}/decision", json=body))
 
     async def undo(self, escalation_id: str) -> dict[str, Any]:
@@ -569,7 +582,7 @@ class AsyncCaliber(_Base):
         note: str = "",
         data: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"metric": metric, "quality": quality, "note": note}
-        extra = {"action_id": action_id, "run_id": run_id, "value": value, "data": data}
-        body.update({k: v for k, v in extra.items() if v is not None})
+        body = _outcome_body(
+            metric, quality, note, action_id=action_id, run_id=run_id, value=value, data=data
+        )
         return dict(await self._call("POST", "/outcomes", json=body))

@@ -3,12 +3,12 @@ to play the customer): manage.py deliver_event RUN_ID customer_replied --text "S
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from workflows.management.options import json_object_option
 from workflows.models import RunStatus, WorkflowRun
 from workflows.run_events import CUSTOMER_REPLIED, deliver_event
 
@@ -32,12 +32,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            data = json.loads(options["data"])
-        except json.JSONDecodeError as exc:
-            raise CommandError(f"--data is not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise CommandError("--data must be a JSON object")
+        data = json_object_option("--data", options["data"])
         if options["text"]:
             data["text"] = options["text"]
         run_id = options["run_id"]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
 from workflows.actions import start_run
+from workflows.management.options import json_object_option
 from workflows.specs import InvalidInput, InvalidPlan, UnknownWorkflow, all_specs
 
 
@@ -25,12 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--key", default=None, help="Idempotency key: a repeat is a no-op.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            data = json.loads(options["input"])
-        except json.JSONDecodeError as exc:
-            raise CommandError(f"--input is not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise CommandError("--input must be a JSON object")
+        data = json_object_option("--input", options["input"])
         try:
             run = start_run(
                 workflow=options["workflow"],
