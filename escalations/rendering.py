@@ -348,6 +348,16 @@ def queue_card(
     }
 
 
+def _home_team(action: Any) -> str:
+    """The agent's team, where the proposal shows it (a routing's "from"): read only then, so
+    opening any other escalation costs no query for it."""
+    tool = ACTION_TYPES.get(action.action_type)
+    if tool is None or tool.rendering.kind != RenderKind.ROUTE:
+        return ""
+    agent = action.agent
+    return agent.team.name if agent is not None and agent.team_id else ""
+
+
 def card_for_action(action: Any) -> dict[str, str]:
     """queue_card() of an `Action` (with its run and agent)."""
     run = action.run
@@ -361,7 +371,7 @@ def card_for_action(action: Any) -> dict[str, str]:
         workflow=run.workflow if run is not None else "",
         confidence=action.confidence,
         rationale=action.rationale,
-        home_team=agent.team.name if agent is not None and agent.team_id else "",
+        home_team=_home_team(action),
     )
 
 
@@ -369,11 +379,10 @@ def proposal_for_action(action: Any, payload: Mapping[str, Any] | None = None) -
     """The proposal of an `Action` (its run's input and its agent's team read from it);
     `payload`: another version of it (a reviewer's edit) rendered the same way."""
     run = action.run
-    agent = action.agent
     return render_proposal(
         action.action_type,
         action.payload if payload is None else payload,
         ticket=run.input if run is not None else None,
         rationale=action.rationale,
-        home_team=agent.team.name if agent is not None and agent.team_id else "",
+        home_team=_home_team(action),
     )
