@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 import uuid
+from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings

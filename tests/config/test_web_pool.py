@@ -103,7 +103,12 @@ def test_the_pool_gets_every_connection_back(small_pool_server, agent, policies,
                                 await pages.get(f"{base}{path}", timeout=after)
 
     asyncio.run(churn())
-    print("after", httpx.get(f"{base}/healthz").json())
+    time.sleep(1)  # the abandoned requests' threads finish their work
+
+    # Nothing holds a connection but the health check that reads the figures.
+    pool = httpx.get(f"{base}/healthz", timeout=10).json()["database_pool"]
+    assert pool["max"] == POOL, pool
+    assert (pool["in_use"], pool["waiting"]) == (1, 0), pool
 
     # Every connection back: more requests in parallel than the pool holds, then in turn.
     async def load() -> list[int]:
@@ -121,4 +126,3 @@ def test_the_pool_gets_every_connection_back(small_pool_server, agent, policies,
 async def _abandoned(client: httpx.AsyncClient, url: str, after: float) -> None:
     with contextlib.suppress(httpx.TimeoutException):
         await client.get(url, params={"wait": 30}, timeout=after)
-
