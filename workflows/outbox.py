@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from config.celery import app
@@ -109,7 +110,9 @@ def _failed(row: Outbox, exc: Exception) -> None:
 
 def relay_due(*, grace_seconds: float, limit: int = 500) -> int:
     """Send rows the after-commit relay did not (older than `grace_seconds`) once they are
-    due: the one scan for every delivery's lost send and pending retry.
+    due: the one scan for every delivery's lost send and pending retry. A row whose send
+    already failed races no after-commit relay: it is due without the grace (a row that
+    failed while the broker was away went out up to OUTBOX_GRACE_SECONDS late).
 
     Rows are claimed with SKIP LOCKED so two relays never send the same row at once.
     """
@@ -119,7 +122,7 @@ def relay_due(*, grace_seconds: float, limit: int = 500) -> int:
     with transaction.atomic():
         rows = list(
             Outbox.objects.select_for_update(skip_locked=True)
-            .filter(created_at__lt=cutoff, available_at__lte=now)
+            .filter(Q(created_at__lt=cutoff) | Q(attempts__gt=0), available_at__lte=now)
             .order_by("id")[:limit]
         )
         done: list[int] = []
