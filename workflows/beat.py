@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
@@ -16,6 +17,7 @@ from .gate import gate
 from .models import RunStatus, StepRun, StepStatus, WorkflowRun
 from .outbox import ADVANCE, RESUME, RUN_STEP
 from .outbox import enqueue as outbox_enqueue
+from .outbox import enqueue_many as outbox_enqueue_many
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +126,7 @@ def resend_lost(*, before: datetime, limit: int = 2000) -> int:
             .only("pk", "run_id", "name")[:limit]
         )
         StepRun.objects.filter(pk__in=[s.pk for s in steps]).update(dispatched_at=now)
-        for s in steps:
-            outbox_enqueue(RUN_STEP, str(s.run_id), s.name)
+        sends: list[tuple[str, list[Any]]] = [(RUN_STEP, [str(s.run_id), s.name]) for s in steps]
         runs = set(
             WorkflowRun.objects.filter(
                 no_live_lease,
@@ -141,8 +142,8 @@ def resend_lost(*, before: datetime, limit: int = 2000) -> int:
             .exclude(gate().awaiting_people())
             .values_list("pk", flat=True)[:limit]
         )
-        for run_id in runs:
-            outbox_enqueue(ADVANCE, str(run_id))
+        sends += [(ADVANCE, [str(run_id)]) for run_id in runs]
+        outbox_enqueue_many(sends)
     if steps or runs:
         log.warning(
             "broker restarted empty: re-sent %s step(s) and %s run(s)", len(steps), len(runs)
