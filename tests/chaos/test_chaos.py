@@ -25,6 +25,7 @@ from tests.chaos.conftest import (
     Cluster,
     assert_invariants,
     free_port,
+    measure,
     owner_pid,
     running_step,
     wait_until,
@@ -68,6 +69,7 @@ def test_a_worker_child_sigkilled_mid_step_loses_nothing(
     run = start_run(workflow="fan_out", input={**HOLD, "hold": [step]})
     victim = running_step(run, step)
     os.kill(owner_pid(victim), signal.SIGKILL)
+    measure(f"worker-child-sigkilled-in-{step}", [run], fault_ended=time.monotonic(), timeout=40)
     wait_for_run(run, RunStatus.SUCCEEDED, timeout=40)
     _assert_fan_out_done_once(run)
     victim.refresh_from_db()
@@ -90,7 +92,17 @@ def test_a_worker_main_process_sigkilled_mid_step_loses_nothing(
         running_step(run, "gather_a")
         os.kill(doomed.pid, signal.SIGKILL)  # the main process; its children are orphaned
         doomed.wait(10)
+        killed = time.monotonic()
         c.start_worker(concurrency=2)
+        # The fault ends when its replacement is ready, as a supervisor would start one.
+        replaced = time.monotonic()
+        measure(
+            "worker-main-sigkilled",
+            [run],
+            fault_ended=replaced,
+            timeout=40,
+            replacement_ready_after=f"{replaced - killed:.1f}s",
+        )
         wait_for_run(run, RunStatus.SUCCEEDED, timeout=40)
         _assert_fan_out_done_once(run)
         assert StepRun.objects.get(run=run, name="gather_a").attempts == 2
@@ -127,6 +139,7 @@ def test_the_same_step_delivered_twice_sequentially_and_concurrently_runs_once(
         stop.set()
         for t in threads:
             t.join(20)
+    measure("same-step-delivered-again-and-again", runs, fault_ended=time.monotonic())
     for run in runs:
         _assert_fan_out_done_once(run)
         # Nothing crashed, so every step ran exactly one attempt.
@@ -172,7 +185,9 @@ def test_a_decision_delivered_from_two_channels_resumes_the_run_once(
         t.start()
     for t in threads:
         t.join()
+    decided = time.monotonic()
     assert sorted(outcomes) == ["lost", "won"]
+    measure("decision-from-two-channels", [run], fault_ended=decided, timeout=30)
     wait_for_run(run, RunStatus.SUCCEEDED, timeout=30)
     assert Effect.objects.filter(action=reply).count() == 1
     assert_invariants()
@@ -221,7 +236,7 @@ def test_redis_killed_and_restarted_empty_during_50_runs_loses_no_run(
     )
     c.env["RUN_STALL_SECONDS"] = "60"
     broker = redis_py.Redis.from_url(broker_url, socket_timeout=2)
-    from tests.chaos.conftest import Reconciler, measure
+    from tests.chaos.conftest import Reconciler
 
     try:
         c.start_worker(concurrency=3)
@@ -326,6 +341,7 @@ def test_a_postgresql_backend_terminated_mid_step_is_retried(cluster, sends_to, 
     pid = wait_until(victim_backend, 10, "the step's open transaction")
     with connection.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", [pid])
+    measure("backend-terminated-mid-step", [run], fault_ended=time.monotonic(), timeout=40)
     wait_for_run(run, RunStatus.SUCCEEDED, timeout=40)
     hold = StepRun.objects.get(run=run, name="hold")
     assert hold.attempts == 2
@@ -339,8 +355,6 @@ def test_a_step_that_always_kills_its_worker_is_dead_lettered_after_its_attempts
     cluster, sends_to, reconciler, agent, admin_user
 ):
     from django.test import Client
-
-    from tests.chaos.conftest import measure
 
     sends_to(cluster)
     t0 = time.monotonic()
@@ -384,7 +398,9 @@ def test_a_crash_between_commit_and_enqueue_is_recovered_from_the_outbox(cluster
     assert StepRun.objects.get(run=run, name="start").status == StepStatus.SUCCEEDED
     assert StepRun.objects.filter(run=run, status=StepStatus.QUEUED).count() == 3
     assert Outbox.objects.filter(args__0=str(run.pk), task="workflows.tasks.run_step").count() == 3
+    crashed = time.monotonic()
     with Reconciler():  # beat's relay finds the rows
+        measure("crash-between-commit-and-send", [run], fault_ended=crashed, timeout=40)
         wait_for_run(run, RunStatus.SUCCEEDED, timeout=40)
     _assert_fan_out_done_once(run)
     assert not Outbox.objects.filter(args__0=str(run.pk)).exists()
