@@ -5,6 +5,7 @@ restarted empty."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -166,4 +167,31 @@ def resend_lost(*, before: datetime, limit: int = 2000) -> int:
             len(moving),
             later,
         )
-    return len(steps) + len(runs) + len(moving)
+    return len(steps) + len(runs) + len(moving) + _resend_skipped_steps(before, limit)
+
+
+def _resend_skipped_steps(before: datetime, limit: int, *, within: float = 3.0) -> int:
+    """Queued steps resend_lost skipped because a transaction held them (a worker's
+    advance_run locks a run's steps): once it lets go, a step still queued from before the
+    restart is sent again too. Nothing else would: an advance re-sends a queued step only
+    once its dispatch is RUN_STALL_SECONDS old (the chaos case waited 67 s for one)."""
+    sent = 0
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not StepRun.objects.filter(status=StepStatus.QUEUED, dispatched_at__lt=before).exists():
+            break
+        time.sleep(0.2)
+        with transaction.atomic():
+            steps = list(
+                StepRun.objects.select_for_update(skip_locked=True, no_key=True)
+                .filter(status=StepStatus.QUEUED, dispatched_at__lt=before)
+                .only("pk", "run_id", "name")[:limit]
+            )
+            StepRun.objects.filter(pk__in=[s.pk for s in steps]).update(
+                dispatched_at=timezone.now()
+            )
+            outbox_enqueue_many([(RUN_STEP, [str(s.run_id), s.name]) for s in steps])
+        sent += len(steps)
+    if sent:
+        log.warning("broker restarted empty: re-sent %s step(s) a transaction held", sent)
+    return sent
