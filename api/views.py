@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -37,6 +36,7 @@ from escalations.actions.decisions import (
     undo_approval,
 )
 from escalations.models import ANSWERED, Decision, EscalationStatus, Verdict, Via, reported_status
+from review.live import live_layer
 from workflows.actions import record_outcome
 from workflows.models import OutcomeQuality, OutcomeSource
 from workflows.run_events import deliver_event
@@ -280,10 +280,13 @@ def _read_action(token: ApiToken, action_id: uuid.UUID) -> dict[str, Any]:
 
 async def _wait_for_decision(token: ApiToken, action_id: uuid.UUID, wait: float) -> dict[str, Any]:
     """Hold the request on the event loop, never a thread: woken by the decision's message
-    on the channel layer, re-reading the database now and then in case a message is lost."""
+    on the layer api.hooks publishes it on (review.live's: with Redis its pub/sub layer, not
+    the configured channel layer, where a poll heard nothing and answered only on its
+    re-read), re-reading the database now and then in case a message is lost (pub/sub
+    delivers at most once, and only to a subscription already in place)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    layer = get_channel_layer()
+    layer = live_layer()
     group = action_group(action_id)
     channel: str | None = None
     if layer is not None:

@@ -46,8 +46,25 @@ def pool_connections(databases: dict[str, Any], max_size: int, timeout: float = 
             }
 
 
+def limit_statements(databases: dict[str, Any], timeout_ms: int) -> None:
+    """No statement of a request runs longer than `timeout_ms` (settings.DB_STATEMENT_TIMEOUT_MS;
+    0: no limit), waiting for a lock included: PostgreSQL cancels it (QueryCanceled, an
+    OperationalError) and the request answers 503 like any database failure (config.errors).
+    Set at connect, in libpq's options, so every connection of this process carries it,
+    pooled or not, before its first query."""
+    if not timeout_ms:
+        return
+    for db in databases.values():
+        if db["ENGINE"] == "django.db.backends.postgresql":
+            options = dict(db.get("OPTIONS", {}))
+            flag = f"-c statement_timeout={int(timeout_ms)}"
+            options["options"] = f"{options['options']} {flag}" if options.get("options") else flag
+            db["OPTIONS"] = options
+
+
 if _SERVING:
     # Before Django is set up: no connection exists yet to have read the old settings.
+    limit_statements(settings.DATABASES, settings.DB_STATEMENT_TIMEOUT_MS)
     pool_connections(settings.DATABASES, settings.DB_POOL_MAX, settings.DB_POOL_TIMEOUT)
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()

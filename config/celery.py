@@ -1,6 +1,7 @@
 """The Celery app. Tasks are thin: they load by id and call an action (HackSoft style)."""
 
 import functools
+import logging
 import os
 from typing import Any
 
@@ -9,6 +10,8 @@ from celery.signals import task_prerun, worker_process_init
 from celery.worker.consumer import Consumer as WorkerConsumer
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.main")
+
+log = logging.getLogger(__name__)
 
 # A worker that lost its broker retries every BROKER_RETRY_MAX_SECONDS at most. kombu's default
 # backoff (2 s more per attempt, up to 30 s) left a worker idle up to 30 s after Redis came
@@ -24,7 +27,49 @@ class Consumer(WorkerConsumer):
             interval_step=0.2,
             interval_max=BROKER_RETRY_MAX_SECONDS,
         )
-        return super().ensure_connected(conn)
+        connected = super().ensure_connected(conn)
+        self._relay_now()
+        return connected
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """Celery closes the lost connection before reconnecting; kombu's Redis channel then
+        restores its unacked messages through a client it can no longer build (the
+        connection's details are already released: AttributeError, kombu#970), and that
+        error, not being a connection error, killed the worker's main process, its children
+        and their running steps with it: seconds of a restarted worker's boot, and leases to
+        run out, added to a Redis restart. The restore cannot succeed with the broker gone
+        anyway (what it would restore comes back by the visibility timeout, or the broker
+        lost it and the outbox re-sends it), so that error is logged and the reconnect
+        goes on."""
+        connection = self.connection
+        if connection is not None:
+            close = connection.close
+
+            def close_lost() -> None:
+                try:
+                    close()
+                except AttributeError as error:
+                    log.warning("closing the lost broker connection: %r (kombu#970)", error)
+
+            connection.close = close_lost  # type: ignore[method-assign]
+        super().on_connection_error_after_connected(exc)
+
+    def _relay_now(self) -> None:
+        """Connected (at start, or back after losing the broker): have the outbox relayed
+        now, first in line, rather than at beat's next relay (OUTBOX_RELAY_EVERY_SECONDS).
+        A broker that came back empty is noticed by that relay (workflows.tasks.relay_outbox)
+        and what it lost is sent again within about a second of a worker reconnecting; with
+        several workers, one claims the restart and the others' relays find nothing to do.
+        Beat's own relay still covers a send that fails here."""
+        from django.conf import settings
+
+        try:
+            self.app.send_task(
+                str(settings.CELERY_BEAT_SCHEDULE["relay-outbox"]["task"]),
+                queue=settings.CELERY_PRIORITY_QUEUE,
+            )
+        except Exception as exc:  # the broker went again: beat's relay will do
+            log.warning("could not ask for an outbox relay on connecting: %s", exc)
 
 
 app = Celery("caliber")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+import psycopg
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
@@ -23,8 +24,13 @@ API_PREFIX = "/api/"
 
 def database_unavailable(exc: BaseException | None) -> bool:
     """Connection refused or timed out, the pool's wait exhausted (PoolTimeout is an
-    OperationalError), a backend terminated under us, or a connection already closed."""
-    return isinstance(exc, OperationalError | InterfaceError)
+    OperationalError), a backend terminated under us, a statement cancelled by its timeout,
+    or a connection already closed. The driver's own classes too: a server-side cursor
+    (QuerySet.iterator) closed by Django outside its error wrapper raises psycopg's
+    AdminShutdown as it is, and a backend terminated mid-iteration gave a 500."""
+    return isinstance(
+        exc, OperationalError | InterfaceError | psycopg.OperationalError | psycopg.InterfaceError
+    )
 
 
 def unavailable(request: HttpRequest) -> HttpResponse:

@@ -69,14 +69,17 @@ COUNTS_INTERVAL = 1.0
 SHARED_LOAD_SECONDS = 5.0
 
 
-# The consumers' database work runs on these threads, each keeping its connection.
-# channels' database_sync_to_async closes the connection around every call, and with
-# CONN_MAX_AGE = 0 (the default here) that meant a new PostgreSQL connection (a backend
-# process forked, authenticated, set up) for every change on every open page. A failed call
-# drops its thread's connection, so a broken one is replaced on that thread's next call.
-# Single-thread executors rather than one pool, so close_connections() reaches every one;
-# the row loads of changes have threads of their own, so a burst of them never waits
-# behind the pages' counts queries.
+# The consumers' database work runs on these threads. Without the web pool each keeps its
+# connection: channels' database_sync_to_async closes the connection around every call, and
+# with CONN_MAX_AGE = 0 (the default here) that meant a new PostgreSQL connection (a backend
+# process forked, authenticated, set up) for every change on every open page. With the pool
+# (config.asgi: daphne in production) each call gives its connection back when it returns:
+# a pooled connection costs nothing to take again, and one kept by an idle thread was a pool
+# slot no request could have (five threads: five of DB_POOL_MAX, gone for the process's
+# life). A failed call drops its thread's connection, so a broken one is replaced on that
+# thread's next call. Single-thread executors rather than one pool, so close_connections()
+# reaches every one; the row loads of changes have threads of their own, so a burst of them
+# never waits behind the pages' counts queries.
 
 
 class _Threads:
@@ -104,10 +107,13 @@ _load_threads = _Threads("review-ws-load", 2)
 
 def _call[T](func: Callable[..., T], *args: Any) -> T:
     try:
-        return func(*args)
+        result = func(*args)
     except Exception:
         connection.close()
         raise
+    if getattr(connection, "pool", None) is not None:
+        connection.close()  # back to the pool
+    return result
 
 
 async def _db[T](func: Callable[..., T], *args: Any) -> T:

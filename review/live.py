@@ -87,7 +87,7 @@ class QueueHub:
     async def join(self, page: QueuePage) -> None:
         async with self._ready:
             if self._task is None or self._task.done():
-                layer = queue_layer()
+                layer = live_layer()
                 assert layer is not None
                 self._channel = await layer.new_channel("review-hub.")
                 await layer.group_add(ALL_TEAMS_GROUP, self._channel)
@@ -148,7 +148,9 @@ def queue_hub() -> QueueHub:
 
 
 def send_to_groups(groups: list[str], message: dict[str, Any]) -> None:
-    layer = queue_layer()
+    """Publish `message` to `groups` on live_layer(), which is where their listeners (the
+    QueueHub, the API's long-polls) must subscribe."""
+    layer = live_layer()
     if layer is None:
         return
 
@@ -178,8 +180,9 @@ def send_to_groups(groups: list[str], message: dict[str, Any]) -> None:
 _pubsub_layer: Any = None
 
 
-def queue_layer() -> Any:
-    """The channel layer the queue's changes travel on.
+def live_layer() -> Any:
+    """The channel layer every live push travels on: the queue's changes and the decisions
+    that wake the API's long-polls (api.hooks), sent by send_to_groups.
 
     With Redis, Redis pub/sub (channels_redis's RedisPubSubChannelLayer, on the configured
     hosts and prefix) rather than the configured RedisChannelLayer: that one reads a
@@ -188,7 +191,8 @@ def queue_layer() -> Any:
     changes a second, measured by stage; a subscription gets them pushed, several to a
     read. Pub/sub delivers at most once, and only to processes subscribed at the time:
     that is what the queue needs (a page re-reads its window once changes stop, and a
-    reconnect re-syncs from the database). Embedded mode keeps its in-memory layer.
+    reconnect re-syncs from the database) and a long-poll too (it re-reads the database
+    every few seconds). Embedded mode keeps its in-memory layer.
     """
     global _pubsub_layer
     layer = get_channel_layer()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -413,7 +414,16 @@ def healthz(request: HttpRequest) -> JsonResponse:
         checks["channel_layer"] = f"error: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values())
     mode = "embedded" if settings.EMBEDDED else "scale-out"
-    return JsonResponse(
-        {"status": "ok" if healthy else "degraded", "mode": mode, **checks},
-        status=200 if healthy else 503,
-    )
+    body: dict[str, Any] = {"status": "ok" if healthy else "degraded", "mode": mode, **checks}
+    pool = getattr(connection, "pool", None)
+    if pool is not None:
+        # This process's web pool (config.asgi): a connection never given back shows here as
+        # in_use creeping up between requests (this request holds one of them itself).
+        stats = pool.get_stats()
+        body["database_pool"] = {
+            "max": stats["pool_max"],
+            "open": stats["pool_size"],
+            "in_use": stats["pool_size"] - stats["pool_available"],
+            "waiting": stats.get("requests_waiting", 0),
+        }
+    return JsonResponse(body, status=200 if healthy else 503)

@@ -231,14 +231,11 @@ def celery_worker(
 def live_server_url(
     django_db_setup: None, django_db_blocker: Any, worker_log_dir: Path
 ) -> Iterator[str]:
-    """Daphne serving the real ASGI app (HTTP and websockets) on the test database.
-
-    Without the web pool (DB_POOL_MAX=0): over the whole suite this one server's 16 pooled
-    connections ended up all checked out and never returned, and the last browser tests got
-    503s ("couldn't get a connection after 3.00 sec"). That leak is open (see the stop note);
-    the pool itself is tested by the chaos cases' own daphne."""
+    """Daphne serving the real ASGI app (HTTP and websockets) on the test database, through
+    the web pool as production runs it (tests/config/test_web_pool.py: it gets every
+    connection back)."""
     with django_db_blocker.unblock():
-        env = {**_service_env(), "DB_POOL_MAX": "0"}
+        env = _service_env()
     port = _free_port()
     proc = processes.start_daphne(env=env, log_path=worker_log_dir / "daphne.log", port=port)
     yield f"http://127.0.0.1:{port}"

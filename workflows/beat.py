@@ -5,7 +5,9 @@ restarted empty."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
@@ -16,6 +18,7 @@ from .gate import gate
 from .models import RunStatus, StepRun, StepStatus, WorkflowRun
 from .outbox import ADVANCE, RESUME, RUN_STEP
 from .outbox import enqueue as outbox_enqueue
+from .outbox import enqueue_many as outbox_enqueue_many
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +111,11 @@ def resend_lost(*, before: datetime, limit: int = 2000) -> int:
     """The broker lost every message sent before `before` (it restarted empty): send again,
     through the outbox, what each run was waiting on — a queued step's `run_step`, and an
     `advance_run` for every run that should be moving and that no live lease or step is
-    moving (reconcile_runs' tests, without its stall). A message that was not lost after all
-    arrives twice, which every task tolerates. Returns how many sends it queued."""
+    moving (reconcile_runs' tests, without its stall). A run that a live lease or step was
+    moving gets an `advance_run` too, delayed by a lease's length: what its holder sent while
+    the broker was away may be lost with the rest, and that run was found only by the
+    reconciler's stall (60 s; the chaos case measured 67 s once). A message that was not lost
+    after all arrives twice, which every task tolerates. Returns how many sends it queued."""
     now = timezone.now()
     no_live_lease = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     live_step = Exists(
@@ -124,8 +130,7 @@ def resend_lost(*, before: datetime, limit: int = 2000) -> int:
             .only("pk", "run_id", "name")[:limit]
         )
         StepRun.objects.filter(pk__in=[s.pk for s in steps]).update(dispatched_at=now)
-        for s in steps:
-            outbox_enqueue(RUN_STEP, str(s.run_id), s.name)
+        sends: list[tuple[str, list[Any]]] = [(RUN_STEP, [str(s.run_id), s.name]) for s in steps]
         runs = set(
             WorkflowRun.objects.filter(
                 no_live_lease,
@@ -141,10 +146,52 @@ def resend_lost(*, before: datetime, limit: int = 2000) -> int:
             .exclude(gate().awaiting_people())
             .values_list("pk", flat=True)[:limit]
         )
-        for run_id in runs:
-            outbox_enqueue(ADVANCE, str(run_id))
-    if steps or runs:
-        log.warning(
-            "broker restarted empty: re-sent %s step(s) and %s run(s)", len(steps), len(runs)
+        sends += [(ADVANCE, [str(run_id)]) for run_id in runs]
+        moving = set(
+            WorkflowRun.objects.filter(
+                status__in=[RunStatus.PENDING, RunStatus.RUNNING], updated_at__lt=before
+            )
+            .exclude(pk__in=runs)
+            .values_list("pk", flat=True)[:limit]
         )
-    return len(steps) + len(runs)
+        # After the leases live now have run out (or been given back): a no-op for a run
+        # whose holder's sends got through.
+        later = leases.lease_seconds() + 1
+        deferred: list[tuple[str, list[Any]]] = [(ADVANCE, [str(run_id)]) for run_id in moving]
+        outbox_enqueue_many(sends + deferred, later=later, later_from=len(sends))
+    if steps or runs or moving:
+        log.warning(
+            "broker restarted empty: re-sent %s step(s) and %s run(s), %s moving run(s) in %gs",
+            len(steps),
+            len(runs),
+            len(moving),
+            later,
+        )
+    return len(steps) + len(runs) + len(moving) + _resend_skipped_steps(before, limit)
+
+
+def _resend_skipped_steps(before: datetime, limit: int, *, within: float = 3.0) -> int:
+    """Queued steps resend_lost skipped because a transaction held them (a worker's
+    advance_run locks a run's steps): once it lets go, a step still queued from before the
+    restart is sent again too. Nothing else would: an advance re-sends a queued step only
+    once its dispatch is RUN_STALL_SECONDS old (the chaos case waited 67 s for one)."""
+    sent = 0
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not StepRun.objects.filter(status=StepStatus.QUEUED, dispatched_at__lt=before).exists():
+            break
+        time.sleep(0.2)
+        with transaction.atomic():
+            steps = list(
+                StepRun.objects.select_for_update(skip_locked=True, no_key=True)
+                .filter(status=StepStatus.QUEUED, dispatched_at__lt=before)
+                .only("pk", "run_id", "name")[:limit]
+            )
+            StepRun.objects.filter(pk__in=[s.pk for s in steps]).update(
+                dispatched_at=timezone.now()
+            )
+            outbox_enqueue_many([(RUN_STEP, [str(s.run_id), s.name]) for s in steps])
+        sent += len(steps)
+    if sent:
+        log.warning("broker restarted empty: re-sent %s step(s) a transaction held", sent)
+    return sent

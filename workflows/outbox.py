@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from config.celery import app
@@ -70,6 +71,50 @@ def enqueue(task: str, *args: Any, countdown: float = 0) -> Outbox:
     return row
 
 
+def enqueue_many(
+    sends: list[tuple[str, list[Any]]], *, later: float = 0, later_from: int | None = None
+) -> list[Outbox]:
+    """enqueue() for a batch (a broker restart's re-sends): one INSERT, and after commit one
+    relay that sends them in turn and deletes the sent rows in one statement. Row by row,
+    the 112 re-sends of a restart cost 224 statements after commit: 5 s on a loaded
+    machine, all of it before the first re-sent task could run. The sends from index
+    `later_from` on go with a countdown of `later` seconds."""
+    now = timezone.now()
+    start = len(sends) if later_from is None else later_from
+    rows = Outbox.objects.bulk_create(
+        [
+            Outbox(
+                task=task,
+                args=list(args),
+                available_at=now + timedelta(seconds=later if i >= start else 0),
+            )
+            for i, (task, args) in enumerate(sends)
+        ]
+    )
+    if rows:
+        transaction.on_commit(lambda: relay_rows(rows), robust=True)
+    return rows
+
+
+def relay_rows(rows: list[Outbox]) -> int:
+    """Send `rows` (as their writer holds them) in order and delete those sent; stops at the
+    first failed send (the broker is down: the rest stay for beat, like relay()'s)."""
+    sent: list[int] = []
+    try:
+        for row in rows:
+            countdown = (row.available_at - timezone.now()).total_seconds()
+            try:
+                send(row.task, row.args, countdown)
+            except Exception as exc:
+                log.warning("outbox %s not sent (%s); beat will retry", row.pk, exc)
+                _failed(row, exc)
+                break
+            sent.append(row.pk)
+    finally:
+        Outbox.objects.filter(pk__in=sent).delete()
+    return len(sent)
+
+
 def send(task: str, args: list[Any], countdown: float = 0) -> None:
     app.send_task(
         task, args=args, countdown=countdown if countdown > 0 else None, queue=_queue_for(task)
@@ -109,7 +154,9 @@ def _failed(row: Outbox, exc: Exception) -> None:
 
 def relay_due(*, grace_seconds: float, limit: int = 500) -> int:
     """Send rows the after-commit relay did not (older than `grace_seconds`) once they are
-    due: the one scan for every delivery's lost send and pending retry.
+    due: the one scan for every delivery's lost send and pending retry. A row whose send
+    already failed races no after-commit relay: it is due without the grace (a row that
+    failed while the broker was away went out up to OUTBOX_GRACE_SECONDS late).
 
     Rows are claimed with SKIP LOCKED so two relays never send the same row at once.
     """
@@ -119,7 +166,7 @@ def relay_due(*, grace_seconds: float, limit: int = 500) -> int:
     with transaction.atomic():
         rows = list(
             Outbox.objects.select_for_update(skip_locked=True)
-            .filter(created_at__lt=cutoff, available_at__lte=now)
+            .filter(Q(created_at__lt=cutoff) | Q(attempts__gt=0), available_at__lte=now)
             .order_by("id")[:limit]
         )
         done: list[int] = []

@@ -56,6 +56,8 @@ def relay_outbox() -> int:
     # broker: what the restart lost goes out again now, not after the reconciler's stall.
     if outbox.broker_restarted():
         engine.resend_lost(before=timezone.now())
+        # Every send before the restart is lost: no after-commit relay is worth waiting for.
+        return outbox.relay_due(grace_seconds=0)
     return outbox.relay_due(grace_seconds=settings.OUTBOX_GRACE_SECONDS)
 
 

@@ -59,6 +59,11 @@ DATABASES = {"default": _db}
 DB_POOL_MAX = env_int("DB_POOL_MAX", 16, minimum=0)
 # A request waits at most this long for a pooled connection, then answers 503 (config.errors).
 DB_POOL_TIMEOUT = env_int("DB_POOL_TIMEOUT", 3, minimum=1)
+# The longest one SQL statement of a web request may run (lock waits included), applied by
+# config.asgi to the web server's connections only: a stuck query or a lock held elsewhere
+# costs a request this long, then it answers 503 (config.errors). Workers' tasks have their
+# own time limit (CELERY_TASK_TIME_LIMIT). 0: no limit.
+DB_STATEMENT_TIMEOUT_MS = env_int("DB_STATEMENT_TIMEOUT_MS", 10_000, minimum=0)
 # A celery pool child keeps its connection this long (config.celery): a new PostgreSQL
 # backend per task cost as much as ~50 of the queries a task runs. 0: one per task.
 WORKER_CONN_MAX_AGE = env_int("DB_WORKER_CONN_MAX_AGE", 300, minimum=0)

@@ -140,8 +140,9 @@ def cluster(
 
 
 class Reconciler:
-    """What beat does, every half second: re-enqueue stalled runs, wake due ones, relay the
-    outbox. Runs in a thread of the test process, sending through the cluster.
+    """What beat does, every half second: re-enqueue stalled runs, wake due ones, take over
+    runs whose lease ran out, relay the outbox. Runs in a thread of the test process,
+    sending through the cluster.
 
     `stall_seconds`: the reconciler's stall limit (default: the test settings' 2 s; give it
     production's 60 s to show recovery does not come from it). `broker`: a redis client of
@@ -174,6 +175,9 @@ class Reconciler:
                     connection.close_if_unusable_or_obsolete()
                     engine.reconcile_runs(stall_seconds=self.stall_seconds)
                     engine.wake_runs()
+                    # Beat's take-over-expired: a run whose worker died (its main process
+                    # crashed with the broker, say) is moved on once its lease runs out.
+                    engine.take_over_expired()
                     if time.monotonic() >= next_relay:
                         next_relay = time.monotonic() + self.relay_every
                         if self.broker is not None and outbox.broker_restarted(self.broker):

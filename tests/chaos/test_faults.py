@@ -88,7 +88,10 @@ def test_workers_sigkilled_again_and_again_during_100_runs_lose_nothing(
                     live.remove(victim)
                     live.append(c.start_worker(concurrency=2))
                     continue
-                children = children_of(victim.pid)
+                # A worker with children to kill: a replacement still booting has none yet
+                # (on a loaded machine, kills were skipped that way until too few were left).
+                parents = [w for w in live if children_of(w.pid)]
+                children = children_of(rng.choice(parents).pid) if parents else []
                 if children:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(rng.choice(children), signal.SIGKILL)

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ from django.utils import timezone
 from tests.chaos.conftest import (
     Cluster,
     assert_invariants,
+    measure,
     owner_pid,
     running_step,
     wait_until,
@@ -77,9 +79,11 @@ def test_a_killed_workers_run_is_taken_over_when_its_heartbeat_lease_runs_out(
         )
         os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its pool child, mid-step
         killed_at = timezone.now()
+        killed = time.monotonic()
         doomed.wait(10)
         last_lease = StepRun.objects.get(pk=step.pk).lease_expires_at
         with take_over_sweep():
+            measure("worker-killed-taken-over", [run], fault_ended=killed, timeout=90)
             wait_for_run(run, RunStatus.SUCCEEDED, timeout=90)
         lost = TraceEvent.objects.get(run=run, message__contains="lost its worker")
         step.refresh_from_db()

@@ -80,3 +80,21 @@ def test_other_api_errors_keep_the_json_shape(agent, alice, monkeypatch):
 def test_the_pool_timeout_and_connect_timeout_are_short_and_configurable():
     options = settings.DATABASES["default"]["OPTIONS"]
     assert options["connect_timeout"] == 3
+
+
+def test_a_driver_error_that_escaped_djangos_wrapper_is_a_503_too(rf):
+    """A server-side cursor (QuerySet.iterator) closed after its backend was terminated
+    raises psycopg's own AdminShutdown, not Django's OperationalError (seen on /metrics/
+    while backends were being terminated)."""
+    import psycopg
+
+    from config.errors import server_error
+
+    for path, kind in (("/metrics/", "text/html"), ("/api/v1/runs", "application/json")):
+        try:
+            raise psycopg.errors.AdminShutdown("terminating connection")
+        except psycopg.Error:
+            response = server_error(rf.get(path))
+        assert response.status_code == 503, path
+        assert response["Content-Type"].startswith(kind)
+        assert response["Retry-After"].isdigit()

@@ -11,7 +11,7 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
-from workflows import engine, outbox
+from workflows import engine, leases, outbox
 from workflows.actions import start_run
 from workflows.models import Outbox, RunStatus, StepRun, StepStatus, WorkflowRun
 
@@ -94,3 +94,65 @@ def test_workers_wait_out_a_broker_outage_retrying_every_second_at_most():
     assert app.conf.broker_connection_max_retries is None  # never give up and exit
     assert symbol_by_name(app.conf.worker_consumer) is Consumer
     assert BROKER_RETRY_MAX_SECONDS <= 1
+
+
+def test_a_run_a_live_lease_was_moving_gets_an_advance_once_the_lease_has_run_out(agent):
+    """Its holder's sends during the outage may be lost too: without this, only the
+    reconciler's 60 s stall found such a run."""
+    with mock.patch("workflows.outbox.send"):
+        run = start_run(workflow="fan_out", input={})
+    WorkflowRun.objects.filter(pk=run.pk).update(
+        status=RunStatus.RUNNING,
+        updated_at=timezone.now() - timedelta(seconds=5),
+        lease_owner="worker:1",
+        lease_expires_at=timezone.now() + timedelta(seconds=3),
+    )
+    sent: list[tuple[str, list[str], float]] = []
+    with mock.patch("workflows.outbox.send", side_effect=lambda t, a, c=0: sent.append((t, a, c))):
+        engine.resend_lost(before=timezone.now())
+    advances = [(a, c) for t, a, c in sent if t == outbox.ADVANCE]
+    assert [a for a, _ in advances] == [[str(run.pk)]]
+    # Sent with a countdown past a lease's length, not at once.
+    assert advances[0][1] > leases.lease_seconds()
+
+
+def test_a_queued_step_a_transaction_held_is_sent_again_once_it_lets_go(agent):
+    """resend_lost skips rows another transaction holds (a worker's advance_run locks the
+    run's steps); such a step, still queued from before the restart, is sent once free:
+    an advance re-sends a queued step only after RUN_STALL_SECONDS."""
+    import threading
+
+    from django.db import connection, transaction
+
+    with mock.patch("workflows.outbox.send"):
+        run = start_run(workflow="fan_out", input={})
+    past = timezone.now() - timedelta(seconds=5)
+    WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, updated_at=past)
+    StepRun.objects.filter(run=run, name="start").update(status=StepStatus.SUCCEEDED)
+    StepRun.objects.filter(run=run, name__startswith="gather").update(
+        status=StepStatus.QUEUED, dispatched_at=past
+    )
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                list(StepRun.objects.select_for_update().filter(run=run, name="gather_b"))
+                held.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    threading.Timer(0.5, release.set).start()
+    sent: list[tuple[str, list[str]]] = []
+    try:
+        with mock.patch("workflows.outbox.send", side_effect=lambda t, a, c=0: sent.append((t, a))):
+            engine.resend_lost(before=timezone.now())
+    finally:
+        release.set()
+        holder.join()
+    steps = sorted(a[1] for t, a in sent if t == outbox.RUN_STEP)
+    assert steps == ["gather_a", "gather_b", "gather_c"]

@@ -1,0 +1,135 @@
+"""The web server's connection pool gets every connection back: websocket pages opened and
+closed (also before their snapshot), long-polls answered, timed out and abandoned by their
+client mid-wait. Against a real daphne whose pool is two connections, so one connection
+kept by a thread that is done with it shows as 503s straight away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from django.conf import settings
+from django.test import Client
+
+from api.actions import create_api_token
+from tests.conftest import _free_port, _service_env, _stop
+from tests.support import processes
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+POOL = 2
+REPLY = {"ticket_id": "T-1", "to": "ada@example.com", "body": "Refunded, sorry."}
+
+
+@pytest.fixture
+def small_pool_server(django_db_blocker: Any, worker_log_dir: Path) -> Iterator[str]:
+    with django_db_blocker.unblock():
+        # A wait long enough for requests abandoned mid-work to finish on a loaded machine:
+        # what never comes back fails the test however long the wait.
+        env = {**_service_env(), "DB_POOL_MAX": str(POOL), "DB_POOL_TIMEOUT": "5"}
+    port = _free_port()
+    proc = processes.start_daphne(env=env, log_path=worker_log_dir / "daphne-pool.log", port=port)
+    yield f"127.0.0.1:{port}"
+    _stop(proc)
+
+
+def _session_cookie(user: Any) -> str:
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+def test_the_pool_gets_every_connection_back(small_pool_server, agent, policies, alice):
+    host = small_pool_server
+    base = f"http://{host}"
+    _, raw = create_api_token(agent=agent)
+    headers = {"Authorization": f"Bearer {raw}"}
+    cookie = _session_cookie(alice)
+    r = httpx.post(
+        f"{base}/api/v1/actions",
+        json={
+            "agent": "triage-agent",
+            "action_type": "send_reply",
+            "payload": REPLY,
+            "confidence": 0.9,
+            "idempotency_key": "k-1",
+        },
+        headers=headers,
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    action = r.json()
+    assert action["status"] == "escalated", action
+    action_url = f"{base}/api/v1/actions/{action['id']}"
+
+    async def churn() -> None:
+        ws_headers = {"Cookie": cookie, "Origin": base}
+        async with httpx.AsyncClient(headers=headers, timeout=10) as client:
+            for _ in range(3):
+                # A detail page's socket for an escalation that is not there.
+                async with websockets.connect(
+                    f"ws://{host}/ws/review/?watch=00000000-0000-0000-0000-000000000000",
+                    additional_headers=ws_headers,
+                ) as ws:
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await asyncio.wait_for(ws.recv(), 10)
+                # A page gone before its snapshot was read.
+                ws = await websockets.connect(
+                    f"ws://{host}/ws/review/", additional_headers=ws_headers
+                )
+                await ws.close()
+                # A page that reads its snapshot, then goes.
+                async with websockets.connect(
+                    f"ws://{host}/ws/review/", additional_headers=ws_headers
+                ) as ws:
+                    await asyncio.wait_for(ws.recv(), 10)
+                # A long-poll that times out.
+                r = await client.get(action_url, params={"wait": 0.3})
+                assert r.status_code == 200, r.text
+                # Long-polls whose client gives up mid-wait, one and several at once.
+                await asyncio.gather(
+                    *(_abandoned(client, action_url, after) for after in (0.05, 0.1, 0.2, 0.5))
+                )
+                # Pages abandoned mid-request (a browser navigating away, htmx aborting).
+                async with httpx.AsyncClient(headers={"Cookie": cookie}) as pages:
+                    for path in ("/review/", "/metrics/", "/runs/"):
+                        for after in (0.01, 0.05, 0.2):
+                            with contextlib.suppress(httpx.TimeoutException):
+                                await pages.get(f"{base}{path}", timeout=after)
+
+    asyncio.run(churn())
+
+    # Nothing holds a connection but the health check that reads the figures, once the
+    # abandoned requests' threads have finished their work.
+    deadline = time.monotonic() + 15
+    while True:
+        pool = httpx.get(f"{base}/healthz", timeout=20).json()["database_pool"]
+        if (pool["in_use"], pool["waiting"]) == (1, 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert pool["max"] == POOL, pool
+    assert (pool["in_use"], pool["waiting"]) == (1, 0), pool
+
+    # Every connection back: more requests in parallel than the pool holds, then in turn.
+    async def load() -> list[int]:
+        async with httpx.AsyncClient(headers=headers, timeout=20) as client:
+            rs = await asyncio.gather(*(client.get(action_url) for _ in range(POOL * 3)))
+            codes = [r.status_code for r in rs]
+            for _ in range(POOL * 3):
+                codes.append((await client.get(action_url)).status_code)
+            return codes
+
+    codes = asyncio.run(load())
+    assert codes == [200] * len(codes), codes
+
+
+async def _abandoned(client: httpx.AsyncClient, url: str, after: float) -> None:
+    with contextlib.suppress(httpx.TimeoutException):
+        await client.get(url, params={"wait": 30}, timeout=after)
