@@ -38,6 +38,20 @@ class PolicyGate:
     def escalate(self, *, action: Action, team_id: int) -> None:
         escalate_action(action=action, team_id=team_id)
 
+    def draw_audit(self, *, verdict: Any) -> tuple[float | None, bool]:
+        from .audit import draw
+
+        sample = draw(verdict)
+        return sample.probability, sample.sampled
+
+    def audit(self, *, action: Action, team_id: int | None) -> None:
+        from .actions.audits import audit_after_execution, hold_for_audit
+
+        if team_id is not None:
+            hold_for_audit(action=action, team_id=team_id)
+        else:
+            audit_after_execution(action=action)
+
     def run_cancelled(self, *, run: WorkflowRun) -> int:
         return cancel_open_escalations(run=run)
 

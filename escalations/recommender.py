@@ -1,15 +1,28 @@
-"""The threshold recommender: from what people decided, the lowest confidence bar that keeps
-the error rate of what would run alone under a target — with a stated statistical
-confidence, not a point estimate.
+"""The threshold recommender: from every judgement of an action type, the lowest confidence
+bar that keeps the error rate of what would run alone under the type's target — with a
+stated statistical confidence, not a point estimate.
 
-An agent's action counts as an error when a person rejected it, answered instead of running
-it, or approved it only after editing it (as proposed it was wrong). Approved unedited is
-correct. Expired escalations decided by the system carry no human judgement and are left out.
+The evidence (`evidence_for`), within an explicit time window:
+- people's decisions on escalations: rejected, answered instead, or approved only after an
+  edit is an error; approved unedited is correct (expired ones, decided by the system, carry
+  no judgement and are left out);
+- audits of actions allowed to run alone, judged the same way, each weighted by the inverse
+  of the probability it had of being sampled (it stands for that many actions);
+- outcomes judged bad later: the action counts as an error whatever was decided about it
+  (an unaudited autonomous action with a bad outcome is added at weight 1, which can only
+  overstate the error: conservative).
 
-For each candidate threshold t the actions with confidence >= t are the ones a bar of t
-would have let run alone; with k errors among n, the one-sided Clopper-Pearson upper bound
-of the error rate at level 1 - alpha is the (1 - alpha) quantile of Beta(k + 1, n - k). The
-recommendation is the lowest t whose bound is within the target.
+Two bounds on the error of what a bar t lets run alone (`method`):
+- "threshold": per candidate t, the one-sided Clopper-Pearson bound on the judged actions at
+  or above t, with Kish's effective sample size when weights differ: Beta(k + 1, n - k)
+  quantile. Exact for unweighted evidence.
+- "isotonic": error falls as confidence rises (a monotone fit, pool-adjacent-violators, over
+  0.01-wide bins), the bound is the `level` quantile over draws from each bin's Jeffreys
+  posterior, refitted each time, of the population-weighted error above t. It borrows
+  strength from neighbouring confidences, so it reaches a lower bar on the same evidence;
+  unjudged bins take the error of the nearest judged bin below (monotone, so conservative).
+`manage.py calibration_sim` compares them; DEFAULT_METHOD is the one that reached more
+autonomy within the target there.
 """
 
 from __future__ import annotations
@@ -17,15 +30,27 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from itertools import accumulate
+from typing import Any
+
+from django.utils import timezone
 
 from workflows.models import Action
 
-from .models import Decision, Verdict, Via
+from .models import CalibrationTarget, Decision, EscalationKind, Verdict, Via
 
 MIN_DECISIONS = 30
 CANDIDATES = tuple(round(i / 100, 2) for i in range(101))
+WINDOW_DAYS = 90
+# Safety net for the window (shown whenever it bites, never silent).
+MAX_EVIDENCE = 200_000
+# Below this much evidence of its own an agent borrows from its action type's other agents,
+# scaled so that the borrowed evidence makes up the difference.
+POOL_TO = 400
+BOOTSTRAP_DRAWS = 300
+DEFAULT_METHOD = "isotonic"
 
 
 # --- the beta distribution, standard library only ---------------------------------------------
@@ -103,20 +128,34 @@ def beta_ppf(q: float, a: float, b: float) -> float:
     return x
 
 
-def clopper_pearson_upper(errors: int, n: int, level: float = 0.95) -> float:
-    """One-sided upper confidence bound at `level` on a binomial proportion."""
+def clopper_pearson_upper(errors: float, n: float, level: float = 0.95) -> float:
+    """One-sided upper confidence bound at `level` on a binomial proportion (non-integer
+    counts: an effective sample of weighted evidence)."""
     if n <= 0 or errors >= n:
         return 1.0
     return beta_ppf(level, errors + 1, n - errors)
 
 
-# --- recommendations --------------------------------------------------------------------------
+def weighted_upper(errors_w: float, total_w: float, sq_w: float, level: float) -> float:
+    """Clopper-Pearson on weighted evidence via Kish's effective sample size
+    n_eff = (sum w)^2 / sum w^2; with unit weights it is the exact bound."""
+    if total_w <= 0 or sq_w <= 0:
+        return 1.0
+    n_eff = total_w * total_w / sq_w
+    return clopper_pearson_upper(errors_w / total_w * n_eff, n_eff, level)
+
+
+# --- recommendations ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Observation:
     confidence: float
     error: bool
+    # How many actions this judgement stands for: 1, or 1/p for an audit sampled with p.
+    weight: float = 1.0
+    agent_id: int | None = None
+    source: str = "review"  # review | audit | outcome
 
 
 @dataclass(frozen=True)
@@ -126,6 +165,7 @@ class ThresholdRow:
     errors: int
     upper_bound: float
     share_alone: float
+    weighted_error_rate: float = 0.0
 
     @property
     def error_rate(self) -> float:
@@ -150,6 +190,51 @@ class CalibrationBin:
 
 
 @dataclass(frozen=True)
+class UnjudgedRange:
+    low: float
+    high: float
+    actions: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.low:.2f} to {self.high:.2f}"
+
+
+@dataclass(frozen=True)
+class Target:
+    target: float
+    level: float
+    source: str
+
+
+def derived_target(action_type: str) -> Target:
+    """The default target from what is at stake: reversible and internal tolerates most,
+    irreversible and customer-facing least, money halves it again."""
+    from workflows.tools import get_action_type
+
+    tool = get_action_type(action_type)
+    if tool.reversible:
+        target = 0.02 if tool.customer_facing else 0.05
+    else:
+        target = 0.01 if tool.customer_facing else 0.02
+    facts = [
+        "reversible" if tool.reversible else "irreversible",
+        "customer-facing" if tool.customer_facing else "internal",
+    ]
+    if tool.amount_field is not None:
+        target /= 2
+        facts.append("moves money")
+    return Target(target=target, level=0.95, source="derived: " + ", ".join(facts))
+
+
+def target_for(action_type: str) -> Target:
+    row = CalibrationTarget.objects.filter(action_type=action_type).first()
+    if row is not None:
+        return Target(target=row.target, level=row.level, source="set by an admin")
+    return derived_target(action_type)
+
+
+@dataclass(frozen=True)
 class Recommendation:
     action_type: str
     target: float
@@ -162,6 +247,16 @@ class Recommendation:
     rows: list[ThresholdRow]
     calibration: list[CalibrationBin]
     note: str
+    method: str = "threshold"
+    agent: str = ""
+    target_source: str = ""
+    window_days: int | None = None
+    truncated: bool = False
+    audits: int = 0
+    bad_outcomes: int = 0
+    pooled_share: float = 0.0
+    in_force: float | None = None
+    unjudged: list[UnjudgedRange] = field(default_factory=list)
 
     @property
     def shown_rows(self) -> list[ThresholdRow]:
@@ -171,14 +266,60 @@ class Recommendation:
         return [r for r in self.rows if abs(r.threshold - self.threshold) <= 0.055]
 
     @property
+    def subject(self) -> str:
+        return f"{self.agent} / {self.action_type}" if self.agent else self.action_type
+
+    @property
+    def method_label(self) -> str:
+        if self.method == "isotonic":
+            return f"{self.level:.0%} bound of a monotone (isotonic) fit, posterior bootstrap"
+        return f"{self.level:.0%} one-sided Clopper-Pearson bound"
+
+    @property
+    def evidence_label(self) -> str:
+        window = f"last {self.window_days} days" if self.window_days else "all time"
+        parts = [
+            f"{self.decided - self.audits - self.bad_outcomes} decisions on escalations",
+            f"{self.audits} audits",
+            f"{self.bad_outcomes} other outcomes judged bad",
+        ]
+        text = f"evidence from the {window}: " + ", ".join(parts)
+        if self.pooled_share:
+            text += f"; {self.pooled_share:.0%} of its weight borrowed from other agents"
+        if self.truncated:
+            text += f" (cut to the newest {MAX_EVIDENCE:,} in the window)"
+        return text
+
+    @property
+    def looser_than_evidence(self) -> bool:
+        """The bar in force lets more run alone than the evidence supports."""
+        if self.in_force is None or self.decided < MIN_DECISIONS:
+            return False
+        return self.threshold is None or self.in_force < self.threshold - 1e-9
+
+    @property
+    def warning(self) -> str:
+        if not self.looser_than_evidence or self.in_force is None:
+            return ""
+        if self.threshold is None:
+            return (
+                f"The bar in force ({self.in_force:.2f}) lets {self.subject} act alone, but "
+                f"no bar keeps the error bound within {self.target:.1%} on this evidence."
+            )
+        return (
+            f"The bar in force ({self.in_force:.2f}) is looser than the evidence allows: "
+            f"{self.threshold:.2f} is the lowest bar within {self.target:.1%}."
+        )
+
+    @property
     def statement(self) -> str:
         if self.threshold is None or self.upper_bound is None or self.share_alone is None:
             return self.note
         return (
             f"act alone at confidence >= {self.threshold:.2f}: at most "
             f"{self.upper_bound:.2%} of those actions would be wrong "
-            f"({self.level:.0%} one-sided Clopper-Pearson bound, target {self.target:.1%}); "
-            f"about {self.share_alone:.0%} of {self.action_type} actions would run alone"
+            f"({self.method_label}, target {self.target:.1%}); "
+            f"about {self.share_alone:.0%} of {self.subject} actions would run alone"
         )
 
 
@@ -199,6 +340,125 @@ def calibration_table(observations: Iterable[Observation], bins: int = 10) -> li
     ]
 
 
+def _bin(confidence: float) -> int:
+    return min(max(int(round(confidence * 100, 6)), 0), 100)
+
+
+def isotonic_decreasing(values: Sequence[float], weights: Sequence[float]) -> list[float]:
+    """Pool adjacent violators: the weighted least-squares fit that never rises. Bins without
+    weight take the value of the nearest weighted bin before them (lower confidence: never
+    optimistic), or after them at the very start."""
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for v, w in zip(values, weights, strict=True):
+        if w <= 0:
+            blocks.append([math.nan, 0.0, 1])
+            continue
+        blocks.append([v, w, 1])
+        # Merge while the last weighted block is above one before it (a rise): pool them.
+        while True:
+            weighted = [i for i, b in enumerate(blocks) if b[1] > 0]
+            if len(weighted) < 2:
+                break
+            a, b = weighted[-2], weighted[-1]
+            if blocks[b][0] <= blocks[a][0]:
+                break
+            wa, wb = blocks[a][1], blocks[b][1]
+            merged = [(blocks[a][0] * wa + blocks[b][0] * wb) / (wa + wb), wa + wb, 0]
+            merged[2] = sum(int(x[2]) for x in blocks[a:])
+            del blocks[a:]
+            blocks.append(merged)
+    fitted: list[float] = []
+    for mean, _w, count in blocks:
+        fitted.extend([mean] * int(count))
+    last = next((v for v in fitted if not math.isnan(v)), 1.0)
+    for i, v in enumerate(fitted):
+        if math.isnan(v):
+            fitted[i] = last
+        else:
+            last = v
+    return fitted
+
+
+def _population_bins(population: Sequence[float]) -> list[int]:
+    counts = [0] * 101
+    for c in population:
+        counts[_bin(c)] += 1
+    return counts
+
+
+def _isotonic_bounds(
+    observations: Sequence[Observation], population: Sequence[float], level: float, seed: int
+) -> list[tuple[float, float]]:
+    """Per candidate bar: (fitted error of what would run alone, its `level` bound)."""
+    import random
+
+    n_w = [0.0] * 101
+    e_w = [0.0] * 101
+    sq_w = [0.0] * 101
+    for o in observations:
+        b = _bin(o.confidence)
+        n_w[b] += o.weight
+        sq_w[b] += o.weight * o.weight
+        if o.error:
+            e_w[b] += o.weight
+    # Each bin as an effective binomial sample (Kish), so heavy audit weights are not
+    # mistaken for that many independent judgements.
+    n_eff = [n_w[b] * n_w[b] / sq_w[b] if sq_w[b] > 0 else 0.0 for b in range(101)]
+    k_eff = [e_w[b] / n_w[b] * n_eff[b] if n_w[b] > 0 else 0.0 for b in range(101)]
+    pop = _population_bins(population)
+    above = list(accumulate(reversed(pop)))[::-1]  # actions at or above each bin
+
+    def tail_errors(fit: Sequence[float]) -> list[float]:
+        sums = list(accumulate(pop[b] * fit[b] for b in reversed(range(101))))[::-1]
+        return [sums[b] / above[b] if above[b] else 0.0 for b in range(101)]
+
+    point = tail_errors(
+        isotonic_decreasing([k_eff[b] / n_eff[b] if n_eff[b] else 0.0 for b in range(101)], n_eff)
+    )
+    rng = random.Random(seed)
+    draws: list[list[float]] = []
+    for _ in range(BOOTSTRAP_DRAWS):
+        sample = [
+            rng.betavariate(k_eff[b] + 0.5, n_eff[b] - k_eff[b] + 0.5) if n_eff[b] > 0 else 0.0
+            for b in range(101)
+        ]
+        draws.append(tail_errors(isotonic_decreasing(sample, n_eff)))
+    q = min(math.ceil(level * BOOTSTRAP_DRAWS) - 1, BOOTSTRAP_DRAWS - 1)
+    bounds = []
+    for b in range(101):
+        column = sorted(d[b] for d in draws)
+        bounds.append((point[b], column[q]))
+    return bounds
+
+
+def _unjudged(
+    observations: Sequence[Observation], population: Sequence[float], in_force: float | None
+) -> list[UnjudgedRange]:
+    """Confidence ranges (in 0.05 steps) at or above the bar in force where nobody judged an
+    action, with how many actions were taken there."""
+    if in_force is None:
+        return []
+    out: list[UnjudgedRange] = []
+    start = math.floor(in_force * 20) / 20
+    steps = round((1.0 - start) * 20)
+    for i in range(steps):
+        low, high = round(start + i / 20, 2), round(start + (i + 1) / 20, 2)
+        last = i == steps - 1
+
+        def inside(c: float, lo: float = low, hi: float = high, end: bool = last) -> bool:
+            return c >= max(lo, in_force) - 1e-9 and (c < hi or end)
+
+        if any(inside(o.confidence) for o in observations):
+            continue
+        actions = sum(1 for c in population if inside(c))
+        if out and abs(out[-1].high - low) < 1e-9:
+            out[-1] = UnjudgedRange(out[-1].low, high, out[-1].actions + actions)
+        else:
+            out.append(UnjudgedRange(max(low, in_force), high, actions))
+    # Contiguous ranges nobody judged, merged; those where nothing ran either say nothing.
+    return [u for u in out if u.actions]
+
+
 def recommend(
     action_type: str,
     observations: Sequence[Observation],
@@ -207,49 +467,81 @@ def recommend(
     target: float = 0.01,
     level: float = 0.95,
     min_decisions: int = MIN_DECISIONS,
+    method: str = "threshold",
+    in_force: float | None = None,
+    seed: int = 0,
+    **extra: Any,
 ) -> Recommendation:
     """The lowest threshold whose upper bound on the error rate of what runs alone is within
     `target`. `all_confidences` (every recorded action of the type, decided by a person or
-    not) gives the share that would run alone; without it the decided ones stand in."""
+    not) gives the share that would run alone; without it the decided ones stand in.
+    `in_force`: the bar in force, to say what above it nobody has judged."""
     if not 0 < target < 1 or not 0 < level < 1:
         raise ValueError("target and level must be between 0 and 1")
+    if method not in ("threshold", "isotonic"):
+        raise ValueError(f"unknown method {method!r}")
     population = list(all_confidences) if all_confidences is not None else None
     if not population:
         population = [o.confidence for o in observations]
     errors_total = sum(1 for o in observations if o.error)
-    calibration = calibration_table(observations)
+    common: dict[str, Any] = {
+        "action_type": action_type,
+        "target": target,
+        "level": level,
+        "decided": len(observations),
+        "errors": errors_total,
+        "calibration": calibration_table(observations),
+        "method": method,
+        "in_force": in_force,
+        "unjudged": _unjudged(observations, population, in_force),
+        **extra,
+    }
     if len(observations) < min_decisions:
         return Recommendation(
-            action_type=action_type,
-            target=target,
-            level=level,
-            decided=len(observations),
-            errors=errors_total,
             threshold=None,
             upper_bound=None,
             share_alone=None,
             rows=[],
-            calibration=calibration,
             note=f"not enough evidence: {len(observations)} decided {action_type} actions, "
             f"at least {min_decisions} needed",
+            **common,
         )
     rows: list[ThresholdRow] = []
     best: ThresholdRow | None = None
     # One sort, then every candidate's counts by binary search: O(n log n), not O(n x 101).
     ranked = sorted(observations, key=lambda o: o.confidence)
     confidences = [o.confidence for o in ranked]
-    errors_at_or_above = list(accumulate((o.error for o in reversed(ranked)), initial=0))[::-1]
+    rev = list(reversed(ranked))
+    errors_at_or_above = list(accumulate((o.error for o in rev), initial=0))[::-1]
+    w_at_or_above = list(accumulate((o.weight for o in rev), initial=0.0))[::-1]
+    sq_at_or_above = list(accumulate((o.weight * o.weight for o in rev), initial=0.0))[::-1]
+    ew_at_or_above = list(accumulate((o.weight if o.error else 0.0 for o in rev), initial=0.0))[
+        ::-1
+    ]
     population_sorted = sorted(population)
+    iso = _isotonic_bounds(observations, population, level, seed) if method == "isotonic" else None
     for t in CANDIDATES:
         first = bisect_left(confidences, t - 1e-9)
         alone = len(ranked) - first
         errors = errors_at_or_above[first]
-        bound = clopper_pearson_upper(errors, alone, level)
+        total_w, sq_w, err_w = w_at_or_above[first], sq_at_or_above[first], ew_at_or_above[first]
+        if iso is not None:
+            rate, bound = iso[_bin(t)]
+            if not alone:
+                bound = 1.0
+        else:
+            rate = err_w / total_w if total_w else 0.0
+            bound = weighted_upper(err_w, total_w, sq_w, level)
         share = (len(population_sorted) - bisect_left(population_sorted, t - 1e-9)) / len(
             population_sorted
         )
         row = ThresholdRow(
-            threshold=t, alone=alone, errors=errors, upper_bound=bound, share_alone=share
+            threshold=t,
+            alone=alone,
+            errors=errors,
+            upper_bound=bound,
+            share_alone=share,
+            weighted_error_rate=rate,
         )
         rows.append(row)
         if best is None and alone and bound <= target:
@@ -263,49 +555,170 @@ def recommend(
         )
     )
     return Recommendation(
-        action_type=action_type,
-        target=target,
-        level=level,
-        decided=len(observations),
-        errors=errors_total,
         threshold=best.threshold if best else None,
         upper_bound=best.upper_bound if best else None,
         share_alone=best.share_alone if best else None,
         rows=rows,
-        calibration=calibration,
         note=note,
+        **common,
     )
 
 
-def observations_for(action_type: str, *, limit: int = 5000) -> list[Observation]:
-    """The latest human verdicts on `action_type`, newest first."""
-    rows = (
-        Decision.objects.filter(escalation__action__action_type=action_type)
-        .exclude(via=Via.SYSTEM)
-        .order_by("-created_at")
-        .values_list("escalation__action__confidence", "verdict", "edited_payload")[:limit]
+# --- the evidence -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evidence:
+    observations: list[Observation]
+    population: list[tuple[int, float]]  # (agent id, confidence) of every recorded action
+    truncated: bool
+
+    def for_agent(self, agent_id: int | None) -> tuple[list[Observation], float]:
+        """The agent's evidence, topped up from its type's other agents when thin: those are
+        scaled so that they add up to POOL_TO - n effective judgements. Returns the share
+        of the weight borrowed."""
+        if agent_id is None:
+            return self.observations, 0.0
+        own = [o for o in self.observations if o.agent_id == agent_id]
+        others = [o for o in self.observations if o.agent_id != agent_id]
+        missing = POOL_TO - len(own)
+        if missing <= 0 or not others:
+            return own, 0.0
+        scale = min(1.0, missing / len(others))
+        borrowed = [replace(o, weight=o.weight * scale) for o in others]
+        own_w = sum(o.weight for o in own)
+        lent_w = sum(o.weight for o in borrowed)
+        return own + borrowed, lent_w / (own_w + lent_w) if own_w + lent_w else 0.0
+
+
+def _is_error(verdict: str, edited: object) -> bool:
+    return verdict != Verdict.APPROVE or edited is not None
+
+
+def evidence_for(
+    action_type: str, *, window_days: int | None = WINDOW_DAYS, now: datetime | None = None
+) -> Evidence:
+    """Every judgement of `action_type` in the window (see the module docstring)."""
+    from workflows.models import Outcome as ActionOutcome
+    from workflows.models import OutcomeQuality, PolicyOutcome
+
+    since = (now or timezone.now()) - timedelta(days=window_days) if window_days else None
+    decisions = Decision.objects.filter(escalation__action__action_type=action_type).exclude(
+        via=Via.SYSTEM
     )
-    return [
-        Observation(
+    if since is not None:
+        decisions = decisions.filter(created_at__gte=since)
+    rows = list(
+        decisions.order_by("-created_at").values_list(
+            "escalation__action_id",
+            "escalation__action__agent_id",
+            "escalation__action__confidence",
+            "escalation__action__audit_probability",
+            "escalation__kind",
+            "verdict",
+            "edited_payload",
+        )[: MAX_EVIDENCE + 1]
+    )
+    truncated = len(rows) > MAX_EVIDENCE
+    by_action: dict[object, Observation] = {}
+    for action_id, agent_id, confidence, p, kind, verdict, edited in rows[:MAX_EVIDENCE]:
+        audit = kind == EscalationKind.AUDIT
+        by_action[action_id] = Observation(
             confidence=float(confidence),
-            error=verdict != Verdict.APPROVE or edited is not None,
+            error=_is_error(verdict, edited),
+            weight=1.0 / p if audit and p else 1.0,
+            agent_id=agent_id,
+            source="audit" if audit else "review",
         )
-        for confidence, verdict, edited in rows
+    bad = ActionOutcome.objects.filter(action__action_type=action_type, quality=OutcomeQuality.BAD)
+    if since is not None:
+        bad = bad.filter(recorded_at__gte=since)
+    for action_id, agent_id, confidence, outcome in (
+        bad.values_list("action_id", "action__agent_id", "action__confidence", "action__outcome")
+        .order_by()
+        .distinct()[:MAX_EVIDENCE]
+    ):
+        seen = by_action.get(action_id)
+        if seen is not None:
+            by_action[action_id] = replace(seen, error=True)
+        elif outcome == PolicyOutcome.AUTO:
+            by_action[action_id] = Observation(
+                confidence=float(confidence), error=True, agent_id=agent_id, source="outcome"
+            )
+    actions = Action.objects.filter(action_type=action_type)
+    if since is not None:
+        actions = actions.filter(created_at__gte=since)
+    population = [
+        (a, float(c))
+        for a, c in actions.order_by("-created_at").values_list("agent_id", "confidence")[
+            :MAX_EVIDENCE
+        ]
     ]
+    return Evidence(list(by_action.values()), population, truncated)
+
+
+def observations_for(
+    action_type: str, *, window_days: int | None = WINDOW_DAYS
+) -> list[Observation]:
+    """Every judgement of `action_type` in the window."""
+    return evidence_for(action_type, window_days=window_days).observations
+
+
+def bar_in_force(action_type: str, agent_id: int | None = None) -> float | None:
+    """The strictest bar among enabled act-alone policies covering the type (and agent)."""
+    from workflows.models import PolicyOutcome
+
+    from .policy import current_policy_set
+
+    policies = current_policy_set()
+    bars = [
+        p.min_confidence
+        for p in policies.by_type.get(action_type, ()) + policies.by_type.get("", ())
+        if p.outcome == PolicyOutcome.AUTO and (agent_id is None or p.agent_id in (None, agent_id))
+    ]
+    return max(bars) if bars else None
 
 
 def recommend_for(
-    action_type: str, *, target: float = 0.01, level: float = 0.95, limit: int = 5000
+    action_type: str,
+    *,
+    agent_id: int | None = None,
+    target: float | None = None,
+    level: float | None = None,
+    window_days: int | None = WINDOW_DAYS,
+    method: str = DEFAULT_METHOD,
+    evidence: Evidence | None = None,
 ) -> Recommendation:
-    population = list(
-        Action.objects.filter(action_type=action_type)
-        .order_by("-created_at")
-        .values_list("confidence", flat=True)[:limit]
-    )
+    """The recommendation for an action type, or for one agent's actions of it (pooled
+    towards the type when the agent has little evidence of its own)."""
+    from .models import AgentProfile
+
+    goal = target_for(action_type)
+    evidence = evidence or evidence_for(action_type, window_days=window_days)
+    observations, pooled = evidence.for_agent(agent_id)
+    population = [c for a, c in evidence.population if agent_id is None or a == agent_id]
+    agent = ""
+    if agent_id is not None:
+        agent = (
+            AgentProfile.objects.filter(pk=agent_id).values_list("name", flat=True).first() or ""
+        )
     return recommend(
         action_type,
-        observations_for(action_type, limit=limit),
-        all_confidences=[float(c) for c in population],
-        target=target,
-        level=level,
+        observations,
+        all_confidences=population,
+        target=target if target is not None else goal.target,
+        level=level if level is not None else goal.level,
+        method=method,
+        in_force=bar_in_force(action_type, agent_id),
+        agent=agent,
+        target_source=goal.source if target is None else "given",
+        window_days=window_days,
+        truncated=evidence.truncated,
+        audits=sum(1 for o in observations if o.source == "audit" and o.agent_id == agent_id)
+        if agent_id is not None
+        else sum(1 for o in observations if o.source == "audit"),
+        bad_outcomes=sum(1 for o in observations if o.source == "outcome")
+        if agent_id is None
+        else sum(1 for o in observations if o.source == "outcome" and o.agent_id == agent_id),
+        pooled_share=pooled,
     )

@@ -183,5 +183,9 @@ def record_action_result(
                 record_effect(
                     key=action.idempotency_key, action=action, result=result or {}, fenced=True
                 )
+                if action.audit_sampled:
+                    from escalations.actions import audit_after_execution
+
+                    audit_after_execution(action=action)
             SubmittedAction.objects.filter(action=action).update(result_reported_at=now)
     return get_action_for(token, action_id)

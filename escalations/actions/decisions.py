@@ -25,6 +25,7 @@ from ..models import (
     Approval,
     Decision,
     Escalation,
+    EscalationKind,
     EscalationStatus,
     ExpiryBehaviour,
     Team,
@@ -137,11 +138,18 @@ def _chain_team_ids(slugs: tuple[str, ...]) -> list[int]:
     return [by_slug[s] for s in slugs if s in by_slug]
 
 
-def escalate_action(*, action: Action, team_id: int) -> Escalation:
+def escalate_action(
+    *,
+    action: Action,
+    team_id: int,
+    kind: EscalationKind = EscalationKind.REVIEW,
+    with_sla: bool = True,
+) -> Escalation:
     """Open an escalation for `action` and announce it to the team's live queue after commit.
 
     Its SLA, escalation chain, expiry behaviour and quorum are copied from the policy version
     recorded on the action, so editing the policy afterwards changes nothing already open.
+    An audit (`kind`) of an action that already ran has no SLA (`with_sla=False`).
     """
     policy = policy_as_evaluated(action.policy_id, action.policy_version)
     now = timezone.now()
@@ -157,7 +165,7 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
     )
     if policy is not None:
         routing["approvals_required"] = policy.approvals_for(amount)
-        if policy.sla_minutes:
+        if policy.sla_minutes and with_sla:
             routing.update(
                 sla_minutes=policy.sla_minutes,
                 sla_due_at=now + timedelta(minutes=policy.sla_minutes),
@@ -172,6 +180,7 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
     escalation = Escalation.objects.create(
         action=action,
         team_id=team_id,
+        kind=kind,
         reasons=list(action.reasons),
         summary=summary,
         created_at=now,
@@ -191,7 +200,9 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
             run=action.run,
             kind=TraceKind.ESCALATED,
             step_name=action.step_name,
-            message=f"{action.action_type} escalated to team {escalation.team.name}"
+            message=f"{action.action_type} "
+            + ("sent for audit" if kind == EscalationKind.AUDIT else "escalated")
+            + f" to team {escalation.team.name}"
             + (f" ({', '.join(extras)})" if extras else ""),
             data={"escalation": str(escalation.pk)},
         )
@@ -327,6 +338,11 @@ def finalise_decision(
     escalation.status = new_status
     escalation.decided_at = now
     action = escalation.action
+    if escalation.is_audit and action.status != ActionStatus.ESCALATED:
+        # An audit of an action that already ran alone: the verdict is evidence about it
+        # (the recommender and the drift test read it); the action and its run stay as they are.
+        notify.escalation_changed(escalation)
+        return decision
     action.status = ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
     if verdict == Verdict.APPROVE and edited_payload is not None:
         action.approved_payload = edited_payload

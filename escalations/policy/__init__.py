@@ -12,15 +12,20 @@ from .compiled import (
     policy_as_evaluated,
 )
 from .evaluation import (
+    AUDIT_RATE,
+    AUDIT_RATE_NEW,
     PolicyDecision,
     RecentCounter,
     amount_of,
     count_recent_autonomous,
+    effective_audit_rate,
     evaluate,
 )
 from .what_if import WhatIfExample, WhatIfReport, what_if
 
 __all__ = [
+    "AUDIT_RATE",
+    "AUDIT_RATE_NEW",
     "AgentState",
     "CompiledPolicy",
     "PolicyDecision",
@@ -34,6 +39,7 @@ __all__ = [
     "count_recent_autonomous",
     "current_policy_set",
     "current_threshold",
+    "effective_audit_rate",
     "evaluate",
     "policy_as_evaluated",
     "what_if",
