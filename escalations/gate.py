@@ -11,6 +11,8 @@ from workflows.models import Action, WorkflowRun
 
 from . import notify
 from .actions import escalate_action
+from .actions.audits import audit_after_execution, hold_for_audit
+from .audit import draw
 from .models import UNDECIDED_STATUSES, Escalation, EscalationStatus
 from .policy import PolicyDecision, evaluate
 
@@ -39,14 +41,10 @@ class PolicyGate:
         escalate_action(action=action, team_id=team_id)
 
     def draw_audit(self, *, verdict: Any) -> tuple[float | None, bool]:
-        from .audit import draw
-
         sample = draw(verdict)
         return sample.probability, sample.sampled
 
     def audit(self, *, action: Action, team_id: int | None) -> None:
-        from .actions.audits import audit_after_execution, hold_for_audit
-
         if team_id is not None:
             hold_for_audit(action=action, team_id=team_id)
         else:

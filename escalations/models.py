@@ -350,6 +350,7 @@ class CalibrationTarget(models.Model):
         return f"{self.action_type}: {self.target:.2%} at {self.level:.0%}"
 
     def clean(self) -> None:
+        # Here: the tool registry fills as apps load, after this module is imported.
         from workflows.tools import ACTION_TYPES
 
         if self.action_type not in ACTION_TYPES:

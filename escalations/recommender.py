@@ -37,9 +37,12 @@ from typing import Any
 
 from django.utils import timezone
 
-from workflows.models import Action
+from workflows.models import Action, OutcomeQuality, PolicyOutcome
+from workflows.models import Outcome as ActionOutcome
+from workflows.tools import get_action_type
 
-from .models import CalibrationTarget, Decision, EscalationKind, Verdict, Via
+from .models import AgentProfile, CalibrationTarget, Decision, EscalationKind, Verdict, Via
+from .policy import current_policy_set
 
 MIN_DECISIONS = 30
 CANDIDATES = tuple(round(i / 100, 2) for i in range(101))
@@ -210,8 +213,6 @@ class Target:
 def derived_target(action_type: str) -> Target:
     """The default target from what is at stake: reversible and internal tolerates most,
     irreversible and customer-facing least, money halves it again."""
-    from workflows.tools import get_action_type
-
     tool = get_action_type(action_type)
     if tool.reversible:
         target = 0.02 if tool.customer_facing else 0.05
@@ -599,9 +600,6 @@ def evidence_for(
     action_type: str, *, window_days: int | None = WINDOW_DAYS, now: datetime | None = None
 ) -> Evidence:
     """Every judgement of `action_type` in the window (see the module docstring)."""
-    from workflows.models import Outcome as ActionOutcome
-    from workflows.models import OutcomeQuality, PolicyOutcome
-
     since = (now or timezone.now()) - timedelta(days=window_days) if window_days else None
     decisions = Decision.objects.filter(escalation__action__action_type=action_type).exclude(
         via=Via.SYSTEM
@@ -666,10 +664,6 @@ def observations_for(
 
 def bar_in_force(action_type: str, agent_id: int | None = None) -> float | None:
     """The strictest bar among enabled act-alone policies covering the type (and agent)."""
-    from workflows.models import PolicyOutcome
-
-    from .policy import current_policy_set
-
     policies = current_policy_set()
     bars = [
         p.min_confidence
@@ -691,8 +685,6 @@ def recommend_for(
 ) -> Recommendation:
     """The recommendation for an action type, or for one agent's actions of it (pooled
     towards the type when the agent has little evidence of its own)."""
-    from .models import AgentProfile
-
     goal = target_for(action_type)
     evidence = evidence or evidence_for(action_type, window_days=window_days)
     observations, pooled = evidence.for_agent(agent_id)

@@ -13,6 +13,7 @@ from django.db import transaction
 from workflows.models import Action, ActionStatus
 
 from ..models import Escalation, EscalationKind
+from ..policy import policy_as_evaluated
 from .decisions import escalate_action
 
 
@@ -56,8 +57,6 @@ def audit_after_execution(*, action: Action) -> Escalation | None:
 
 
 def _owner_team_id(action: Action) -> int:
-    from ..policy import policy_as_evaluated
-
     policy = policy_as_evaluated(action.policy_id, action.policy_version)
     if policy is not None and policy.team_id is not None:
         return policy.team_id

@@ -50,6 +50,7 @@ def measure(rule: AlertRule, now: datetime) -> tuple[float | None, int]:
 
 def evaluate_alert_rules(*, now: datetime | None = None) -> dict[str, int]:
     """Open, update or close incidents. Safe to run concurrently and repeatedly."""
+    # Here: drift posts its alerts through this module (NOTIFY_TASK), a cycle at import.
     from .drift import evaluate_drift_rules
 
     now = now or timezone.now()

@@ -42,8 +42,10 @@ from escalations.models import (
     Via,
 )
 from escalations.recommender import isotonic_decreasing, target_for
+from workflows import outbox
 from workflows.models import Action, PolicyOutcome
 
+from .alerts import NOTIFY_TASK
 from .models import AlertIncident, AlertMetric, AlertRule, DriftMonitor
 
 log = logging.getLogger(__name__)
@@ -224,14 +226,8 @@ def _alert(
     monitor.alerted_at = now
     monitor.incident = incident
     monitor.hold_policy = hold
-    incident_id = incident.pk
-
-    def send() -> None:
-        from .tasks import notify_incident
-
-        notify_incident.delay(incident_id)
-
-    transaction.on_commit(send, robust=True)
+    # The post is an outbox row written with the incident, as for every alert (alerts.py).
+    outbox.enqueue(NOTIFY_TASK, incident.pk)
     return incident
 
 

@@ -3,7 +3,7 @@ The full run (`manage.py calibration_sim`) is not a test."""
 
 import pytest
 
-from review.metrics.calibration_sim import (
+from api.calibration_sim import (
     Config,
     SimAgent,
     Simulation,

@@ -37,10 +37,9 @@ from escalations.models import (
 )
 from escalations.policy import clear_cache
 from escalations.recommender import evidence_for, recommend_for, target_for
+from review.metrics.drift import check_drift
+from review.metrics.models import AlertMetric, AlertRule, DriftMonitor
 from workflows.models import Action, ActionStatus, PolicyOutcome
-
-from .drift import check_drift
-from .models import AlertMetric, AlertRule, DriftMonitor
 
 Curve = Callable[[float], float]
 

@@ -1,5 +1,5 @@
 """manage.py calibration_sim: how well autonomy stays calibrated, on synthetic agents through
-the real policy, escalation and decision path (review/metrics/calibration_sim.py)."""
+the real policy, escalation and decision path (api/calibration_sim.py)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection
 
-from review.metrics import drift
-from review.metrics.calibration_sim import (
+from api.calibration_sim import (
     DEFAULT_AGENTS,
     Config,
     Simulation,
     method_comparison,
 )
+from review.metrics import drift
 
 
 @contextmanager
