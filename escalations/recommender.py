@@ -8,9 +8,13 @@ The evidence (`evidence_for`), within an explicit time window:
   no judgement and are left out);
 - audits of actions allowed to run alone, judged the same way, each weighted by the inverse
   of the probability it had of being sampled (it stands for that many actions);
-- outcomes judged bad later: the action counts as an error whatever was decided about it
-  (an unaudited autonomous action with a bad outcome is added at weight 1, which can only
-  overstate the error: conservative).
+- outcomes of actions that ran alone: a bad one makes the action an error whatever its audit
+  said; an unaudited one with an outcome is evidence too, good or bad, weighted by the
+  inverse of the share of the type's autonomous actions that have one (it assumes whether
+  an outcome gets recorded does not depend on how it went; counting only the bad ones would
+  read every reported action as wrong). The outcome of an action a person approved before
+  it ran is left to that person's verdict: the question is what running it without them
+  changes.
 
 Two bounds on the error of what a bar t lets run alone (`method`):
 - "threshold": per candidate t, the one-sided Clopper-Pearson bound on the judged actions at
@@ -255,6 +259,7 @@ class Recommendation:
     truncated: bool = False
     audits: int = 0
     bad_outcomes: int = 0
+    outcomes: int = 0
     pooled_share: float = 0.0
     in_force: float | None = None
     unjudged: list[UnjudgedRange] = field(default_factory=list)
@@ -280,9 +285,10 @@ class Recommendation:
     def evidence_label(self) -> str:
         window = f"last {self.window_days} days" if self.window_days else "all time"
         parts = [
-            f"{self.decided - self.audits - self.bad_outcomes} decisions on escalations",
+            f"{self.decided - self.audits - self.outcomes} decisions on escalations",
             f"{self.audits} audits",
-            f"{self.bad_outcomes} other outcomes judged bad",
+            f"{self.outcomes} outcomes of unaudited autonomous actions "
+            f"({self.bad_outcomes} judged bad)",
         ]
         text = f"evidence from the {window}: " + ", ".join(parts)
         if self.pooled_share:
@@ -413,16 +419,28 @@ def _isotonic_bounds(
         sums = list(accumulate(pop[b] * fit[b] for b in reversed(range(101))))[::-1]
         return [sums[b] / above[b] if above[b] else 0.0 for b in range(101)]
 
-    point = tail_errors(
-        isotonic_decreasing([k_eff[b] / n_eff[b] if n_eff[b] else 0.0 for b in range(101)], n_eff)
-    )
+    fit = isotonic_decreasing([k_eff[b] / n_eff[b] if n_eff[b] else 0.0 for b in range(101)], n_eff)
+    point = tail_errors(fit)
+    # The fit's level sets (runs of judged bins it pooled): each one's Jeffreys posterior is
+    # drawn as a whole and the draws refitted. Drawn bin by bin instead, a hundred thin bins
+    # each carry half an error of prior, and the bound drowns in it.
+    blocks: list[tuple[list[int], float, float]] = []
+    for b in range(101):
+        if n_eff[b] <= 0:
+            continue
+        if blocks and abs(fit[blocks[-1][0][-1]] - fit[b]) < 1e-12:
+            members, k, n = blocks[-1]
+            blocks[-1] = ([*members, b], k + k_eff[b], n + n_eff[b])
+        else:
+            blocks.append(([b], k_eff[b], n_eff[b]))
     rng = random.Random(seed)
     draws: list[list[float]] = []
     for _ in range(BOOTSTRAP_DRAWS):
-        sample = [
-            rng.betavariate(k_eff[b] + 0.5, n_eff[b] - k_eff[b] + 0.5) if n_eff[b] > 0 else 0.0
-            for b in range(101)
-        ]
+        sample = [0.0] * 101
+        for members, k, n in blocks:
+            r = rng.betavariate(k + 0.5, n - k + 0.5)
+            for b in members:
+                sample[b] = r
         draws.append(tail_errors(isotonic_decreasing(sample, n_eff)))
     q = min(math.ceil(level * BOOTSTRAP_DRAWS) - 1, BOOTSTRAP_DRAWS - 1)
     bounds = []
@@ -628,21 +646,42 @@ def evidence_for(
             agent_id=agent_id,
             source="audit" if audit else "review",
         )
-    bad = ActionOutcome.objects.filter(action__action_type=action_type, quality=OutcomeQuality.BAD)
+    # Outcomes of what ran alone. A bad one makes the action an error whatever an audit said;
+    # one nobody audited is evidence too, good or bad, weighted by the inverse of the share of
+    # the type's autonomous actions that have an outcome at all (outcomes are a sample as
+    # well: counting only the bad ones would read every reported action as wrong). Outcomes
+    # of actions a person approved before they ran are left to that person's verdict: the
+    # question is what letting it run without them changes.
+    judged = ActionOutcome.objects.filter(
+        action__action_type=action_type, action__outcome=PolicyOutcome.AUTO
+    )
     if since is not None:
-        bad = bad.filter(recorded_at__gte=since)
-    for action_id, agent_id, confidence, outcome in (
-        bad.values_list("action_id", "action__agent_id", "action__confidence", "action__outcome")
-        .order_by()
-        .distinct()[:MAX_EVIDENCE]
-    ):
+        judged = judged.filter(recorded_at__gte=since)
+    outcomes: dict[object, tuple[int, float, bool]] = {}
+    for action_id, agent_id, confidence, quality in judged.values_list(
+        "action_id", "action__agent_id", "action__confidence", "quality"
+    ).order_by()[:MAX_EVIDENCE]:
+        _, _, bad_already = outcomes.get(action_id, (agent_id, confidence, False))
+        outcomes[action_id] = (
+            agent_id,
+            float(confidence),
+            bad_already or quality == OutcomeQuality.BAD,
+        )
+    unaudited = {a: o for a, o in outcomes.items() if a not in by_action}
+    if unaudited:
+        autonomous = Action.objects.filter(action_type=action_type, outcome=PolicyOutcome.AUTO)
+        if since is not None:
+            autonomous = autonomous.filter(created_at__gte=since)
+        weight = max(autonomous.count(), len(unaudited)) / len(unaudited)
+    for action_id, (agent_id, confidence, bad) in outcomes.items():
         seen = by_action.get(action_id)
         if seen is not None:
-            by_action[action_id] = replace(seen, error=True)
-        elif outcome == PolicyOutcome.AUTO:
-            by_action[action_id] = Observation(
-                confidence=float(confidence), error=True, agent_id=agent_id, source="outcome"
-            )
+            if bad:
+                by_action[action_id] = replace(seen, error=True)
+            continue
+        by_action[action_id] = Observation(
+            confidence=confidence, error=bad, weight=weight, agent_id=agent_id, source="outcome"
+        )
     actions = Action.objects.filter(action_type=action_type)
     if since is not None:
         actions = actions.filter(created_at__gte=since)
@@ -689,6 +728,7 @@ def recommend_for(
     evidence = evidence or evidence_for(action_type, window_days=window_days)
     observations, pooled = evidence.for_agent(agent_id)
     population = [c for a, c in evidence.population if agent_id is None or a == agent_id]
+    own = [o for o in observations if agent_id is None or o.agent_id == agent_id]
     agent = ""
     if agent_id is not None:
         agent = (
@@ -706,11 +746,8 @@ def recommend_for(
         target_source=goal.source if target is None else "given",
         window_days=window_days,
         truncated=evidence.truncated,
-        audits=sum(1 for o in observations if o.source == "audit" and o.agent_id == agent_id)
-        if agent_id is not None
-        else sum(1 for o in observations if o.source == "audit"),
-        bad_outcomes=sum(1 for o in observations if o.source == "outcome")
-        if agent_id is None
-        else sum(1 for o in observations if o.source == "outcome" and o.agent_id == agent_id),
+        audits=sum(1 for o in own if o.source == "audit"),
+        bad_outcomes=sum(1 for o in own if o.source == "outcome" and o.error),
+        outcomes=sum(1 for o in own if o.source == "outcome"),
         pooled_share=pooled,
     )
