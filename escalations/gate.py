@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from workflows.models import Action, WorkflowRun
+from workflows.models import Action, ActionStatus, WorkflowRun
 
 from . import notify
 from .actions import escalate_action
 from .actions.audits import audit_after_execution, hold_for_audit
 from .audit import draw
-from .models import UNDECIDED_STATUSES, Escalation, EscalationStatus
+from .models import UNDECIDED_STATUSES, Escalation, EscalationKind, EscalationStatus
 from .policy import PolicyDecision, evaluate
 
 
@@ -54,7 +54,15 @@ class PolicyGate:
         return cancel_open_escalations(run=run)
 
     def awaiting_people(self) -> Q:
-        return Q(actions__escalation__status__in=UNDECIDED_STATUSES)
+        # An audit of an action that already ran holds nothing up: only reviews, and audits
+        # holding an irreversible action before it runs (its status ESCALATED), are waited on.
+        return Q(
+            Exists(
+                Escalation.objects.filter(
+                    action__run=OuterRef("pk"), status__in=UNDECIDED_STATUSES
+                ).filter(Q(kind=EscalationKind.REVIEW) | Q(action__status=ActionStatus.ESCALATED))
+            )
+        )
 
 
 def cancel_open_escalations(*, run: WorkflowRun) -> int:

@@ -12,8 +12,6 @@ from .compiled import (
     policy_as_evaluated,
 )
 from .evaluation import (
-    AUDIT_RATE,
-    AUDIT_RATE_NEW,
     PolicyDecision,
     RecentCounter,
     amount_of,
@@ -24,8 +22,6 @@ from .evaluation import (
 from .what_if import WhatIfExample, WhatIfReport, what_if
 
 __all__ = [
-    "AUDIT_RATE",
-    "AUDIT_RATE_NEW",
     "AgentState",
     "CompiledPolicy",
     "PolicyDecision",

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -309,15 +310,14 @@ def evaluate(
     )
 
 
-AUDIT_RATE = 0.02
-AUDIT_RATE_NEW = 0.10
 AUDIT_NEW_FOR = timedelta(days=14)
 
 
 def effective_audit_rate(policy: CompiledPolicy, now: datetime) -> float:
-    """The policy's audit rate; unset, 2% — or 10% while its bar is new or just changed."""
+    """The policy's audit rate; unset, settings.AUDIT_RATE (2%), or AUDIT_RATE_NEW (10%)
+    while its bar is new or just changed."""
     if policy.audit_rate is not None:
         return policy.audit_rate
     if policy.updated_at is not None and now - policy.updated_at < AUDIT_NEW_FOR:
-        return AUDIT_RATE_NEW
-    return AUDIT_RATE
+        return float(settings.AUDIT_RATE_NEW)
+    return float(settings.AUDIT_RATE)

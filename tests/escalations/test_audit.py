@@ -9,7 +9,7 @@ from django.utils import timezone
 from escalations import audit
 from escalations.actions import decide_escalation
 from escalations.models import Escalation, EscalationKind, Verdict, Via
-from escalations.policy import AUDIT_RATE, AUDIT_RATE_NEW, CompiledPolicy, effective_audit_rate
+from escalations.policy import CompiledPolicy, effective_audit_rate
 from workflows.actions import execute_action
 from workflows.models import ActionStatus, PolicyOutcome
 
@@ -95,11 +95,33 @@ def test_an_irreversible_action_is_held_for_its_audit_before_it_runs(act_alone, 
     assert action.status == ActionStatus.APPROVED
 
 
-def test_the_default_rate_is_higher_while_a_policy_is_new(act_alone):
+def test_the_default_rate_is_higher_while_a_policy_is_new(act_alone, settings):
+    settings.AUDIT_RATE, settings.AUDIT_RATE_NEW = 0.02, 0.10
     policy = act_alone("update_crm")
     compiled = CompiledPolicy.of(policy)
     now = timezone.now()
-    assert effective_audit_rate(compiled, now) == AUDIT_RATE_NEW
-    assert effective_audit_rate(compiled, now + timedelta(days=15)) == AUDIT_RATE
+    assert effective_audit_rate(compiled, now) == 0.10
+    assert effective_audit_rate(compiled, now + timedelta(days=15)) == 0.02
     policy.audit_rate = 0.07
     assert effective_audit_rate(CompiledPolicy.of(policy), now) == 0.07
+
+
+def test_reconciliation_waits_on_an_audit_holding_an_action_never_on_one_of_what_ran(
+    act_alone, propose
+):
+    from workflows.gate import gate
+    from workflows.models import WorkflowRun
+
+    act_alone("update_crm", audit_rate=0.5)
+    act_alone("send_reply", audit_rate=0.5)
+    with audit.use_rng(Always()):
+        ran = propose("update_crm", CRM, 0.9)
+        held = propose("send_reply", REPLY, 0.95)
+    execute_action(action=ran)
+    assert escalation_of(ran).is_undecided and escalation_of(held).is_undecided
+    waiting = set(
+        WorkflowRun.objects.filter(gate().awaiting_people()).values_list("pk", flat=True)
+    )
+    assert waiting == {held.run_id}
+    not_waiting = WorkflowRun.objects.exclude(gate().awaiting_people())
+    assert ran.run_id in set(not_waiting.values_list("pk", flat=True))
