@@ -15,7 +15,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from simple_history.models import HistoricalRecords
 
-from workflows.models import PolicyOutcome
+from workflows.models import ActionStatus, PolicyOutcome
 from workflows.tools import ACTION_TYPES
 
 from .risk import RiskLevel
@@ -484,6 +484,12 @@ class Escalation(models.Model):
     @property
     def is_audit(self) -> bool:
         return self.kind == EscalationKind.AUDIT
+
+    @property
+    def audits_what_ran(self) -> bool:
+        """An audit of an action that already ran alone (not one holding it before it runs):
+        its verdict is evidence, it decides nothing."""
+        return self.is_audit and self.action.status != ActionStatus.ESCALATED
 
     def approval_progress(self) -> dict[str, Any]:
         """For reviewers: who approved so far and how many more are needed."""

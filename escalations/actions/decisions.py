@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -138,6 +138,14 @@ def _chain_team_ids(slugs: tuple[str, ...]) -> list[int]:
     return [by_slug[s] for s in slugs if s in by_slug]
 
 
+def _card(action: Action, kind: EscalationKind) -> dict[str, str]:
+    card = card_for_action(action)
+    if kind == EscalationKind.AUDIT:
+        # The queue marks it: an audit of what already ran, or one holding it before it runs.
+        card["audit"] = "held" if action.status == ActionStatus.ESCALATED else "ran"
+    return card
+
+
 def escalate_action(
     *,
     action: Action,
@@ -187,7 +195,7 @@ def escalate_action(
         risk=risk,
         due_without_sla_at=now + DUE_WITHOUT_SLA[risk],
         search_text=search_text_for_action(action, summary),
-        card=card_for_action(action),
+        card=_card(action, kind),
         **routing,
     )
     if action.run is not None:
@@ -248,6 +256,8 @@ def decide_escalation(
         escalation = get_escalation_for(user, escalation_id)
         if agent_id is not None and escalation.action.agent_id == agent_id:
             raise OwnEscalation("An agent never decides an escalation of its own action.")
+        if verdict == Verdict.RESPOND and escalation.audits_what_ran:
+            raise ValidationError({NON_FIELD_ERRORS: "It already ran: judge it right or wrong."})
         if (
             verdict == Verdict.APPROVE
             and escalation.is_undecided
@@ -338,7 +348,7 @@ def finalise_decision(
     escalation.status = new_status
     escalation.decided_at = now
     action = escalation.action
-    if escalation.is_audit and action.status != ActionStatus.ESCALATED:
+    if escalation.audits_what_ran:
         # An audit of an action that already ran alone: the verdict is evidence about it
         # (the recommender and the drift test read it); the action and its run stay as they are.
         notify.escalation_changed(escalation)

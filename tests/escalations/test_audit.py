@@ -119,9 +119,7 @@ def test_reconciliation_waits_on_an_audit_holding_an_action_never_on_one_of_what
         held = propose("send_reply", REPLY, 0.95)
     execute_action(action=ran)
     assert escalation_of(ran).is_undecided and escalation_of(held).is_undecided
-    waiting = set(
-        WorkflowRun.objects.filter(gate().awaiting_people()).values_list("pk", flat=True)
-    )
+    waiting = set(WorkflowRun.objects.filter(gate().awaiting_people()).values_list("pk", flat=True))
     assert waiting == {held.run_id}
     not_waiting = WorkflowRun.objects.exclude(gate().awaiting_people())
     assert ran.run_id in set(not_waiting.values_list("pk", flat=True))
