@@ -1,13 +1,18 @@
 """The calibration simulation (`manage.py calibration_sim`): synthetic agents with known,
-deliberately miscalibrated accuracy curves, pushed through the real path — `submit_action`
-(policy evaluation, audit sampling, escalation), `decide_escalation` by simulated reviewers
-who know the truth, `record_action_result` (execution, audits after it) — then the real
-recommender and the real drift check, measured against an oracle that knows every action's
-true chance of being wrong.
+deliberately miscalibrated accuracy curves, pushed through the real path — `create_action`
+(policy evaluation, audit sampling, escalation or an audit hold), `execute_action` for what
+was drawn for audit after it runs, `decide_escalation` by simulated reviewers who know the
+truth — then the real recommender and the real drift check, measured against an oracle that
+knows every action's true chance of being wrong.
 
-It fills the database it is given: `manage.py calibration_sim` creates a throwaway
-database for it (named like the test database, with a `_calibration_sim` suffix) and drops
-it afterwards, so the live one is never touched; every other policy is disabled in it.
+What makes it fast enough to run in minutes: reviewers work in batches (every
+`Config.review_every` actions they decide everything waiting, as a desk would), actions
+nobody audits are not executed (their results feed nothing the simulation measures), and the
+method comparison scores each recommender's bars analytically on the true curves.
+
+It fills the database it is given: `manage.py calibration_sim` creates a throwaway database
+for it and drops it afterwards, so the live one is never touched; every other policy is
+disabled in it.
 """
 
 from __future__ import annotations
@@ -15,15 +20,15 @@ from __future__ import annotations
 import math
 import random
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.db import transaction
 from django.test.utils import override_settings
 
-from api.actions import create_api_token, record_action_result, submit_action
-from api.models import ApiToken
 from escalations import audit
 from escalations.actions import decide_escalation, save_policy
 from escalations.models import (
@@ -31,23 +36,25 @@ from escalations.models import (
     AgentProfile,
     AutonomyPolicy,
     Escalation,
+    EscalationKind,
     Team,
     Verdict,
     Via,
 )
 from escalations.policy import clear_cache
-from escalations.recommender import evidence_for, recommend_for, target_for
+from escalations.recommender import evidence_for, joint_bars, recommend_for, target_for
 from review.metrics.drift import check_drift
 from review.metrics.models import AlertMetric, AlertRule, DriftMonitor
+from workflows.actions import create_action, execute_action
 from workflows.models import Action, ActionStatus, PolicyOutcome
 
 Curve = Callable[[float], float]
 
 CURVES: dict[str, Curve] = {
-    # P(right | confidence c).
-    "calibrated": lambda c: c,
-    "overconfident": lambda c: c**2.2,
-    "underconfident": lambda c: 1 - (1 - c) ** 2,
+    # P(wrong | confidence c).
+    "calibrated": lambda c: 1 - c,
+    "overconfident": lambda c: 1 - c**2.2,
+    "underconfident": lambda c: (1 - c) ** 2,
 }
 
 PAYLOADS: dict[str, Callable[[int], dict[str, Any]]] = {
@@ -56,29 +63,33 @@ PAYLOADS: dict[str, Callable[[int], dict[str, Any]]] = {
     "route_to_team": lambda i: {"ticket_id": f"S-{i}", "team": "billing"},
 }
 
+METHODS = ("threshold", "isotonic", "joint")
 
-@dataclass
+
+@dataclass(frozen=True)
 class SimAgent:
     name: str
     action_type: str
     curve: str
-    shift_after: int | None = None  # its own action count (evaluation phase) where drift starts
-    shift: float = 0.07
+    # Its own action count in the evaluation phase where the drift starts (None: never).
+    drift_after: int | None = None
+    # A drift multiplies the chance of being wrong at every confidence: the same
+    # confidence is right less often; x3 triples the error of what it does alone.
+    drift_factor: float = 3.0
     # Confidence ~ Beta(a, b): most mass high, like a model that is usually sure.
-    a: float = 10.0
+    a: float = 8.0
     b: float = 1.5
 
-    def p_right(self, c: float, drifted: bool) -> float:
-        # A drift moves the curve right: the same confidence is right less often.
-        x = c - self.shift if drifted else c
-        return min(max(CURVES[self.curve](max(x, 0.0)), 0.0), 1.0)
+    def p_wrong(self, c: float, drifted: bool = False) -> float:
+        p = CURVES[self.curve](c)
+        return min(max(p * (self.drift_factor if drifted else 1.0), 0.0), 1.0)
 
 
 DEFAULT_AGENTS = (
-    SimAgent("sim-reply-calibrated", "send_reply", "calibrated"),
+    SimAgent("sim-reply-underconfident", "send_reply", "underconfident"),
     SimAgent("sim-reply-overconfident", "send_reply", "overconfident"),
-    SimAgent("sim-crm-underconfident", "update_crm", "underconfident"),
-    SimAgent("sim-crm-drifting", "update_crm", "calibrated", shift_after=1000),
+    SimAgent("sim-crm-calibrated", "update_crm", "calibrated"),
+    SimAgent("sim-crm-drifting", "update_crm", "underconfident", drift_after=1000),
     SimAgent("sim-route-overconfident", "route_to_team", "overconfident"),
     SimAgent("sim-route-calibrated", "route_to_team", "calibrated"),
 )
@@ -95,18 +106,19 @@ class Tally:
     truths: list[float] = field(default_factory=list)  # P(wrong) of every action
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     warmup: int = 1500
-    actions: int = 3000
+    actions: int = 4000
     audit_rate: float = 0.02
     # A new deployment reviews everything first: the warm-up's evidence is complete.
     start_bar: float = 1.0
-    method: str = "isotonic"
-    check_every: int = 25
+    method: str = "joint"
+    review_every: int = 50  # simulated reviewers clear the queue this often (actions)
+    check_every: int = 50  # the drift check runs this often (actions)
     seed: int = 7
     agents: tuple[SimAgent, ...] = DEFAULT_AGENTS
-    drift_horizon: int = 2000  # the trade-off runs this many actions past the drift start
+    score_sample: int = 20_000  # per agent, for the analytic method comparison
 
 
 # Nobody is watching the queue of a simulation: queue pushes stay in this process.
@@ -119,10 +131,12 @@ class Simulation:
         self.log = log
         self.rng = random.Random(config.seed)
         self.audit_rng = random.Random(config.seed + 1)
-        self.tokens: dict[str, ApiToken] = {}
         self.policies: dict[str, AutonomyPolicy] = {}
         self.agents: dict[str, AgentProfile] = {}
         self.counter = 0
+        self.key = uuid.uuid4().hex[:8]  # several simulations may share a database
+        # Waiting for the simulated reviewers: escalation id -> (was it right?, tally).
+        self.pending: dict[Any, tuple[bool, Tally]] = {}
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -142,7 +156,6 @@ class Simulation:
             Action.objects.filter(agent=agent).delete()
             DriftMonitor.objects.filter(agent=agent).delete()
             self.agents[spec.name] = agent
-            self.tokens[spec.name], _raw = create_api_token(agent=agent, name="sim")
             self.policies[spec.name] = save_policy(
                 policy=AutonomyPolicy(
                     name=f"sim {spec.name}",
@@ -152,7 +165,7 @@ class Simulation:
                     min_confidence=self.config.start_bar,
                     irreversible_requires_review=False,
                     audit_rate=self.config.audit_rate,
-                    tighten_on_drift=spec.shift_after is not None,
+                    tighten_on_drift=spec.drift_after is not None,
                     team=self.team,
                 )
             )
@@ -160,51 +173,54 @@ class Simulation:
 
     # --- one action through the real path --------------------------------------------------
 
-    def _judge(self, escalation: Escalation, right: bool) -> None:
-        decide_escalation(
-            escalation_id=escalation.pk,
-            user=self.reviewer,
-            verdict=Verdict.APPROVE if right else Verdict.REJECT,
-            via=Via.API,
-            reason="" if right else "wrong (simulated reviewer)",
-        )
-
     def act(self, spec: SimAgent, tally: Tally, *, drifted: bool) -> Action:
         c = round(self.rng.betavariate(spec.a, spec.b), 4)
-        p_right = spec.p_right(c, drifted)
-        right = self.rng.random() < p_right
+        p_wrong = spec.p_wrong(c, drifted)
+        right = self.rng.random() >= p_wrong
         self.counter += 1
-        token = self.tokens[spec.name]
-        action, _ = submit_action(
-            token=token,
-            action_type=spec.action_type,
-            payload=PAYLOADS[spec.action_type](self.counter),
-            confidence=c,
-            idempotency_key=f"sim-{self.counter}",
-        )
+        with transaction.atomic():
+            action = create_action(
+                agent=self.agents[spec.name],
+                workflow="calibration-sim",
+                action_type=spec.action_type,
+                payload=PAYLOADS[spec.action_type](self.counter),
+                confidence=c,
+                rationale="simulated",
+                idempotency_key=f"sim-{self.key}-{self.counter}",
+            )
         tally.actions += 1
-        tally.truths.append(1 - p_right)
-        escalation = Escalation.objects.filter(action=action).first()
-        if escalation is not None:
-            # A review, or an irreversible action held for audit before it runs.
-            self._judge(escalation, right)
-            tally.decisions += 1
-            tally.audits += escalation.kind == "audit"
-            action.refresh_from_db(fields=["status"])
+        tally.truths.append(p_wrong)
         if action.outcome == PolicyOutcome.AUTO:
             tally.alone += 1
             tally.alone_wrong += not right
-            tally.alone_p += 1 - p_right
-        if action.status in (ActionStatus.AUTO_APPROVED, ActionStatus.APPROVED):
-            record_action_result(token=token, action_id=action.pk, succeeded=True, result={})
-            after = Escalation.objects.filter(
-                action=action, kind="audit", status__in=UNDECIDED_STATUSES
-            ).first()
-            if after is not None:
-                self._judge(after, right)
-                tally.decisions += 1
-                tally.audits += 1
+            tally.alone_p += p_wrong
+        if action.status == ActionStatus.ESCALATED:
+            # A review, or an irreversible action held for its audit before it runs.
+            self.pending[action.escalation.pk] = (right, tally)
+        elif action.audit_sampled:
+            # Drawn for audit: it runs, then its audit opens (the engine's own path).
+            execute_action(action=action)
+            esc = Escalation.objects.filter(action=action, status__in=UNDECIDED_STATUSES).first()
+            if esc is not None:
+                self.pending[esc.pk] = (right, tally)
         return action
+
+    def review(self) -> None:
+        """The simulated reviewers clear the queue: each verdict through decide_escalation."""
+        if not self.pending:
+            return
+        kinds = dict(Escalation.objects.filter(pk__in=list(self.pending)).values_list("pk", "kind"))
+        for pk, (right, tally) in self.pending.items():
+            decide_escalation(
+                escalation_id=pk,
+                user=self.reviewer,
+                verdict=Verdict.APPROVE if right else Verdict.REJECT,
+                via=Via.API,
+                reason="" if right else "wrong (simulated reviewer)",
+            )
+            tally.decisions += 1
+            tally.audits += kinds.get(pk) == EscalationKind.AUDIT
+        self.pending.clear()
 
     # --- phases -----------------------------------------------------------------------------
 
@@ -213,20 +229,22 @@ class Simulation:
         self.rng.shuffle(order)
         return order
 
-    def _recommend(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        evidence = {t: evidence_for(t) for t in {s.action_type for s in self.config.agents}}
-        for spec in self.config.agents:
-            agent = self.agents[spec.name]
-            out[spec.name] = {
-                m: recommend_for(
-                    spec.action_type,
-                    agent_id=agent.pk,
-                    method=m,
-                    evidence=evidence[spec.action_type],
-                )
-                for m in ("threshold", "isotonic")
-            }
+    def recommend(self) -> dict[str, dict[str, float | None]]:
+        """Every method's bar per agent, from the same evidence."""
+        out: dict[str, dict[str, float | None]] = {m: {} for m in METHODS}
+        for action_type in sorted({s.action_type for s in self.config.agents}):
+            evidence = evidence_for(action_type)
+            goal = target_for(action_type)
+            joint = joint_bars(action_type, evidence, target=goal.target, level=goal.level)
+            for spec in self.config.agents:
+                if spec.action_type != action_type:
+                    continue
+                agent = self.agents[spec.name]
+                for method in ("threshold", "isotonic"):
+                    out[method][spec.name] = recommend_for(
+                        action_type, agent_id=agent.pk, method=method, evidence=evidence
+                    ).threshold
+                out["joint"][spec.name] = joint.bars.get(agent.pk)
         return out
 
     def _apply(self, spec: SimAgent, threshold: float | None) -> None:
@@ -240,8 +258,7 @@ class Simulation:
     def run(self) -> dict[str, Any]:
         """Run it in the database in use: the caller provides one it may fill (the command
         makes a throwaway one; a test has its own). Each action commits on its own, as in
-        production: one transaction around thousands of savepoints would overflow
-        PostgreSQL's subtransaction cache and slow every query to a crawl."""
+        production."""
         started = time.monotonic()
         with audit.use_rng(self.audit_rng), override_settings(CHANNEL_LAYERS=_IN_MEMORY):
             try:
@@ -255,12 +272,15 @@ class Simulation:
     def _run(self) -> dict[str, Any]:
         cfg = self.config
         warm = {s.name: Tally() for s in cfg.agents}
-        for spec in self._stream(cfg.warmup):
+        for i, spec in enumerate(self._stream(cfg.warmup), start=1):
             self.act(spec, warm[spec.name], drifted=False)
-        self.log(f"warm-up: {cfg.warmup} actions per agent")
-        recs = self._recommend()
+            if i % cfg.review_every == 0:
+                self.review()
+        self.review()
+        self.log(f"warm-up: {cfg.warmup} actions per agent, all reviewed")
+        recs = self.recommend()
         for spec in cfg.agents:
-            self._apply(spec, recs[spec.name][cfg.method].threshold)
+            self._apply(spec, recs[cfg.method][spec.name])
         clear_cache()
         # Arm the drift monitors on the warm-up evidence.
         ids = [a.pk for a in self.agents.values()]
@@ -268,27 +288,34 @@ class Simulation:
 
         before = {s.name: Tally() for s in cfg.agents}  # no drift (yet)
         after = {s.name: Tally() for s in cfg.agents}  # drifted
-        seen: dict[str, int] = {s.name: 0 for s in cfg.agents}
+        seen = {s.name: 0 for s in cfg.agents}
+        of_type = {s.action_type: 0 for s in cfg.agents}
+        drift_start: dict[str, int] = {}  # drifting agent -> its type's count at the start
         detected: dict[str, int | None] = {}
-        false_alerts: list[str] = []
+        false_alerts: list[tuple[str, int]] = []
         alerted: set[str] = set()
         for i, spec in enumerate(self._stream(cfg.actions), start=1):
-            drifted = spec.shift_after is not None and seen[spec.name] >= spec.shift_after
+            drifted = spec.drift_after is not None and seen[spec.name] >= spec.drift_after
+            if drifted and spec.name not in drift_start:
+                drift_start[spec.name] = of_type[spec.action_type]
             self.act(spec, (after if drifted else before)[spec.name], drifted=drifted)
             seen[spec.name] += 1
+            of_type[spec.action_type] += 1
+            if i % cfg.review_every == 0:
+                self.review()
             if i % cfg.check_every == 0:
                 check_drift(self.rule, agent_ids=ids)
                 for name in self._alerted() - alerted:
                     alerted.add(name)
                     s = next(a for a in cfg.agents if a.name == name)
-                    if s.shift_after is not None and seen[name] > s.shift_after:
-                        detected[name] = seen[name] - s.shift_after
+                    if name in drift_start:
+                        detected[name] = of_type[s.action_type] - drift_start[name]
                     else:
-                        false_alerts.append(name)
+                        false_alerts.append((name, i))
+        self.review()
         for s in cfg.agents:
-            if s.shift_after is not None and s.name not in detected:
+            if s.drift_after is not None and s.name not in detected:
                 detected[s.name] = None
-        no_drift_actions = sum(t.actions for t in before.values())
         return {
             "config": cfg,
             "recommendations": recs,
@@ -297,8 +324,13 @@ class Simulation:
             "after": after,
             "detected": detected,
             "false_alerts": false_alerts,
-            "no_drift_actions": no_drift_actions,
-            "per_type": self._per_type(before, recs),
+            "no_drift_actions": sum(t.actions for t in before.values()),
+            "per_type": self._per_type(before, recs[cfg.method]),
+            "drifting": {
+                s.name: _drift_effect(s, before[s.name], after[s.name])
+                for s in cfg.agents
+                if s.drift_after is not None
+            },
         }
 
     def _alerted(self) -> set[str]:
@@ -309,7 +341,7 @@ class Simulation:
         )
 
     def _per_type(
-        self, before: dict[str, Tally], recs: dict[str, dict[str, Any]]
+        self, before: dict[str, Tally], bars: dict[str, float | None]
     ) -> list[dict[str, Any]]:
         rows = []
         for action_type in sorted({s.action_type for s in self.config.agents}):
@@ -317,26 +349,33 @@ class Simulation:
             tallies = [before[n] for n in names]
             n = sum(t.actions for t in tallies)
             alone = sum(t.alone for t in tallies)
-            wrong = sum(t.alone_wrong for t in tallies)
-            expected = sum(t.alone_p for t in tallies)
+            expected = sum(t.alone_p for t in tallies) / alone if alone else 0.0
             truths = [p for t in tallies for p in t.truths]
-            error = wrong / alone if alone else 0.0
-            oracle = oracle_autonomy(truths, max(error, expected / alone if alone else 0.0))
+            oracle = oracle_autonomy(truths, expected)
             rows.append(
                 {
                     "action_type": action_type,
                     "actions": n,
                     "autonomy": alone / n if n else 0.0,
-                    "error": error,
-                    "expected_error": expected / alone if alone else 0.0,
+                    "error": sum(t.alone_wrong for t in tallies) / alone if alone else 0.0,
+                    "expected_error": expected,
                     "target": target_for(action_type).target,
                     "oracle_autonomy": oracle,
                     "decisions": sum(t.decisions for t in tallies),
                     "audits": sum(t.audits for t in tallies),
-                    "bars": {nm: recs[nm][self.config.method].threshold for nm in names},
+                    "bars": {nm: bars[nm] for nm in names},
                 }
             )
         return rows
+
+
+def _drift_effect(spec: SimAgent, before: Tally, after: Tally) -> dict[str, float]:
+    """The drifting agent's true autonomous error before and after (on the bar in force
+    before any alert tightened it)."""
+    return {
+        "before": before.alone_p / before.alone if before.alone else math.nan,
+        "after": after.alone_p / after.alone if after.alone else math.nan,
+    }
 
 
 def oracle_autonomy(p_wrong: list[float], error: float) -> float:
@@ -355,19 +394,19 @@ def oracle_autonomy(p_wrong: list[float], error: float) -> float:
 
 
 def method_comparison(result: dict[str, Any], config: Config) -> list[dict[str, Any]]:
-    """Both recommenders' bars from the same warm-up evidence, scored analytically on the same
-    evaluation stream (the generator's true curves): autonomy, the true error of what would
-    run alone, and the oracle's autonomy at that error."""
+    """Every recommender's bars from the same warm-up evidence, scored analytically on a
+    fresh sample of the true curves: autonomy, the true error of what would run alone, and
+    the oracle's autonomy at that error."""
     rows = []
     for action_type in sorted({s.action_type for s in config.agents}):
         specs = [s for s in config.agents if s.action_type == action_type]
         rng = random.Random(config.seed + 99)
-        stream = [(s, rng.betavariate(s.a, s.b)) for s in specs for _ in range(config.actions)]
-        truths = [1 - s.p_right(c, False) for s, c in stream]
-        for method in ("threshold", "isotonic"):
-            bars = {s.name: result["recommendations"][s.name][method].threshold for s in specs}
+        stream = [(s, rng.betavariate(s.a, s.b)) for s in specs for _ in range(config.score_sample)]
+        truths = [s.p_wrong(c) for s, c in stream]
+        for method in METHODS:
+            bars = {s.name: result["recommendations"][method][s.name] for s in specs}
             alone = [
-                1 - s.p_right(c, False)
+                s.p_wrong(c)
                 for s, c in stream
                 if bars[s.name] is not None and c >= bars[s.name] - 1e-9
             ]
@@ -387,3 +426,12 @@ def method_comparison(result: dict[str, Any], config: Config) -> list[dict[str, 
                 }
             )
     return rows
+
+
+def tradeoff_config(config: Config, rate: float, horizon: int = 2000) -> Config:
+    """The drifting agent's type alone, at audit rate `rate`, run `horizon` actions of the
+    type past the drift's start."""
+    drifting = next(s for s in config.agents if s.drift_after is not None)
+    agents = tuple(s for s in config.agents if s.action_type == drifting.action_type)
+    per_agent = (drifting.drift_after or 0) + horizon // len(agents)
+    return replace(config, audit_rate=rate, agents=agents, actions=per_agent)

@@ -18,9 +18,11 @@ from django.db import connection
 
 from api.calibration_sim import (
     DEFAULT_AGENTS,
+    METHODS,
     Config,
     Simulation,
     method_comparison,
+    tradeoff_config,
 )
 from review.metrics import drift
 
@@ -52,31 +54,31 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--seed", type=int, default=7)
         parser.add_argument("--warmup", type=int, default=1500, help="actions per agent")
-        parser.add_argument("--actions", type=int, default=3000, help="actions per agent after")
+        parser.add_argument("--actions", type=int, default=4000, help="actions per agent after")
         parser.add_argument("--audit-rate", type=float, default=0.02)
-        parser.add_argument("--method", choices=["threshold", "isotonic"], default="isotonic")
+        parser.add_argument("--method", choices=METHODS, default="joint")
+        parser.add_argument(
+            "--drift-after",
+            type=int,
+            default=1000,
+            help="the drifting agent's error triples after this many of its own actions",
+        )
         parser.add_argument(
             "--tradeoff-rates",
             default="0.01,0.02,0.05,0.10",
             help="audit rates for the trade-off table (comma-separated; empty: skip it)",
         )
-        parser.add_argument("--json", default="", help="also write the figures here")
-        parser.add_argument(
-            "--drift-after",
-            type=int,
-            default=500,
-            help="the drifting agent's curve moves after this many of its actions",
-        )
         parser.add_argument(
             "--tradeoff-only", action="store_true", help="only the audit-rate trade-off table"
         )
+        parser.add_argument("--json", default="", help="also write the figures here")
         parser.add_argument(
             "--database",
             choices=["sqlite", "current"],
             default="sqlite",
-            help="sqlite: a throwaway in-memory SQLite database (the embedded mode's engine; "
-            "minutes on a busy machine); current: a throwaway database on the configured "
-            "server (PostgreSQL: every query is a round trip, so much slower)",
+            help="sqlite: a throwaway in-memory SQLite database (the embedded mode's engine); "
+            "current: a throwaway database on the configured server (slower: every query is "
+            "a round trip)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -90,7 +92,7 @@ class Command(BaseCommand):
             self.stdout.flush()
 
         agents = tuple(
-            replace(a, shift_after=options["drift_after"]) if a.shift_after is not None else a
+            replace(a, drift_after=options["drift_after"]) if a.drift_after is not None else a
             for a in DEFAULT_AGENTS
         )
         config = Config(
@@ -102,24 +104,34 @@ class Command(BaseCommand):
             agents=agents,
         )
         out(
-            f"calibration_sim: {len(config.agents)} agents, {config.warmup} warm-up + "
-            f"{config.actions} actions each, audit rate {config.audit_rate:.0%}, recommender "
-            f"'{config.method}', drift test CUSUM odds x{drift.ODDS_RATIO} h={drift.THRESHOLD}"
+            f"calibration_sim: {len(config.agents)} agents, {config.warmup} warm-up (all "
+            f"reviewed) + {config.actions} actions each, audit rate {config.audit_rate:.0%}, "
+            f"recommender '{config.method}', drift x{agents[3].drift_factor:g} after "
+            f"{options['drift_after']}, drift test CUSUM odds x{drift.ODDS_RATIO} "
+            f"h={drift.THRESHOLD}"
         )
         with throwaway_database():
             self._run(config, options, out)
 
     def _run(self, config: Config, options: dict[str, Any], out: Any) -> None:
-        if options["tradeoff_only"]:
-            self._tradeoff(config, options, out, {})
-            return
-        result = Simulation(config, log=out).run()
-        report: dict[str, Any] = {"seconds": result["seconds"]}
+        report: dict[str, Any] = {}
+        if not options["tradeoff_only"]:
+            self._main(config, out, report)
+        self._tradeoff(config, options, out, report)
+        if options["json"]:
+            with open(options["json"], "w") as fh:
+                json.dump(report, fh, indent=2, default=str)
 
-        out("\nper action type (after the recommended bars were applied, before any drift):")
+    def _main(self, config: Config, out: Any, report: dict[str, Any]) -> None:
+        result = Simulation(config, log=out).run()
+        report["seconds"] = result["seconds"]
         out(
-            f"{'action type':<14} {'actions':>7} {'autonomy':>9} {'auto err':>9} {'target':>7} "
-            f"{'oracle@err':>10} {'ratio':>6} {'reviews+audits':>14}  bars"
+            "\nper action type (evaluation phase, recommended bars applied, before any drift; "
+            "error: realised / true mean of what ran alone):"
+        )
+        out(
+            f"{'action type':<14} {'actions':>7} {'autonomy':>9} {'auto err':>15} {'target':>7} "
+            f"{'oracle@err':>10} {'ratio':>6} {'decided':>7} {'audits':>6}  bars"
         )
         report["per_type"] = []
         for row in result["per_type"]:
@@ -128,19 +140,25 @@ class Command(BaseCommand):
                 f"{n.removeprefix('sim-')}={b:.2f}" if b is not None else f"{n}=review"
                 for n, b in row["bars"].items()
             )
+            err = f"{_pct(row['error'])} / {_pct(row['expected_error'])}"
             out(
                 f"{row['action_type']:<14} {row['actions']:>7} {_pct(row['autonomy']):>9} "
-                f"{_pct(row['error']):>9} {_pct(row['target']):>7} "
+                f"{err:>15} {_pct(row['target']):>7} "
                 f"{_pct(row['oracle_autonomy']):>10} {_pct(ratio):>6} "
-                f"{row['decisions']:>14}  {bars}"
+                f"{row['decisions']:>7} {row['audits']:>6}  {bars}"
             )
             report["per_type"].append({**row, "ratio": ratio})
 
-        out("\ndrift (the drifting agent's actions of its type from drift start to the alert):")
+        out("\ndrift (actions of its type from the drift's start to the alert):")
         for name, delay in result["detected"].items():
-            out(f"  {name}: {delay if delay is not None else 'not detected'}")
+            effect = result["drifting"][name]
+            out(
+                f"  {name}: {delay if delay is not None else 'not detected'} "
+                f"(its true autonomous error {_pct(effect['before'])} -> {_pct(effect['after'])})"
+            )
         report["detected"] = result["detected"]
-        per_10k = len(result["false_alerts"]) / result["no_drift_actions"] * 10_000
+        report["drifting"] = result["drifting"]
+        per_10k = len(result["false_alerts"]) / max(result["no_drift_actions"], 1) * 10_000
         out(
             f"false alerts: {len(result['false_alerts'])} over {result['no_drift_actions']} "
             f"actions without drift ({per_10k:.2f} per 10,000) {result['false_alerts']}"
@@ -148,62 +166,63 @@ class Command(BaseCommand):
         report["false_alerts"] = result["false_alerts"]
         report["no_drift_actions"] = result["no_drift_actions"]
 
-        out("\nrecommender methods on the same warm-up evidence, scored on the true curves:")
+        out(
+            "\nrecommender methods on the same warm-up evidence, scored on the true curves "
+            f"({config.score_sample:,} fresh actions per agent):"
+        )
         out(
             f"{'action type':<14} {'method':<10} {'autonomy':>9} {'true err':>9} "
-            f"{'target':>7} {'oracle@err':>10} {'ratio':>6}"
+            f"{'target':>7} {'oracle@err':>10} {'ratio':>6}  bars"
         )
         comparison = method_comparison(result, config)
         for row in comparison:
+            bars = ", ".join(
+                f"{n.removeprefix('sim-')}={b:.2f}" if b is not None else f"{n}=review"
+                for n, b in row["bars"].items()
+            )
             out(
                 f"{row['action_type']:<14} {row['method']:<10} {_pct(row['autonomy']):>9} "
                 f"{_pct(row['error']):>9} {_pct(row['target']):>7} "
-                f"{_pct(row['oracle_autonomy']):>10} {_pct(row['ratio']):>6}"
+                f"{_pct(row['oracle_autonomy']):>10} {_pct(row['ratio']):>6}  {bars}"
             )
         report["methods"] = comparison
-
-        self._tradeoff(config, options, out, report)
-        out(f"\n(main run {result['seconds']} s)")
-        if options["json"]:
-            with open(options["json"], "w") as fh:
-                json.dump(report, fh, indent=2, default=str)
+        out(f"(main run {result['seconds']} s)")
 
     def _tradeoff(
         self, config: Config, options: dict[str, Any], out: Any, report: dict[str, Any]
     ) -> None:
         rates = [float(r) for r in options["tradeoff_rates"].split(",") if r.strip()]
-        if rates:
+        if not rates:
+            return
+        spec = next(a for a in config.agents if a.drift_after is not None)
+        out(
+            f"\naudit rate trade-off ({spec.action_type} agents only, {spec.name}'s error "
+            f"x{spec.drift_factor:g} after {spec.drift_after} of its actions, run 2,000 "
+            f"{spec.action_type} actions past it):"
+        )
+        out(
+            f"{'audit rate':>10} {'detected after':>14} {'decisions/1k':>12} {'audits/1k':>9} "
+            f"{'false alerts':>12} {'seconds':>7}"
+        )
+        report["tradeoff"] = []
+        for rate in rates:
+            sim = Simulation(tradeoff_config(config, rate)).run()
+            tallies = list(sim["before"].values()) + list(sim["after"].values())
+            n = sum(t.actions for t in tallies)
+            decisions = sum(t.decisions for t in tallies)
+            audits = sum(t.audits for t in tallies)
+            delay = sim["detected"][spec.name]
             out(
-                "\naudit rate trade-off (the drifting agent alone, "
-                f"drift after {options['drift_after']} of its actions):"
+                f"{rate:>10.0%} {delay if delay is not None else 'none':>14} "
+                f"{decisions / n * 1000:>12.0f} {audits / n * 1000:>9.1f} "
+                f"{len(sim['false_alerts']):>12} {sim['seconds']:>7}"
             )
-            out(f"{'audit rate':>10} {'detected after':>14} {'decisions/1k':>12} {'audits/1k':>9}")
-            spec = next(a for a in config.agents if a.shift_after is not None)
-            report["tradeoff"] = []
-            for rate in rates:
-                sim = Simulation(
-                    replace(
-                        config,
-                        audit_rate=rate,
-                        agents=(spec,),
-                        actions=(spec.shift_after or 0) + config.drift_horizon,
-                    )
-                ).run()
-                tallies = list(sim["before"].values()) + list(sim["after"].values())
-                n = sum(t.actions for t in tallies)
-                decisions = sum(t.decisions for t in tallies)
-                audits = sum(t.audits for t in tallies)
-                delay = sim["detected"][spec.name]
-                out(
-                    f"{rate:>10.0%} {delay if delay is not None else 'none':>14} "
-                    f"{decisions / n * 1000:>12.0f} {audits / n * 1000:>9.1f}"
-                )
-                report["tradeoff"].append(
-                    {
-                        "rate": rate,
-                        "detected_after": delay,
-                        "decisions_per_1k": decisions / n * 1000,
-                        "audits_per_1k": audits / n * 1000,
-                        "false_alerts": sim["false_alerts"],
-                    }
-                )
+            report["tradeoff"].append(
+                {
+                    "rate": rate,
+                    "detected_after": delay,
+                    "decisions_per_1k": decisions / n * 1000,
+                    "audits_per_1k": audits / n * 1000,
+                    "false_alerts": sim["false_alerts"],
+                }
+            )
