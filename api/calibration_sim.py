@@ -89,7 +89,7 @@ DEFAULT_AGENTS = (
     SimAgent("sim-reply-underconfident", "send_reply", "underconfident"),
     SimAgent("sim-reply-overconfident", "send_reply", "overconfident"),
     SimAgent("sim-crm-calibrated", "update_crm", "calibrated"),
-    SimAgent("sim-crm-drifting", "update_crm", "underconfident", drift_after=1000),
+    SimAgent("sim-crm-drifting", "update_crm", "underconfident", drift_after=1500),
     SimAgent("sim-route-overconfident", "route_to_team", "overconfident"),
     SimAgent("sim-route-calibrated", "route_to_team", "calibrated"),
 )
@@ -147,7 +147,11 @@ class Simulation:
             name="sim drift", metric=AlertMetric.CALIBRATION_DRIFT, window_minutes=60 * 24
         )
         self.team, _ = Team.objects.get_or_create(slug="sim-calibration", name="Sim calibration")
-        self.reviewer, _ = User.objects.get_or_create(username="sim-reviewer")
+        # An admin: a team member's access check (team_id IN (...) AND id = ...) made SQLite
+        # scan the one team's escalations on every decision, instead of the primary key.
+        self.reviewer, _ = User.objects.get_or_create(
+            username="sim-reviewer", defaults={"is_superuser": True, "is_staff": True}
+        )
         self.team.members.add(self.reviewer)
         for spec in self.config.agents:
             agent, _ = AgentProfile.objects.update_or_create(
@@ -294,11 +298,15 @@ class Simulation:
         detected: dict[str, int | None] = {}
         false_alerts: list[tuple[str, int]] = []
         alerted: set[str] = set()
+        drifting_types: set[str] = set()
         for i, spec in enumerate(self._stream(cfg.actions), start=1):
             drifted = spec.drift_after is not None and seen[spec.name] >= spec.drift_after
             if drifted and spec.name not in drift_start:
                 drift_start[spec.name] = of_type[spec.action_type]
-            self.act(spec, (after if drifted else before)[spec.name], drifted=drifted)
+                drifting_types.add(spec.action_type)
+            # "Before": while no agent of the type drifts (the mix its bars were set for).
+            tally = (after if spec.action_type in drifting_types else before)[spec.name]
+            self.act(spec, tally, drifted=drifted)
             seen[spec.name] += 1
             of_type[spec.action_type] += 1
             if i % cfg.review_every == 0:
@@ -324,7 +332,11 @@ class Simulation:
             "after": after,
             "detected": detected,
             "false_alerts": false_alerts,
-            "no_drift_actions": sum(t.actions for t in before.values()),
+            # Every action of an agent that never drifts, and the drifting one's before it did.
+            "no_drift_actions": sum(
+                before[s.name].actions + (after[s.name].actions if s.drift_after is None else 0)
+                for s in cfg.agents
+            ),
             "per_type": self._per_type(before, recs[cfg.method]),
             "drifting": {
                 s.name: _drift_effect(s, before[s.name], after[s.name])
@@ -370,8 +382,7 @@ class Simulation:
 
 
 def _drift_effect(spec: SimAgent, before: Tally, after: Tally) -> dict[str, float]:
-    """The drifting agent's true autonomous error before and after (on the bar in force
-    before any alert tightened it)."""
+    """The drifting agent's true autonomous error before and after its drift started."""
     return {
         "before": before.alone_p / before.alone if before.alone else math.nan,
         "after": after.alone_p / after.alone if after.alone else math.nan,

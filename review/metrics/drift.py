@@ -50,8 +50,8 @@ from .models import AlertIncident, AlertMetric, AlertRule, DriftMonitor
 
 log = logging.getLogger(__name__)
 
-ODDS_RATIO = 2.0
-THRESHOLD = 8.0
+ODDS_RATIO = 2.5
+THRESHOLD = 7.0
 REFERENCE_SIZE = 2000
 MIN_REFERENCE = 200
 # Never read a probability as certain: one surprise would otherwise be infinite evidence.

@@ -60,7 +60,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--drift-after",
             type=int,
-            default=1000,
+            default=1500,
             help="the drifting agent's error triples after this many of its own actions",
         )
         parser.add_argument(
