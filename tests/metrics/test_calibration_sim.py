@@ -32,11 +32,11 @@ def test_a_drift_multiplies_the_chance_of_being_wrong():
 def test_a_small_simulation_holds_every_invariant():
     agents = (
         SimAgent("sim-crm-calibrated", "update_crm", "calibrated"),
-        SimAgent("sim-crm-drifting", "update_crm", "underconfident", drift_after=300),
+        SimAgent("sim-crm-drifting", "update_crm", "underconfident", drift_after=250),
     )
     config = Config(
-        warmup=700,
-        actions=900,
+        warmup=600,
+        actions=800,
         audit_rate=0.05,
         agents=agents,
         review_every=40,
