@@ -17,7 +17,9 @@ Both stay until a person acknowledges (`acknowledge_drift`), which re-arms the m
 the evidence as it is then. The test uses the shape of the curve, not the threshold: a
 shifted curve shows in the escalated band long before the few audits above the bar could
 show it, which is what lets a 2% audit rate catch a drift within a couple of thousand actions.
-THRESHOLD and ODDS_RATIO are set from `manage.py calibration_sim` (see its report).
+THRESHOLD and ODDS_RATIO were set on the calibration simulation's agents (x2.5 and 7: on a
+no-drift stream of 360,000 actions, 3 false alerts; a drift tripling an agent's errors
+caught in a median 1,110 actions of its type, 90% within 2,472).
 """
 
 from __future__ import annotations
