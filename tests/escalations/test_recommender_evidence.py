@@ -166,3 +166,37 @@ def test_a_bar_in_force_looser_than_the_evidence_is_flagged():
 def test_an_agents_recommendation_names_it(act_alone, agent: AgentProfile):
     rec = recommend_for("update_crm", agent_id=agent.pk)
     assert rec.agent == agent.name and rec.subject == f"{agent.name} / update_crm"
+
+
+def test_joint_bars_let_the_surest_of_every_agent_run_alone_first():
+    """Two agents on one type, one right far more often at the same confidence: held to the
+    target together, the better one's bar comes down further than each alone would allow,
+    and the type's bound stays within the target."""
+    import random
+
+    from escalations.recommender import joint_bars
+
+    rng = random.Random(3)
+    obs, population = [], []
+    for agent_id, p_wrong in ((1, lambda c: 1 - c), (2, lambda c: (1 - c) ** 2)):
+        for _ in range(1500):
+            c = round(rng.betavariate(8, 1.5), 4)
+            obs.append(Observation(c, rng.random() < p_wrong(c), 1.0, agent_id))
+            population.append((agent_id, c))
+    evidence = Evidence(obs, population, False)
+    joint = joint_bars("update_crm", evidence, target=0.05)
+    assert joint.upper_bound is not None and joint.upper_bound <= 0.05
+    bar_1, bar_2 = joint.bars[1], joint.bars[2]
+    assert bar_1 is not None and bar_2 is not None and bar_2 < bar_1
+    alone = []
+    for agent_id in (1, 2):
+        own, _ = evidence.for_agent(agent_id)
+        rec = recommend(
+            "update_crm",
+            own,
+            all_confidences=[c for a, c in population if a == agent_id],
+            target=0.05,
+            method="isotonic",
+        )
+        alone.append(rec.share_alone or 0.0)
+    assert joint.share_alone > sum(alone) / 2
