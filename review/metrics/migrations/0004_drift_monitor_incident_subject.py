@@ -24,7 +24,7 @@ def no_op(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('escalations', '0010_audit_rate_drift_hold_targets_audit_kind'),
+        ('escalations', '0011_audit_rate_drift_hold_targets_audit_kind'),
         ('metrics', '0003_alert_notify_attempts'),
     ]
 

@@ -13,7 +13,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('escalations', '0009_decisions_only_by_people'),
+        ('escalations', '0010_escalation_card'),
     ]
 
     operations = [
