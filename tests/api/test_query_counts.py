@@ -94,7 +94,7 @@ def test_the_audit_draw_adds_no_query_to_a_submit_acted_on_alone(api, warm, sett
         assert len(statements(ctx)) == 5, statements(ctx)
 
 
-def test_reporting_the_result_of_an_action_drawn_for_audit_costs_six_more_queries(
+def test_reporting_the_result_of_an_action_drawn_for_audit_costs_five_more_queries(
     api, warm, settings
 ):
     """The price of an audit of what ran alone, paid by the sampled 2% only, after it ran."""
@@ -117,7 +117,6 @@ def test_reporting_the_result_of_an_action_drawn_for_audit_costs_six_more_querie
         "SELECT escalations_escalation",  # audited already? (a retried report opens none)
         "UPDATE workflows_action",  # the audit's reason joins the action's
         "SELECT escalations_agentprofile",  # the owner team, when the policy names none
-        "SELECT escalations_team",  # its name on the queue's card (escalations.rendering)
         "INSERT escalations_escalation",  # the audit, in the owner team's queue
         "INSERT workflows_outbox",  # its summary, written after commit by a task
     ]
