@@ -8,6 +8,7 @@ kill switch, which goes through `set_autonomy_paused` so it is immediate and aud
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from django import forms
@@ -19,6 +20,7 @@ from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 from simple_history.admin import SimpleHistoryAdmin
 
@@ -30,13 +32,14 @@ from .models import (
     AgentProfile,
     Approval,
     AutonomyPolicy,
+    CalibrationTarget,
     Decision,
     Escalation,
     Team,
 )
 from .policy import CompiledPolicy, WhatIfReport, current_policy_set, what_if
 from .policy.effective import gate_rows, idle_numbers
-from .recommender import Recommendation, recommend_for
+from .recommender import Recommendation, derived_target, recommend_for
 
 WHATIF_DEFAULT = 500
 WHATIF_MAX = 5000
@@ -164,9 +167,42 @@ def _whatif_limit(request: HttpRequest) -> int:
         return WHATIF_DEFAULT
 
 
-def _recommendations(action_type: str) -> list[Recommendation]:
+def _recommendations(action_type: str, agent_id: int | None = None) -> list[Recommendation]:
+    """For a policy of one agent, that agent's recommendation (pooled towards the type when
+    its evidence is thin); otherwise the action type's, across agents."""
     types = [action_type] if action_type in ACTION_TYPES else sorted(ACTION_TYPES)
-    return [recommend_for(t) for t in types]
+    return [recommend_for(t, agent_id=agent_id) for t in types]
+
+
+def _recommended_bar(request: HttpRequest) -> float | None:
+    """The bar an "apply recommendation" link asks the form to be prefilled with."""
+    try:
+        value = float(request.GET.get("recommended", ""))
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None
+
+
+@admin.register(CalibrationTarget)
+class CalibrationTargetAdmin(admin.ModelAdmin[CalibrationTarget]):
+    """Without a row an action type's target is derived from its risk (the recommender's
+    `derived_target`); a row here overrides it."""
+
+    list_display = ["action_type", "target", "level", "derived", "note", "updated_at"]
+    readonly_fields = ["updated_at", "derived"]
+
+    @admin.display(description="derived default")
+    def derived(self, obj: CalibrationTarget) -> str:
+        if obj.action_type not in ACTION_TYPES:
+            return "—"
+        d = derived_target(obj.action_type)
+        return f"{d.target:.2%} at {d.level:.0%} ({d.source})"
+
+    def save_model(
+        self, request: HttpRequest, obj: CalibrationTarget, form: ModelForm[Any], change: bool
+    ) -> None:
+        obj.updated_at = timezone.now()
+        super().save_model(request, obj, form, change)
 
 
 class AutonomyPolicyForm(forms.ModelForm[AutonomyPolicy]):
@@ -264,6 +300,14 @@ class AutonomyPolicyAdmin(SimpleHistoryAdmin):
                 ]
             },
         ),
+        (
+            "Calibration: keeping the bar honest",
+            {
+                "description": "A random sample of what this policy lets run alone is judged "
+                "by people (audits); the recommender and the drift test read those verdicts.",
+                "fields": ["audit_rate", "tighten_on_drift"],
+            },
+        ),
         ("Version", {"fields": ["change_reason", "version", "updated_at"]}),
     ]
 
@@ -284,6 +328,9 @@ class AutonomyPolicyAdmin(SimpleHistoryAdmin):
         **kwargs: Any,
     ) -> type[ModelForm[AutonomyPolicy]]:
         base: type[ModelForm[AutonomyPolicy]] = super().get_form(request, obj, change, **kwargs)
+        recommended = _recommended_bar(request) if request.method == "GET" else None
+        if recommended is not None and obj is not None:
+            return self._prefilled_form(base, recommended)
         if request.method != "POST" or "_whatif" not in request.POST:
             return base
         limit = _whatif_limit(request)
@@ -301,6 +348,26 @@ class AutonomyPolicyAdmin(SimpleHistoryAdmin):
 
         return WhatIfForm
 
+    @staticmethod
+    def _prefilled_form(
+        base: type[ModelForm[AutonomyPolicy]], bar: float
+    ) -> type[ModelForm[AutonomyPolicy]]:
+        """ "Apply recommendation": the form shows the recommended bar, not yet saved, with
+        the what-if of that draft already run; the admin reads it and saves (or not)."""
+
+        class PrefilledForm(base):  # type: ignore[valid-type,misc]
+            whatif: WhatIfReport | None = None
+            recommended_bar = bar
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self.initial["min_confidence"] = bar
+                draft = copy.copy(self.instance)
+                draft.min_confidence = bar
+                self.whatif = what_if(draft, limit=WHATIF_DEFAULT)
+
+        return PrefilledForm
+
     def changeform_view(
         self,
         request: HttpRequest,
@@ -316,7 +383,9 @@ class AutonomyPolicyAdmin(SimpleHistoryAdmin):
             **(extra_context or {}),
             "precedence": POLICY_PRECEDENCE,
             "whatif_limit": _whatif_limit(request) if request.method == "POST" else WHATIF_DEFAULT,
-            "recommendations": _recommendations(action_type),
+            "recommendations": _recommendations(
+                action_type, obj.agent_id if obj is not None else None
+            ),
             "versions": self._versions(obj) if obj is not None else [],
             **(_gates(obj) if obj is not None else {}),
         }

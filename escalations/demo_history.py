@@ -88,13 +88,16 @@ ROUTINE_ERROR = 0.001
 
 
 def approval_probability(
-    confidence: float, *, routine: bool = False, degraded: bool = False
+    confidence: float, *, routine: bool = False, degraded: bool = False, internal: bool = False
 ) -> float:
     """How often a person approves an action unchanged: a routine ticket's answer nearly
     always; otherwise less often than the confidence says (the model is overconfident in the
-    middle), and much less with the bad prompt, with no change in the model's confidence."""
+    middle), and much less with the bad prompt, with no change in the model's confidence.
+    Its internal actions (classifying, routing) it gets right more often than it says."""
     if routine:
         return 1 - ROUTINE_ERROR
+    if internal:
+        return 1 - (1 - confidence) ** 2
     p = confidence ** (1 + 2 * (1 - confidence))
     return p * 0.4 if degraded else p
 
@@ -299,7 +302,9 @@ def _add_action(
         action.status = ActionStatus.EXECUTED
         action.executed_at = created + timedelta(seconds=1)
         action.result = {"demo": True}
-        good = rng.random() < approval_probability(confidence, routine=routine)
+        good = rng.random() < approval_probability(
+            confidence, routine=routine, internal=action_type != "send_reply"
+        )
         _maybe_outcome(plan, rng, action, good=good)
         return
     if decision.outcome == PolicyOutcome.BLOCK:
@@ -329,7 +334,10 @@ def _add_action(
         decided_at=decided_at,
     )
     p_ok = approval_probability(
-        confidence, routine=routine, degraded=degraded and action_type == "send_reply"
+        confidence,
+        routine=routine,
+        degraded=degraded and action_type == "send_reply",
+        internal=action_type != "send_reply",
     )
     roll = rng.random()
     edited: dict[str, Any] | None = None

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from workflows.models import Action, WorkflowRun
+from workflows.models import Action, ActionStatus, WorkflowRun
 
 from . import notify
 from .actions import escalate_action
-from .models import UNDECIDED_STATUSES, Escalation, EscalationStatus
+from .actions.audits import audit_after_execution, hold_for_audit
+from .audit import draw
+from .models import UNDECIDED_STATUSES, Escalation, EscalationKind, EscalationStatus
 from .policy import PolicyDecision, evaluate
 
 
@@ -38,11 +40,29 @@ class PolicyGate:
     def escalate(self, *, action: Action, team_id: int) -> None:
         escalate_action(action=action, team_id=team_id)
 
+    def draw_audit(self, *, verdict: Any) -> tuple[float | None, bool]:
+        sample = draw(verdict)
+        return sample.probability, sample.sampled
+
+    def audit(self, *, action: Action, team_id: int | None) -> None:
+        if team_id is not None:
+            hold_for_audit(action=action, team_id=team_id)
+        else:
+            audit_after_execution(action=action)
+
     def run_cancelled(self, *, run: WorkflowRun) -> int:
         return cancel_open_escalations(run=run)
 
     def awaiting_people(self) -> Q:
-        return Q(actions__escalation__status__in=UNDECIDED_STATUSES)
+        # An audit of an action that already ran holds nothing up: only reviews, and audits
+        # holding an irreversible action before it runs (its status ESCALATED), are waited on.
+        return Q(
+            Exists(
+                Escalation.objects.filter(
+                    action__run=OuterRef("pk"), status__in=UNDECIDED_STATUSES
+                ).filter(Q(kind=EscalationKind.REVIEW) | Q(action__status=ActionStatus.ESCALATED))
+            )
+        )
 
 
 def cancel_open_escalations(*, run: WorkflowRun) -> int:

@@ -15,7 +15,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from simple_history.models import HistoricalRecords
 
-from workflows.models import PolicyOutcome
+from workflows.models import ActionStatus, PolicyOutcome
 from workflows.tools import ACTION_TYPES
 
 from .risk import RiskLevel
@@ -241,6 +241,22 @@ class AutonomyPolicy(models.Model):
         validators=[MinValueValidator(0)],
         help_text="Ask for that many approvals only when the amount is above this. Blank: always.",
     )
+    # Calibration: keeping the bar honest once it is in force.
+    audit_rate = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of the actions this policy lets run alone that a person is asked to "
+        "judge (after they run if reversible, before if not). Blank: 2%, or 10% for the first "
+        "14 days after the policy is created or changed.",
+    )
+    tighten_on_drift = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="When an agent acting alone under this policy drifts (its errors at the same "
+        "confidence rise), send every action of that agent and type to review at once, until "
+        "a person looks.",
+    )
     version = models.PositiveIntegerField(default=1, editable=False)
     updated_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -310,6 +326,44 @@ class PolicyCacheStamp(models.Model):
         return self.stamp
 
 
+class CalibrationTarget(models.Model):
+    """The autonomous error an action type may have, as an admin set it; without a row the
+    recommender derives one from the type's risk (`recommender.derived_target`)."""
+
+    action_type = models.CharField(max_length=100, unique=True)
+    target = models.FloatField(
+        validators=[MinValueValidator(0.0001), MaxValueValidator(0.5)],
+        help_text="The most that may be wrong among the actions run alone (0.01 = 1%).",
+    )
+    level = models.FloatField(
+        default=0.95,
+        validators=[MinValueValidator(0.5), MaxValueValidator(0.999)],
+        help_text="How sure the bound must be (one-sided confidence level).",
+    )
+    note = models.CharField(max_length=300, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["action_type"]
+
+    def __str__(self) -> str:
+        return f"{self.action_type}: {self.target:.2%} at {self.level:.0%}"
+
+    def clean(self) -> None:
+        # Here: the tool registry fills as apps load, after this module is imported.
+        from workflows.tools import ACTION_TYPES
+
+        if self.action_type not in ACTION_TYPES:
+            raise ValidationError({"action_type": "Unknown action type."})
+
+
+class EscalationKind(models.TextChoices):
+    REVIEW = "review", "Review before it runs"
+    # A random sample of what ran alone (or is about to, when irreversible), judged like an
+    # escalation: the evidence that keeps a threshold in force honest.
+    AUDIT = "audit", "Audit of an action allowed to run alone"
+
+
 class EscalationStatus(models.TextChoices):
     OPEN = "open"
     CLAIMED = "claimed"
@@ -333,6 +387,14 @@ class Escalation(models.Model):
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="escalations")
     status = models.CharField(
         max_length=16, choices=EscalationStatus.choices, default=EscalationStatus.OPEN
+    )
+    # db_default: SQLite adds the column in place instead of remaking the table (which
+    # would drop the rollup triggers on it).
+    kind = models.CharField(
+        max_length=8,
+        choices=EscalationKind.choices,
+        default=EscalationKind.REVIEW,
+        db_default=EscalationKind.REVIEW,
     )
     reasons = models.JSONField(default=list)
     summary = models.TextField(blank=True)
@@ -418,6 +480,16 @@ class Escalation(models.Model):
     @property
     def needs_quorum(self) -> bool:
         return self.approvals_required > 1
+
+    @property
+    def is_audit(self) -> bool:
+        return self.kind == EscalationKind.AUDIT
+
+    @property
+    def audits_what_ran(self) -> bool:
+        """An audit of an action that already ran alone (not one holding it before it runs):
+        its verdict is evidence, it decides nothing."""
+        return self.is_audit and self.action.status != ActionStatus.ESCALATED
 
     def approval_progress(self) -> dict[str, Any]:
         """For reviewers: who approved so far and how many more are needed."""

@@ -279,6 +279,10 @@ def short_reason(reason: str) -> str:
 
 
 _SHORT_REASONS = [
+    (
+        re.compile(r"^audit sample \((\S+) of .*(after it ran|before it runs)\)"),
+        "audit sample ({0}), {1}",
+    ),
     (re.compile(r"confidence (\d\.\d+) < (\d\.\d+)"), "confidence {0} < {1}"),
     (re.compile(r"is irreversible"), "irreversible"),
     (re.compile(r"matches block pattern '([^']{0,30})"), "blocked word “{0}”"),

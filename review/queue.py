@@ -543,6 +543,8 @@ def row_data(v: Mapping[str, Any], *, now: datetime | None = None) -> dict[str, 
         "sla": sla.isoformat() if sla else "",
         "sla_text": timeuntil(sla, now) if sla else "",
         "why": card.get("why", ""),
+        # An audit: of what already ran (judge it), or holding it before it runs ("held").
+        "audit": card.get("audit", ""),
         "search": v.get("r_search") or "",
         "claimed_by_id": v["r_claimed_by_id"],
         "claimed_by": v["r_claimed_by"] or "",

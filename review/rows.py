@@ -51,6 +51,17 @@ def row_html(
     swap = ' hx-swap-oob="true"' if oob else ""
     irreversible = ' data-irreversible="1"' if row["irreversible"] else ""
     workflow = f'<span class="workflow">{_e(row["workflow"])}</span>' if row["workflow"] else ""
+    audit = ""
+    if row.get("audit") == "ran":
+        audit = (
+            '<span class="badge audit" title="It ran on its own under policy: judge whether it '
+            'was right">audit · already ran</span>'
+        )
+    elif row.get("audit"):
+        audit = (
+            '<span class="badge audit" title="Sampled for audit: it runs only if you approve">'
+            "audit · before it runs</span>"
+        )
     return (
         f'<article id="esc-{row["id"]}" class="{classes}"'
         f'{swap} data-id="{row["id"]}"{irreversible}>'
@@ -60,6 +71,7 @@ def row_html(
         f'<div class="row-main">'
         f'<span class="risk-badge risk-{_e(row["risk"])}">{_e(row["risk"])}</span>'
         f'<span class="badge type" title="{_e(row["label"])}">{_e(row["type"])}</span>'
+        f"{audit}"
         f'<span class="title">{title}</span>{sla}</div>'
         f'<div class="row-gist">{customer}<span class="proposal">{_e(row["gist"])}</span></div>'
         f'<div class="row-why"><span class="muted">why:</span> '

@@ -125,6 +125,8 @@ def _detail_context(request: HttpRequest, pk: uuid.UUID) -> dict[str, object]:
         "proposal": proposal,
         "ticket_tree": tree(run.input) if run is not None else (),
         "revision": revision_context(action),
+        # An audit of what already ran: judged right or wrong, nothing waits on it.
+        "already_ran": esc.audits_what_ran,
         "trace": list(run.trace.all()) if run is not None else [],
         "steps": list(run.steps.all()) if run is not None else [],
         "state_json": json.dumps(run.state, indent=2, ensure_ascii=False) if run else "",

@@ -266,9 +266,14 @@ def create_action(
         outcome, reasons = PolicyOutcome.REVIEW, [*force_review_reasons]
     elif force_review_reasons:
         reasons = [*force_review_reasons, *reasons]
+    probability, sampled = (
+        gate().draw_audit(verdict=verdict) if outcome == PolicyOutcome.AUTO else (None, False)
+    )
     # Evaluated before the row exists, so it is written once, with its verdict (the
     # evaluation reads policies only, never the action).
     action = Action.objects.create(
+        audit_probability=probability,
+        audit_sampled=sampled,
         run=run,
         step_name=step_name,
         agent=agent,
@@ -301,6 +306,8 @@ def create_action(
         )
     if outcome == PolicyOutcome.REVIEW:
         gate().escalate(action=action, team_id=verdict.team_id)
+    elif sampled and (not tool.reversible or declared_irreversible):
+        gate().audit(action=action, team_id=verdict.team_id)
     return action
 
 
@@ -422,6 +429,8 @@ def execute_action(*, action: Action) -> Action:
             message=f"executed {action.action_type}",
             data={"action": str(action.pk), "result": result},
         )
+    if action.audit_sampled:
+        gate().audit(action=action, team_id=None)
     return action
 
 

@@ -66,6 +66,16 @@ class ActionGate(Protocol):
         """Put an action whose verdict is REVIEW in front of people. Inside its transaction."""
         ...
 
+    def draw_audit(self, *, verdict: Verdict) -> tuple[float | None, bool]:
+        """For an action about to be written with `verdict`: its chance of being sampled for
+        a person to judge although it may act alone, and whether it was."""
+        ...
+
+    def audit(self, *, action: Action, team_id: int | None) -> None:
+        """A sampled action: held for its audit before it runs (irreversible, `team_id`
+        given, inside its transaction) or audited after it ran (`team_id` None)."""
+        ...
+
     def run_cancelled(self, *, run: WorkflowRun) -> int:
         """The run was cancelled: withdraw what waits on people for it; how many were.
         Precondition: the run's row lock, inside the cancelling transaction."""

@@ -304,6 +304,10 @@ class Action(models.Model):
         "escalations.AutonomyPolicy", on_delete=models.SET_NULL, null=True, blank=True
     )
     policy_version = models.PositiveIntegerField(null=True, blank=True)
+    # Audit sampling of what runs alone: the probability it had of being sampled (the
+    # recommender weights an audited action by its inverse) and whether it was.
+    audit_probability = models.FloatField(null=True, blank=True)
+    audit_sampled = models.BooleanField(default=False, db_default=False)
     # What actually executes: the payload, or the reviewer's edited version of it.
     approved_payload = models.JSONField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)

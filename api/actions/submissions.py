@@ -11,6 +11,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from escalations.actions import audit_after_execution
 from escalations.models import AgentProfile
 from workflows.actions import create_action, record_effect
 from workflows.models import Action, ActionStatus
@@ -183,5 +184,7 @@ def record_action_result(
                 record_effect(
                     key=action.idempotency_key, action=action, result=result or {}, fenced=True
                 )
+                if action.audit_sampled:
+                    audit_after_execution(action=action)
             SubmittedAction.objects.filter(action=action).update(result_reported_at=now)
     return get_action_for(token, action_id)

@@ -183,5 +183,9 @@ RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 8, minimum=2)
 UNDO_WINDOW_SECONDS: int | None = (
     env_int("UNDO_WINDOW_SECONDS", 10, minimum=0) if os.environ.get("UNDO_WINDOW_SECONDS") else None
 )
+# Audit sampling: the share of actions allowed to run alone that a person is asked to judge,
+# for a policy without its own rate; the second while its bar is new or changed (14 days).
+AUDIT_RATE = float(os.environ.get("AUDIT_RATE") or 0.02)
+AUDIT_RATE_NEW = float(os.environ.get("AUDIT_RATE_NEW") or 0.10)
 # Outbox rows older than this were missed by the after-commit relay: beat sends them.
 OUTBOX_GRACE_SECONDS = env_int("OUTBOX_GRACE_SECONDS", 10, minimum=1)

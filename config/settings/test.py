@@ -19,6 +19,11 @@ os.environ.setdefault("API_AUTH_FAILURES_PER_MINUTE", "1000000")
 # is read where the decision is made).
 os.environ.setdefault("UNDO_WINDOW_SECONDS", "0")
 
+# No audit draws unless a test asks for them (a policy's own audit_rate, or the settings
+# fixture): a random audit would otherwise add an escalation to any test now and then.
+os.environ.setdefault("AUDIT_RATE", "0")
+os.environ.setdefault("AUDIT_RATE_NEW", "0")
+
 from .main import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -5,6 +5,7 @@ tests — imports from here.
 """
 
 from .agents import set_autonomy_paused
+from .audits import audit_after_execution, hold_for_audit
 from .bulk import BulkOutcome, decide_escalations, irreversible_among
 from .claims import AlreadyClaimed, claim_escalation, reassign_escalation, release_escalation
 from .decisions import (
@@ -22,12 +23,14 @@ __all__ = [
     "AlreadyDecided",
     "BulkOutcome",
     "TooLateToUndo",
+    "audit_after_execution",
     "claim_escalation",
     "decide_escalation",
     "decide_escalations",
     "escalate_action",
     "expire_due_escalations",
     "handle_sla_breach",
+    "hold_for_audit",
     "irreversible_among",
     "reassign_escalation",
     "release_escalation",

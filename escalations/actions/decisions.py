@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -25,6 +25,7 @@ from ..models import (
     Approval,
     Decision,
     Escalation,
+    EscalationKind,
     EscalationStatus,
     ExpiryBehaviour,
     Team,
@@ -137,11 +138,26 @@ def _chain_team_ids(slugs: tuple[str, ...]) -> list[int]:
     return [by_slug[s] for s in slugs if s in by_slug]
 
 
-def escalate_action(*, action: Action, team_id: int) -> Escalation:
+def _card(action: Action, kind: EscalationKind) -> dict[str, str]:
+    card = card_for_action(action)
+    if kind == EscalationKind.AUDIT:
+        # The queue marks it: an audit of what already ran, or one holding it before it runs.
+        card["audit"] = "held" if action.status == ActionStatus.ESCALATED else "ran"
+    return card
+
+
+def escalate_action(
+    *,
+    action: Action,
+    team_id: int,
+    kind: EscalationKind = EscalationKind.REVIEW,
+    with_sla: bool = True,
+) -> Escalation:
     """Open an escalation for `action` and announce it to the team's live queue after commit.
 
     Its SLA, escalation chain, expiry behaviour and quorum are copied from the policy version
     recorded on the action, so editing the policy afterwards changes nothing already open.
+    An audit (`kind`) of an action that already ran has no SLA (`with_sla=False`).
     """
     policy = policy_as_evaluated(action.policy_id, action.policy_version)
     now = timezone.now()
@@ -157,7 +173,7 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
     )
     if policy is not None:
         routing["approvals_required"] = policy.approvals_for(amount)
-        if policy.sla_minutes:
+        if policy.sla_minutes and with_sla:
             routing.update(
                 sla_minutes=policy.sla_minutes,
                 sla_due_at=now + timedelta(minutes=policy.sla_minutes),
@@ -172,13 +188,14 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
     escalation = Escalation.objects.create(
         action=action,
         team_id=team_id,
+        kind=kind,
         reasons=list(action.reasons),
         summary=summary,
         created_at=now,
         risk=risk,
         due_without_sla_at=now + DUE_WITHOUT_SLA[risk],
         search_text=search_text_for_action(action, summary),
-        card=card_for_action(action),
+        card=_card(action, kind),
         **routing,
     )
     if action.run is not None:
@@ -191,7 +208,9 @@ def escalate_action(*, action: Action, team_id: int) -> Escalation:
             run=action.run,
             kind=TraceKind.ESCALATED,
             step_name=action.step_name,
-            message=f"{action.action_type} escalated to team {escalation.team.name}"
+            message=f"{action.action_type} "
+            + ("sent for audit" if kind == EscalationKind.AUDIT else "escalated")
+            + f" to team {escalation.team.name}"
             + (f" ({', '.join(extras)})" if extras else ""),
             data={"escalation": str(escalation.pk)},
         )
@@ -237,6 +256,8 @@ def decide_escalation(
         escalation = get_escalation_for(user, escalation_id)
         if agent_id is not None and escalation.action.agent_id == agent_id:
             raise OwnEscalation("An agent never decides an escalation of its own action.")
+        if verdict == Verdict.RESPOND and escalation.audits_what_ran:
+            raise ValidationError({NON_FIELD_ERRORS: "It already ran: judge it right or wrong."})
         if (
             verdict == Verdict.APPROVE
             and escalation.is_undecided
@@ -327,6 +348,11 @@ def finalise_decision(
     escalation.status = new_status
     escalation.decided_at = now
     action = escalation.action
+    if escalation.audits_what_ran:
+        # An audit of an action that already ran alone: the verdict is evidence about it
+        # (the recommender and the drift test read it); the action and its run stay as they are.
+        notify.escalation_changed(escalation)
+        return decision
     action.status = ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
     if verdict == Verdict.APPROVE and edited_payload is not None:
         action.approved_payload = edited_payload

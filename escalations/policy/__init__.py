@@ -16,6 +16,7 @@ from .evaluation import (
     RecentCounter,
     amount_of,
     count_recent_autonomous,
+    effective_audit_rate,
     evaluate,
 )
 from .what_if import WhatIfExample, WhatIfReport, what_if
@@ -34,6 +35,7 @@ __all__ = [
     "count_recent_autonomous",
     "current_policy_set",
     "current_threshold",
+    "effective_audit_rate",
     "evaluate",
     "policy_as_evaluated",
     "what_if",

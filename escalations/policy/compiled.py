@@ -14,7 +14,7 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db import connection
@@ -56,6 +56,8 @@ class CompiledPolicy:
     expiry_team_id: int | None
     approvals_required: int
     approvals_required_above: Decimal | None
+    audit_rate: float | None = None
+    updated_at: datetime | None = None
 
     @classmethod
     def of(cls, p: AutonomyPolicy) -> CompiledPolicy:

@@ -10,10 +10,11 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -36,6 +37,8 @@ class PolicyDecision:
     team_id: int
     approvals_required: int = 1
     policies_considered: int = 0
+    # The chance an action allowed to run alone is sampled for a person to judge (audit).
+    audit_rate: float = 0.0
 
 
 def amount_of(tool: ActionType, payload: dict[str, Any]) -> Decimal | None:
@@ -303,4 +306,18 @@ def evaluate(
         team_id=policy.team_id or state.team_id,
         approvals_required=policy.approvals_for(amount) if outcome == PolicyOutcome.REVIEW else 1,
         policies_considered=considered,
+        audit_rate=effective_audit_rate(policy, moment) if outcome == PolicyOutcome.AUTO else 0.0,
     )
+
+
+AUDIT_NEW_FOR = timedelta(days=14)
+
+
+def effective_audit_rate(policy: CompiledPolicy, now: datetime) -> float:
+    """The policy's audit rate; unset, settings.AUDIT_RATE (2%), or AUDIT_RATE_NEW (10%)
+    while its bar is new or just changed."""
+    if policy.audit_rate is not None:
+        return policy.audit_rate
+    if policy.updated_at is not None and now - policy.updated_at < AUDIT_NEW_FOR:
+        return float(settings.AUDIT_RATE_NEW)
+    return float(settings.AUDIT_RATE)

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from escalations.models import AgentProfile
 from escalations.slack import conf
 from escalations.slack.delivery import call
 from escalations.slack.mrkdwn import escape
@@ -49,15 +50,20 @@ def measure(rule: AlertRule, now: datetime) -> tuple[float | None, int]:
 
 def evaluate_alert_rules(*, now: datetime | None = None) -> dict[str, int]:
     """Open, update or close incidents. Safe to run concurrently and repeatedly."""
+    # Here: drift posts its alerts through this module (NOTIFY_TASK), a cycle at import.
+    from .drift import evaluate_drift_rules
+
     now = now or timezone.now()
-    opened = closed = 0
-    for rule in AlertRule.objects.filter(enabled=True).select_related("agent"):
+    drift = evaluate_drift_rules(now=now)
+    opened, closed = drift["opened"], 0
+    rules = AlertRule.objects.filter(enabled=True).exclude(metric=AlertMetric.CALIBRATION_DRIFT)
+    for rule in rules.select_related("agent"):
         value, samples = measure(rule, now)
         breached = value is not None and samples >= rule.min_samples and rule.breached_by(value)
         with transaction.atomic():
             open_incident = (
                 AlertIncident.objects.select_for_update()
-                .filter(rule=rule, closed_at__isnull=True)
+                .filter(rule=rule, subject="", closed_at__isnull=True)
                 .first()
             )
             if breached and open_incident is None:
@@ -90,6 +96,8 @@ def evaluate_alert_rules(*, now: datetime | None = None) -> dict[str, int]:
 
 def alert_text(incident: AlertIncident) -> str:
     rule = incident.rule
+    if rule.metric == AlertMetric.CALIBRATION_DRIFT:
+        return f":rotating_light: Caliber alert — {rule.name}: {incident.detail}"
     band = " and ".join(
         part
         for part in (
@@ -136,6 +144,10 @@ def notify(incident: AlertIncident) -> bool:
         return True
     rule = incident.rule
     team = rule.team or (rule.agent.team if rule.agent else None)
+    if team is None and incident.subject:
+        # A rule over every agent: the drifting agent's owner team hears about it.
+        agent = AgentProfile.objects.filter(name=incident.subject.split("/")[0]).first()
+        team = agent.team if agent is not None else None
     if not conf.enabled() or team is None or not team.slack_channel:
         AlertIncident.objects.filter(pk=incident.pk).update(
             notify_error="shown on the dashboard only: no Slack channel for this alert"

@@ -12,6 +12,9 @@ class AlertMetric(models.TextChoices):
     OVERRIDE_RATE = "override_rate", "Override rate (rejected or edited)"
     FAILURE_RATE = "failure_rate", "Run failure rate"
     ESCALATION_RATE = "escalation_rate", "Escalation rate"
+    # Not a rate in a band: a sequential test per (agent, action type) on people's judgements
+    # (review/metrics/drift.py); one incident per drifting (agent, action type).
+    CALIBRATION_DRIFT = "calibration_drift", "Calibration drift of an agent acting alone"
 
 
 class AlertRule(models.Model):
@@ -47,6 +50,8 @@ class AlertRule(models.Model):
         return self.name
 
     def clean(self) -> None:
+        if self.metric == AlertMetric.CALIBRATION_DRIFT:
+            return
         if self.lower_bound is None and self.upper_bound is None:
             raise ValidationError("Set a lower bound, an upper bound, or both.")
         for bound in (self.lower_bound, self.upper_bound):
@@ -67,6 +72,9 @@ class AlertRule(models.Model):
 
 class AlertIncident(models.Model):
     rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="incidents")
+    # What the incident is about when one rule watches many things (drift: "agent/type").
+    subject = models.CharField(max_length=200, blank=True, default="", db_default="")
+    detail = models.TextField(blank=True, default="", db_default="")
     opened_at = models.DateTimeField(default=timezone.now)
     closed_at = models.DateTimeField(null=True, blank=True)
     value_at_open = models.FloatField()
@@ -82,9 +90,9 @@ class AlertIncident(models.Model):
         constraints = [
             # Once per incident, by construction: a rule has at most one open incident.
             models.UniqueConstraint(
-                fields=["rule"],
+                fields=["rule", "subject"],
                 condition=models.Q(closed_at__isnull=True),
-                name="one_open_incident_per_rule",
+                name="one_open_incident_per_rule_subject",
             )
         ]
 
@@ -94,6 +102,46 @@ class AlertIncident(models.Model):
     @property
     def is_open(self) -> bool:
         return self.closed_at is None
+
+
+class DriftMonitor(models.Model):
+    """The sequential drift test of one agent's one action type (review/metrics/drift.py).
+
+    `reference` is the error-vs-confidence curve the agent was judged to have when the
+    monitor was armed; `cusum` the running statistic over every judgement since; `cursor`
+    the last judgement read. Alerted, it stays so (and any hold stays in force) until a
+    person acknowledges it, which re-arms it on the evidence as it is then.
+    """
+
+    agent = models.ForeignKey("escalations.AgentProfile", on_delete=models.CASCADE)
+    action_type = models.CharField(max_length=100)
+    reference = models.JSONField(default=list)
+    reference_size = models.PositiveIntegerField(default=0)
+    armed_at = models.DateTimeField(default=timezone.now)
+    cusum = models.FloatField(default=0.0)
+    observed = models.PositiveIntegerField(default=0, help_text="Judgements read since armed.")
+    cursor = models.BigIntegerField(default=0, help_text="The last decision id read.")
+    alerted_at = models.DateTimeField(null=True, blank=True)
+    incident = models.ForeignKey(
+        AlertIncident, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    hold_policy = models.ForeignKey(
+        "escalations.AutonomyPolicy",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The review-everything policy put in place when it alerted, if any.",
+    )
+
+    class Meta:
+        ordering = ["agent", "action_type"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "action_type"], name="one_drift_monitor")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent} / {self.action_type}"
 
 
 # --- daily rollups (review/metrics/rollups.py keeps them; nothing else writes them) ---------

@@ -1,10 +1,13 @@
 """The API's hot paths, counted in queries: what an agent's submit and a reviewer's decide
 cost, statement by statement, so a change that adds a round trip says so here."""
 
+import random
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from escalations import audit
 from tests.support.queries import statements
 
 from .conftest import action_body, reply_body
@@ -68,4 +71,52 @@ def test_a_decision_through_the_api_costs_thirteen_queries(api, reviewer_api, wa
         "SELECT escalations_escalation",
         "SELECT escalations_decision",
         "SELECT auth_user",  # who decided, by name
+    ]
+
+
+class _Draw(random.Random):
+    """An audit RNG whose every draw is `value` (0.0 wins any sample, 0.999999 none)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_the_audit_draw_adds_no_query_to_a_submit_acted_on_alone(api, warm, settings):
+    settings.AUDIT_RATE = settings.AUDIT_RATE_NEW = 0.5
+    for value in (0.999999, 0.0):  # not drawn, then drawn: a reversible one is audited later
+        with audit.use_rng(_Draw(value)), CaptureQueriesContext(connection) as ctx:
+            r = api.post("/actions", action_body())
+        assert r.json()["status"] == "auto_approved"
+        assert len(statements(ctx)) == 5, statements(ctx)
+
+
+def test_reporting_the_result_of_an_action_drawn_for_audit_costs_five_more_queries(
+    api, warm, settings
+):
+    """The price of an audit of what ran alone, paid by the sampled 2% only, after it ran."""
+    settings.AUDIT_RATE = settings.AUDIT_RATE_NEW = 0.5
+
+    def report(value: float) -> list[str]:
+        with audit.use_rng(_Draw(value)):
+            action_id = api.post("/actions", action_body()).json()["id"]
+        with CaptureQueriesContext(connection) as ctx:
+            r = api.post(f"/actions/{action_id}/result", {"status": "executed", "result": {}})
+        assert r.status_code == 200, r.content
+        return statements(ctx)
+
+    plain = report(0.999999)
+    sampled = report(0.0)
+    extra = list(sampled)
+    for s in plain:
+        extra.remove(s)
+    assert extra == [
+        "SELECT escalations_escalation",  # audited already? (a retried report opens none)
+        "UPDATE workflows_action",  # the audit's reason joins the action's
+        "SELECT escalations_agentprofile",  # the owner team, when the policy names none
+        "INSERT escalations_escalation",  # the audit, in the owner team's queue
+        "INSERT workflows_outbox",  # its summary, written after commit by a task
     ]

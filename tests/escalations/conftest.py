@@ -62,3 +62,20 @@ def refund_policy(support) -> Callable[..., AutonomyPolicy]:
 
 def escalation_of(action: Action) -> Escalation:
     return Escalation.objects.get(action=action)
+
+
+@pytest.fixture
+def act_alone(support):
+    def _make(action_type: str, **fields) -> AutonomyPolicy:
+        values = {
+            "name": f"{action_type} alone",
+            "action_type": action_type,
+            "outcome": PolicyOutcome.AUTO,
+            "min_confidence": 0.5,
+            "irreversible_requires_review": False,
+            "team": support,
+            **fields,
+        }
+        return AutonomyPolicy.objects.create(**values)
+
+    return _make

@@ -79,6 +79,23 @@ def test_confidence_predicts_approval_and_the_recommender_has_an_answer(seeded):
     assert reply.decided > 500
 
 
+def test_every_action_type_the_demo_takes_gets_a_threshold_within_its_target(seeded):
+    """Escalation decisions and the outcomes of what ran alone (update_crm and route_to_team
+    act alone above their bars): each type has a bar, its bound within its own target."""
+    for action_type, target in (
+        ("send_reply", 0.01),
+        ("update_crm", 0.05),
+        ("route_to_team", 0.05),
+    ):
+        rec = recommend_for(action_type)
+        assert rec.target == target
+        assert rec.threshold is not None, (action_type, rec.note)
+        assert rec.upper_bound is not None and rec.upper_bound <= target
+        assert 0.2 < (rec.share_alone or 0) < 1
+    crm = recommend_for("update_crm")
+    assert crm.outcomes > 100 and 0 < crm.bad_outcomes < crm.outcomes
+
+
 def test_the_degraded_days_stand_out(seeded):
     trend = {r["day"]: r for r in queries.daily_trend(_month(action_type="send_reply"))}
     today = timezone.now().astimezone(UTC).date()
