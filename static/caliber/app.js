@@ -291,7 +291,8 @@
       setTimeout(function () { if (document.body.contains(elt)) wrapper.reconnect(); }, 500 + Math.random() * 1500);
     }
   });
-  document.addEventListener("htmx:wsAfterMessage", function () { restoreSelection(); prunePicked(); tick(); announceChanges(); });
+  // A push can replace the key hints (#key-hints, out of band): put their switch back.
+  document.addEventListener("htmx:wsAfterMessage", function () { restoreSelection(); prunePicked(); tick(); showShortcutsState(); announceChanges(); });
   document.addEventListener("htmx:afterSettle", function () { restoreSelection(); prunePicked(); tick(); showShortcutsState(); });
 
   document.addEventListener("DOMContentLoaded", function () {

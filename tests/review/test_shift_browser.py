@@ -1,0 +1,65 @@
+"""What a reviewer working a shift ran into, in headless Chromium: the shortcut switch stays
+on the page after a live change, and a run's page fits a phone."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from playwright.sync_api import Browser, Page, ViewportSize, expect
+
+from escalations.actions import decide_escalation
+from escalations.models import Verdict, Via
+from tests.conftest import login
+from tests.review.factories import escalate
+from workflows.models import Effect
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
+
+PHONE: ViewportSize = {"width": 390, "height": 844}
+
+
+def _page(browser: Browser, base_url: str, viewport: ViewportSize | None = None) -> Page:
+    context = browser.new_context(
+        base_url=base_url, viewport=viewport or {"width": 1280, "height": 860}
+    )
+    return context.new_page()
+
+
+def test_the_shortcut_switch_stays_after_a_live_change(
+    browser, live_server_url, alice, carol, agent, policies
+):
+    esc = escalate(agent, subject="Decided elsewhere", due_in=timedelta(minutes=20))
+    page = _page(browser, live_server_url)
+    login(page, "alice")
+    page.goto(f"/review/{esc.pk}/")
+    expect(page.locator("#key-hints .keys-toggle")).to_have_text("Turn shortcuts off")
+    expect(page.locator(".conn-state, #live-state").first).to_be_visible()
+    page.wait_for_timeout(300)  # the page's socket is open
+    # Carol decides it while alice reads it: the panel and the hints are pushed live.
+    decide_escalation(
+        escalation_id=esc.pk,
+        user=carol,
+        verdict=Verdict.REJECT,
+        via=Via.WEB,
+        reason="Wrong customer.",
+    )
+    expect(page.locator("#live-state")).to_contain_text("Rejected by carol")
+    expect(page.locator("#key-hints")).not_to_contain_text("approve")
+    # The way to turn shortcuts off is still beside them.
+    expect(page.locator("#key-hints .keys-toggle")).to_have_text("Turn shortcuts off")
+    page.context.close()
+
+
+def test_a_run_page_fits_a_phone(browser, live_server_url, alice, agent, policies):
+    esc = escalate(agent, subject="Where is my order?")
+    run = esc.action.run
+    Effect.objects.create(
+        key=f"{run.pk}:propose_actions:send_reply", run=run, step_name="act", result={}
+    )
+    page = _page(browser, live_server_url, PHONE)
+    login(page, "alice")
+    page.goto(f"/runs/{run.pk}/")
+    expect(page.locator("#effects")).to_contain_text("propose_actions:send_reply")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.context.close()
