@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from escalations.actions import decide_escalation
-from escalations.models import Verdict, Via
+from escalations.models import Decision, Verdict, Via
 from tests.conftest import login
 from tests.review.factories import escalate
 from workflows.models import Effect
@@ -62,4 +62,25 @@ def test_a_run_page_fits_a_phone(browser, live_server_url, alice, agent, policie
     page.goto(f"/runs/{run.pk}/")
     expect(page.locator("#effects")).to_contain_text("propose_actions:send_reply")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.context.close()
+
+
+def test_on_a_phone_the_irreversible_confirmation_is_what_the_reviewer_sees(
+    browser, live_server_url, alice, agent, policies
+):
+    """Tapping Approve on a phone answers with "this cannot be undone": that step must be on
+    screen, and no other Approve button may stand in for "Yes, approve it" unseen."""
+    esc = escalate(agent, subject="Where is my order?", due_in=timedelta(minutes=20))
+    page = _page(browser, live_server_url, PHONE)
+    login(page, "alice")
+    page.goto(f"/review/{esc.pk}/")
+    page.locator(".action-bar button", has_text="Approve").click()
+    confirm = page.locator("#confirm-step")
+    expect(confirm).to_contain_text("cannot be undone")
+    expect(confirm.locator("[data-confirm-approve]")).to_be_in_viewport()
+    expect(page.locator(".action-bar")).to_be_hidden()
+    assert not Decision.objects.exists()
+    confirm.locator("[data-confirm-approve]").click()
+    expect(page.locator(".messages")).to_contain_text("Approved")
+    assert Decision.objects.get().verdict == Verdict.APPROVE
     page.context.close()
