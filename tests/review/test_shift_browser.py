@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from escalations.actions import decide_escalation
 from escalations.models import Decision, Verdict, Via
 from tests.conftest import login
 from tests.review.factories import escalate
-from workflows.models import Effect
+from workflows.models import Action, ActionStatus, Effect
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
@@ -83,4 +84,28 @@ def test_on_a_phone_the_irreversible_confirmation_is_what_the_reviewer_sees(
     confirm.locator("[data-confirm-approve]").click()
     expect(page.locator(".messages")).to_contain_text("Approved")
     assert Decision.objects.get().verdict == Verdict.APPROVE
+    page.context.close()
+
+
+def test_z_undoes_an_approval_in_its_window_from_the_keyboard(
+    browser, live_server_url, alice, agent, policies
+):
+    """The approval went out on `a` + Enter; taking it back must be as quick: `z`."""
+    esc = escalate(agent, subject="Sent too fast", due_in=timedelta(minutes=20))
+    decide_escalation(escalation_id=esc.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB)
+    # The undo window (the test settings make it 0 s): a minute left, and no worker to run it.
+    Action.objects.filter(pk=esc.action_id).update(
+        execute_after=timezone.now() + timedelta(minutes=1)
+    )
+    page = _page(browser, live_server_url)
+    login(page, "alice")
+    page.goto(f"/review/{esc.pk}/")
+    expect(page.locator("#settlement button[data-undo]")).to_be_visible()
+    expect(page.locator("#key-hints")).to_contain_text("z undo")
+    page.keyboard.press("z")
+    expect(page.locator("#decision-form")).to_be_visible()
+    expect(page.locator(".messages")).to_contain_text("Undone: nothing was sent")
+    esc.refresh_from_db()
+    assert esc.is_undecided and not Decision.objects.filter(escalation=esc).exists()
+    assert Action.objects.get(pk=esc.action_id).status == ActionStatus.ESCALATED
     page.context.close()
