@@ -109,3 +109,33 @@ def test_z_undoes_an_approval_in_its_window_from_the_keyboard(
     assert esc.is_undecided and not Decision.objects.filter(escalation=esc).exists()
     assert Action.objects.get(pk=esc.action_id).status == ActionStatus.ESCALATED
     page.context.close()
+
+
+def test_a_page_watching_a_decision_says_what_became_of_it_once_it_settles(
+    browser, live_server_url, alice, carol, agent, policies
+):
+    """Carol rejects the reply alice is reading: alice's page first says the ticket is about
+    to be handed to a person, then — once the engine ran the fallback — who owns it, without
+    a reload (it used to stay on "next: hand the ticket to a person" for good)."""
+    esc = escalate(agent, subject="Watched while decided", due_in=timedelta(minutes=20))
+    page = _page(browser, live_server_url)
+    login(page, "alice")
+    page.goto(f"/review/{esc.pk}/")
+    expect(page.locator("#decision-form")).to_be_visible()
+    page.wait_for_timeout(300)  # the page's socket is open
+    decide_escalation(
+        escalation_id=esc.pk, user=carol, verdict=Verdict.REJECT, via=Via.WEB, reason="No."
+    )
+    expect(page.locator("#settlement")).to_contain_text("next: hand the ticket to a person")
+    # What the engine's settle does when it runs the fallback (no worker in this test).
+    run = esc.action.run
+    Effect.objects.create(
+        key=f"{run.pk}:act:fallback-{esc.action_id}",
+        run=run,
+        step_name="act",
+        action_id=esc.action_id,
+        result={"assigned_to": "carol"},
+    )
+    expect(page.locator("#settlement")).to_contain_text("carol owns it", timeout=10_000)
+    expect(page.locator("#due-or-outcome")).to_contain_text("carol owns it")
+    page.context.close()
