@@ -1,5 +1,6 @@
 """What a reviewer working a shift ran into, in headless Chromium: the shortcut switch stays
-on the page after a live change, and a run's page fits a phone."""
+after a live change, a run's page fits a phone, the phone's irreversible confirmation is
+what is on screen, `z` undoes, and a watched decision's page says what became of it."""
 
 from __future__ import annotations
 
@@ -7,24 +8,16 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from playwright.sync_api import Browser, Page, ViewportSize, expect
+from playwright.sync_api import expect
 
 from escalations.actions import decide_escalation
 from escalations.models import Decision, Verdict, Via
 from tests.conftest import login
 from tests.review.factories import escalate
+from tests.review.test_desk_browser import PHONE, _page
 from workflows.models import Action, ActionStatus, Effect
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
-
-PHONE: ViewportSize = {"width": 390, "height": 844}
-
-
-def _page(browser: Browser, base_url: str, viewport: ViewportSize | None = None) -> Page:
-    context = browser.new_context(
-        base_url=base_url, viewport=viewport or {"width": 1280, "height": 860}
-    )
-    return context.new_page()
 
 
 def test_the_shortcut_switch_stays_after_a_live_change(

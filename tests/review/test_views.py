@@ -543,7 +543,7 @@ def test_an_edited_reply_shows_the_lines_that_changed_not_the_whole_body_struck_
     body = "Hi Ada,\n\nWe are looking into the charge.\n\nBest regards,\nSupport"
     payload = {"ticket_id": "T-1", "to": "ada@example.com", "body": body}
     esc = escalate(agent, payload=payload)
-    client = _client(alice)
+    client = logged_in(alice)
     url = reverse("review:decide", args=[esc.pk])
     edited = body.replace("charge.", "charge.\n\nThe duplicate was refunded today.")
     data = {"verdict": "edit", "p__ticket_id": "T-1", "p__to": "ada@example.com"}
