@@ -29,6 +29,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from workflows.llm import revise_payload
 from workflows.models import (
     Action,
     ActionStatus,
@@ -81,7 +82,20 @@ _REJECT_REASONS = (
     "Promises a refund we have not agreed.",
     "Doesn't answer the question asked.",
 )
-_RESPOND = ("Check the order history first, it was already refunded.",)
+# What reviewers answer instead of deciding (Respond): things the agent can act on, which
+# it does as the live engine's offline model would (workflows.llm.revise_payload).
+_RESPOND = {
+    "send_reply": (
+        "Ask them for their order number first.",
+        "Apologise for the delay.",
+        "Tell them the team will call back tomorrow morning.",
+    ),
+    "route_to_team": ("This is a Billing question: send it there.",),
+    "update_crm": ("Note that the customer has written twice about this.",),
+}
+# How often a person approves the revision of their own answer (else they reject it, and
+# the ticket is handed to them).
+REVISION_APPROVED = 0.85
 
 
 ROUTINE_ERROR = 0.001
@@ -111,6 +125,9 @@ class _Plan:
     outcomes: list[Outcome]
     calls: list[ModelCall]
     effects: list[Effect]
+    # The revisions' own generator: adding them left every other draw (and so the
+    # calibration curve and the recommender's answer) as it was.
+    revision_rng: random.Random
 
 
 def history_exists() -> bool:
@@ -122,7 +139,7 @@ def seed_history(*, now: datetime | None = None, seed: int = 17) -> int:
     with transaction.atomic():
         if history_exists():
             return 0
-        plan = _plan(now or timezone.now(), random.Random(seed))
+        plan = _plan(now or timezone.now(), random.Random(seed), random.Random(seed + 1))
         WorkflowRun.objects.bulk_create(plan.runs, batch_size=500)
         Action.objects.bulk_create(plan.actions, batch_size=500)
         Escalation.objects.bulk_create(plan.escalations, batch_size=500)
@@ -133,7 +150,7 @@ def seed_history(*, now: datetime | None = None, seed: int = 17) -> int:
     return len(plan.runs)
 
 
-def _plan(now: datetime, rng: random.Random) -> _Plan:
+def _plan(now: datetime, rng: random.Random, revision_rng: random.Random) -> _Plan:
     agent = AgentProfile.objects.get(name="triage-agent")
     teams = {t.name: t for t in Team.objects.all()}
     reviewers = {
@@ -142,7 +159,7 @@ def _plan(now: datetime, rng: random.Random) -> _Plan:
     }
     fallback = User.objects.filter(is_superuser=True).order_by("pk").first()
     policy_set = compile_policy_set()
-    plan = _Plan([], [], [], [], [], [], [])
+    plan = _Plan([], [], [], [], [], [], [], revision_rng)
     serial = 0
     for days_ago in range(DAYS, 0, -1):
         degraded = DEGRADED_TO <= days_ago <= DEGRADED_FROM
@@ -318,21 +335,9 @@ def _add_action(
     if reviewer is None:
         action.status = ActionStatus.BLOCKED
         return
-    sla = 30 if action_type == "send_reply" else None
     # Most within the SLA; a long tail, so the SLA figures have breaches to show.
     wait = timedelta(minutes=min(rng.expovariate(1 / 12), 240))
-    decided_at = created + wait
-    escalation = Escalation(
-        id=uuid.UUID(int=rng.getrandbits(128), version=4),
-        action=action,
-        team=team,
-        reasons=decision.reasons,
-        summary=f"{action_type} for {run.input['ticket_id']}: {run.input['subject']}",
-        created_at=created,
-        sla_minutes=sla,
-        sla_due_at=created + timedelta(minutes=sla) if sla else None,
-        decided_at=decided_at,
-    )
+    escalation_id = uuid.UUID(int=rng.getrandbits(128), version=4)
     p_ok = approval_probability(
         confidence,
         routine=routine,
@@ -357,12 +362,73 @@ def _add_action(
         reason = rng.choice(_REJECT_REASONS)
     else:
         verdict = Verdict.RESPOND
-        reason = rng.choice(_RESPOND)
+        reason = rng.choice(_RESPOND.get(action_type, _RESPOND["update_crm"]))
+    decided_at = _escalate_and_decide(
+        plan,
+        rng,
+        action,
+        escalation_id=escalation_id,
+        team=team,
+        reviewer=reviewer,
+        created=created,
+        wait=wait,
+        verdict=verdict,
+        reason=reason,
+        edited=edited,
+        degraded=degraded,
+    )
+    if verdict == Verdict.RESPOND:
+        _revise(
+            plan,
+            plan.revision_rng,
+            policy_set,
+            action,
+            answered_at=decided_at,
+            degraded=degraded,
+            teams=teams,
+            reviewer=reviewer,
+        )
+
+
+def _escalate_and_decide(
+    plan: _Plan,
+    rng: random.Random,
+    action: Action,
+    *,
+    escalation_id: uuid.UUID,
+    team: Team,
+    reviewer: User,
+    created: datetime,
+    wait: timedelta,
+    verdict: Verdict,
+    reason: str,
+    edited: dict[str, Any] | None,
+    degraded: bool,
+) -> datetime:
+    """The escalation, the person's decision and what the live engine makes of it (sent,
+    handed off, or answered: back to the agent). Returns when it was decided."""
+    assert action.run is not None
+    run = action.run
+    action_type = action.action_type
+    sla = 30 if action_type == "send_reply" else None
+    decided_at = created + wait
+    revision = f" (revision {action.revision_round})" if action.revision_round else ""
+    escalation = Escalation(
+        id=escalation_id,
+        action=action,
+        team=team,
+        reasons=action.reasons,
+        summary=f"{action_type} for {run.input['ticket_id']}: {run.input['subject']}{revision}",
+        created_at=created,
+        sla_minutes=sla,
+        sla_due_at=created + timedelta(minutes=sla) if sla else None,
+        decided_at=decided_at,
+    )
     approved = verdict == Verdict.APPROVE
     escalation.status = EscalationStatus.APPROVED if approved else EscalationStatus.REJECTED
     action.status = ActionStatus.EXECUTED if approved else ActionStatus.REJECTED
     if approved:
-        action.approved_payload = edited or payload
+        action.approved_payload = edited or action.payload
         action.executed_at = decided_at + timedelta(seconds=1)
         action.result = {"demo": True}
     plan.escalations.append(escalation)
@@ -382,6 +448,89 @@ def _add_action(
         _maybe_outcome(plan, rng, action, good=good)
     elif verdict == Verdict.REJECT:
         _hand_off(plan, action, by=reviewer.get_username(), reason=reason, at=decided_at)
+    else:
+        # What the engine reads (workflows.settle.record_decision): the words go back to
+        # the agent, which revises its proposal.
+        by = reviewer.get_username()
+        action.feedback = {"verdict": verdict.value, "text": reason, "by": by, "owner": by}
+    return decided_at
+
+
+def _revise(
+    plan: _Plan,
+    rng: random.Random,
+    policy_set: Any,
+    answered: Action,
+    *,
+    answered_at: datetime,
+    degraded: bool,
+    teams: dict[str, Team],
+    reviewer: User,
+) -> None:
+    """What the live engine does with an answer (workflows.triage.act): the agent revises
+    its proposal with the reviewer's words (as the offline model's rules do), the revision
+    is held against today's policies like any proposal, and a person decides it — mostly
+    approved and sent, else rejected and handed to them. The run ends by the revision."""
+    assert answered.run is not None
+    run = answered.run
+    text = str(answered.feedback.get("text", ""))
+    payload, changed = revise_payload(answered.action_type, dict(answered.payload), text)
+    confidence = 0.85 if changed else 0.5
+    created = answered_at + timedelta(seconds=rng.randint(2, 20))
+    decision = evaluate(
+        agent=answered.agent,
+        workflow=run.workflow,
+        action_type=answered.action_type,
+        confidence=confidence,
+        payload=payload,
+        now=created,
+        policy_set=policy_set,
+        count_recent=lambda *args: 0,
+        apply_kill_switch=False,
+    )
+    revision = Action(
+        id=uuid.UUID(int=rng.getrandbits(128), version=4),
+        run=run,
+        step_name=answered.step_name,
+        agent=answered.agent,
+        action_type=answered.action_type,
+        payload=payload,
+        confidence=confidence,
+        rationale=f"revised as {reviewer.get_username()} asked: {changed}"
+        if changed
+        else "could not tell what to change; sent back as it was",
+        outcome=decision.outcome,
+        reasons=decision.reasons,
+        policy_id=decision.policy_id,
+        policy_version=decision.policy_version,
+        idempotency_key=f"{answered.idempotency_key}:r1",
+        created_at=created,
+        revision_of=answered,
+        revision_round=1,
+    )
+    plan.actions.append(revision)
+    team = next((t for t in teams.values() if t.pk == decision.team_id), None)
+    if decision.outcome == PolicyOutcome.AUTO or team is None:
+        # Allowed alone (or nowhere to send it): it runs, as the live engine runs it.
+        revision.status = ActionStatus.EXECUTED
+        revision.executed_at = created + timedelta(seconds=1)
+        revision.result = {"demo": True}
+        return
+    approved = rng.random() < REVISION_APPROVED
+    _escalate_and_decide(
+        plan,
+        rng,
+        revision,
+        escalation_id=uuid.UUID(int=rng.getrandbits(128), version=4),
+        team=team,
+        reviewer=reviewer,
+        created=created,
+        wait=timedelta(minutes=min(rng.expovariate(1 / 6), 120)),
+        verdict=Verdict.APPROVE if approved else Verdict.REJECT,
+        reason="" if approved else "Still not right; I'll write to them myself.",
+        edited=None,
+        degraded=degraded,
+    )
 
 
 def _hand_off(plan: _Plan, action: Action, *, by: str, reason: str, at: datetime) -> None:

@@ -90,9 +90,13 @@ class FieldChange:
     key: str
     added: list[str]
     removed: list[str]
+    # One line replaced by one line (a subject, a team, an amount): read as "old -> new".
+    inline: bool = False
 
 
-def _field_changes(before: dict[str, Any], after: dict[str, Any]) -> list[FieldChange]:
+def field_changes(before: dict[str, Any], after: dict[str, Any]) -> list[FieldChange]:
+    """What changed between two versions of a payload, field by field and, in text, line by
+    line: the page an edit's confirmation, its decided state and a revision's note show."""
     out = []
     for key in [*before, *(k for k in after if k not in before)]:
         old, new = before.get(key), after.get(key)
@@ -102,10 +106,13 @@ def _field_changes(before: dict[str, Any], after: dict[str, Any]) -> list[FieldC
             lines = list(difflib.ndiff(old.splitlines(), new.splitlines()))
             added = [ln[2:] for ln in lines if ln.startswith("+ ") and ln[2:].strip()]
             removed = [ln[2:] for ln in lines if ln.startswith("- ") and ln[2:].strip()]
+            inline = "\n" not in old and "\n" not in new
         else:
             added = [] if new is None else [_plain(new)]
             removed = [] if old is None else [_plain(old)]
-        out.append(FieldChange(key=key, added=added, removed=removed))
+            inline = old is not None and new is not None
+        inline = inline and len(added) == 1 and len(removed) == 1
+        out.append(FieldChange(key=key, added=added, removed=removed, inline=inline))
     return out
 
 
@@ -141,7 +148,7 @@ def revision_context(action: Action) -> dict[str, Any] | None:
         "answer": original.feedback.get("text", ""),
         "answered_by": original.feedback.get("by", ""),
         "diff": payload_diff(original.payload, action.payload),
-        "changes": _field_changes(original.payload, action.payload),
+        "changes": field_changes(original.payload, action.payload),
         "model": model,
         "offline": model == OfflineModel.name,
         "offline_label": OfflineModel.label,

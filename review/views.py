@@ -34,7 +34,6 @@ from escalations.actions import (
     undo_approval,
 )
 from escalations.actions.bulk import MAX_BULK
-from escalations.actions.decisions import payload_diff
 from escalations.models import Decision, Escalation, Verdict, Via
 from escalations.rendering import proposal_for_action, tree
 from workflows.settle import undo_window_seconds
@@ -50,7 +49,7 @@ from .queue import (
     render_queue_note,
     render_row,
 )
-from .settlement import revision_context, settlement_of, status_label
+from .settlement import field_changes, revision_context, settlement_of, status_label
 
 
 def _is_htmx(request: HttpRequest) -> bool:
@@ -95,7 +94,7 @@ def _decision_extras(
 ) -> dict[str, object]:
     diff = None
     if decision is not None and decision.edited_payload is not None:
-        diff = payload_diff(esc.action.payload, decision.edited_payload)
+        diff = field_changes(esc.action.payload, decision.edited_payload)
     status_css, status_text = status_label(esc, decision)
     return {
         "diff": diff,
@@ -157,7 +156,7 @@ def decide(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
             confirming=True,
             confirm_verdict=EDIT if edited is not None else Verdict.APPROVE,
             confirm_digest=form.confirm_digest,
-            confirm_diff=payload_diff(esc.action.payload, edited) if edited is not None else None,
+            confirm_diff=field_changes(esc.action.payload, edited) if edited is not None else None,
             confirm_proposal=proposal_for_action(esc.action, form.version_to_run),
         )
         return render(request, "review/detail.html", ctx)

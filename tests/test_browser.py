@@ -143,7 +143,10 @@ def test_a_reply_is_an_email_edited_in_its_body_then_approved_after_seeing_the_d
     # Irreversible: the diff, and a confirm button that a key alone never presses.
     confirm = page.locator("#confirm-step")
     expect(confirm).to_contain_text("cannot be undone")
-    expect(confirm.locator(".diff ins")).to_contain_text("we refunded the duplicate charge")
+    # Line by line: each added line is its own <ins>, the one that matters among them.
+    expect(
+        confirm.locator(".diff ins", has_text="we refunded the duplicate charge")
+    ).to_be_visible()
     _shot(page, "detail-confirm", full_page=True)
     page.keyboard.press("a")
     expect(page.locator("[data-confirm-approve]")).to_be_focused()

@@ -116,6 +116,8 @@
     var form = document.getElementById("decision-form");
     if (e.key === "u") return click('.crumbs a[data-key="u"]');
     if (e.key === "c") return click('#live-state button[data-key="c"]');
+    // An approval in its undo window: take it back as quickly as it was given.
+    if (e.key === "z") return click("#settlement button[data-undo]:not([disabled])");
     if (!form || form.offsetParent === null) return false;
     var edit = document.getElementById("edit-panel");
     if (e.key === "a") {
@@ -252,6 +254,44 @@
     }
   }
 
+  // --- a decision settling after the page showed it ----------------------------------------
+  // The push that says "decided" comes when the decision commits; what became of the action
+  // (handed to a named person, revised, sent) is settled by the engine a moment later, and
+  // nothing pushes that. While the panel says it is still in between, read the page again
+  // (a few times, then stop) and put its decided parts in place.
+  var SETTLE_IDS = ["live-state", "due-or-outcome", "esc-status"];
+  var settleTries = 0;
+  var settleTimer = null;
+  function unsettled() {
+    var s = document.getElementById("settlement");
+    if (!s) return false;
+    return s.classList.contains("settlement-revising") ||
+      (s.classList.contains("settlement-queued") && !s.querySelector(".countdown"));
+  }
+  function watchSettlement() {
+    if (settleTimer || settleTries >= 20 || !unsettled()) return;
+    settleTimer = setTimeout(function () {
+      settleTimer = null;
+      settleTries += 1;
+      fetch(location.pathname, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.text() : ""; })
+        .then(function (html) {
+          var doc = new DOMParser().parseFromString(html, "text/html");
+          SETTLE_IDS.forEach(function (id) {
+            var fresh = doc.getElementById(id), old = document.getElementById(id);
+            if (fresh && old) {
+              old.replaceWith(fresh);
+              if (window.htmx) window.htmx.process(fresh);
+            }
+          });
+          tick();
+          announceChanges();
+          watchSettlement();
+        })
+        .catch(function () { watchSettlement(); });
+    }, 1500);
+  }
+
   // An htmx request whose session has gone follows the redirect to the login form: send the
   // whole page there instead of swapping the login form into the queue.
   document.addEventListener("htmx:beforeSwap", function (e) {
@@ -291,7 +331,8 @@
       setTimeout(function () { if (document.body.contains(elt)) wrapper.reconnect(); }, 500 + Math.random() * 1500);
     }
   });
-  document.addEventListener("htmx:wsAfterMessage", function () { restoreSelection(); prunePicked(); tick(); announceChanges(); });
+  // A push can replace the key hints (#key-hints, out of band): put their switch back.
+  document.addEventListener("htmx:wsAfterMessage", function () { restoreSelection(); prunePicked(); tick(); showShortcutsState(); announceChanges(); watchSettlement(); });
   document.addEventListener("htmx:afterSettle", function () { restoreSelection(); prunePicked(); tick(); showShortcutsState(); });
 
   document.addEventListener("DOMContentLoaded", function () {
@@ -300,6 +341,7 @@
     document.querySelectorAll(".conn-state").forEach(function (el) { if (!el.textContent) el.textContent = "connecting…"; });
     var state = document.getElementById("live-state");
     if (state) lastLiveState = state.textContent.replace(/\s+/g, " ").trim();
+    watchSettlement();
     if (!document.getElementById("queue-rows")) return;
     var stored = null;
     try { stored = sessionStorage.getItem(SELECTED_KEY); sessionStorage.removeItem(SELECTED_KEY); } catch (err) { /* private mode */ }

@@ -146,3 +146,51 @@ def test_rejected_replies_end_handed_off_as_the_live_engine_ends_them(seeded, ad
     page = admin_client.get(f"/review/{first.pk}/").text
     owner = first.decision.decided_by.username
     assert f"Hand the ticket to a person: {owner} owns it" in page
+
+
+def test_answered_replies_come_back_revised_as_the_live_engine_revises_them(seeded, admin_client):
+    """A Respond in the history is what the live engine makes of one: the agent revised the
+    reply with the reviewer's words, the revision went to a person, and the run ends by
+    what became of the revision (sent: succeeded; rejected: handed off), never a plain
+    rejection whose run says it succeeded."""
+    from escalations.models import EscalationStatus, Verdict
+    from workflows.models import ActionStatus, Effect, RunStatus
+
+    answered = Action.objects.filter(
+        action_type="send_reply", escalation__decision__verdict=Verdict.RESPOND
+    ).select_related("run", "escalation__decision__decided_by")
+    assert answered.count() >= 5
+    outcomes = set()
+    for action in answered:
+        decision = action.escalation.decision
+        who = decision.decided_by.username
+        assert action.status == ActionStatus.REJECTED and action.answered
+        assert action.feedback["text"] == decision.reason and action.feedback["by"] == who
+        revision = Action.objects.select_related("escalation__decision").get(revision_of=action)
+        assert revision.revision_round == 1 and revision.run_id == action.run_id
+        assert revision.payload["body"] != action.payload["body"]
+        assert revision.created_at > decision.created_at
+        revised = revision.escalation.decision
+        assert revised.created_at > revision.created_at
+        run = action.run
+        if revised.verdict == Verdict.APPROVE:
+            assert revision.status == ActionStatus.EXECUTED
+            assert run.status == RunStatus.SUCCEEDED
+        else:
+            assert revised.verdict == Verdict.REJECT
+            assert revision.escalation.status == EscalationStatus.REJECTED
+            assert run.status == RunStatus.HANDED_OFF
+            assert Effect.objects.filter(key__endswith=f":fallback-{revision.pk}").exists()
+        outcomes.add(revised.verdict)
+    assert outcomes == {Verdict.APPROVE, Verdict.REJECT}
+    # No run whose customer got no reply says it succeeded.
+    assert (
+        not WorkflowRun.objects.filter(status=RunStatus.SUCCEEDED)
+        .exclude(actions__action_type="send_reply", actions__status=ActionStatus.EXECUTED)
+        .exists()
+    )
+    page = admin_client.get(f"/review/{answered[0].escalation.pk}/").text
+    assert "The agent revised it" in page
+    # The metrics count each answer as an answer, once, and its revision's verdict apart.
+    figures = queries.decision_figures(_month())
+    assert figures["responded"] == Decision.objects.filter(verdict=Verdict.RESPOND).count()

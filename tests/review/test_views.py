@@ -532,3 +532,29 @@ def test_the_page_reads_in_an_index_range_however_long_the_queue(alice, agent, p
         plan = "\n".join(r[0] for r in cursor.fetchall())
         cursor.execute("RESET enable_seqscan")
     assert "esc_undecided" in plan and "Sort" not in plan.split("esc_undecided")[0]
+
+
+def test_an_edited_reply_shows_the_lines_that_changed_not_the_whole_body_struck_out(
+    alice, agent, policies
+):
+    """Judged in seconds: a reviewer who added one sentence to a four-paragraph reply sees
+    that sentence added, before confirming and on the decided page, not the whole old body
+    struck out beside the whole new one (where the change hides)."""
+    body = "Hi Ada,\n\nWe are looking into the charge.\n\nBest regards,\nSupport"
+    payload = {"ticket_id": "T-1", "to": "ada@example.com", "body": body}
+    esc = escalate(agent, payload=payload)
+    client = logged_in(alice)
+    url = reverse("review:decide", args=[esc.pk])
+    edited = body.replace("charge.", "charge.\n\nThe duplicate was refunded today.")
+    data = {"verdict": "edit", "p__ticket_id": "T-1", "p__to": "ada@example.com"}
+    shown = client.post(url, {**data, "p__body": edited}).text
+    confirm = shown[shown.index('id="confirm-step"') :]
+    confirm = confirm[: confirm.index("</ul>")]
+    assert "<ins>The duplicate was refunded today.</ins>" in confirm
+    assert "<del>" not in confirm and "Best regards" not in confirm
+    _confirmed(client, url, {**data, "p__body": edited})
+    html = client.get(reverse("review:detail", args=[esc.pk])).text
+    decided = html[html.index("Edited before approval") :]
+    decided = decided[: decided.index("</ul>")]
+    assert "<ins>The duplicate was refunded today.</ins>" in decided
+    assert "<del>" not in decided and "Best regards" not in decided
