@@ -146,6 +146,35 @@ def _card(action: Action, kind: EscalationKind) -> dict[str, str]:
     return card
 
 
+# However soon the escalation a revision follows was due, the revision gives its reviewer this
+# long: it must not arrive already expired.
+REVISION_GRACE = timedelta(minutes=5)
+
+
+def _keep_the_customers_place(
+    revision_of_id: Any, routing: dict[str, Any], due_without_sla_at: Any, now: Any
+) -> tuple[dict[str, Any], Any]:
+    """A revision (the agent's answer to a Respond) is due when the escalation it follows was,
+    not a fresh SLA later: its customer has waited since then, and it must not sink under
+    newer tickets. Never sooner than REVISION_GRACE from now (it may not arrive expired)."""
+    first = (
+        Escalation.objects.filter(action_id=revision_of_id)
+        .values("sla_due_at", "due_without_sla_at")
+        .first()
+    )
+    if first is None:
+        return routing, due_without_sla_at
+    floor = now + REVISION_GRACE
+    if routing.get("sla_due_at") is not None and first["sla_due_at"] is not None:
+        routing = {
+            **routing,
+            "sla_due_at": min(routing["sla_due_at"], max(first["sla_due_at"], floor)),
+        }
+    if first["due_without_sla_at"] is not None:
+        due_without_sla_at = min(due_without_sla_at, max(first["due_without_sla_at"], floor))
+    return routing, due_without_sla_at
+
+
 def escalate_action(
     *,
     action: Action,
@@ -183,6 +212,11 @@ def escalate_action(
                 if policy.expiry_behaviour == ExpiryBehaviour.REROUTE
                 else None,
             )
+    due_without_sla_at = now + DUE_WITHOUT_SLA[risk]
+    if action.revision_of_id is not None:
+        routing, due_without_sla_at = _keep_the_customers_place(
+            action.revision_of_id, routing, due_without_sla_at, now
+        )
     # The template now; the model's after commit (write_summary), never in here.
     summary = first_summary(action, list(action.reasons))
     escalation = Escalation.objects.create(
@@ -193,7 +227,7 @@ def escalate_action(
         summary=summary,
         created_at=now,
         risk=risk,
-        due_without_sla_at=now + DUE_WITHOUT_SLA[risk],
+        due_without_sla_at=due_without_sla_at,
         search_text=search_text_for_action(action, summary),
         card=_card(action, kind),
         **routing,

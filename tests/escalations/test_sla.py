@@ -11,8 +11,10 @@ from escalations.actions import (
     expire_due_escalations,
     handle_sla_breach,
 )
+from escalations.actions.decisions import REVISION_GRACE
 from escalations.actions.sla import SYSTEM_USERNAME
 from escalations.models import Decision, Escalation, EscalationStatus, Team, Verdict, Via
+from workflows.actions import propose_action
 from workflows.models import Action, ActionStatus
 
 from .conftest import REFUND, escalation_of
@@ -267,3 +269,44 @@ def test_an_approval_before_the_sla_runs_out_still_counts(refund_policy, propose
     esc = escalation_of(propose("issue_refund", REFUND, 0.9))
     decide_escalation(escalation_id=esc.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB)
     assert Escalation.objects.get().status == EscalationStatus.APPROVED
+
+
+def _revise(action: Action, confidence: float = 0.9) -> Escalation:
+    assert action.run is not None
+    revision = propose_action(
+        run=action.run,
+        step_name=action.step_name,
+        action_type=action.action_type,
+        payload={**action.payload, "amount": 100},
+        confidence=confidence,
+        rationale="asked for the order number first",
+        revision_of=action,
+    )
+    return escalation_of(revision)
+
+
+def test_a_revision_is_due_when_the_escalation_it_answers_was(refund_policy, propose):
+    """The agent's revision after a Respond keeps its customer's place in the queue: due when
+    the first escalation was, not a fresh SLA later (it sank under newer tickets)."""
+    refund_policy(sla_minutes=30, expiry_behaviour="reject")
+    first = escalation_of(propose("issue_refund", REFUND, 0.9))
+    Escalation.objects.filter(pk=first.pk).update(sla_due_at=timezone.now() + timedelta(minutes=12))
+    first.refresh_from_db()
+    newer = escalation_of(propose("issue_refund", REFUND, 0.9))
+    revision = _revise(first.action)
+    assert revision.sla_due_at == first.sla_due_at
+    assert revision.due_without_sla_at <= first.due_without_sla_at
+    assert revision.sla_due_at < newer.sla_due_at
+
+
+def test_a_revision_never_arrives_already_expired(refund_policy, propose):
+    refund_policy(sla_minutes=30, expiry_behaviour="reject")
+    first = escalation_of(propose("issue_refund", REFUND, 0.9))
+    Escalation.objects.filter(pk=first.pk).update(sla_due_at=timezone.now() - timedelta(minutes=1))
+    before = timezone.now()
+    revision = _revise(first.action)
+    assert revision.sla_due_at >= before + REVISION_GRACE
+    assert revision.sla_due_at <= timezone.now() + REVISION_GRACE
+    expire_due_escalations()
+    revision.refresh_from_db()
+    assert revision.status == EscalationStatus.OPEN
