@@ -26,7 +26,10 @@ def test_every_way_of_starting_a_worker_consumes_the_priority_queue_first():
     supervised = (ROOT / "config" / "supervisord.conf").read_text()
     assert "-Q %(ENV_CALIBER_WORKER_QUEUES)s" in supervised
     serve = (ROOT / "workflows" / "management" / "commands" / "serve.py").read_text()
-    assert 'getattr(settings, "CELERY_PRIORITY_QUEUE", None),\n' in serve
+    assert "                    settings.CELERY_PRIORITY_QUEUE,\n" in serve
+    # ... and the resumer takes only the priority queue.
+    assert "-Q %(ENV_CALIBER_PRIORITY_QUEUE)s -n resumer@" in supervised
+    assert "CALIBER_PRIORITY_QUEUE=settings.CELERY_PRIORITY_QUEUE," in serve
     embedded = (ROOT / "workflows" / "embedded.py").read_text()
     assert "queues=[settings.CELERY_PRIORITY_QUEUE, settings.CELERY_TASK_DEFAULT_QUEUE]" in embedded
     processes = (ROOT / "tests" / "support" / "processes.py").read_text()
