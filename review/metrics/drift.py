@@ -24,6 +24,9 @@ escalates ~5% of its actions gives little evidence per action. x3 and 5 trade so
 unused false-alarm budget (the goal is under 1 per 10,000 actions; an in-memory study of
 the simulation's agents gave ~0.3-0.45 per 10,000, against ~0.1 before) for speed: median
 ~700-950 actions, 90% within ~1,300-1,700 in the same study.
+The price is per judgement: on an agent judged on every action, one false alarm per ~2,800
+judgements (~20,000 at x2.5 / 7), so an agent acting alone that escalates a large share of
+its actions spends more of the budget per action than the simulation's agents (~5%).
 """
 
 from __future__ import annotations

@@ -35,10 +35,21 @@ def _cusum(reference: list[float], judgements: list[Judgement]) -> int | None:
     return None
 
 
-def test_a_steady_agent_raises_no_alarm_and_a_shifted_curve_does():
+def test_a_steady_agent_rarely_raises_an_alarm_and_a_shifted_curve_does():
+    """Per judgement (every action judged, as when most are escalated) a false alarm comes
+    every ~2,800 (x3 / h=5; ~20,000 at x2.5 / h=7): the budget is per action, and an agent
+    acting alone is judged on a few per cent of its actions."""
+    alarms = 0
+    for seed in range(10):
+        rng = random.Random(seed)
+        reference = fit_reference(_stream(rng, 2000, 0.0))
+        steady = _stream(rng, 5000, 0.0)
+        while (fired := _cusum(reference, steady)) is not None:
+            alarms += 1
+            steady = steady[fired:]
+    assert alarms / 50_000 * 10_000 < 5
     rng = random.Random(5)
     reference = fit_reference(_stream(rng, 2000, 0.0))
-    assert _cusum(reference, _stream(rng, 3000, 0.0)) is None
     fired = _cusum(reference, _stream(rng, 3000, 0.07))
     assert fired is not None and fired < 2000
 
