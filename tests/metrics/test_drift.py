@@ -92,6 +92,24 @@ def test_false_alarms_stay_under_one_per_10000_actions():
     assert alarms / 200_000 * 10_000 < 1.0
 
 
+def test_an_agent_judged_on_most_of_its_actions_needs_more_evidence_to_alert():
+    """False alarms come per judgement, the budget per action: a high bar (most actions
+    escalated) would otherwise alarm far more often per action than a low one."""
+    assert drift.threshold_for(0.0) == drift.threshold_for(0.05) == drift.THRESHOLD
+    assert drift.threshold_for(0.5) > drift.threshold_for(0.2) > drift.THRESHOLD
+    # Fully judged: one false alarm per ~20,000 judgements as at x2.5 / h=7, not ~2,800.
+    assert 7.0 <= drift.threshold_for(1.0) <= 7.5
+    rng = random.Random(3)
+    reference = fit_reference(_stream(rng, 2000, 0.0))
+    steady = _stream(rng, 20_000, 0.0)
+    s, alarms = 0.0, 0
+    for j in steady:
+        s = max(0.0, s + llr(reference[drift._bin(j.confidence)], j.error))
+        if s > drift.threshold_for(1.0):
+            alarms, s = alarms + 1, 0.0
+    assert alarms <= 2
+
+
 def test_the_reference_never_reads_a_probability_as_certain():
     reference = fit_reference([Judgement(i, 0.99, False, False) for i in range(500)])
     assert min(reference) >= drift.P_FLOOR and max(reference) <= drift.P_CEIL
