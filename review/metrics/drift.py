@@ -17,9 +17,19 @@ Both stay until a person acknowledges (`acknowledge_drift`), which re-arms the m
 the evidence as it is then. The test uses the shape of the curve, not the threshold: a
 shifted curve shows in the escalated band long before the few audits above the bar could
 show it, which is what lets a 2% audit rate catch a drift within a couple of thousand actions.
-THRESHOLD and ODDS_RATIO were set on the calibration simulation's agents (x2.5 and 7: on a
-no-drift stream of 360,000 actions, 3 false alerts; a drift tripling an agent's errors
-caught in a median 1,110 actions of its type, 90% within 2,472).
+THRESHOLD and ODDS_RATIO were set on the calibration simulation's agents. At x2.5 and 7 (3
+false alerts on a no-drift stream of 360,000 actions) a drift tripling an agent's errors was
+caught in a median 1,110 actions of its type but only 90% within 2,472: an agent that
+escalates ~5% of its actions gives little evidence per action. x3 and 5 trade some of that
+unused false-alarm budget (the goal is under 1 per 10,000 actions; an in-memory study of
+the simulation's agents gave ~0.3-0.45 per 10,000, against ~0.1 before) for speed: median
+~700-950 actions, 90% within ~1,300-1,700 in the same study.
+The price is per judgement: at h=5 one false alarm per ~2,800 judgements of a steady agent
+(~20,000 at x2.5 / 7), and the budget is per action. So h=5 holds for an agent judged on at
+most JUDGED_SHARE (10%) of its actions, and an agent judged on a larger share f (most of it
+escalated: a high bar) gets h = 5 + ln(f / 10%), up to ~7.3 when everything is judged: its
+false alarms per action stay where a lightly judged agent's are, and it has the evidence to
+pay for the higher bar (`threshold_for`).
 """
 
 from __future__ import annotations
@@ -52,8 +62,9 @@ from .models import AlertIncident, AlertMetric, AlertRule, DriftMonitor
 
 log = logging.getLogger(__name__)
 
-ODDS_RATIO = 2.5
-THRESHOLD = 7.0
+ODDS_RATIO = 3.0
+THRESHOLD = 5.0  # for an agent judged on at most JUDGED_SHARE of its actions
+JUDGED_SHARE = 0.10
 REFERENCE_SIZE = 2000
 MIN_REFERENCE = 200
 # Never read a probability as certain: one surprise would otherwise be infinite evidence.
@@ -91,6 +102,24 @@ def llr(p0: float, error: bool, odds_ratio: float = ODDS_RATIO) -> float:
     odds = p0 / (1 - p0) * odds_ratio
     p1 = odds / (1 + odds)
     return math.log(p1 / p0) if error else math.log((1 - p1) / (1 - p0))
+
+
+def threshold_for(judged_share: float) -> float:
+    """The CUSUM's bar for an agent judged on `judged_share` of its actions of the type:
+    false alarms come per judgement, the budget per action."""
+    return THRESHOLD + math.log(max(judged_share, JUDGED_SHARE) / JUDGED_SHARE)
+
+
+def _judged_share(monitor: DriftMonitor) -> float:
+    """Judgements read since the monitor was armed per action of its agent and type since."""
+    if monitor.armed_at is None:
+        return JUDGED_SHARE
+    acted = Action.objects.filter(
+        agent_id=monitor.agent_id,
+        action_type=monitor.action_type,
+        created_at__gte=monitor.armed_at,
+    ).count()
+    return min(monitor.observed / acted, 1.0) if acted else JUDGED_SHARE
 
 
 def judgements(
@@ -197,7 +226,8 @@ def _alert(
     detail = (
         f"{agent.name}'s {monitor.action_type} is wrong more often at the same confidence than "
         f"when it was last checked ({monitor.armed_at:%Y-%m-%d %H:%M} UTC): CUSUM "
-        f"{monitor.cusum:.1f} > {THRESHOLD:.0f} over {monitor.observed} judgements since. "
+        f"{monitor.cusum:.1f} > {threshold_for(_judged_share(monitor)):.1f} over "
+        f"{monitor.observed} judgements since. "
         + (
             f"Recent audits of what ran alone: {rate:.1%} wrong ({audited} judged); "
             if audited
@@ -259,7 +289,11 @@ def check_drift(
             if monitor.alerted_at is not None:
                 continue  # until a person looks
             seen = _advance(monitor)
-            if monitor.observed >= rule.min_samples and monitor.cusum > THRESHOLD:
+            if (
+                monitor.observed >= rule.min_samples
+                and monitor.cusum > THRESHOLD
+                and monitor.cusum > threshold_for(_judged_share(monitor))
+            ):
                 recent = judgements(agent_id, action_type, newest=max(monitor.observed, 1))
                 if _alert(rule, monitor, recent, now) is not None:
                     opened += 1

@@ -108,7 +108,7 @@ class Command(BaseCommand):
             f"reviewed) + {config.actions} actions each, audit rate {config.audit_rate:.0%}, "
             f"recommender '{config.method}', drift x{agents[3].drift_factor:g} after "
             f"{options['drift_after']}, drift test CUSUM odds x{drift.ODDS_RATIO} "
-            f"h={drift.THRESHOLD}"
+            f"h={drift.THRESHOLD:g} (+ ln(judged share / {drift.JUDGED_SHARE:.0%}) above it)"
         )
         with throwaway_database():
             self._run(config, options, out)
