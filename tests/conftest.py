@@ -233,13 +233,12 @@ def live_server_url(
 ) -> Iterator[str]:
     """Daphne serving the real ASGI app (HTTP and websockets) on the test database.
 
-    Without the web pool (DB_POOL_MAX=0): over the whole suite this one server's pooled
-    connections still end up all checked out, and the last browser tests get 503s
-    ("couldn't get a connection after 3.00 sec"), although the churn that leaked before
-    (tests/config/test_web_pool.py, on its own pooled daphne) now gives every connection
-    back. That leak is open; the pool is tested by that test and the chaos cases' daphne."""
+    With the web pool, as in production. The chaos cases terminate every backend of the
+    test database, this server's idle pooled connections included: the pool replaces all
+    of them once it finds one dead (config.asgi.check_or_drain), so the tests after them
+    are not answered 503 ("couldn't get a connection after 3.00 sec")."""
     with django_db_blocker.unblock():
-        env = {**_service_env(), "DB_POOL_MAX": "0"}
+        env = _service_env()
     port = _free_port()
     proc = processes.start_daphne(env=env, log_path=worker_log_dir / "daphne.log", port=port)
     yield f"http://127.0.0.1:{port}"

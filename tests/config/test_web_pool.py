@@ -1,7 +1,8 @@
 """The web server's connection pool gets every connection back: websocket pages opened and
 closed (also before their snapshot), long-polls answered, timed out and abandoned by their
 client mid-wait. Against a real daphne whose pool is two connections, so one connection
-kept by a thread that is done with it shows as 503s straight away."""
+kept by a thread that is done with it shows as 503s straight away. And a pool whose idle
+connections were all terminated answers the next requests (config.asgi.check_or_drain)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import websockets
 from django.conf import settings
+from django.db import connection
 from django.test import Client
 
 from api.actions import create_api_token
@@ -133,3 +135,47 @@ def test_the_pool_gets_every_connection_back(small_pool_server, agent, policies,
 async def _abandoned(client: httpx.AsyncClient, url: str, after: float) -> None:
     with contextlib.suppress(httpx.TimeoutException):
         await client.get(url, params={"wait": 30}, timeout=after)
+
+
+@pytest.fixture
+def larger_pool_server(django_db_blocker: Any, worker_log_dir: Path) -> Iterator[str]:
+    with django_db_blocker.unblock():
+        env = {**_service_env(), "DB_POOL_MAX": "10", "DB_POOL_TIMEOUT": "3"}
+    port = _free_port()
+    log = worker_log_dir / "daphne-pool-drain.log"
+    proc = processes.start_daphne(env=env, log_path=log, port=port)
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+
+
+def test_connections_killed_while_idle_cost_no_request_a_503(larger_pool_server, alice):
+    """Every backend of the database terminated while the pool sat idle (what the chaos
+    tests do to the suite's shared daphne, a failover does in production): the next
+    requests are answered, not 503 after the pool's wait spent discarding dead connections
+    one backoff at a time."""
+    base = larger_pool_server
+    cookie = {"Cookie": _session_cookie(alice)}
+
+    async def burst() -> None:
+        async with httpx.AsyncClient(headers=cookie, timeout=30) as client:
+            await asyncio.gather(*(client.get(f"{base}/review/") for _ in range(12)))
+
+    # Grow the pool: idle connections for the termination to kill.
+    for _ in range(10):
+        asyncio.run(burst())
+        pool = httpx.get(f"{base}/healthz", timeout=20).json()["database_pool"]
+        if pool["open"] - pool["in_use"] >= 5:
+            break
+    assert pool["open"] - pool["in_use"] >= 5, pool
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"
+        )
+        assert len(cursor.fetchall()) >= 5
+    time.sleep(0.5)
+
+    codes = [httpx.get(f"{base}/review/", headers=cookie, timeout=30).status_code for _ in range(3)]
+    assert codes == [200] * 3, codes
