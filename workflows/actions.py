@@ -99,7 +99,8 @@ def start_run(
     force_sync: bool = False,
 ) -> WorkflowRun:
     """Create a run with its plan stored (the DAG, one StepRun per planned step, the initial
-    state as version 1) and enqueue it through the outbox, all in one transaction.
+    state as version 1), all in one transaction, and send it on after commit (the pending
+    run is what the reconciler finds should that send be lost).
 
     Raises InvalidInput (nothing created) if the workflow cannot plan this input. With an
     `idempotency_key`, a second call returns the first run.
@@ -175,7 +176,8 @@ def start_run(
                 + ", ".join(p.name for p in plan),
                 data={"plan": plan_json},
             )
-            outbox.enqueue(outbox.ADVANCE, str(run.pk))
+            # No outbox row: the pending run is its own durable wake-up (the reconciler's scan).
+            outbox.send_after_commit(outbox.ADVANCE, str(run.pk))
     except IntegrityError:
         if idempotency_key:
             return WorkflowRun.objects.get(idempotency_key=idempotency_key)

@@ -115,6 +115,35 @@ def relay_rows(rows: list[Outbox]) -> int:
     return len(sent)
 
 
+def send_after_commit(task: str, *args: Any, countdown: float = 0) -> None:
+    """For a send whose need the transaction already writes down where a scan finds it: no
+    outbox row, the task sent after commit. Precondition: inside that transaction.
+
+    The durable wake-up is then the row itself — a pending run, a waiting run whose actions
+    are all decided — which the reconciler re-enqueues once it stalls (and `resend_lost`
+    after a broker restarted empty). Only a send that fails writes an outbox row (beat's
+    relay retries it at once, not a stall later); a process that dies between commit and
+    send leaves it to the reconciler. An INSERT, a DELETE and a commit fewer per send."""
+    available = timezone.now() + timedelta(seconds=countdown)
+
+    def send_or_keep() -> None:
+        try:
+            send(task, list(args), (available - timezone.now()).total_seconds())
+        except Exception as exc:
+            log.warning("%s %s not sent (%s); the outbox keeps it for beat", task, args, exc)
+            Outbox.objects.create(
+                task=task,
+                args=list(args),
+                available_at=available,
+                attempts=1,
+                last_error=f"{type(exc).__name__}: {exc}"[:2000],
+            )
+
+    # robust: the change is committed; a send that fails (and a row that cannot be written,
+    # the database gone too) must never turn it into an error for whoever made it.
+    transaction.on_commit(send_or_keep, robust=True)
+
+
 def send(task: str, args: list[Any], countdown: float = 0) -> None:
     app.send_task(
         task, args=args, countdown=countdown if countdown > 0 else None, queue=_queue_for(task)

@@ -14,7 +14,7 @@ waits with `Wait(each=True)`, the engine resumes it as soon as one is settled, a
 
 `record_decision` is what the deciding transaction (escalations) calls: it tells the engine
 what the person said, in fields the engine reads without knowing escalations, and sends the
-run on through the outbox on the queue workers serve first.
+run on, after commit, on the queue workers serve first.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def record_decision(
 ) -> list[str]:
     """Precondition: inside the transaction that decides `action` (its status already set by
     the caller). Sets what the engine reads and returns the fields to save with the status;
-    enqueues the run's resume (outbox: never lost) on the priority queue — at the end of the
+    sends the run's resume after commit (never lost: the reconciler finds a decided run
+    that did not resume) on the priority queue — at the end of the
     undo window for an approved irreversible action, at once otherwise."""
     action.feedback = {"verdict": verdict, "text": text, "by": by, "owner": owner}
     window = undo_window_seconds(action.action_type) if approved and action.run_id else 0.0
@@ -68,7 +69,11 @@ def record_decision(
     if action.run_id is not None:
         # A moment after the window, so the resume finds it over (the database timer, read
         # by the wake-up beat, is the backstop if this message is lost).
-        outbox.enqueue(outbox.RESUME, str(action.run_id), countdown=window + 0.2 if window else 0)
+        # No outbox row: the decided action is what the reconciler finds (a waiting run none
+        # of whose actions waits on a person) should the send be lost.
+        outbox.send_after_commit(
+            outbox.RESUME, str(action.run_id), countdown=window + 0.2 if window else 0
+        )
     return ["feedback", "execute_after"]
 
 
