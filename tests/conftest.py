@@ -208,6 +208,16 @@ def _purge_queue() -> None:
             conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
 
 
+@pytest.fixture(autouse=True)
+def _no_drain_pending() -> None:
+    """Every test starts with no drain wake-up pending: one a test sent to its own inline
+    task list (and never ran) must not silence the next test's wake-ups (outbox.wake_drain)."""
+    from workflows import outbox
+
+    with contextlib.suppress(Exception):
+        outbox.drain_woken()
+
+
 @pytest.fixture(scope="session")
 def worker_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("processes")

@@ -34,6 +34,7 @@ mismatch it refuses, and a person decides (a `resume_run` escalation).
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -51,7 +52,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import heartbeat
+from . import heartbeat, outbox
 from .actions import (
     buffered_trace,
     record_trace,
@@ -85,6 +86,7 @@ __all__ = [
     "RESUME_RUN",
     "StepContext",
     "advance_run",
+    "drain_runs",
     "new_owner",
     "reconcile_runs",
     "resend_lost",
@@ -116,6 +118,66 @@ class Claim:
     resumed: bool
     woken: bool
     deadline: datetime | None = None  # the attempt's timeout: its lease never outlives it
+
+
+# --- the drain: runs ready to start, claimed in batches -----------------------------------
+
+# A batch never grows past this; nor does a drain go on past DRAIN_SECONDS before it hands
+# what it claimed and has not begun to a fresh drain (a step that calls a model for seconds
+# must not keep its batch-mates' leases waiting).
+DRAIN_MAX_BATCH = 32
+DRAIN_SECONDS = 5.0
+
+_CLAIM_READY = """
+UPDATE workflows_workflowrun SET lease_owner = %s, lease_expires_at = %s
+WHERE id IN (
+    SELECT id FROM workflows_workflowrun
+    WHERE status = 'pending' AND lease_owner = '' AND NOT (id = ANY(%s::uuid[]))
+    ORDER BY updated_at
+    LIMIT %s
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+
+
+def drain_runs(*, max_batch: int = DRAIN_MAX_BATCH, seconds: float = DRAIN_SECONDS) -> int:
+    """The start queue: a pending run whose lease is free is ready, and its row is the
+    durable wake-up (no message per run). Claims ready runs in batches — one UPDATE … WHERE
+    id IN (SELECT … FOR NO KEY UPDATE SKIP LOCKED LIMIT B), in autocommit, takes each run's
+    lease before any runs — then coordinates each as `advance_run` would, under that lease.
+
+    B starts at 2 and doubles while batches come back full (a full batch also wakes a second
+    drain, so the other workers join in). A batch that is not full ends the drain: all that
+    was ready when it claimed is taken, and whatever commits later woke a drain of its own
+    (the flag is cleared first). Returns how many runs it coordinated."""
+    outbox.drain_woken()  # first: what commits from now on sends a fresh wake-up
+    started = time.monotonic()
+    batch, done = 2, 0
+    seen: list[uuid.UUID] = []
+    while True:
+        token = new_owner()
+        expires = timezone.now() + timedelta(seconds=lease_seconds())
+        with connection.cursor() as cur:
+            cur.execute(_CLAIM_READY, [token, expires, seen, batch])
+            ids = [row[0] for row in cur.fetchall()]
+        if len(ids) == batch:
+            outbox.wake_drain()  # a backlog: another worker may as well claim some
+        seen += ids
+        for i, run_id in enumerate(ids):
+            if time.monotonic() - started > seconds:
+                # Hand the rest back, leases let go, to a fresh drain (a fresh task: this
+                # worker has had its turn).
+                WorkflowRun.objects.filter(pk__in=ids[i:], lease_owner=token).update(
+                    lease_owner="", lease_expires_at=None
+                )
+                outbox.wake_drain()
+                return done
+            _drive(run_id, token, functools.partial(_coordinate, run_id, token))
+            done += 1
+        if len(ids) < batch:
+            return done
+        batch = min(max_batch, batch * 2)
 
 
 # --- the coordinator ---------------------------------------------------------------------

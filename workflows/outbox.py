@@ -39,6 +39,12 @@ EPOCH_KEY = "caliber:broker-epoch"
 # a run going on after a person's decision, an undo window's end, a wake-up.
 RESUME = "workflows.tasks.resume_run"
 
+# The engine's drain (engine.drain_runs): claims ready runs in batches; woken by `wake_drain`,
+# on the queue workers serve first (it claims what people decided before anything else).
+DRAIN = "workflows.tasks.drain_runs"
+DRAIN_FLAG = "caliber:drain-pending"
+DRAIN_FLAG_TTL = 30
+
 # Task-name prefix -> the queue its tasks go to (None: the default queue), asked at send
 # time. Registered at app start by an app that routes its tasks (Slack's own workers).
 _routes: dict[str, Callable[[], str | None]] = {}
@@ -49,6 +55,10 @@ def route(prefix: str, queue: Callable[[], str | None]) -> None:
 
 
 def _queue_for(task: str) -> str | None:
+    if task == DRAIN:
+        from django.conf import settings
+
+        return getattr(settings, "CELERY_PRIORITY_QUEUE", None)
     for prefix, queue in _routes.items():
         if task.startswith(prefix):
             return queue()
@@ -142,6 +152,50 @@ def send_after_commit(task: str, *args: Any, countdown: float = 0) -> None:
     # robust: the change is committed; a send that fails (and a row that cannot be written,
     # the database gone too) must never turn it into an error for whoever made it.
     transaction.on_commit(send_or_keep, robust=True)
+
+
+def _drain_flag() -> str:
+    from django.conf import settings  # read at call time: tests and benches set the queue
+
+    return f"{DRAIN_FLAG}:{getattr(settings, 'CELERY_TASK_DEFAULT_QUEUE', 'caliber')}"
+
+
+def _broker_client() -> Any:
+    """The broker's Redis client, or None where the broker is not Redis (embedded mode)."""
+    with app.connection_for_write() as conn:
+        return getattr(conn.default_channel, "client", None)
+
+
+def wake_drain() -> None:
+    """Make sure a drain (engine.drain_runs) comes: send one unless one is already pending.
+
+    At most one wake-up message waits at a time: the flag is set with the send and cleared
+    by the drain before it claims anything, so work committed before the clear is claimed by
+    that drain and work committed after it sends a fresh one — no wake-up is lost. The flag
+    expires (a send that vanished with its broker cannot silence wake-ups for longer); beat's
+    reconciler is the safety net for a run nothing woke. Call after commit."""
+    try:
+        client = _broker_client()
+        if client is not None and not client.set(_drain_flag(), "1", nx=True, ex=DRAIN_FLAG_TTL):
+            return
+        try:
+            send(DRAIN, [], 0)
+        except Exception:
+            if client is not None:
+                client.delete(_drain_flag())
+            raise
+    except Exception as exc:
+        log.warning("drain wake-up not sent (%s); the outbox keeps it for beat", exc)
+        Outbox.objects.create(
+            task=DRAIN, args=[], attempts=1, last_error=f"{type(exc).__name__}: {exc}"[:2000]
+        )
+
+
+def drain_woken() -> None:
+    """The drain's first act: clear the flag, so whatever commits from now on wakes again."""
+    client = _broker_client()
+    if client is not None:
+        client.delete(_drain_flag())
 
 
 def send(task: str, args: list[Any], countdown: float = 0) -> None:
