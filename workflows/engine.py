@@ -129,21 +129,30 @@ DRAIN_MAX_BATCH = 32
 DRAIN_SECONDS = 5.0
 
 _CLAIM_READY = """
-UPDATE workflows_workflowrun SET lease_owner = %s, lease_expires_at = %s
-WHERE id IN (
+WITH resumes AS (
+    SELECT id FROM workflows_workflowrun
+    WHERE ready_at <= %s AND status = 'waiting' AND lease_owner = ''
+      AND NOT (id = ANY(%s::uuid[]))
+    ORDER BY ready_at LIMIT %s FOR NO KEY UPDATE SKIP LOCKED
+), starts AS (
     SELECT id FROM workflows_workflowrun
     WHERE status = 'pending' AND lease_owner = '' AND NOT (id = ANY(%s::uuid[]))
-    ORDER BY updated_at
-    LIMIT %s
-    FOR NO KEY UPDATE SKIP LOCKED
+    ORDER BY updated_at LIMIT %s FOR NO KEY UPDATE SKIP LOCKED
 )
-RETURNING id
+UPDATE workflows_workflowrun SET lease_owner = %s, lease_expires_at = %s, ready_at = NULL
+WHERE id IN (
+    SELECT id FROM resumes
+    UNION ALL
+    (SELECT id FROM starts LIMIT greatest(%s - (SELECT count(*) FROM resumes), 0))
+)
+RETURNING id, status
 """
 
 
 def drain_runs(*, max_batch: int = DRAIN_MAX_BATCH, seconds: float = DRAIN_SECONDS) -> int:
-    """The start queue: a pending run whose lease is free is ready, and its row is the
-    durable wake-up (no message per run). Claims ready runs in batches — one UPDATE … WHERE
+    """The ready queue: a waiting run a person's decision marked ready (`ready_at`, see
+    settle.record_decision), then a pending run, whose lease is free: its row is the durable
+    wake-up (no message per run). Resumes are claimed first. Claims in batches — one UPDATE … WHERE
     id IN (SELECT … FOR NO KEY UPDATE SKIP LOCKED LIMIT B), in autocommit, takes each run's
     lease before any runs — then coordinates each as `advance_run` would, under that lease.
 
@@ -159,25 +168,41 @@ def drain_runs(*, max_batch: int = DRAIN_MAX_BATCH, seconds: float = DRAIN_SECON
         token = new_owner()
         expires = timezone.now() + timedelta(seconds=lease_seconds())
         with connection.cursor() as cur:
-            cur.execute(_CLAIM_READY, [token, expires, seen, batch])
-            ids = [row[0] for row in cur.fetchall()]
+            cur.execute(
+                _CLAIM_READY,
+                [timezone.now(), seen, batch, seen, batch, token, expires, batch],
+            )
+            # Resumes first within the batch too (RETURNING keeps no order).
+            rows = sorted(cur.fetchall(), key=lambda r: r[1] != RunStatus.WAITING)
+        ids = [r[0] for r in rows]
         if len(ids) == batch:
             outbox.wake_drain()  # a backlog: another worker may as well claim some
         seen += ids
-        for i, run_id in enumerate(ids):
+        for i, (run_id, _status) in enumerate(rows):
             if time.monotonic() - started > seconds:
-                # Hand the rest back, leases let go, to a fresh drain (a fresh task: this
-                # worker has had its turn).
-                WorkflowRun.objects.filter(pk__in=ids[i:], lease_owner=token).update(
-                    lease_owner="", lease_expires_at=None
-                )
-                outbox.wake_drain()
+                _hand_back(rows[i:], token)
                 return done
-            _drive(run_id, token, functools.partial(_coordinate, run_id, token))
+            try:
+                _drive(run_id, token, functools.partial(_coordinate, run_id, token))
+            except Exception:
+                # Set aside, never failing its batch-mates: its lease was let go (`_drive`);
+                # the reconciler sends it on as a task of its own.
+                log.exception("drain: run %s failed; left to the reconciler", run_id)
             done += 1
         if len(ids) < batch:
             return done
         batch = min(max_batch, batch * 2)
+
+
+def _hand_back(rows: list[tuple[uuid.UUID, str]], token: str) -> None:
+    """Past its time, a drain lets go of what it claimed and has not begun — resumes marked
+    ready again — and wakes a fresh drain (a fresh task: this worker has had its turn)."""
+    now = timezone.now()
+    for status, ready_at in ((RunStatus.WAITING, now), (RunStatus.PENDING, None)):
+        WorkflowRun.objects.filter(
+            pk__in=[r for r, s in rows if s == status], lease_owner=token
+        ).update(lease_owner="", lease_expires_at=None, ready_at=ready_at)
+    outbox.wake_drain()
 
 
 # --- the coordinator ---------------------------------------------------------------------

@@ -40,7 +40,8 @@ EPOCH_KEY = "caliber:broker-epoch"
 RESUME = "workflows.tasks.resume_run"
 
 # The engine's drain (engine.drain_runs): claims ready runs in batches; woken by `wake_drain`,
-# on the queue workers serve first (it claims what people decided before anything else).
+# routed (settings.CELERY_TASK_ROUTES) to the queue workers serve first: it claims what
+# people decided before anything else.
 DRAIN = "workflows.tasks.drain_runs"
 DRAIN_FLAG = "caliber:drain-pending"
 DRAIN_FLAG_TTL = 30
@@ -55,10 +56,6 @@ def route(prefix: str, queue: Callable[[], str | None]) -> None:
 
 
 def _queue_for(task: str) -> str | None:
-    if task == DRAIN:
-        from django.conf import settings
-
-        return getattr(settings, "CELERY_PRIORITY_QUEUE", None)
     for prefix, queue in _routes.items():
         if task.startswith(prefix):
             return queue()
