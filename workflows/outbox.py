@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import redis
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -157,10 +158,29 @@ def _drain_flag() -> str:
     return f"{DRAIN_FLAG}:{getattr(settings, 'CELERY_TASK_DEFAULT_QUEUE', 'caliber')}"
 
 
+# This process's client of the broker's Redis, by URL (redis-py's pool reconnects after a
+# fork or a restart): opening a kombu channel per wake-up cost more than the start it woke.
+_clients: dict[str, Any] = {}
+
+
 def _broker_client() -> Any:
     """The broker's Redis client, or None where the broker is not Redis (embedded mode)."""
-    with app.connection_for_write() as conn:
-        return getattr(conn.default_channel, "client", None)
+    url = str(app.conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = redis.Redis.from_url(url, socket_timeout=5)
+    return client
+
+
+def _flag(client: Any, op: Callable[[], Any]) -> Any:
+    """One flag command; once more on a fresh connection if the first met one the server
+    dropped (a Redis restarted since this process last used it)."""
+    try:
+        return op()
+    except redis.ConnectionError:
+        return op()
 
 
 def wake_drain() -> None:
@@ -173,13 +193,16 @@ def wake_drain() -> None:
     reconciler is the safety net for a run nothing woke. Call after commit."""
     try:
         client = _broker_client()
-        if client is not None and not client.set(_drain_flag(), "1", nx=True, ex=DRAIN_FLAG_TTL):
+        key = _drain_flag()
+        if client is not None and not _flag(
+            client, lambda: client.set(key, "1", nx=True, ex=DRAIN_FLAG_TTL)
+        ):
             return
         try:
             send(DRAIN, [], 0)
         except Exception:
             if client is not None:
-                client.delete(_drain_flag())
+                client.delete(key)
             raise
     except Exception as exc:
         log.warning("drain wake-up not sent (%s); the outbox keeps it for beat", exc)
@@ -192,7 +215,8 @@ def drain_woken() -> None:
     """The drain's first act: clear the flag, so whatever commits from now on wakes again."""
     client = _broker_client()
     if client is not None:
-        client.delete(_drain_flag())
+        key = _drain_flag()
+        _flag(client, lambda: client.delete(key))
 
 
 def send(task: str, args: list[Any], countdown: float = 0) -> None:
