@@ -167,13 +167,10 @@ def drain_runs(*, max_batch: int = DRAIN_MAX_BATCH, seconds: float = DRAIN_SECON
     while True:
         token = new_owner()
         expires = timezone.now() + timedelta(seconds=lease_seconds())
-        with connection.cursor() as cur:
-            cur.execute(
-                _CLAIM_READY,
-                [timezone.now(), seen, batch, seen, batch, token, expires, batch],
-            )
-            # Resumes first within the batch too (RETURNING keeps no order).
-            rows = sorted(cur.fetchall(), key=lambda r: r[1] != RunStatus.WAITING)
+        # Resumes first within the batch too (RETURNING keeps no order).
+        rows = sorted(
+            _claim_ready(token, expires, seen, batch), key=lambda r: r[1] != RunStatus.WAITING
+        )
         ids = [r[0] for r in rows]
         if len(ids) == batch:
             outbox.wake_drain()  # a backlog: another worker may as well claim some
@@ -192,6 +189,37 @@ def drain_runs(*, max_batch: int = DRAIN_MAX_BATCH, seconds: float = DRAIN_SECON
         if len(ids) < batch:
             return done
         batch = min(max_batch, batch * 2)
+
+
+def _claim_ready(
+    token: str, expires: datetime, seen: list[uuid.UUID], batch: int
+) -> list[tuple[uuid.UUID, str]]:
+    """Take the leases of up to `batch` ready runs, decided ones first; (id, status) each."""
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(_CLAIM_READY, [now, seen, batch, seen, batch, token, expires, batch])
+            return [(r[0], r[1]) for r in cur.fetchall()]
+    # Embedded mode's SQLite (one writer at a time, no SKIP LOCKED): read, then take each
+    # lease with a conditional UPDATE; one another drain took first is left to it.
+    free = WorkflowRun.objects.filter(lease_owner="").exclude(pk__in=seen)
+    ready = list(
+        free.filter(ready_at__lte=now, status=RunStatus.WAITING)
+        .order_by("ready_at")
+        .values_list("pk", "status")[:batch]
+    )
+    ready += list(
+        free.filter(status=RunStatus.PENDING)
+        .order_by("updated_at")
+        .values_list("pk", "status")[: batch - len(ready)]
+    )
+    return [
+        (pk, status)
+        for pk, status in ready
+        if WorkflowRun.objects.filter(pk=pk, lease_owner="").update(
+            lease_owner=token, lease_expires_at=expires, ready_at=None
+        )
+    ]
 
 
 def _hand_back(rows: list[tuple[uuid.UUID, str]], token: str) -> None:
