@@ -224,7 +224,8 @@ def _no_drain_pending(request: pytest.FixtureRequest, django_db_blocker: Any) ->
     from workflows import outbox
 
     with contextlib.suppress(Exception):
-        outbox.drain_woken()
+        outbox.drain_woken(outbox.DRAIN)
+        outbox.drain_woken(outbox.DRAIN_RESUMES)
     yield
     marker = request.node.get_closest_marker("django_db")
     transactional = marker is not None and marker.kwargs.get("transaction", False)
@@ -238,7 +239,12 @@ def _no_drain_pending(request: pytest.FixtureRequest, django_db_blocker: Any) ->
         client = outbox._broker_client()
         while quiet < 3 and time.monotonic() < deadline:
             busy = (
-                (client is not None and client.exists(outbox._drain_flag()))
+                (
+                    client is not None
+                    and client.exists(
+                        outbox._drain_flag(outbox.DRAIN), outbox._drain_flag(outbox.DRAIN_RESUMES)
+                    )
+                )
                 or WorkflowRun.objects.exclude(lease_owner="").exists()
                 or StepRun.objects.filter(status=StepStatus.RUNNING).exists()
             )

@@ -149,7 +149,12 @@ RETURNING id, status
 """
 
 
-def drain_runs(*, max_batch: int = DRAIN_MAX_BATCH, seconds: float = DRAIN_SECONDS) -> int:
+def drain_runs(
+    *,
+    starts: bool = True,
+    max_batch: int = DRAIN_MAX_BATCH,
+    seconds: float = DRAIN_SECONDS,
+) -> int:
     """The ready queue: a waiting run a person's decision marked ready (`ready_at`, see
     settle.record_decision), then a pending run, whose lease is free: its row is the durable
     wake-up (no message per run). Resumes are claimed first. Claims in batches — one UPDATE … WHERE
@@ -159,8 +164,10 @@ def drain_runs(*, max_batch: int = DRAIN_MAX_BATCH, seconds: float = DRAIN_SECON
     B starts at 2 and doubles while batches come back full (a full batch also wakes a second
     drain, so the other workers join in). A batch that is not full ends the drain: all that
     was ready when it claimed is taken, and whatever commits later woke a drain of its own
-    (the flag is cleared first). Returns how many runs it coordinated."""
-    outbox.drain_woken()  # first: what commits from now on sends a fresh wake-up
+    (the flag is cleared first). Without `starts`, decided runs only (the drain a decision
+    wakes, on the priority queue). Returns how many runs it coordinated."""
+    task = outbox.DRAIN if starts else outbox.DRAIN_RESUMES
+    outbox.drain_woken(task)  # first: what commits from now on sends a fresh wake-up
     started = time.monotonic()
     batch, done = 2, 0
     seen: list[uuid.UUID] = []
@@ -169,15 +176,16 @@ def drain_runs(*, max_batch: int = DRAIN_MAX_BATCH, seconds: float = DRAIN_SECON
         expires = timezone.now() + timedelta(seconds=lease_seconds())
         # Resumes first within the batch too (RETURNING keeps no order).
         rows = sorted(
-            _claim_ready(token, expires, seen, batch), key=lambda r: r[1] != RunStatus.WAITING
+            _claim_ready(token, expires, seen, batch, starts=starts),
+            key=lambda r: r[1] != RunStatus.WAITING,
         )
         ids = [r[0] for r in rows]
         if len(ids) == batch:
-            outbox.wake_drain()  # a backlog: another worker may as well claim some
+            outbox.wake_drain(task)  # a backlog: another worker may as well claim some
         seen += ids
         for i, (run_id, _status) in enumerate(rows):
             if time.monotonic() - started > seconds:
-                _hand_back(rows[i:], token)
+                _hand_back(rows[i:], token, task)
                 return done
             try:
                 _drive(run_id, token, functools.partial(_coordinate, run_id, token))
@@ -192,13 +200,16 @@ def drain_runs(*, max_batch: int = DRAIN_MAX_BATCH, seconds: float = DRAIN_SECON
 
 
 def _claim_ready(
-    token: str, expires: datetime, seen: list[uuid.UUID], batch: int
+    token: str, expires: datetime, seen: list[uuid.UUID], batch: int, *, starts: bool = True
 ) -> list[tuple[uuid.UUID, str]]:
     """Take the leases of up to `batch` ready runs, decided ones first; (id, status) each."""
     now = timezone.now()
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
-            cur.execute(_CLAIM_READY, [now, seen, batch, seen, batch, token, expires, batch])
+            cur.execute(
+                _CLAIM_READY,
+                [now, seen, batch, seen, batch if starts else 0, token, expires, batch],
+            )
             return [(r[0], r[1]) for r in cur.fetchall()]
     # Embedded mode's SQLite (one writer at a time, no SKIP LOCKED): read, then take each
     # lease with a conditional UPDATE; one another drain took first is left to it.
@@ -208,11 +219,12 @@ def _claim_ready(
         .order_by("ready_at")
         .values_list("pk", "status")[:batch]
     )
-    ready += list(
-        free.filter(status=RunStatus.PENDING)
-        .order_by("updated_at")
-        .values_list("pk", "status")[: batch - len(ready)]
-    )
+    if starts:
+        ready += list(
+            free.filter(status=RunStatus.PENDING)
+            .order_by("updated_at")
+            .values_list("pk", "status")[: batch - len(ready)]
+        )
     return [
         (pk, status)
         for pk, status in ready
@@ -222,7 +234,7 @@ def _claim_ready(
     ]
 
 
-def _hand_back(rows: list[tuple[uuid.UUID, str]], token: str) -> None:
+def _hand_back(rows: list[tuple[uuid.UUID, str]], token: str, task: str) -> None:
     """Past its time, a drain lets go of what it claimed and has not begun — resumes marked
     ready again — and wakes a fresh drain (a fresh task: this worker has had its turn)."""
     now = timezone.now()
@@ -230,7 +242,7 @@ def _hand_back(rows: list[tuple[uuid.UUID, str]], token: str) -> None:
         WorkflowRun.objects.filter(
             pk__in=[r for r, s in rows if s == status], lease_owner=token
         ).update(lease_owner="", lease_expires_at=None, ready_at=ready_at)
-    outbox.wake_drain()
+    outbox.wake_drain(task)
 
 
 # --- the coordinator ---------------------------------------------------------------------

@@ -40,10 +40,12 @@ EPOCH_KEY = "caliber:broker-epoch"
 # a run going on after a person's decision, an undo window's end, a wake-up.
 RESUME = "workflows.tasks.resume_run"
 
-# The engine's drain (engine.drain_runs): claims ready runs in batches; woken by `wake_drain`,
-# routed (settings.CELERY_TASK_ROUTES) to the queue workers serve first: it claims what
-# people decided before anything else.
+# The engine's drains (engine.drain_runs): claim ready runs in batches; woken by `wake_drain`.
+# DRAIN takes decided runs first, then starts; DRAIN_RESUMES, what a decision wakes, only
+# decided runs, routed (settings.CELERY_TASK_ROUTES) to the queue workers serve first (and
+# the scale-out resumer, which serves nothing else: no start's step ever holds it).
 DRAIN = "workflows.tasks.drain_runs"
+DRAIN_RESUMES = "workflows.tasks.drain_resumes"
 DRAIN_FLAG = "caliber:drain-pending"
 DRAIN_FLAG_TTL = 30
 
@@ -152,10 +154,10 @@ def send_after_commit(task: str, *args: Any, countdown: float = 0) -> None:
     transaction.on_commit(send_or_keep, robust=True)
 
 
-def _drain_flag() -> str:
+def _drain_flag(task: str = DRAIN) -> str:
     from django.conf import settings  # read at call time: tests and benches set the queue
 
-    return f"{DRAIN_FLAG}:{getattr(settings, 'CELERY_TASK_DEFAULT_QUEUE', 'caliber')}"
+    return f"{DRAIN_FLAG}:{getattr(settings, 'CELERY_TASK_DEFAULT_QUEUE', 'caliber')}:{task}"
 
 
 # This process's client of the broker's Redis, by URL (redis-py's pool reconnects after a
@@ -183,7 +185,7 @@ def _flag(client: Any, op: Callable[[], Any]) -> Any:
         return op()
 
 
-def wake_drain() -> None:
+def wake_drain(task: str = DRAIN) -> None:
     """Make sure a drain (engine.drain_runs) comes: send one unless one is already pending.
 
     At most one wake-up message waits at a time: the flag is set with the send and cleared
@@ -193,13 +195,13 @@ def wake_drain() -> None:
     reconciler is the safety net for a run nothing woke. Call after commit."""
     try:
         client = _broker_client()
-        key = _drain_flag()
+        key = _drain_flag(task)
         if client is not None and not _flag(
             client, lambda: client.set(key, "1", nx=True, ex=DRAIN_FLAG_TTL)
         ):
             return
         try:
-            send(DRAIN, [], 0)
+            send(task, [], 0)
         except Exception:
             if client is not None:
                 client.delete(key)
@@ -207,15 +209,15 @@ def wake_drain() -> None:
     except Exception as exc:
         log.warning("drain wake-up not sent (%s); the outbox keeps it for beat", exc)
         Outbox.objects.create(
-            task=DRAIN, args=[], attempts=1, last_error=f"{type(exc).__name__}: {exc}"[:2000]
+            task=task, args=[], attempts=1, last_error=f"{type(exc).__name__}: {exc}"[:2000]
         )
 
 
-def drain_woken() -> None:
+def drain_woken(task: str = DRAIN) -> None:
     """The drain's first act: clear the flag, so whatever commits from now on wakes again."""
     client = _broker_client()
     if client is not None:
-        key = _drain_flag()
+        key = _drain_flag(task)
         _flag(client, lambda: client.delete(key))
 
 

@@ -71,7 +71,7 @@ def record_decision(
     action.execute_after = now + timedelta(seconds=window) if window else None
     if action.run_id is not None and not window and _ready_to_resume(action.run_id, now):
         # Queued in this transaction: the drain claims it, resumes before starts.
-        transaction.on_commit(outbox.wake_drain, robust=True)
+        transaction.on_commit(lambda: outbox.wake_drain(outbox.DRAIN_RESUMES), robust=True)
     elif action.run_id is not None:
         # A moment after the window, so the resume finds it over (the database timer, read
         # by the wake-up beat, is the backstop if this message is lost).

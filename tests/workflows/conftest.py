@@ -38,6 +38,8 @@ class InlineTasks:
             engine.advance_run(run_id=uuid.UUID(args[0]))
         elif task == "workflows.tasks.drain_runs":
             engine.drain_runs()
+        elif task == "workflows.tasks.drain_resumes":
+            engine.drain_runs(starts=False)
         elif task == "workflows.tasks.run_step":
             engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])
         elif task == "escalations.tasks.write_summary":

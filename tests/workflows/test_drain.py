@@ -121,7 +121,8 @@ def test_a_decision_marks_the_waiting_run_ready_and_the_drain_resumes_it_first(
     assert approve_open(admin_user) == 1
     decided.refresh_from_db()
     assert decided.ready_at is not None
-    assert _sent(inline_tasks) == [DRAIN]  # no resume task of its own
+    # No resume task of its own: the drain of decided runs, on the priority queue.
+    assert _sent(inline_tasks) == ["workflows.tasks.drain_resumes"]
     inline_tasks.sent.clear()
     started = start_run(workflow=review_peer, input={"item": "y"})
     order: list = []
@@ -221,3 +222,18 @@ def test_a_decision_between_the_steps_read_and_its_commit_is_not_lost(
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.trace.filter(message__startswith="waiting").count() == 1
+
+
+def test_the_drain_a_decision_wakes_takes_decided_runs_only(review_peer, inline_tasks, admin_user):
+    """It runs on the priority queue (the scale-out resumer serves nothing else): a start's
+    steps must never hold it."""
+    from bench.bench_e2e import approve_open
+
+    decided = _waiting(inline_tasks, review_peer)
+    assert approve_open(admin_user) == 1
+    started = start_run(workflow=review_peer, input={"item": "y"})
+    assert engine.drain_runs(starts=False) == 1
+    decided.refresh_from_db()
+    started.refresh_from_db()
+    assert decided.status == RunStatus.SUCCEEDED, decided.error
+    assert started.status == RunStatus.PENDING and started.lease_owner == ""

@@ -14,7 +14,7 @@ from escalations.actions import decide_escalation
 from escalations.models import Verdict, Via
 from workflows.actions import start_run
 from workflows.models import Action, RunStatus, WorkflowRun
-from workflows.outbox import ADVANCE, DRAIN
+from workflows.outbox import ADVANCE, DRAIN_RESUMES
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,7 +63,7 @@ def test_decisions_are_resumed_before_a_thousand_queued_steps(
         )
     decisions = [(task, args) for _, task, args in inline_tasks.sent]
     # Both runs marked ready in their deciding transactions; one drain woken for both.
-    assert decisions == [(DRAIN, [])]
+    assert decisions == [(DRAIN_RESUMES, [])]
     ready = WorkflowRun.objects.filter(pk__in=[r.pk for r in runs], ready_at__isnull=False)
     assert ready.count() == 2
 
