@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('escalations', '0009_decisions_only_by_people'),
-        ('workflows', '0006_action_settlement_and_handed_off'),
+        ('workflows', '0007_action_audit_sampling'),
     ]
 
     operations = [
