@@ -379,6 +379,10 @@ def inline_engine() -> Iterator[Callable[[], int]]:
             ran += 1
             if task in (outbox.ADVANCE, outbox.RESUME):
                 engine.advance_run(run_id=uuid.UUID(args[0]))
+            elif task == outbox.DRAIN:
+                engine.drain_runs()
+            elif task == outbox.DRAIN_RESUMES:
+                engine.drain_runs(starts=False)
             elif task == outbox.RUN_STEP:
                 engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])
             elif task == "escalations.tasks.write_summary":

@@ -208,6 +208,50 @@ def _purge_queue() -> None:
             conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
 
 
+# Set once the session's celery worker runs: from then on it consumes every later test's
+# sends too.
+_worker_running = [False]
+
+
+@pytest.fixture(autouse=True)
+def _no_drain_pending(request: pytest.FixtureRequest, django_db_blocker: Any) -> Iterator[None]:
+    """Every test starts with no drain wake-up pending: one a test sent to its own inline
+    task list (and never ran) must not silence the next test's wake-ups (outbox.wake_drain).
+
+    After a transactional test, once the session's worker runs: let a drain the test woke
+    finish before the database is flushed. It claims every ready run, a test's scaffolding
+    too, and a TRUNCATE racing its transaction can deadlock the teardown."""
+    from workflows import outbox
+
+    with contextlib.suppress(Exception):
+        outbox.drain_woken(outbox.DRAIN)
+        outbox.drain_woken(outbox.DRAIN_RESUMES)
+    yield
+    marker = request.node.get_closest_marker("django_db")
+    transactional = marker is not None and marker.kwargs.get("transaction", False)
+    if not (_worker_running[0] and transactional):
+        return
+    from workflows.models import StepRun, StepStatus, WorkflowRun
+
+    deadline = time.monotonic() + 10
+    quiet = 0
+    with django_db_blocker.unblock(), contextlib.suppress(Exception):
+        client = outbox._broker_client()
+        while quiet < 3 and time.monotonic() < deadline:
+            busy = (
+                (
+                    client is not None
+                    and client.exists(
+                        outbox._drain_flag(outbox.DRAIN), outbox._drain_flag(outbox.DRAIN_RESUMES)
+                    )
+                )
+                or WorkflowRun.objects.exclude(lease_owner="").exists()
+                or StepRun.objects.filter(status=StepStatus.RUNNING).exists()
+            )
+            quiet = 0 if busy else quiet + 1
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def worker_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("processes")
@@ -223,6 +267,7 @@ def celery_worker(
     with contextlib.suppress(Exception):
         _purge_queue()
     proc = processes.start_worker(env=env, log_path=worker_log_dir / "worker.log")
+    _worker_running[0] = True
     yield proc
     _stop(proc)
 

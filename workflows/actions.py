@@ -99,7 +99,8 @@ def start_run(
     force_sync: bool = False,
 ) -> WorkflowRun:
     """Create a run with its plan stored (the DAG, one StepRun per planned step, the initial
-    state as version 1) and enqueue it through the outbox, all in one transaction.
+    state as version 1), all in one transaction; after commit, the engine's drain is woken
+    (the pending run is what it claims, and what the reconciler finds should none come).
 
     Raises InvalidInput (nothing created) if the workflow cannot plan this input. With an
     `idempotency_key`, a second call returns the first run.
@@ -175,7 +176,10 @@ def start_run(
                 + ", ".join(p.name for p in plan),
                 data={"plan": plan_json},
             )
-            outbox.enqueue(outbox.ADVANCE, str(run.pk))
+            # No message of its own, no outbox row: the pending run is the durable wake-up,
+            # claimed by the drain (one woken for any number of starts); the reconciler's
+            # scan is the safety net.
+            transaction.on_commit(outbox.wake_drain, robust=True)
     except IntegrityError:
         if idempotency_key:
             return WorkflowRun.objects.get(idempotency_key=idempotency_key)

@@ -34,6 +34,7 @@ mismatch it refuses, and a person decides (a `resume_run` escalation).
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -51,7 +52,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import heartbeat
+from . import heartbeat, outbox
 from .actions import (
     buffered_trace,
     record_trace,
@@ -85,6 +86,7 @@ __all__ = [
     "RESUME_RUN",
     "StepContext",
     "advance_run",
+    "drain_runs",
     "new_owner",
     "reconcile_runs",
     "resend_lost",
@@ -116,6 +118,131 @@ class Claim:
     resumed: bool
     woken: bool
     deadline: datetime | None = None  # the attempt's timeout: its lease never outlives it
+
+
+# --- the drain: runs ready to start, claimed in batches -----------------------------------
+
+# A batch never grows past this; nor does a drain go on past DRAIN_SECONDS before it hands
+# what it claimed and has not begun to a fresh drain (a step that calls a model for seconds
+# must not keep its batch-mates' leases waiting).
+DRAIN_MAX_BATCH = 32
+DRAIN_SECONDS = 5.0
+
+_CLAIM_READY = """
+WITH resumes AS (
+    SELECT id FROM workflows_workflowrun
+    WHERE ready_at <= %s AND status = 'waiting' AND lease_owner = ''
+      AND NOT (id = ANY(%s::uuid[]))
+    ORDER BY ready_at LIMIT %s FOR NO KEY UPDATE SKIP LOCKED
+), starts AS (
+    SELECT id FROM workflows_workflowrun
+    WHERE status = 'pending' AND lease_owner = '' AND NOT (id = ANY(%s::uuid[]))
+    ORDER BY updated_at LIMIT %s FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE workflows_workflowrun SET lease_owner = %s, lease_expires_at = %s, ready_at = NULL
+WHERE id IN (
+    SELECT id FROM resumes
+    UNION ALL
+    (SELECT id FROM starts LIMIT greatest(%s - (SELECT count(*) FROM resumes), 0))
+)
+RETURNING id, status
+"""
+
+
+def drain_runs(
+    *,
+    starts: bool = True,
+    max_batch: int = DRAIN_MAX_BATCH,
+    seconds: float = DRAIN_SECONDS,
+) -> int:
+    """The ready queue: a waiting run a person's decision marked ready (`ready_at`, see
+    settle.record_decision), then a pending run, whose lease is free: its row is the durable
+    wake-up (no message per run). Resumes are claimed first. Claims in batches — one UPDATE … WHERE
+    id IN (SELECT … FOR NO KEY UPDATE SKIP LOCKED LIMIT B), in autocommit, takes each run's
+    lease before any runs — then coordinates each as `advance_run` would, under that lease.
+
+    B starts at 2 and doubles while batches come back full (a full batch also wakes a second
+    drain, so the other workers join in). A batch that is not full ends the drain: all that
+    was ready when it claimed is taken, and whatever commits later woke a drain of its own
+    (the flag is cleared first). Without `starts`, decided runs only (the drain a decision
+    wakes, on the priority queue). Returns how many runs it coordinated."""
+    task = outbox.DRAIN if starts else outbox.DRAIN_RESUMES
+    outbox.drain_woken(task)  # first: what commits from now on sends a fresh wake-up
+    started = time.monotonic()
+    batch, done = 2, 0
+    seen: list[uuid.UUID] = []
+    while True:
+        token = new_owner()
+        expires = timezone.now() + timedelta(seconds=lease_seconds())
+        # Resumes first within the batch too (RETURNING keeps no order).
+        rows = sorted(
+            _claim_ready(token, expires, seen, batch, starts=starts),
+            key=lambda r: r[1] != RunStatus.WAITING,
+        )
+        ids = [r[0] for r in rows]
+        if len(ids) == batch:
+            outbox.wake_drain(task)  # a backlog: another worker may as well claim some
+        seen += ids
+        for i, (run_id, _status) in enumerate(rows):
+            if time.monotonic() - started > seconds:
+                _hand_back(rows[i:], token, task)
+                return done
+            try:
+                _drive(run_id, token, functools.partial(_coordinate, run_id, token))
+            except Exception:
+                # Set aside, never failing its batch-mates: its lease was let go (`_drive`);
+                # the reconciler sends it on as a task of its own.
+                log.exception("drain: run %s failed; left to the reconciler", run_id)
+            done += 1
+        if len(ids) < batch:
+            return done
+        batch = min(max_batch, batch * 2)
+
+
+def _claim_ready(
+    token: str, expires: datetime, seen: list[uuid.UUID], batch: int, *, starts: bool = True
+) -> list[tuple[uuid.UUID, str]]:
+    """Take the leases of up to `batch` ready runs, decided ones first; (id, status) each."""
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(
+                _CLAIM_READY,
+                [now, seen, batch, seen, batch if starts else 0, token, expires, batch],
+            )
+            return [(r[0], r[1]) for r in cur.fetchall()]
+    # Embedded mode's SQLite (one writer at a time, no SKIP LOCKED): read, then take each
+    # lease with a conditional UPDATE; one another drain took first is left to it.
+    free = WorkflowRun.objects.filter(lease_owner="").exclude(pk__in=seen)
+    ready = list(
+        free.filter(ready_at__lte=now, status=RunStatus.WAITING)
+        .order_by("ready_at")
+        .values_list("pk", "status")[:batch]
+    )
+    if starts:
+        ready += list(
+            free.filter(status=RunStatus.PENDING)
+            .order_by("updated_at")
+            .values_list("pk", "status")[: batch - len(ready)]
+        )
+    return [
+        (pk, status)
+        for pk, status in ready
+        if WorkflowRun.objects.filter(pk=pk, lease_owner="").update(
+            lease_owner=token, lease_expires_at=expires, ready_at=None
+        )
+    ]
+
+
+def _hand_back(rows: list[tuple[uuid.UUID, str]], token: str, task: str) -> None:
+    """Past its time, a drain lets go of what it claimed and has not begun — resumes marked
+    ready again — and wakes a fresh drain (a fresh task: this worker has had its turn)."""
+    now = timezone.now()
+    for status, ready_at in ((RunStatus.WAITING, now), (RunStatus.PENDING, None)):
+        WorkflowRun.objects.filter(
+            pk__in=[r for r, s in rows if s == status], lease_owner=token
+        ).update(lease_owner="", lease_expires_at=None, ready_at=ready_at)
+    outbox.wake_drain(task)
 
 
 # --- the coordinator ---------------------------------------------------------------------

@@ -94,6 +94,9 @@ class WorkflowRun(models.Model):
     # re-checks before letting go, so no nudge is lost.
     pokes = models.PositiveIntegerField(default=0)
     wake_at = models.DateTimeField(null=True, blank=True)
+    # A person's decision made this waiting run ready to go on: the drain claims it (before
+    # any start) and clears it (engine.drain_runs). Set in the deciding transaction.
+    ready_at = models.DateTimeField(null=True, blank=True)
     deadline_at = models.DateTimeField(null=True, blank=True)
     parent = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children"
@@ -110,6 +113,11 @@ class WorkflowRun(models.Model):
             models.Index(fields=["status", "updated_at"], name="run_status_updated"),
             models.Index(
                 fields=["wake_at"], name="run_wake_at", condition=models.Q(wake_at__isnull=False)
+            ),
+            models.Index(
+                fields=["ready_at"],
+                name="run_ready_at",
+                condition=models.Q(ready_at__isnull=False),
             ),
             models.Index(
                 fields=["deadline_at"],

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import redis
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -38,6 +39,15 @@ EPOCH_KEY = "caliber:broker-epoch"
 # The same as ADVANCE, routed (settings.CELERY_TASK_ROUTES) to the queue workers serve first:
 # a run going on after a person's decision, an undo window's end, a wake-up.
 RESUME = "workflows.tasks.resume_run"
+
+# The engine's drains (engine.drain_runs): claim ready runs in batches; woken by `wake_drain`.
+# DRAIN takes decided runs first, then starts; DRAIN_RESUMES, what a decision wakes, only
+# decided runs, routed (settings.CELERY_TASK_ROUTES) to the queue workers serve first (and
+# the scale-out resumer, which serves nothing else: no start's step ever holds it).
+DRAIN = "workflows.tasks.drain_runs"
+DRAIN_RESUMES = "workflows.tasks.drain_resumes"
+DRAIN_FLAG = "caliber:drain-pending"
+DRAIN_FLAG_TTL = 30
 
 # Task-name prefix -> the queue its tasks go to (None: the default queue), asked at send
 # time. Registered at app start by an app that routes its tasks (Slack's own workers).
@@ -113,6 +123,102 @@ def relay_rows(rows: list[Outbox]) -> int:
     finally:
         Outbox.objects.filter(pk__in=sent).delete()
     return len(sent)
+
+
+def send_after_commit(task: str, *args: Any, countdown: float = 0) -> None:
+    """For a send whose need the transaction already writes down where a scan finds it: no
+    outbox row, the task sent after commit. Precondition: inside that transaction.
+
+    The durable wake-up is then the row itself — a pending run, a waiting run whose actions
+    are all decided — which the reconciler re-enqueues once it stalls (and `resend_lost`
+    after a broker restarted empty). Only a send that fails writes an outbox row (beat's
+    relay retries it at once, not a stall later); a process that dies between commit and
+    send leaves it to the reconciler. An INSERT, a DELETE and a commit fewer per send."""
+    available = timezone.now() + timedelta(seconds=countdown)
+
+    def send_or_keep() -> None:
+        try:
+            send(task, list(args), (available - timezone.now()).total_seconds())
+        except Exception as exc:
+            log.warning("%s %s not sent (%s); the outbox keeps it for beat", task, args, exc)
+            Outbox.objects.create(
+                task=task,
+                args=list(args),
+                available_at=available,
+                attempts=1,
+                last_error=f"{type(exc).__name__}: {exc}"[:2000],
+            )
+
+    # robust: the change is committed; a send that fails (and a row that cannot be written,
+    # the database gone too) must never turn it into an error for whoever made it.
+    transaction.on_commit(send_or_keep, robust=True)
+
+
+def _drain_flag(task: str = DRAIN) -> str:
+    from django.conf import settings  # read at call time: tests and benches set the queue
+
+    return f"{DRAIN_FLAG}:{getattr(settings, 'CELERY_TASK_DEFAULT_QUEUE', 'caliber')}:{task}"
+
+
+# This process's client of the broker's Redis, by URL (redis-py's pool reconnects after a
+# fork or a restart): opening a kombu channel per wake-up cost more than the start it woke.
+_clients: dict[str, Any] = {}
+
+
+def _broker_client() -> Any:
+    """The broker's Redis client, or None where the broker is not Redis (embedded mode)."""
+    url = str(app.conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = redis.Redis.from_url(url, socket_timeout=5)
+    return client
+
+
+def _flag(client: Any, op: Callable[[], Any]) -> Any:
+    """One flag command; once more on a fresh connection if the first met one the server
+    dropped (a Redis restarted since this process last used it)."""
+    try:
+        return op()
+    except redis.ConnectionError:
+        return op()
+
+
+def wake_drain(task: str = DRAIN) -> None:
+    """Make sure a drain (engine.drain_runs) comes: send one unless one is already pending.
+
+    At most one wake-up message waits at a time: the flag is set with the send and cleared
+    by the drain before it claims anything, so work committed before the clear is claimed by
+    that drain and work committed after it sends a fresh one — no wake-up is lost. The flag
+    expires (a send that vanished with its broker cannot silence wake-ups for longer); beat's
+    reconciler is the safety net for a run nothing woke. Call after commit."""
+    try:
+        client = _broker_client()
+        key = _drain_flag(task)
+        if client is not None and not _flag(
+            client, lambda: client.set(key, "1", nx=True, ex=DRAIN_FLAG_TTL)
+        ):
+            return
+        try:
+            send(task, [], 0)
+        except Exception:
+            if client is not None:
+                client.delete(key)
+            raise
+    except Exception as exc:
+        log.warning("drain wake-up not sent (%s); the outbox keeps it for beat", exc)
+        Outbox.objects.create(
+            task=task, args=[], attempts=1, last_error=f"{type(exc).__name__}: {exc}"[:2000]
+        )
+
+
+def drain_woken(task: str = DRAIN) -> None:
+    """The drain's first act: clear the flag, so whatever commits from now on wakes again."""
+    client = _broker_client()
+    if client is not None:
+        key = _drain_flag(task)
+        _flag(client, lambda: client.delete(key))
 
 
 def send(task: str, args: list[Any], countdown: float = 0) -> None:

@@ -14,7 +14,7 @@ waits with `Wait(each=True)`, the engine resumes it as soon as one is settled, a
 
 `record_decision` is what the deciding transaction (escalations) calls: it tells the engine
 what the person said, in fields the engine reads without knowing escalations, and sends the
-run on through the outbox on the queue workers serve first.
+run on, after commit, on the queue workers serve first.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 
 from . import outbox
@@ -60,16 +61,49 @@ def record_decision(
 ) -> list[str]:
     """Precondition: inside the transaction that decides `action` (its status already set by
     the caller). Sets what the engine reads and returns the fields to save with the status;
-    enqueues the run's resume (outbox: never lost) on the priority queue — at the end of the
-    undo window for an approved irreversible action, at once otherwise."""
+    makes the run go on: at once, a waiting run is marked ready in this transaction and the
+    drain woken after commit; otherwise (a run not waiting, or held; an approved
+    irreversible action, at the end of its undo window) its resume is sent after commit on
+    the priority queue. Never lost: the reconciler finds a decided run that did not
+    resume."""
     action.feedback = {"verdict": verdict, "text": text, "by": by, "owner": owner}
     window = undo_window_seconds(action.action_type) if approved and action.run_id else 0.0
     action.execute_after = now + timedelta(seconds=window) if window else None
-    if action.run_id is not None:
+    if action.run_id is not None and not window and _ready_to_resume(action.run_id, now):
+        # Queued in this transaction: the drain claims it, resumes before starts.
+        transaction.on_commit(lambda: outbox.wake_drain(outbox.DRAIN_RESUMES), robust=True)
+    elif action.run_id is not None:
         # A moment after the window, so the resume finds it over (the database timer, read
         # by the wake-up beat, is the backstop if this message is lost).
-        outbox.enqueue(outbox.RESUME, str(action.run_id), countdown=window + 0.2 if window else 0)
+        # No outbox row: the decided action is what the reconciler finds (a waiting run none
+        # of whose actions waits on a person) should the send be lost.
+        outbox.send_after_commit(
+            outbox.RESUME, str(action.run_id), countdown=window + 0.2 if window else 0
+        )
     return ["feedback", "execute_after"]
+
+
+# The run's row only if it is waiting and nobody holds it: never waited for, so the deciding
+# transaction takes no lock out of the engine's order (a step settling its actions holds
+# them, then takes the run's row) and can never deadlock with it.
+_READY_TO_RESUME = """
+UPDATE workflows_workflowrun SET ready_at = %s
+WHERE id = (
+    SELECT id FROM workflows_workflowrun WHERE id = %s AND status = 'waiting'
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+"""
+
+
+def _ready_to_resume(run_id: Any, now: datetime) -> bool:
+    """Mark a waiting run ready for the drain, in the deciding transaction; False if it is
+    not waiting or someone holds its row (a coordinator committing, a cancel): then the
+    resume is sent as a task, and whoever holds the row re-reads the actions under it."""
+    if connection.vendor != "postgresql":
+        return False
+    with connection.cursor() as cur:
+        cur.execute(_READY_TO_RESUME, [now, run_id])
+        return cur.rowcount == 1
 
 
 def record_undo(*, action: Action) -> list[str]:

@@ -30,6 +30,20 @@ def resume_run(run_id: str) -> None:
     engine.advance_run(run_id=uuid.UUID(run_id))
 
 
+@shared_task(name="workflows.tasks.drain_runs")
+def drain_runs() -> int:
+    """Woken once for any number of runs made ready (outbox.wake_drain): claims them in
+    batches (engine.drain_runs)."""
+    return engine.drain_runs()
+
+
+@shared_task(name="workflows.tasks.drain_resumes")
+def drain_resumes() -> int:
+    """Woken by decisions (settle.record_decision), on the priority queue: claims the runs
+    people decided, nothing else (engine.drain_runs)."""
+    return engine.drain_runs(starts=False)
+
+
 @shared_task(name="workflows.tasks.run_step")
 def run_step(run_id: str, step_name: str) -> None:
     engine.run_step(run_id=uuid.UUID(run_id), step_name=step_name)

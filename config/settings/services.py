@@ -106,7 +106,11 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "caliber")
 # "priority" order (BRPOP on the keys in that order, never rotated), so one free child takes
 # a decision before the next of a thousand queued steps.
 CELERY_PRIORITY_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}-priority"
-CELERY_TASK_ROUTES = {"workflows.tasks.resume_run": {"queue": CELERY_PRIORITY_QUEUE}}
+# The drain a decision wakes claims decided runs only (workflows.engine.drain_runs).
+CELERY_TASK_ROUTES = {
+    "workflows.tasks.resume_run": {"queue": CELERY_PRIORITY_QUEUE},
+    "workflows.tasks.drain_resumes": {"queue": CELERY_PRIORITY_QUEUE},
+}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True

@@ -106,14 +106,19 @@ def test_the_peer_workflow_pauses_for_approval_and_its_costs_are_counted(
     }
     assert costs.queries > 0
     assert costs.commits > 0
-    # The start, the model summary written after the escalation commits, the resume.
+    # The drain the start woke (one message for as many starts as are ready), the model
+    # summary written after the escalation commits, the drain the decision woke.
     assert costs.tasks == 3
     # The engine's hot path, pinned (bench-peers measures it): a change here is a change in
     # what every run costs. Propose + escalate + wait, then resume + execute + finish; each
     # in three transactions (the first round's claim, then one commit per step); before the
-    # pause, the model's summary written by its after-commit task (4 statements, 3 commits).
-    assert (to_pause.queries, to_pause.commits) == (29, 6)
-    assert (to_done.queries, to_done.commits) == (24, 3)
+    # pause, the drain's batch claim (1 statement, its own commit: a run alone is an idle
+    # drain's batch) and the model's summary written by its after-commit task (4
+    # statements, 3 commits).
+    assert (to_pause.queries, to_pause.commits) == (30, 7)
+    # After the decision, the same drain's claim (the decision marked the run ready in its
+    # own transaction: one statement there, and no resume task).
+    assert (to_done.queries, to_done.commits) == (25, 4)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -21,6 +21,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import redis
 from celery import Celery
 from django.db import connection
 from django.db.models import Count, Q
@@ -200,12 +201,23 @@ class Reconciler:
 
 @pytest.fixture
 def sends_to(request: pytest.FixtureRequest) -> Any:
-    """Point this process's task sends (outbox relay, decisions, the reconciler) at a cluster."""
+    """Point this process's task sends (outbox relay, decisions, the reconciler) at a cluster,
+    and the drain's wake-up flag (outbox.wake_drain) with them: it must be the one the
+    cluster's workers clear, on their broker under their queue's name, or a flag set here
+    and never cleared there silences every start's wake-up until it expires."""
     patches: list[Any] = []
+    clients: list[Any] = []
 
     def point(c: Cluster) -> Cluster:
+        client = redis.Redis.from_url(c.redis_url, socket_timeout=5)
+        clients.append(client)
         for p in (
             mock.patch("workflows.outbox.send", side_effect=c.send),
+            mock.patch("workflows.outbox._broker_client", return_value=client),
+            mock.patch(
+                "workflows.outbox._drain_flag",
+                side_effect=lambda task=outbox.DRAIN: f"{outbox.DRAIN_FLAG}:{c.queue}:{task}",
+            ),
             mock.patch(
                 "workflows.tasks.enqueue_advance",
                 side_effect=lambda run_id, countdown=0: c.send(
@@ -220,6 +232,8 @@ def sends_to(request: pytest.FixtureRequest) -> Any:
     yield point
     for p in patches:
         p.stop()
+    for client in clients:
+        client.close()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 import threading
+from unittest import mock
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -40,15 +41,37 @@ def test_approving_records_one_decision_and_approves_the_action(
     escalation.refresh_from_db()
     assert escalation.status == EscalationStatus.APPROVED
     assert Action.objects.get(pk=escalation.action_id).status == ActionStatus.APPROVED
-    # The run's resume is written to the outbox with the decision (on the priority queue) and
-    # relayed, and every transport told, all only after commit.
+    # The run's resume is sent (on the priority queue) and every transport told, all only
+    # after commit; no outbox row: the decided run is what the reconciler would find.
     names = [c.__qualname__ for c in callbacks]
-    assert any(n.startswith("enqueue") for n in names)
+    assert any(n.startswith("send_after_commit") for n in names)
     # The live queue, long-polls and the rest hear of it through the events module's
     # one after-commit dispatch.
     assert any(n.startswith("publish") for n in names)
+    assert not Outbox.objects.filter(task=RESUME).exists()
     run_id = str(escalation.action.run_id)
-    assert Outbox.objects.filter(task=RESUME, args=[run_id]).count() == 1
+    with mock.patch("workflows.outbox.send") as send:
+        for c in callbacks:
+            if c.__qualname__.startswith("send_after_commit"):
+                c()
+    send.assert_called_once_with(RESUME, [run_id], mock.ANY)
+
+
+@pytest.mark.django_db
+def test_a_resume_the_broker_refused_is_kept_in_the_outbox_for_beat(
+    escalation, alice, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        decide_escalation(
+            escalation_id=escalation.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB
+        )
+    with mock.patch("workflows.outbox.send", side_effect=ConnectionError("broker down")):
+        for c in callbacks:
+            if c.__qualname__.startswith("send_after_commit"):
+                c()
+    [row] = Outbox.objects.filter(task=RESUME)
+    assert row.args == [str(escalation.action.run_id)]
+    assert row.attempts == 1 and "broker down" in row.last_error
 
 
 @pytest.mark.django_db

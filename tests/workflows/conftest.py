@@ -36,6 +36,10 @@ class InlineTasks:
         self.delivered.append((task, list(args)))
         if task in ("workflows.tasks.advance_run", "workflows.tasks.resume_run"):
             engine.advance_run(run_id=uuid.UUID(args[0]))
+        elif task == "workflows.tasks.drain_runs":
+            engine.drain_runs()
+        elif task == "workflows.tasks.drain_resumes":
+            engine.drain_runs(starts=False)
         elif task == "workflows.tasks.run_step":
             engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])
         elif task == "escalations.tasks.write_summary":

@@ -110,7 +110,7 @@ def test_the_last_sibling_to_finish_runs_the_join_without_another_task(agent, in
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert [t for t, _ in inline_tasks.delivered] == [
-        "workflows.tasks.advance_run",
+        "workflows.tasks.drain_runs",
         "workflows.tasks.run_step",
         "workflows.tasks.run_step",
         "workflows.tasks.run_step",

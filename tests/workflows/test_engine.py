@@ -173,11 +173,11 @@ def test_the_reconciler_picks_up_a_run_whose_enqueue_was_lost(celery_worker, pol
 
     from workflows.models import Outbox, WorkflowRun
 
-    # A run committed, but its enqueue never reached the broker (the process died, and the
-    # outbox row was lost with the broker's queue).
-    with mock.patch("workflows.outbox.relay"):
+    # A run committed, but its send never reached the broker (the process died between
+    # commit and send): no outbox row stands for it, the pending run itself does.
+    with mock.patch("workflows.outbox.send"):
         run = start_run(workflow="support_triage", input=ticket)
-    Outbox.objects.all().delete()
+    assert not Outbox.objects.exists()
     WorkflowRun.objects.filter(pk=run.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
     assert engine.reconcile_runs(stall_seconds=60) == 1
     wait_for_run(run, RunStatus.WAITING)

@@ -13,8 +13,8 @@ from config.celery import app
 from escalations.actions import decide_escalation
 from escalations.models import Verdict, Via
 from workflows.actions import start_run
-from workflows.models import Action, RunStatus
-from workflows.outbox import ADVANCE, RESUME
+from workflows.models import Action, RunStatus, WorkflowRun
+from workflows.outbox import ADVANCE, DRAIN_RESUMES
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,7 +62,10 @@ def test_decisions_are_resumed_before_a_thousand_queued_steps(
             escalation_id=reply.escalation.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB
         )
     decisions = [(task, args) for _, task, args in inline_tasks.sent]
-    assert decisions == [(RESUME, [str(r.pk)]) for r in runs]
+    # Both runs marked ready in their deciding transactions; one drain woken for both.
+    assert decisions == [(DRAIN_RESUMES, [])]
+    ready = WorkflowRun.objects.filter(pk__in=[r.pk for r in runs], ready_at__isnull=False)
+    assert ready.count() == 2
 
     # The broker, as a worker sees it: own queue names, so no running worker takes these.
     base = f"order-test-{uuid.uuid4().hex[:8]}"
@@ -99,12 +102,12 @@ def test_decisions_are_resumed_before_a_thousand_queued_steps(
                 accept=["json"],
                 prefetch_count=1,
             ):
-                while len(received) < 3:
+                while len(received) < len(decisions) + 2:
                     conn.drain_events(timeout=5)
     finally:
         with app.connection_for_write() as conn:
             for name in (base, priority):
                 conn.default_channel.queue_purge(name)
                 conn.default_channel.queue_delete(name)
-    # Both decisions first, then the steps in the order they were queued.
-    assert received == [*decisions, (ADVANCE, ["step-0"])]
+    # The decisions' drain first, then the steps in the order they were queued.
+    assert received == [*decisions, (ADVANCE, ["step-0"]), (ADVANCE, ["step-1"])]
