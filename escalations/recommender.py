@@ -410,19 +410,7 @@ def _isotonic_bounds(
     """Per candidate bar: (fitted error of what would run alone, its `level` bound)."""
     import random
 
-    n_w = [0.0] * 101
-    e_w = [0.0] * 101
-    sq_w = [0.0] * 101
-    for o in observations:
-        b = _bin(o.confidence)
-        n_w[b] += o.weight
-        sq_w[b] += o.weight * o.weight
-        if o.error:
-            e_w[b] += o.weight
-    # Each bin as an effective binomial sample (Kish), so heavy audit weights are not
-    # mistaken for that many independent judgements.
-    n_eff = [n_w[b] * n_w[b] / sq_w[b] if sq_w[b] > 0 else 0.0 for b in range(101)]
-    k_eff = [e_w[b] / n_w[b] * n_eff[b] if n_w[b] > 0 else 0.0 for b in range(101)]
+    n_eff, k_eff, fit = _curve(observations)
     pop = _population_bins(population)
     above = list(accumulate(reversed(pop)))[::-1]  # actions at or above each bin
 
@@ -430,7 +418,6 @@ def _isotonic_bounds(
         sums = list(accumulate(pop[b] * fit[b] for b in reversed(range(101))))[::-1]
         return [sums[b] / above[b] if above[b] else 0.0 for b in range(101)]
 
-    fit = isotonic_decreasing([k_eff[b] / n_eff[b] if n_eff[b] else 0.0 for b in range(101)], n_eff)
     point = tail_errors(fit)
     # The fit's level sets (runs of judged bins it pooled): each one's Jeffreys posterior is
     # drawn as a whole and the draws refitted. Drawn bin by bin instead, a hundred thin bins
@@ -462,7 +449,9 @@ def _isotonic_bounds(
 
 
 def _curve(observations: Sequence[Observation]) -> tuple[list[float], list[float], list[float]]:
-    """Per 0.01 bin: effective judgements and errors (Kish), and the monotone fit."""
+    """Per 0.01 bin: effective judgements and errors, and the monotone fit. Each bin counts as
+    an effective binomial sample (Kish), so heavy audit weights are not mistaken for that many
+    independent judgements."""
     n_w = [0.0] * 101
     e_w = [0.0] * 101
     sq_w = [0.0] * 101
