@@ -76,8 +76,10 @@ def take_over_expired(*, now: datetime | None = None, limit: int = 500) -> int:
             run=OuterRef("pk"), status=StepStatus.RUNNING, lease_expires_at__lte=now
         )
     )
+    # Waiting too: a drain takes a decided run's lease before it coordinates it (a waiting
+    # run at rest holds none), so a drain that died leaves a waiting run with a dead lease.
     expired = WorkflowRun.objects.filter(
-        status__in=[RunStatus.PENDING, RunStatus.RUNNING],
+        status__in=[RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING],
     ).filter((~Q(lease_owner="") & Q(lease_expires_at__lte=now)) | dead_step)
     live = Q(lease_expires_at__gt=now) & ~Q(lease_owner="")
     stalled = list(expired.exclude(live).values_list("pk", flat=True)[:limit])

@@ -142,6 +142,24 @@ def test_an_async_step_whose_worker_died_is_found_too(clock, in_a_worker, agent,
     assert StepRun.objects.get(pk=claim.step.pk).status == StepStatus.RUNNING
 
 
+def test_a_decided_run_whose_drain_died_is_taken_over_too(clock, agent, enqueued):
+    """A drain claims a decided (waiting) run's lease before it coordinates it: if its worker
+    dies in between, the run is waiting with a dead lease, and the take-over finds it as it
+    finds a running one (not the reconciler's minute-long stall sweep)."""
+    run = start_run(workflow="long_step", input={})
+    WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.WAITING, ready_at=clock.now)
+    claimed = engine._claim_ready("dead-drain", clock.now + LEASE, [], 2, starts=False)
+    assert claimed == [(run.pk, RunStatus.WAITING)]
+    assert engine.take_over_expired() == 0  # its drain's lease is live
+    clock.advance(LEASE.total_seconds())
+    assert engine.take_over_expired() == 1
+    assert enqueued == [str(run.pk)]
+    # A waiting run at rest holds no lease: it is never taken over.
+    WorkflowRun.objects.filter(pk=run.pk).update(lease_owner="", lease_expires_at=None)
+    enqueued.clear()
+    assert engine.take_over_expired() == 0
+
+
 def test_without_a_heartbeat_a_lease_lasts_the_steps_timeout(clock, agent):
     """Embedded mode's threads and inline runs renew nothing: leases are as long as before."""
     run = start_run(workflow="long_step", input={})
