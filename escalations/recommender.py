@@ -422,24 +422,8 @@ def _isotonic_bounds(
     # The fit's level sets (runs of judged bins it pooled): each one's Jeffreys posterior is
     # drawn as a whole and the draws refitted. Drawn bin by bin instead, a hundred thin bins
     # each carry half an error of prior, and the bound drowns in it.
-    blocks: list[tuple[list[int], float, float]] = []
-    for b in range(101):
-        if n_eff[b] <= 0:
-            continue
-        if blocks and abs(fit[blocks[-1][0][-1]] - fit[b]) < 1e-12:
-            members, k, n = blocks[-1]
-            blocks[-1] = ([*members, b], k + k_eff[b], n + n_eff[b])
-        else:
-            blocks.append(([b], k_eff[b], n_eff[b]))
-    rng = random.Random(seed)
-    draws: list[list[float]] = []
-    for _ in range(BOOTSTRAP_DRAWS):
-        sample = [0.0] * 101
-        for members, k, n in blocks:
-            r = rng.betavariate(k + 0.5, n - k + 0.5)
-            for b in members:
-                sample[b] = r
-        draws.append(tail_errors(isotonic_decreasing(sample, n_eff)))
+    curves = _posterior_curves(n_eff, k_eff, fit, random.Random(seed), BOOTSTRAP_DRAWS)
+    draws = [tail_errors(curve) for curve in curves]
     q = min(math.ceil(level * BOOTSTRAP_DRAWS) - 1, BOOTSTRAP_DRAWS - 1)
     bounds = []
     for b in range(101):
