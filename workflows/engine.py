@@ -47,6 +47,7 @@ from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -122,10 +123,9 @@ class Claim:
 
 # --- the drain: runs ready to start, claimed in batches -----------------------------------
 
-# A batch never grows past this; nor does a drain go on past DRAIN_SECONDS before it hands
-# what it claimed and has not begun to a fresh drain (a step that calls a model for seconds
-# must not keep its batch-mates' leases waiting).
-DRAIN_MAX_BATCH = 32
+# A batch never grows past settings.ENGINE_BATCH_MAX; nor does a drain go on past
+# DRAIN_SECONDS before it hands what it claimed and has not begun to a fresh drain (a step
+# that calls a model for seconds must not keep its batch-mates' leases waiting).
 DRAIN_SECONDS = 5.0
 
 _CLAIM_READY = """
@@ -152,7 +152,7 @@ RETURNING id, status
 def drain_runs(
     *,
     starts: bool = True,
-    max_batch: int = DRAIN_MAX_BATCH,
+    max_batch: int | None = None,
     seconds: float = DRAIN_SECONDS,
 ) -> int:
     """The ready queue: a waiting run a person's decision marked ready (`ready_at`, see
@@ -161,15 +161,18 @@ def drain_runs(
     id IN (SELECT … FOR NO KEY UPDATE SKIP LOCKED LIMIT B), in autocommit, takes each run's
     lease before any runs — then coordinates each as `advance_run` would, under that lease.
 
-    B starts at 2 and doubles while batches come back full (a full batch also wakes a second
-    drain, so the other workers join in). A batch that is not full ends the drain: all that
-    was ready when it claimed is taken, and whatever commits later woke a drain of its own
-    (the flag is cleared first). Without `starts`, decided runs only (the drain a decision
-    wakes, on the priority queue). Returns how many runs it coordinated."""
+    B starts at 2 (at most settings.ENGINE_BATCH_MAX) and doubles while batches come back
+    full (a full batch also wakes a second drain, so the other workers join in). A batch
+    that is not full ends the drain: all that was ready when it claimed is taken, and
+    whatever commits later woke a drain of its own (the flag is cleared first). Without
+    `starts`, decided runs only (the drain a decision wakes, on the priority queue).
+    Returns how many runs it coordinated."""
     task = outbox.DRAIN if starts else outbox.DRAIN_RESUMES
     outbox.drain_woken(task)  # first: what commits from now on sends a fresh wake-up
     started = time.monotonic()
-    batch, done = 2, 0
+    if max_batch is None:
+        max_batch = settings.ENGINE_BATCH_MAX
+    batch, done = min(2, max_batch), 0
     seen: list[uuid.UUID] = []
     while True:
         token = new_owner()

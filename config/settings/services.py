@@ -182,6 +182,9 @@ RUN_STALL_SECONDS = env_int("RUN_STALL_SECONDS", 60, minimum=1)
 # (workflows.heartbeat). A dead worker's run is taken over this long after it died, plus
 # TAKEOVER_EVERY_SECONDS at most: 8 + 2 s, inside the 15 s promised.
 RUN_LEASE_SECONDS = env_int("RUN_LEASE_SECONDS", 8, minimum=2)
+# The most runs a drain (workflows.engine.drain_runs) claims at once: B. A drain starts at
+# min(2, B) and doubles while batches come back full, so an idle engine claims one or two.
+ENGINE_BATCH_MAX = env_int("ENGINE_BATCH_MAX", 32, minimum=1)
 # The undo window of every irreversible action type, in seconds, overriding what each type
 # declares (workflows.tools: 10 s by default); 0 runs approved actions at once. Unset: per type.
 UNDO_WINDOW_SECONDS: int | None = (
