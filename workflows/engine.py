@@ -498,14 +498,19 @@ def _due_work(
 def _dispatch(run: WorkflowRun, work: list[StepRun], token: str, now: datetime) -> Claim | None:
     """Queue the async steps of `work` (through the outbox) and claim its first sync step.
 
-    A step that calls a model (`calls_model` in the plan) is never claimed here: this round may
-    belong to a drain's batch, whose every commit would wait seconds on it. It is queued like
-    an async step, to the model queue (outbox.RUN_MODEL_STEP), and run_step runs it alone.
-    A sync one still goes one at a time: no sync step goes while another is queued or
-    running (only such a step can be, the lease being free while it runs). It leaves the run
-    running, as an async step's dispatch does; resumed, it is not a fresh attempt (run_step's
-    claim counts one for a queued step: given back here)."""
-    alone = {p["name"] for p in run.plan if p.get("calls_model")} if work else set()
+    A step that calls a model (`calls_model` in the plan; settings.MODEL_STEPS_ALONE, on with a
+    model server) is never claimed here: this round may belong to a drain's batch, whose every
+    commit would wait seconds on it. It is queued like an async step, to the model queue
+    (outbox.RUN_MODEL_STEP), and run_step runs it alone. A sync one still goes one at a time:
+    no sync step goes while another is queued or running (only such a step can be, the lease
+    being free while it runs). It leaves the run running, as an async step's dispatch does;
+    resumed, it is not a fresh attempt (run_step's claim counts one for a queued step: given
+    back here)."""
+    alone = (
+        {p["name"] for p in run.plan if p.get("calls_model")}
+        if work and settings.MODEL_STEPS_ALONE
+        else set()
+    )
     sync = next((s for s in work if s.mode == StepMode.SYNC), None)
     if (
         sync is not None

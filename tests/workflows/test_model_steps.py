@@ -8,6 +8,7 @@ holds, and what the test checks is what has committed while it blocks."""
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,7 +58,9 @@ MODEL = Model()
 
 
 @pytest.fixture(autouse=True)
-def model() -> Iterator[Model]:
+def model(settings) -> Iterator[Model]:
+    # As with a model server configured (the offline model's steps stay inline: see below).
+    settings.MODEL_STEPS_ALONE = True
     global MODEL
     MODEL = Model()
     yield MODEL
@@ -152,6 +155,36 @@ def test_triage_declares_the_steps_that_call_the_model():
         "wrap_up",
         "schedule_follow_up",
     ]
+
+
+def test_model_steps_run_alone_wherever_a_model_server_is_configured(monkeypatch):
+    from config.settings import integrations
+
+    for env, alone in (
+        ({}, False),
+        ({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}, True),
+        ({"OPENAI_API_KEY": "sk-test"}, True),
+        ({"OPENAI_API_KEY": "sk-test", "MODEL_STEPS_ALONE": "false"}, False),
+        ({"MODEL_STEPS_ALONE": "true"}, True),
+    ):
+        for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "MODEL_STEPS_ALONE"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert importlib.reload(integrations).MODEL_STEPS_ALONE is alone, env
+    monkeypatch.undo()
+    importlib.reload(integrations)
+
+
+def test_with_the_offline_model_a_model_step_runs_inline(agent, inline_tasks, model, settings):
+    """Microseconds: sent alone it would cost more than it spares (see MODEL_STEPS_ALONE)."""
+    settings.MODEL_STEPS_ALONE = False
+    run = start_run(workflow="model_alone", input={})
+    inline_tasks.drain()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert model.calls == 1
+    assert not [t for t, _ in inline_tasks.delivered if t == RUN_MODEL_STEP]
 
 
 def test_the_model_queue_is_routed_and_every_way_of_starting_workers_serves_it():
