@@ -5,12 +5,13 @@ call a model run alone). Not a test: a measurement, run from a checkout's root w
     .venv/bin/python scripts/measure_model_alone.py [--rounds 6] [--hold 4]
 
 One real `celery worker` (2 prefork children, the tests' lone worker) on the bench database,
-its model a local OpenAI-compatible fake. Each round starts two triage runs in one
-transaction, so one drain claims both in one batch: "slow", whose classify call the fake
-model holds until `--hold` seconds have passed (an event, not a sleep in the engine), and
-"mate", whose calls are answered at once. It reports, per round, from database timestamps:
-the mate's first commit (read_ticket) and its reaching a person's review (run waiting), each
-after its start, and whether that happened while slow's model call was still held.
+its model a local OpenAI-compatible fake (so MODEL_STEPS_ALONE is on where the code has it).
+Each round starts two triage runs in one transaction, so one drain claims both in one batch:
+"slow", whose classify call the fake model holds until `--hold` seconds have passed (an
+event, not a sleep in the engine), and "mate", whose calls are answered at once. It reports,
+per round, from database timestamps: the mate's first commit (read_ticket) and its reaching a
+person's review (run waiting), each after its start, and whether that happened while slow's
+model call was still held.
 """
 
 from __future__ import annotations

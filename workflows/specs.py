@@ -8,11 +8,12 @@ at a time, in plan order; `async` steps (gathering, verification) fan out as par
 tasks, and whatever depends on them waits until they have all joined.
 
 A step whose body calls a model (seconds, where the engine's own work per step is a
-millisecond) says so: `calls_model=True`. It is never run inline by a coordinator, which may be
-draining a batch of runs whose commits would all wait on it; it is sent as a task of its own to
-the model queue (`<queue>-model`, served by a pool of its own in scale-out mode) and runs there
-as an async step does. A sync one keeps its place on the critical path: no other sync step of
-the run goes while it is queued or running.
+millisecond) says so: `calls_model=True`. Wherever a model server is configured
+(settings.MODEL_STEPS_ALONE) it is never run inline by a coordinator, which may be draining a
+batch of runs whose commits would all wait on it; it is sent as a task of its own to the model
+queue (`<queue>-model`, served by a pool of its own in scale-out mode) and runs there as an
+async step does. A sync one keeps its place on the critical path: no other sync step of the
+run goes while it is queued or running. (With the offline model, microseconds, it runs inline.)
 """
 
 from __future__ import annotations

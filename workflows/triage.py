@@ -437,8 +437,9 @@ TRIAGE = register(
         input_schema=Ticket,
         steps=(
             StepSpec("read_ticket", "Read the ticket", read_ticket),
-            # The steps whose bodies call the model (call_for_step): each runs alone, in the
-            # model pool, never inline in a drain's batch (specs.StepSpec.calls_model).
+            # The steps whose bodies call the model (call_for_step): with a model server, each
+            # runs alone in the model pool, never inline in a drain's batch
+            # (specs.StepSpec.calls_model, settings.MODEL_STEPS_ALONE).
             StepSpec("classify", "Classify urgency and category", classify, calls_model=True),
             # The draft, then the model judge's verdict on it (and a redraft if it fails).
             StepSpec("draft_reply", "Draft a reply", draft_reply, calls_model=True),
