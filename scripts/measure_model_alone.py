@@ -124,6 +124,7 @@ def main() -> int:
                         time.sleep(0.05)
                 mate.refresh_from_db()
                 read = StepRun.objects.get(run=mate, name="read_ticket")
+                assert read.finished_at is not None
                 first_s = (read.finished_at - mate.created_at).total_seconds()
                 reached = (
                     mate.trace.filter(message__startswith="waiting").order_by("created_at").first()
