@@ -383,7 +383,7 @@ def inline_engine() -> Iterator[Callable[[], int]]:
                 engine.drain_runs()
             elif task == outbox.DRAIN_RESUMES:
                 engine.drain_runs(starts=False)
-            elif task == outbox.RUN_STEP:
+            elif task in (outbox.RUN_STEP, outbox.RUN_MODEL_STEP):
                 engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])
             elif task == "escalations.tasks.write_summary":
                 # A worker writes the model's summary after the escalation commits: part of

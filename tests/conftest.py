@@ -204,7 +204,11 @@ def _purge_queue() -> None:
     from config.celery import app
 
     with app.connection_for_write() as conn:
-        for queue in (settings.CELERY_TASK_DEFAULT_QUEUE, settings.CELERY_PRIORITY_QUEUE):
+        for queue in (
+            settings.CELERY_TASK_DEFAULT_QUEUE,
+            settings.CELERY_PRIORITY_QUEUE,
+            settings.CELERY_MODEL_QUEUE,
+        ):
             conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
 
 

@@ -39,8 +39,13 @@ class EmbeddedServices:
             without_gossip=True,
             # The priority queue first (what follows a person's decision). kombu's memory
             # transport cycles fairly between them rather than strictly in order: in embedded
-            # mode the decision's task is only never starved, not served first.
-            queues=[settings.CELERY_PRIORITY_QUEUE, settings.CELERY_TASK_DEFAULT_QUEUE],
+            # mode the decision's task is only never starved, not served first. The model
+            # queue too (steps that call a model): this one worker is their pool as well.
+            queues=[
+                settings.CELERY_PRIORITY_QUEUE,
+                settings.CELERY_TASK_DEFAULT_QUEUE,
+                settings.CELERY_MODEL_QUEUE,
+            ],
         )
         t = threading.Thread(target=self.worker.start, name="celery-worker", daemon=True)
         t.start()

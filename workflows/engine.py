@@ -72,7 +72,7 @@ from .models import (
     TraceKind,
     WorkflowRun,
 )
-from .outbox import ADVANCE, RUN_STEP
+from .outbox import ADVANCE, RUN_MODEL_STEP, RUN_STEP
 from .outbox import enqueue as outbox_enqueue
 from .outcomes import run_outcome
 from .recovery import RESUME_RUN, attention_resolved, recovery_check, with_effect
@@ -496,15 +496,46 @@ def _due_work(
 
 
 def _dispatch(run: WorkflowRun, work: list[StepRun], token: str, now: datetime) -> Claim | None:
-    """Queue the async steps of `work` (through the outbox) and claim its first sync step."""
+    """Queue the async steps of `work` (through the outbox) and claim its first sync step.
+
+    A step that calls a model (`calls_model` in the plan; settings.MODEL_STEPS_ALONE, on with a
+    model server) is never claimed here: this round may belong to a drain's batch, whose every
+    commit would wait seconds on it. It is queued like an async step, to the model queue
+    (outbox.RUN_MODEL_STEP), and run_step runs it alone. A sync one still goes one at a time:
+    no sync step goes while another is queued or running (only such a step can be, the lease
+    being free while it runs). It leaves the run running, as an async step's dispatch does;
+    resumed, it is not a fresh attempt (run_step's claim counts one for a queued step: given
+    back here)."""
+    alone = (
+        {p["name"] for p in run.plan if p.get("calls_model")}
+        if work and settings.MODEL_STEPS_ALONE
+        else set()
+    )
+    sync = next((s for s in work if s.mode == StepMode.SYNC), None)
+    if (
+        sync is not None
+        and alone
+        and run.steps.filter(
+            mode=StepMode.SYNC, status__in=(StepStatus.QUEUED, StepStatus.RUNNING)
+        ).exists()
+    ):
+        sync = None
     for s in work:
-        if s.mode == StepMode.ASYNC:
+        if s.mode == StepMode.ASYNC or (s is sync and s.name in alone):
+            fields = ["status", "dispatched_at"]
+            if s.status == StepStatus.WAITING and s.mode == StepMode.SYNC:
+                s.attempts -= 1
+                fields.append("attempts")
             s.status = StepStatus.QUEUED
             s.dispatched_at = now
-            s.save(update_fields=["status", "dispatched_at"])
-            outbox_enqueue(RUN_STEP, str(run.pk), s.name)
-    sync = next((s for s in work if s.mode == StepMode.SYNC), None)
-    return _claim(run, sync, token, now) if sync is not None else None
+            s.save(update_fields=fields)
+            outbox_enqueue(RUN_MODEL_STEP if s.name in alone else RUN_STEP, str(run.pk), s.name)
+    if sync is None or sync.name not in alone:
+        return _claim(run, sync, token, now) if sync is not None else None
+    if run.status == RunStatus.WAITING:
+        record_trace(run=run, kind=TraceKind.SYSTEM, message="run resumed")
+    run.status = RunStatus.RUNNING
+    return None
 
 
 def _settle_status(

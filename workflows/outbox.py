@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 
 ADVANCE = "workflows.tasks.advance_run"
 RUN_STEP = "workflows.tasks.run_step"
+# run_step for a step that calls a model (specs.StepSpec.calls_model), routed
+# (settings.CELERY_TASK_ROUTES) to the model queue, `<queue>-model`: in scale-out mode a pool
+# of its own serves it, so a model's seconds never hold a batch worker's child, let alone a
+# drain's batch. (Re-sends of a lost message — engine._repair, beat.resend_lost — go as
+# RUN_STEP, to the default queue: the step still runs once, only not in its own pool.)
+RUN_MODEL_STEP = "workflows.tasks.run_model_step"
 # Written into the broker once; gone means the broker lost its data (restarted empty), and
 # with it every message sent before: see broker_restarted.
 EPOCH_KEY = "caliber:broker-epoch"

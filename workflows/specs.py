@@ -6,6 +6,14 @@ item, e.g. one scan per publication) — and the plan is stored on the run befor
 executes. Each planned step has a mode: `sync` steps are the critical path and run inline, one
 at a time, in plan order; `async` steps (gathering, verification) fan out as parallel Celery
 tasks, and whatever depends on them waits until they have all joined.
+
+A step whose body calls a model (seconds, where the engine's own work per step is a
+millisecond) says so: `calls_model=True`. Wherever a model server is configured
+(settings.MODEL_STEPS_ALONE) it is never run inline by a coordinator, which may be draining a
+batch of runs whose commits would all wait on it; it is sent as a task of its own to the model
+queue (`<queue>-model`, served by a pool of its own in scale-out mode) and runs there as an
+async step does. A sync one keeps its place on the critical path: no other sync step of the
+run goes while it is queued or running. (With the offline model, microseconds, it runs inline.)
 """
 
 from __future__ import annotations
@@ -116,6 +124,9 @@ class StepSpec:
     timeout_seconds: float = 120.0
     success: Criterion | None = None
     success_description: str = ""
+    # Its body calls a model (or anything else that takes seconds): run alone, in the model
+    # pool, never inline in a coordinator's batch (see the module's docstring).
+    calls_model: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in Mode.ALL:
@@ -145,6 +156,7 @@ class StepSpec:
             timeout_seconds=self.timeout_seconds,
             params=dict(params or {}),
             success=self.success_description,
+            calls_model=self.calls_model,
         )
 
 
@@ -161,9 +173,10 @@ class PlannedStep:
     timeout_seconds: float
     params: dict[str, Any]
     success: str = ""
+    calls_model: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "template": self.template,
             "description": self.description,
@@ -174,6 +187,11 @@ class PlannedStep:
             "params": self.params,
             "success": self.success,
         }
+        # Only where set: the plans (and plan digests) of workflows without model steps are
+        # the same as before, and the engine reads a missing key as False.
+        if self.calls_model:
+            out["calls_model"] = True
+        return out
 
 
 # A planner decides the DAG for one run from its input; it must be deterministic and quick
@@ -309,13 +327,14 @@ class WorkflowSpec:
         raise KeyError(name)
 
     def make_plan(self, input: dict[str, Any], *, force_sync: bool = False) -> list[PlannedStep]:
-        """The DAG for one run. `force_sync` runs every step inline (no fan-out): the same
-        workflow on one worker, e.g. to debug it or where parallel workers are not wanted."""
+        """The DAG for one run. `force_sync` runs every step inline (no fan-out, no model
+        pool): the same workflow on one worker, e.g. to debug it or where parallel workers are
+        not wanted."""
         plan = check_dag(self.planner(self, input))
         for p in plan:
             self.step(p.template)  # a planner may only instantiate declared templates
         if force_sync:
-            plan = [replace(p, mode=Mode.SYNC) for p in plan]
+            plan = [replace(p, mode=Mode.SYNC, calls_model=False) for p in plan]
         return plan
 
 

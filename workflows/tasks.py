@@ -49,6 +49,13 @@ def run_step(run_id: str, step_name: str) -> None:
     engine.run_step(run_id=uuid.UUID(run_id), step_name=step_name)
 
 
+@shared_task(name="workflows.tasks.run_model_step")
+def run_model_step(run_id: str, step_name: str) -> None:
+    """run_step on the model queue (settings.CELERY_TASK_ROUTES): a step that calls a model
+    runs alone, in the model pool, never inline in a drain's batch."""
+    engine.run_step(run_id=uuid.UUID(run_id), step_name=step_name)
+
+
 @shared_task(name="workflows.tasks.reconcile_runs")
 def reconcile_runs() -> int:
     return engine.reconcile_runs(stall_seconds=settings.RUN_STALL_SECONDS)

@@ -437,12 +437,21 @@ TRIAGE = register(
         input_schema=Ticket,
         steps=(
             StepSpec("read_ticket", "Read the ticket", read_ticket),
-            StepSpec("classify", "Classify urgency and category", classify),
-            StepSpec("draft_reply", "Draft a reply", draft_reply),
+            # The steps whose bodies call the model (call_for_step): with a model server, each
+            # runs alone in the model pool, never inline in a drain's batch
+            # (specs.StepSpec.calls_model, settings.MODEL_STEPS_ALONE).
+            StepSpec("classify", "Classify urgency and category", classify, calls_model=True),
+            # The draft, then the model judge's verdict on it (and a redraft if it fails).
+            StepSpec("draft_reply", "Draft a reply", draft_reply, calls_model=True),
             StepSpec(
-                "propose_actions", "Propose actions, each held against policy", propose_actions
+                "propose_actions",
+                "Propose actions, each held against policy",
+                propose_actions,
+                calls_model=True,
             ),
-            StepSpec("act", "Execute what may run; wait for people", act),
+            # Revises what a person answered (_revise): a model call on any round that has a
+            # "respond" to act on, so every round of it runs in the model pool.
+            StepSpec("act", "Execute what may run; wait for people", act, calls_model=True),
             StepSpec("wrap_up", "Record the outcome and reviewer feedback", wrap_up),
             StepSpec(
                 "schedule_follow_up",

@@ -106,10 +106,14 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "caliber")
 # "priority" order (BRPOP on the keys in that order, never rotated), so one free child takes
 # a decision before the next of a thousand queued steps.
 CELERY_PRIORITY_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}-priority"
+# Steps that call a model (seconds each) run here, never inline in a drain's batch: a pool of
+# their own in scale-out mode (config/supervisord.conf); a lone worker consumes it last.
+CELERY_MODEL_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}-model"
 # The drain a decision wakes claims decided runs only (workflows.engine.drain_runs).
 CELERY_TASK_ROUTES = {
     "workflows.tasks.resume_run": {"queue": CELERY_PRIORITY_QUEUE},
     "workflows.tasks.drain_resumes": {"queue": CELERY_PRIORITY_QUEUE},
+    "workflows.tasks.run_model_step": {"queue": CELERY_MODEL_QUEUE},
 }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -9,7 +9,7 @@ from escalations.summary import PENDING_NOTE, UNAVAILABLE_NOTE
 from tests.fakes.openai_server import CANNED, Scripted, schema_name
 from workflows import engine
 from workflows.actions import start_run
-from workflows.models import Action, ActionStatus, Effect, RunStatus, StepRun
+from workflows.models import Action, ActionStatus, Effect, RunStatus, StepRun, StepStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -21,11 +21,14 @@ def step_output(run, name):
 @pytest.fixture
 def run_triage(policies, django_capture_on_commit_callbacks):
     def go(ticket):
-        # In process: the engine advances here; nothing is enqueued.
+        # In process: the engine advances here, and runs here the steps it queued for the
+        # model pool (triage's model steps never run inline); nothing is enqueued.
         with django_capture_on_commit_callbacks(execute=False):
             run = start_run(workflow="support_triage", input=ticket)
-            for _ in range(5):
+            for _ in range(10):
                 engine.advance_run(run_id=run.pk)
+                for step in StepRun.objects.filter(run=run, status=StepStatus.QUEUED):
+                    engine.run_step(run_id=run.pk, step_name=step.name)
                 run.refresh_from_db()
                 if run.status != RunStatus.RUNNING and run.status != RunStatus.PENDING:
                     break

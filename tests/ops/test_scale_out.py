@@ -57,6 +57,9 @@ class ScaleOut:
             # The test workflows too (a deployment adds its own the same way): one holds a
             # worker long enough to be killed mid-step.
             WORKFLOW_MODULES="tests.workflows.specs_for_tests",
+            # Triage's model steps go to the model pool, as with a model server configured
+            # (the offline model's would run inline): only the modeler serves that queue.
+            MODEL_STEPS_ALONE="true",
         )
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -121,6 +124,9 @@ class ScaleOut:
     def resumer_pids(self) -> set[int]:
         return {pid for pid, cmd in self.children().items() if " -n resumer@" in cmd}
 
+    def modeler_pids(self) -> set[int]:
+        return {pid for pid, cmd in self.children().items() if " -n modeler@" in cmd}
+
     def worker_pid(self) -> int | None:
         return min(self.worker_pids(), default=None)
 
@@ -181,6 +187,13 @@ def test_one_approval_goes_through_over_http(scale_out: ScaleOut) -> None:
     resumers = [scale_out.children()[pid] for pid in scale_out.resumer_pids()]
     assert len(resumers) == 1, scale_out.children()
     assert re.search(r" -Q \S+-priority ", resumers[0]), resumers[0]
+    # ... and one, the model pool, serves only the steps that call a model: the workers do
+    # not take them, so this run's classify, draft and proposal went through it.
+    modelers = [scale_out.children()[pid] for pid in scale_out.modeler_pids()]
+    assert len(modelers) == 1, scale_out.children()
+    assert re.search(r" -Q \S+-model ", modelers[0]), modelers[0]
+    workers = [scale_out.children()[pid] for pid in scale_out.worker_pids()]
+    assert not any("-model" in cmd for cmd in workers), workers
 
     agent = AgentProfile.objects.get(name="triage-agent")
     _, agent_raw = create_api_token(agent=agent, name="scale-out test")
@@ -221,6 +234,7 @@ def test_one_approval_goes_through_over_http(scale_out: ScaleOut) -> None:
     assert approved >= 1, "the demo policies send a customer reply to review"
     assert run.status == RunStatus.SUCCEEDED, (run.status, run.error)
     assert run.actions.filter(action_type="send_reply", status="executed").exists()
+    assert run.steps.get(name="classify").status == "succeeded"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -86,10 +86,12 @@ def start_worker(
     timeout: float = 30,
     new_session: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """A `celery worker` on `queue` (else `env["CELERY_QUEUE"]`) and, first, its priority
-    queue (what follows a person's decision), once it is ready for tasks."""
+    """A `celery worker` on `queue` (else `env["CELERY_QUEUE"]`), first its priority queue
+    (what follows a person's decision), last its model queue (steps that call a model: a lone
+    worker is their pool too), once it is ready for tasks."""
     queue = queue or env["CELERY_QUEUE"]
-    argv = ["celery", "-A", "config", "worker", f"--pool={pool}", "-Q", f"{queue}-priority,{queue}"]
+    queues = f"{queue}-priority,{queue},{queue}-model"
+    argv = ["celery", "-A", "config", "worker", f"--pool={pool}", "-Q", queues]
     if concurrency is not None:
         argv.append(f"--concurrency={concurrency}")
     if name is not None:

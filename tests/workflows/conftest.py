@@ -40,7 +40,7 @@ class InlineTasks:
             engine.drain_runs()
         elif task == "workflows.tasks.drain_resumes":
             engine.drain_runs(starts=False)
-        elif task == "workflows.tasks.run_step":
+        elif task in ("workflows.tasks.run_step", "workflows.tasks.run_model_step"):
             engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])
         elif task == "escalations.tasks.write_summary":
             write_model_summary(escalation_id=args[0])

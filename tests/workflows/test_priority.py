@@ -31,9 +31,12 @@ def test_every_way_of_starting_a_worker_consumes_the_priority_queue_first():
     assert "-Q %(ENV_CALIBER_PRIORITY_QUEUE)s -n resumer@" in supervised
     assert "CALIBER_PRIORITY_QUEUE=settings.CELERY_PRIORITY_QUEUE," in serve
     embedded = (ROOT / "workflows" / "embedded.py").read_text()
-    assert "queues=[settings.CELERY_PRIORITY_QUEUE, settings.CELERY_TASK_DEFAULT_QUEUE]" in embedded
+    assert (
+        "queues=[\n                settings.CELERY_PRIORITY_QUEUE,\n"
+        "                settings.CELERY_TASK_DEFAULT_QUEUE,\n"
+    ) in embedded
     processes = (ROOT / "tests" / "support" / "processes.py").read_text()
-    assert '"-Q", f"{queue}-priority,{queue}"' in processes
+    assert 'queues = f"{queue}-priority,{queue},{queue}-model"' in processes
     default = settings.CELERY_TASK_DEFAULT_QUEUE
     assert default + "-priority" == settings.CELERY_PRIORITY_QUEUE
     # Redis: BRPOP on the queues in the order the worker lists them, never rotated.

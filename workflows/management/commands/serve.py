@@ -63,6 +63,10 @@ class Command(BaseCommand):
                 )
                 if q
             ),
+            # Steps that call a model run in a pool of their own (the modeler), never on the
+            # workers above: a model's seconds never hold a drain's batch.
+            CALIBER_MODEL_QUEUE=settings.CELERY_MODEL_QUEUE,
+            MODEL_CONCURRENCY=os.environ.get("MODEL_CONCURRENCY", "2"),
         )
         self.stdout.write(
             f"Scale-out mode: web, worker, beat{' and simulate' if rate else ''} under "
