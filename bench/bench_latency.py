@@ -26,14 +26,16 @@ RATE_PER_S = 10.0
 
 def _paced(n: int, start: Any) -> float:
     """Start n runs at RATE_PER_S on a fixed schedule; the rate achieved."""
-    t0 = time.perf_counter()
+    t0 = last = time.perf_counter()
     for i in range(n):
         due = t0 + i / RATE_PER_S
         wait = due - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
+        last = time.perf_counter()
         start(i)
-    return n / max(time.perf_counter() - t0, 1e-9) if n > 1 else RATE_PER_S
+    # n starts span n - 1 intervals.
+    return (n - 1) / (last - t0) if n > 1 and last > t0 else RATE_PER_S
 
 
 def _ms(values: list[float], pct: float) -> float:
