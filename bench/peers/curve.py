@@ -17,6 +17,7 @@ timed batch, /proc/stat) and the transactions per run are the steadier readings.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import time
@@ -61,9 +62,10 @@ def measure(
     workers: tuple[int, ...] = WORKERS,
     concurrency: int = 1,
     peer: bool = True,
-    log: Any = print,
+    log: Any = None,
 ) -> list[Point]:
     """Every point of the curve, in the order measured."""
+    log = log or functools.partial(print, flush=True)  # make's output may go to a log
     from bench.peers import bench_side_by_side as sbs
     from bench.peers import langgraph_flow
 
