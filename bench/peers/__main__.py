@@ -206,8 +206,6 @@ def curve_main(args: Any, argv: Sequence[str] | None) -> int:
     )
     from bench.peers import curve
 
-    if args.runs:
-        os.environ["BENCH_PEER_RUNS"] = str(args.runs)
     load_before = load_average()
     env = prepare(args)
     print(

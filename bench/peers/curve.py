@@ -6,7 +6,7 @@ every worker's environment) and each number of worker processes.
 limits, then for each count P of worker processes (`--curve-workers`, default 1,2,4: P
 `celery worker` processes of `--concurrency` prefork children, default 1, on the bench
 queue and its priority queue) and each B (`--curve-batches`, default 1,10,100), one batch of
-`--runs` approval runs and one of auto runs on fresh workers and a freshly reset database,
+`--runs` (150) approval runs and one of auto runs on fresh workers and a freshly reset database,
 exactly as the side-by-side comparison measures Caliber (bench_side_by_side._caliber: started
 and approved from P threads of the bench process). LangGraph sync at P processes, once per P,
 is the yardstick (skipped without the optional extra, or with `--curve-no-peer`).
@@ -28,6 +28,7 @@ from bench.harness import BenchEnv, load_average
 
 BATCHES = (1, 10, 100)
 WORKERS = (1, 2, 4)
+RUNS = 150
 
 
 @dataclass
@@ -40,7 +41,8 @@ class Point:
     runs: int
     seconds: float
     runs_per_s: float
-    cpu_ms_per_run: float
+    cpu_ms_per_run: float  # the machine's (every process, /proc/stat)
+    own_cpu_ms_per_run: float | None  # the bench's processes only (bench.own_cpu)
     xacts_per_run: float
     rows_per_run: float
     load: list[float] = field(default_factory=list)
@@ -121,6 +123,7 @@ def _point(
         seconds=total,
         runs_per_s=n / total,
         cpu_ms_per_run=work.cpu_ms / n,
+        own_cpu_ms_per_run=work.own_cpu_ms / n if work.own_cpu_ms is not None else None,
         xacts_per_run=work.xacts / n,
         rows_per_run=work.rows / n,
         load=[round(x, 2) for x in load_average()],
@@ -131,8 +134,9 @@ def _line(p: Point) -> str:
     b = f"B={p.batch_max}" if p.batch_max is not None else "peer"
     return (
         f"[curve] {p.system} {p.path} P={p.workers}x{p.concurrency} {b}: "
-        f"{p.runs_per_s:.1f} runs/s, {p.cpu_ms_per_run:.1f} ms CPU/run, "
-        f"{p.xacts_per_run:.2f} xacts/run, {p.rows_per_run:.1f} rows/run "
+        f"{p.runs_per_s:.1f} runs/s, {p.cpu_ms_per_run:.1f} ms CPU/run"
+        + (f" ({p.own_cpu_ms_per_run:.1f} own)" if p.own_cpu_ms_per_run is not None else "")
+        + f", {p.xacts_per_run:.2f} xacts/run, {p.rows_per_run:.1f} rows/run "
         f"(load {' '.join(f'{x:.2f}' for x in p.load)})"
     )
 
@@ -141,8 +145,9 @@ def table(points: list[Point]) -> str:
     """A markdown table: one row per worker count and B, approval and auto side by side,
     LangGraph sync at the same process count below each group."""
     header = (
-        "| worker processes | B | approval runs/s | approval CPU ms/run | approval xacts/run "
-        "| auto runs/s | auto CPU ms/run | auto xacts/run | load after |\n"
+        "| worker processes | B | approval runs/s | approval CPU ms/run (own) "
+        "| approval xacts/run | auto runs/s | auto CPU ms/run (own) | auto xacts/run "
+        "| load after |\n"
         "|---|---|---|---|---|---|---|---|---|"
     )
     rows: list[str] = []
@@ -166,7 +171,8 @@ def table(points: list[Point]) -> str:
         def cells(p: Point | None) -> str:
             if p is None:
                 return "- | - | -"
-            return f"{p.runs_per_s:.1f} | {p.cpu_ms_per_run:.1f} | {p.xacts_per_run:.2f}"
+            own = f" ({p.own_cpu_ms_per_run:.1f})" if p.own_cpu_ms_per_run is not None else ""
+            return f"{p.runs_per_s:.1f} | {p.cpu_ms_per_run:.1f}{own} | {p.xacts_per_run:.2f}"
 
         last = u or a
         load = " ".join(f"{x:.1f}" for x in last.load) if last else ""
@@ -183,7 +189,9 @@ def parse_ints(text: str) -> tuple[int, ...]:
 
 
 def run(env: BenchEnv, args: Any) -> tuple[str, list[Point]]:
-    n = env.scale(int(os.environ.get("BENCH_PEER_RUNS", "300")), 4)
+    # 150 runs a point (not bench-peers' 300): 18 Caliber points and 6 LangGraph ones fit
+    # in ~10 minutes on a loaded 2-core machine.
+    n = env.scale(args.runs or RUNS, 4)
     started = time.monotonic()
     points = measure(
         env,
