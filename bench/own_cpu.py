@@ -45,14 +45,17 @@ class OwnCpu:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._sampler_ms = 0.0  # the sampler's own CPU, taken off this process's
-        self._ours_pids: set[int] = set()
+        self._kinds: dict[int, str] = {}  # pid -> "bench", "workers" or "postgres"
+        self._kind_of: dict[tuple[int, str], str] = {}
         self._unrelated: set[int] = set()
+        self.split: dict[str, float] = {}  # CPU ms by kind
         self.ms = 0.0
 
-    def _ours(self) -> dict[int, tuple[str, float]]:
-        """Our processes now. Only processes not seen before are classified (a listing of
-        /proc, then our few): a full scan of a busy machine's /proc costs ~10 ms."""
-        found: dict[int, tuple[str, float]] = {}
+    def _ours(self) -> dict[int, tuple[str, float, str]]:
+        """Our processes now: (start time, CPU ms, what it is) by pid. Only processes not
+        seen before are classified (a listing of /proc, then our few): a full scan of a
+        busy machine's /proc costs ~10 ms."""
+        found: dict[int, tuple[str, float, str]] = {}
         pids = sorted(int(e) for e in os.listdir("/proc") if e.isdigit())
         for pid in pids:
             if pid in self._unrelated:
@@ -61,34 +64,33 @@ class OwnCpu:
             if st is None:
                 continue
             comm, start, ppid, ms = st
-            if pid in self._ours_pids or pid == self.me or ppid in self._ours_pids:
-                self._ours_pids.add(pid)
-                found[pid] = (start, ms)
-                continue
-            if comm == "postgres":
+            kind = self._kinds.get(pid)
+            if kind is None and (pid == self.me or ppid in self._kinds):
+                kind = "bench" if pid == self.me else "workers"
+            if kind is None and comm == "postgres":
                 try:
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
                 except OSError:
                     continue
-                if cmd.startswith(b"postgres: ") and b" " + self.database + b" " in cmd:
-                    self._ours_pids.add(pid)
-                    found[pid] = (start, ms)
-                    continue
-                if cmd.startswith(b"postgres: ") and b"127.0.0.1" not in cmd:
-                    # An auxiliary process (checkpointer, walwriter…): shared, not ours.
-                    self._unrelated.add(pid)
-                    continue
-                # A backend still authenticating names its database only once connected.
-                if b"authentication" in cmd or b"startup" in cmd:
-                    continue
-            self._unrelated.add(pid)
+                if not cmd.startswith(b"postgres: "):
+                    continue  # just forked, not titled yet: classified at the next look
+                if b" " + self.database + b" " in cmd:
+                    kind = "postgres"
+                elif b"127.0.0.1" in cmd and (b"authentication" in cmd or b"startup" in cmd):
+                    continue  # a backend not yet connected to its database
+            if kind is None:
+                self._unrelated.add(pid)
+                continue
+            self._kinds[pid] = kind
+            found[pid] = (start, ms, kind)
         return found
 
     def _sample(self) -> None:
-        for pid, (start, ms) in self._ours().items():
+        for pid, (start, ms, kind) in self._ours().items():
             key = (pid, start)
             if key not in self._first:
                 self._first[key] = ms if not self._started else 0.0
+                self._kind_of[key] = kind
             self._last[key] = ms
 
     def _loop(self) -> None:
@@ -112,4 +114,8 @@ class OwnCpu:
         self._stop.set()
         self._thread.join()
         self._sample()
-        self.ms = sum(self._last[k] - self._first[k] for k in self._last) - self._sampler_ms
+        split = {"bench": -self._sampler_ms, "workers": 0.0, "postgres": 0.0}
+        for key, last in self._last.items():
+            split[self._kind_of[key]] += last - self._first[key]
+        self.split = split
+        self.ms = sum(split.values())

@@ -46,6 +46,7 @@ class DbWork:
     # workers, the bench database's backends): what other users of the machine do is not in
     # it. Measured for Caliber's batches.
     own_cpu_ms: float | None = None
+    own_cpu_split: dict[str, float] | None = None  # by kind: bench, workers, postgres
 
 
 def _conninfo() -> str:
@@ -189,6 +190,7 @@ def _caliber(env: BenchEnv, *, n: int, approval: bool) -> tuple[float, float, Db
     work = _delta(before, _counters(), polls.count)
     work.cpu_ms = busy  # the timed part only, as for LangGraph
     work.own_cpu_ms = own.ms
+    work.own_cpu_split = own.split
     return total, waiting or total, work
 
 

@@ -43,6 +43,7 @@ class Point:
     runs_per_s: float
     cpu_ms_per_run: float  # the machine's (every process, /proc/stat)
     own_cpu_ms_per_run: float | None  # the bench's processes only (bench.own_cpu)
+    own_cpu_split_per_run: dict[str, float] | None  # of it: bench, workers, postgres
     xacts_per_run: float
     rows_per_run: float
     load: list[float] = field(default_factory=list)
@@ -124,6 +125,11 @@ def _point(
         runs_per_s=n / total,
         cpu_ms_per_run=work.cpu_ms / n,
         own_cpu_ms_per_run=work.own_cpu_ms / n if work.own_cpu_ms is not None else None,
+        own_cpu_split_per_run=(
+            {k: round(v / n, 2) for k, v in work.own_cpu_split.items()}
+            if work.own_cpu_split is not None
+            else None
+        ),
         xacts_per_run=work.xacts / n,
         rows_per_run=work.rows / n,
         load=[round(x, 2) for x in load_average()],
@@ -135,7 +141,11 @@ def _line(p: Point) -> str:
     return (
         f"[curve] {p.system} {p.path} P={p.workers}x{p.concurrency} {b}: "
         f"{p.runs_per_s:.1f} runs/s, {p.cpu_ms_per_run:.1f} ms CPU/run"
-        + (f" ({p.own_cpu_ms_per_run:.1f} own)" if p.own_cpu_ms_per_run is not None else "")
+        + (
+            f" ({p.own_cpu_ms_per_run:.1f} own: {p.own_cpu_split_per_run})"
+            if p.own_cpu_ms_per_run is not None
+            else ""
+        )
         + f", {p.xacts_per_run:.2f} xacts/run, {p.rows_per_run:.1f} rows/run "
         f"(load {' '.join(f'{x:.2f}' for x in p.load)})"
     )
