@@ -82,12 +82,12 @@ def _priority_drains(env: BenchEnv) -> tuple[int, int]:
 def run(env: BenchEnv) -> list[Result]:
     from django.conf import settings
 
-    from bench.bench_e2e import _start
+    from bench.bench_e2e import WORKFLOW, _start
     from bench.harness import CELERY_RTT, Result, percentile
     from escalations.actions import decide_escalation
     from escalations.models import Decision, Escalation, EscalationStatus, Verdict, Via
     from workflows.actions import start_run
-    from workflows.models import Action, ActionStatus, TraceEvent
+    from workflows.models import Action, ActionStatus, RunStatus, TraceEvent, WorkflowRun
 
     n_waiting = env.scale(20, 3)
     n_backlog = env.scale(1000, 30)
@@ -100,10 +100,19 @@ def run(env: BenchEnv) -> list[Result]:
     latencies: list[float] = []
     sent: list[float] = []
     depths: list[int] = []
+    not_waiting = 0
+    triage = WorkflowRun.objects.filter(workflow=WORKFLOW)
     with env.workers():
         _start(n_waiting, seed=11)
+        # Every triage run waiting for its person (not only its escalation open: a run still
+        # being coordinated when the decision comes goes on in that round, no resume), and
+        # nothing else of theirs left to do while the workers are gone.
         env.wait_until(
-            lambda: Escalation.objects.filter(status=EscalationStatus.OPEN).count() >= n_waiting
+            lambda: (
+                Escalation.objects.filter(status=EscalationStatus.OPEN).count() >= n_waiting
+                and not triage.filter(status__in=(RunStatus.PENDING, RunStatus.RUNNING)).exists()
+                and not triage.exclude(lease_owner="").exists()
+            )
         )
     # The backlog is queued while no worker runs (creating runs here is slower than two
     # children clear them), then the workers start on it and the decisions come in.
@@ -113,6 +122,10 @@ def run(env: BenchEnv) -> list[Result]:
     with env.workers():
         for esc in Escalation.objects.filter(status=EscalationStatus.OPEN).order_by("created_at"):
             depths.append(_backlog_left())
+            if WorkflowRun.objects.get(actions=esc.action_id).status != RunStatus.WAITING:
+                # Its other escalation's approval resumed it: it goes on in that round.
+                not_waiting += 1
+                continue
             decide_escalation(
                 escalation_id=esc.pk, user=data["admin"], verdict=Verdict.APPROVE, via=Via.API
             )
@@ -131,7 +144,11 @@ def run(env: BenchEnv) -> list[Result]:
                 .values_list("created_at", flat=True)
                 .first()
             )
-            assert resumed is not None
+            assert resumed is not None, f"run {action.run_id}: " + " | ".join(
+                TraceEvent.objects.filter(run_id=action.run_id)
+                .order_by("created_at")
+                .values_list("message", flat=True)
+            )
             latencies.append((resumed - decided).total_seconds())
         left = _backlog_left()
         env.purge_queue()
@@ -143,6 +160,11 @@ def run(env: BenchEnv) -> list[Result]:
         f"{min(depths)}-{max(depths)}, {left} after the last; {priority_tasks} priority drains "
         f"(drain_resumes) coordinated {priority_runs} of the {len(latencies)} resumes; "
         f"ENGINE_BATCH_MAX {settings.ENGINE_BATCH_MAX}; {workers}"
+        + (
+            f"; {not_waiting} decided while their run was not waiting (left out)"
+            if not_waiting
+            else ""
+        )
     )
     return [
         Result(
