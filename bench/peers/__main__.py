@@ -44,11 +44,13 @@ def side_by_side(figures: dict[str, Figure]) -> tuple[str, dict[str, Any]]:
         ("approval_xacts_per_run", "  transactions per approval run"),
         ("approval_rows_written_per_run", "  rows written per approval run"),
         ("approval_cpu_ms_per_run", "  machine CPU ms per approval run"),
+        ("approval_own_cpu_ms_per_run", "  own CPU ms per approval run (bench/own_cpu.py)"),
         ("approval_connections_per_run", "  connections opened per approval run"),
         ("auto_per_s", "auto runs/s"),
         ("auto_xacts_per_run", "  transactions per auto run"),
         ("auto_rows_written_per_run", "  rows written per auto run"),
         ("auto_cpu_ms_per_run", "  machine CPU ms per auto run"),
+        ("auto_own_cpu_ms_per_run", "  own CPU ms per auto run (bench/own_cpu.py)"),
         ("auto_connections_per_run", "  connections opened per auto run"),
     ]
 
