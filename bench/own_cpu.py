@@ -55,18 +55,23 @@ class OwnCpu:
         """Our processes now: (start time, CPU ms, what it is) by pid. Only processes not
         seen before are classified (a listing of /proc, then our few): a full scan of a
         busy machine's /proc costs ~10 ms."""
+        stats: dict[int, tuple[str, str, int, float]] = {}
+        for pid in (int(e) for e in os.listdir("/proc") if e.isdigit()):
+            if pid not in self._unrelated and (st := _stat(pid)) is not None:
+                stats[pid] = st
+        # Descendants first, whatever their pids' order (pids wrap: a child's may be lower
+        # than its parent's): until no process is added.
+        self._kinds.setdefault(self.me, "bench")
+        grew = True
+        while grew:
+            grew = False
+            for pid, (_comm, _start, ppid, _ms) in stats.items():
+                if pid not in self._kinds and ppid in self._kinds:
+                    self._kinds[pid] = "workers"
+                    grew = True
         found: dict[int, tuple[str, float, str]] = {}
-        pids = sorted(int(e) for e in os.listdir("/proc") if e.isdigit())
-        for pid in pids:
-            if pid in self._unrelated:
-                continue
-            st = _stat(pid)
-            if st is None:
-                continue
-            comm, start, ppid, ms = st
+        for pid, (comm, start, _ppid, ms) in stats.items():
             kind = self._kinds.get(pid)
-            if kind is None and (pid == self.me or ppid in self._kinds):
-                kind = "bench" if pid == self.me else "workers"
             if kind is None and comm == "postgres":
                 try:
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -75,13 +80,12 @@ class OwnCpu:
                 if not cmd.startswith(b"postgres: "):
                     continue  # just forked, not titled yet: classified at the next look
                 if b" " + self.database + b" " in cmd:
-                    kind = "postgres"
+                    kind = self._kinds[pid] = "postgres"
                 elif b"127.0.0.1" in cmd and (b"authentication" in cmd or b"startup" in cmd):
                     continue  # a backend not yet connected to its database
             if kind is None:
                 self._unrelated.add(pid)
                 continue
-            self._kinds[pid] = kind
             found[pid] = (start, ms, kind)
         return found
 
