@@ -200,7 +200,7 @@ def parse_ints(text: str) -> tuple[int, ...]:
 
 def run(env: BenchEnv, args: Any) -> tuple[str, list[Point]]:
     # 150 runs a point (not bench-peers' 300): 18 Caliber points and 6 LangGraph ones fit
-    # in ~10 minutes on a loaded 2-core machine.
+    # in ~6 minutes on a loaded 2-core machine (348 s at load 2-8).
     n = env.scale(args.runs or RUNS, 4)
     started = time.monotonic()
     points = measure(
