@@ -92,8 +92,8 @@ def _resumer(env: BenchEnv, on: bool) -> Iterator[None]:
     """Production's resumer (config/supervisord.conf, program:resumer): one more worker, one
     pool child, serving only the priority queue, so what follows a decision never waits for
     a child busy with a backlog drain. (tests.support.processes.start_worker consumes
-    `<queue>-priority,<queue>`: given the priority queue as its queue, the second is the
-    priority queue and the first one nobody sends to.)"""
+    `<queue>-priority,<queue>,<queue>-model`: given the priority queue as its queue, the
+    second is the priority queue, the others ones nobody sends to.)"""
     if not on:
         yield
         return

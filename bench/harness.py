@@ -199,7 +199,8 @@ class BenchEnv:
         from workflows import outbox
 
         with app.connection_for_write() as conn:
-            for queue in (os.environ["CELERY_QUEUE"], os.environ["CELERY_QUEUE"] + "-priority"):
+            base = os.environ["CELERY_QUEUE"]
+            for queue in (base, f"{base}-priority", f"{base}-model"):
                 conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
         for task in (outbox.DRAIN, outbox.DRAIN_RESUMES):
             outbox.drain_woken(task)
