@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -191,11 +192,18 @@ class BenchEnv:
         return self.seed()
 
     def purge_queue(self) -> None:
+        """Empty the bench's queues, and clear the drain's wake-up flags with them: a flag
+        whose message was purged would silence every start's wake-up until it expires (the
+        bench runs no beat to wake what it silenced), and the next batch would wait."""
         from config.celery import app
+        from workflows import outbox
 
         with app.connection_for_write() as conn:
-            for queue in (os.environ["CELERY_QUEUE"], os.environ["CELERY_QUEUE"] + "-priority"):
+            base = os.environ["CELERY_QUEUE"]
+            for queue in (base, f"{base}-priority", f"{base}-model"):
                 conn.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
+        for task in (outbox.DRAIN, outbox.DRAIN_RESUMES):
+            outbox.drain_woken(task)
 
     # --- processes --------------------------------------------------------------------------
 
@@ -221,18 +229,26 @@ class BenchEnv:
         n = n or self.n_workers
         concurrency = concurrency or self.concurrency
         procs: list[subprocess.Popen[bytes]] = []
+        env = dict(os.environ, CELERY_LOG_LEVEL="INFO")
+
+        def start(i: int) -> subprocess.Popen[bytes]:
+            proc = processes.start_worker(
+                env=env,
+                log_path=self.log_dir / f"worker-{i}.log",
+                pool=pool,
+                concurrency=concurrency,
+                name=f"bench{i}@%h",
+                timeout=60,
+            )
+            procs.append(proc)
+            return proc
+
         try:
-            for i in range(n):
-                procs.append(
-                    processes.start_worker(
-                        env=dict(os.environ, CELERY_LOG_LEVEL="INFO"),
-                        log_path=self.log_dir / f"worker-{i}.log",
-                        pool=pool,
-                        concurrency=concurrency,
-                        name=f"bench{i}@%h",
-                        timeout=60,
-                    )
-                )
+            # Started side by side (each takes seconds to import and connect): four one after
+            # the other cost the curve (bench.peers.curve) a minute of waiting.
+            with ThreadPoolExecutor(n) as pool_:
+                for future in [pool_.submit(start, i) for i in range(n)]:
+                    future.result()
             yield procs
         finally:
             for proc in procs:
@@ -269,6 +285,10 @@ class BenchEnv:
     def wait_until(
         predicate: Callable[[], Any], timeout: float = 300, interval: float = 0.02
     ) -> None:
+        if os.environ.get("BENCH_QUICK") == "1":
+            # A smoke run's tiny batches finish in seconds: one that waits for long is stuck
+            # (a wake-up sent where no worker listens), and says so soon.
+            timeout = min(timeout, float(os.environ.get("BENCH_QUICK_TIMEOUT", "60")))
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:

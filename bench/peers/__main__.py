@@ -44,11 +44,13 @@ def side_by_side(figures: dict[str, Figure]) -> tuple[str, dict[str, Any]]:
         ("approval_xacts_per_run", "  transactions per approval run"),
         ("approval_rows_written_per_run", "  rows written per approval run"),
         ("approval_cpu_ms_per_run", "  machine CPU ms per approval run"),
+        ("approval_own_cpu_ms_per_run", "  own CPU ms per approval run (bench/own_cpu.py)"),
         ("approval_connections_per_run", "  connections opened per approval run"),
         ("auto_per_s", "auto runs/s"),
         ("auto_xacts_per_run", "  transactions per auto run"),
         ("auto_rows_written_per_run", "  rows written per auto run"),
         ("auto_cpu_ms_per_run", "  machine CPU ms per auto run"),
+        ("auto_own_cpu_ms_per_run", "  own CPU ms per auto run (bench/own_cpu.py)"),
         ("auto_connections_per_run", "  connections opened per auto run"),
     ]
 
@@ -132,7 +134,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--runs", type=int, default=None, help="runs per batch (default BENCH_PEER_RUNS or 300)"
     )
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="the batched engine's curve instead (bench/peers/curve.py): Caliber at each "
+        "ENGINE_BATCH_MAX and worker count, LangGraph sync at each worker count",
+    )
+    parser.add_argument(
+        "--curve-batches", default="1,10,100", help="ENGINE_BATCH_MAX values (default 1,10,100)"
+    )
+    parser.add_argument(
+        "--curve-workers",
+        default="1,2,4",
+        help="celery worker process counts (default 1,2,4), each of --concurrency children "
+        "(default 1 here)",
+    )
+    parser.add_argument(
+        "--curve-no-peer", action="store_true", help="the curve without LangGraph's rows"
+    )
     args = parser.parse_args(argv)
+    if args.curve:
+        return curve_main(args, argv)
     _need_langgraph()
     if args.runs:
         os.environ["BENCH_PEER_RUNS"] = str(args.runs)
@@ -170,6 +192,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nload before {' '.join(f'{x:.2f}' for x in load_before)}, after {_load()}; "
         f"written {path.name}" + (f"; FAILED: {failures}" if failures else "")
     )
+    return 1 if failures else 0
+
+
+def curve_main(args: Any, argv: Sequence[str] | None) -> int:
+    """`--curve`: the machine's limits once, then every point of the curve (one batch each)."""
+    from bench.__main__ import (
+        _load,
+        figure_json,
+        machine,
+        prepare,
+        render_table,
+        run_modules,
+        write_results,
+    )
+    from bench.peers import curve
+
+    load_before = load_average()
+    env = prepare(args)
+    print(
+        f"curve: B in {args.curve_batches}, worker processes in {args.curve_workers} "
+        f"(x{args.concurrency or 1} prefork each); load {_load()}"
+        + (" (QUICK: not a measurement)" if args.quick else ""),
+        flush=True,
+    )
+    limits = [("limits", importlib.import_module("bench.bench_limits"))]
+    figures, failures = run_modules(limits, repeat=1, env=env)
+    text, points = curve.run(env, args)
+    command = "python -m bench.peers " + " ".join(argv if argv is not None else sys.argv[1:])
+    full = (
+        f"{command}\nload before {' '.join(f'{x:.2f}' for x in load_before)}, after {_load()}"
+        f"\n\n{render_table(figures)}\n\n{text}"
+    )
+    print()
+    print(full)
+    out = {
+        "when": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "command": command,
+        "quick": bool(args.quick),
+        "machine": machine(env, load_before),
+        "figures": {f.name: figure_json(f, figures) for f in figures.values()},
+        "curve": curve.as_json(points),
+        "failed": failures,
+    }
+    path = write_results("curve-", out, full)
+    print(f"\nwritten {path.name}" + (f"; FAILED: {failures}" if failures else ""))
     return 1 if failures else 0
 
 

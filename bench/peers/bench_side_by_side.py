@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import CELERY_RTT, CELERY_THROUGHPUT, PG_COMMITS, PG_QUERIES, BenchEnv, Result
+from bench.own_cpu import OwnCpu
 from bench.peers import langgraph_flow
 
 # LangGraph's durability modes: "async" is its default (checkpoints written while the next
@@ -41,6 +42,11 @@ class DbWork:
     rows: int
     sessions: int = 0
     cpu_ms: float = 0.0  # the whole machine's busy CPU time (every process), in ms
+    # The CPU of the processes doing the work only (bench.own_cpu: this process, its
+    # workers, the bench database's backends): what other users of the machine do is not in
+    # it. Measured for Caliber's batches.
+    own_cpu_ms: float | None = None
+    own_cpu_split: dict[str, float] | None = None  # by kind: bench, workers, postgres
 
 
 def _conninfo() -> str:
@@ -157,7 +163,8 @@ def _caliber(env: BenchEnv, *, n: int, approval: bool) -> tuple[float, float, Db
             approve_open(data["admin"], limit=warm)
         env.wait_until(lambda: finished(warm))
         before = _counters()
-        with connection.execute_wrapper(polls):
+        own = OwnCpu(connection.settings_dict["NAME"])
+        with connection.execute_wrapper(polls), own:
             t0 = time.perf_counter()
             busy0 = langgraph_flow.busy_ms()
             _in_threads(
@@ -182,6 +189,8 @@ def _caliber(env: BenchEnv, *, n: int, approval: bool) -> tuple[float, float, Db
             busy = langgraph_flow.busy_ms() - busy0
     work = _delta(before, _counters(), polls.count)
     work.cpu_ms = busy  # the timed part only, as for LangGraph
+    work.own_cpu_ms = own.ms
+    work.own_cpu_split = own.split
     return total, waiting or total, work
 
 
@@ -265,6 +274,18 @@ def _figures(
             "batch: the workers, PostgreSQL, Redis and the starter/approver alike",
         )
     )
+    if work.own_cpu_ms is not None:
+        out.append(
+            Result(
+                f"{system}.{path}_own_cpu_ms_per_run",
+                work.own_cpu_ms / n,
+                "ms",
+                better="lower",
+                notes="CPU per run of the processes doing the work only (bench.own_cpu: "
+                "the starter/approver, the workers, the bench database's backends): "
+                "steadier than the machine's on a shared machine",
+            )
+        )
     out.append(
         Result(
             f"{system}.{path}_connections_per_run",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -162,3 +163,64 @@ def test_python_m_bench_measures_the_limits_and_writes_its_json(tmp_path: Path) 
         base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
         with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_quick_peer_curve_completes_runs_through_the_drain(tmp_path: Path) -> None:
+    """The bench's runs move only through the drain (no beat, no reconciler in a bench): a
+    start wakes `drain_runs` on the bench's queue, a decision `drain_resumes` on its priority
+    queue. A wake-up sent where the bench's workers do not listen, or one a stale flag
+    silenced, leaves a batch waiting: this run then fails within BENCH_QUICK_TIMEOUT instead
+    of hanging. Two Caliber points back to back (B=1, then B=100, fresh workers, the queues
+    purged between), approval and auto each."""
+    name = f"caliber_bench_curve_{os.getpid()}"
+    env = dict(os.environ, BENCH_DB=name, BENCH_RESULTS_DIR=str(tmp_path), BENCH_QUICK_TIMEOUT="45")
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("ENGINE_BATCH_MAX", None)
+    argv = ["--curve", "--quick", "--curve-batches", "1,100", "--curve-workers", "1"]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.peers", *argv, "--curve-no-peer"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        out = json.loads((tmp_path / "curve-latest.json").read_text())
+        points = [(p["system"], p["path"], p["batch_max"], p["runs"]) for p in out["curve"]]
+        assert points == [
+            ("caliber", "approval", 1, 4),
+            ("caliber", "auto", 1, 4),
+            ("caliber", "approval", 100, 4),
+            ("caliber", "auto", 100, 4),
+        ]
+        assert all(p["runs_per_s"] > 0 for p in out["curve"])
+        assert "| 1 | 100 |" in done.stdout  # the table the README quotes
+    finally:
+        base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_bench_reset_clears_the_drain_wake_up_flags(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """A flag left set while its message is purged would silence the next batch's starts
+    (the bench has no beat to wake them): the reset clears both drains' flags with the
+    queues."""
+    from bench.harness import BenchEnv
+    from workflows import outbox
+
+    queue = f"caliber-bench-flags-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("CELERY_QUEUE", queue)
+    settings.CELERY_TASK_DEFAULT_QUEUE = queue
+    client = outbox._broker_client()
+    if client is None:
+        pytest.skip("the broker is not Redis")
+    keys = [outbox._drain_flag(task) for task in (outbox.DRAIN, outbox.DRAIN_RESUMES)]
+    assert all(queue in key for key in keys)
+    for key in keys:
+        client.set(key, "1", ex=60)
+    BenchEnv().purge_queue()
+    assert [client.exists(key) for key in keys] == [0, 0]

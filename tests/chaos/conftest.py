@@ -50,9 +50,49 @@ def pytest_configure(config: pytest.Config) -> None:
 
 free_port = processes.free_port
 
+# The drain's largest batch (ENGINE_BATCH_MAX) every chaos worker runs with: each case that
+# runs a cluster runs once per value (issue 20: the suite passes unchanged at B=1 and
+# B=100). CHAOS_BATCH_MAX="32" (say) runs each once, at that value.
+BATCH_MAXES = tuple(
+    int(b) for b in os.environ.get("CHAOS_BATCH_MAX", "1,100").split(",") if b.strip()
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Only the cases with workers (a `cluster`, or one of their own pointed at by `sends_to`):
+    # the rest never drain, and running them twice would only cost time.
+    if {"cluster", "sends_to"} & set(metafunc.fixturenames):
+        metafunc.parametrize(
+            "batch_max", BATCH_MAXES, indirect=True, scope="module", ids=lambda b: f"B{b}"
+        )
+
+
+@pytest.fixture(scope="module")
+def batch_max(request: pytest.FixtureRequest) -> Iterator[int]:
+    """This module's ENGINE_BATCH_MAX: in every Cluster's workers' environment, and in this
+    process's settings (the reconciler thread's engine calls)."""
+    from django.test import override_settings
+
+    value = int(getattr(request, "param", BATCH_MAXES[0]))
+    Cluster.batch_max = value
+    with override_settings(ENGINE_BATCH_MAX=value):
+        yield value
+    Cluster.batch_max = None
+
+
+@pytest.fixture(autouse=True)
+def _this_cases_batch_max(request: pytest.FixtureRequest) -> None:
+    """A case that runs no cluster (not parametrized) builds none at a leftover B, and its
+    report says none."""
+    callspec = getattr(request.node, "callspec", None)
+    Cluster.batch_max = callspec.params.get("batch_max") if callspec is not None else None
+
 
 class Cluster:
     """Workers on one queue and broker, and the test process's sends pointed at them."""
+
+    # Set by the `batch_max` fixture: every cluster a case builds runs its workers at it.
+    batch_max: int | None = None
 
     def __init__(self, *, redis_url: str, log_dir: Path, django_db_blocker: Any) -> None:
         self.redis_url = redis_url
@@ -64,6 +104,8 @@ class Cluster:
                 "REDIS_URL": redis_url,
                 "CELERY_QUEUE": self.queue,
             }
+        if self.batch_max is not None:
+            self.env["ENGINE_BATCH_MAX"] = str(self.batch_max)
         self.app = Celery("chaos-sender", broker=redis_url, set_as_current=False)
         self.app.conf.broker_connection_retry_on_startup = True
         self.app.conf.broker_transport_options = {"visibility_timeout": 1200}
@@ -128,7 +170,10 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(
-    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+    batch_max: int,
+    django_db_setup: None,
+    django_db_blocker: Any,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
     c = Cluster(
         redis_url=os.environ["REDIS_URL"],
@@ -200,7 +245,7 @@ class Reconciler:
 
 
 @pytest.fixture
-def sends_to(request: pytest.FixtureRequest) -> Any:
+def sends_to(request: pytest.FixtureRequest, batch_max: int) -> Any:
     """Point this process's task sends (outbox relay, decisions, the reconciler) at a cluster,
     and the drain's wake-up flag (outbox.wake_drain) with them: it must be the one the
     cluster's workers clear, on their broker under their queue's name, or a flag set here
@@ -385,7 +430,7 @@ def measure(
     deadline = time.monotonic() + timeout
     left = unsettled(ids)
     # The work still to do when the fault ended: a batch can settle no faster than its backlog.
-    notes = {"unsettled_at_fault_end": len(left), **notes}
+    notes = {"unsettled_at_fault_end": len(left), "batch_max": Cluster.batch_max, **notes}
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
         left = unsettled(ids)
