@@ -76,7 +76,7 @@ from .models import (
 from .outbox import ADVANCE, RUN_MODEL_STEP, RUN_STEP
 from .outbox import enqueue as outbox_enqueue
 from .outcomes import run_outcome
-from .recovery import RESUME_RUN, attention_resolved, recovery_check, with_effect
+from .recovery import RESUME_RUN, actions_with_effect, attention_resolved, recovery_check
 from .specs import Sleep, UnknownWorkflow, Wait, get_spec
 from .state import StateView, normalise, update_state
 from .step_context import StepContext
@@ -209,13 +209,11 @@ def _claim_ready(
 ) -> list[tuple[uuid.UUID, str]]:
     """Take the leases of up to `batch` ready runs, decided ones first; (id, status) each."""
     now = timezone.now()
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cur:
-            cur.execute(
-                _CLAIM_READY,
-                [now, seen, batch, seen, batch if starts else 0, token, expires, batch],
-            )
-            return [(r[0], r[1]) for r in cur.fetchall()]
+    if hotsql.enabled():
+        found = hotsql.rows(
+            _CLAIM_READY, [now, seen, batch, seen, batch if starts else 0, token, expires, batch]
+        )
+        return [(r[0], r[1]) for r in found]
     # Embedded mode's SQLite (one writer at a time, no SKIP LOCKED): read, then take each
     # lease with a conditional UPDATE; one another drain took first is left to it.
     free = WorkflowRun.objects.filter(lease_owner="").exclude(pk__in=seen)
@@ -323,8 +321,26 @@ class _Coordinate(_Again):
     token: str
 
 
+_RUN_COLUMNS = hotsql.Columns(WorkflowRun, "r")
+_AGENT = WorkflowRun._meta.get_field("agent").related_model
+_AGENT_COLUMNS = hotsql.Columns(_AGENT, "a")
+_LOCK_RUN = (
+    # Column and table names from the models, never from input.
+    f"SELECT {_RUN_COLUMNS.sql}, {_AGENT_COLUMNS.sql} FROM workflows_workflowrun r"  # noqa: S608
+    f" JOIN {_AGENT._meta.db_table} a ON a.id = r.agent_id"
+    " WHERE r.id = %s FOR NO KEY UPDATE OF r"
+)
+
+
 def _lock_run(run_id: uuid.UUID) -> WorkflowRun | None:
     # The agent rides along (steps propose actions as it); only the run's row is locked.
+    if hotsql.enabled():
+        found = hotsql.rows(_LOCK_RUN, [run_id])
+        if not found:
+            return None
+        run: WorkflowRun = _RUN_COLUMNS.build(found[0])
+        run._state.fields_cache["agent"] = _AGENT_COLUMNS.build(found[0], _RUN_COLUMNS.width)
+        return run
     return (
         WorkflowRun.objects.select_for_update(no_key=True, of=("self",))
         .select_related("agent")
@@ -497,12 +513,10 @@ def _coordinate_locked(
 
 # A round reads every step but its output (a round never reads them — a step reads them from
 # the state — and they grow with every step).
-_STEP_FIELDS = [f for f in StepRun._meta.concrete_fields if f.attname != "output"]
-_STEP_ATTNAMES = [f.attname for f in _STEP_FIELDS]
-_STEP_JSON = [i for i, f in enumerate(_STEP_FIELDS) if f.get_internal_type() == "JSONField"]
+_STEP_COLUMNS = hotsql.Columns(StepRun, "s", exclude=("output",))
 _LOCK_STEPS = (
-    f"SELECT {', '.join(f.column for f in _STEP_FIELDS)} FROM workflows_steprun"
-    " WHERE run_id = %s ORDER BY position FOR NO KEY UPDATE"
+    f"SELECT {_STEP_COLUMNS.sql} FROM workflows_steprun s"  # noqa: S608 (the model's columns)
+    " WHERE s.run_id = %s ORDER BY s.position FOR NO KEY UPDATE"
 )
 
 
@@ -513,10 +527,7 @@ def _lock_steps(run: WorkflowRun) -> list[StepRun]:
         return list(run.steps.select_for_update(no_key=True).defer("output").order_by("position"))
     steps = []
     for row in hotsql.rows(_LOCK_STEPS, [run.pk]):
-        values = list(row)
-        for i in _STEP_JSON:
-            values[i] = hotsql.loads(values[i])
-        step = StepRun.from_db(connection.alias, _STEP_ATTNAMES, values)
+        step: StepRun = _STEP_COLUMNS.build(row)
         step._state.fields_cache["run"] = run
         steps.append(step)
     return steps
@@ -753,7 +764,7 @@ def _awaited_actions(steps: list[StepRun]) -> dict[str, Action]:
     ]
     if not ids:
         return {}
-    return {str(a.pk): a for a in with_effect(Action.objects.filter(pk__in=ids))}
+    return {str(a.pk): a for a in actions_with_effect(ids)}
 
 
 def _unsettled(action: Action, now: datetime) -> bool:
@@ -776,7 +787,14 @@ def _wait_over(step: StepRun, now: datetime, unsettled: set[str]) -> bool:
     return until is None and not wf.get("events")
 
 
-_CLAIM_FIELDS = ("status", "attempts", "lease_owner", "lease_expires_at", "started_at", "not_before")
+_CLAIM_FIELDS = (
+    "status",
+    "attempts",
+    "lease_owner",
+    "lease_expires_at",
+    "started_at",
+    "not_before",
+)
 
 
 def _claim(

@@ -23,6 +23,7 @@ from django.db.models import Model
 
 try:  # psycopg 3: the only driver the PostgreSQL setups use.
     import psycopg
+    from psycopg.types.json import Jsonb
 except ImportError:  # pragma: no cover - SQLite-only installs
     psycopg = None  # type: ignore[assignment]
 
@@ -35,7 +36,7 @@ def enabled() -> bool:
 
 if psycopg is not None:
 
-    class _PreparedCursor(psycopg.Cursor):  # type: ignore[type-arg]
+    class _PreparedCursor(psycopg.Cursor):
         """Server-side binding; every statement prepared (psycopg keeps a per-connection
         cache of them, so the second execution of a statement skips parse and plan)."""
 
@@ -49,9 +50,9 @@ def rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     without RETURNING)."""
     connection.ensure_connection()
     raw = _PreparedCursor(connection.connection)
-    cursor = (
-        connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
-    )
+    # Django's wrappers take any DB-API cursor (typed as their own).
+    wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
+    cursor = wrap(raw)  # type: ignore[arg-type]
     with cursor:
         cursor.execute(sql, params)
         return cursor.fetchall() if raw.description is not None else []
@@ -59,7 +60,7 @@ def rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
 
 def jsonb(value: Any) -> Any:
     """A JSON value as a parameter (server-side binding does not guess a dict's type)."""
-    return None if value is None else psycopg.types.json.Jsonb(value)
+    return None if value is None else Jsonb(value)
 
 
 def loads(value: Any) -> Any:
@@ -80,11 +81,13 @@ def assignments(instance: Model, values: dict[str, Any]) -> tuple[str, list[Any]
     return ", ".join(parts), params
 
 
-def save(instance: Model, fields: Sequence[str], *, also: Sequence[tuple[str, Sequence[Any]]] = ()) -> None:
+def save(
+    instance: Model, fields: Sequence[str], *, also: Sequence[tuple[str, Sequence[Any]]] = ()
+) -> None:
     """`instance.save(update_fields=fields)` as one prepared UPDATE by primary key; `also`:
     more data-modifying statements (idempotent) sent in the same round trip, as CTEs."""
     sets, params = assignments(instance, {f: getattr(instance, f) for f in fields})
-    sql = f"UPDATE {type(instance)._meta.db_table} SET {sets} WHERE id = %s"
+    sql = f"UPDATE {type(instance)._meta.db_table} SET {sets} WHERE id = %s"  # noqa: S608
     rows(with_also(sql, also), [*also_params(also), *params, instance.pk])
 
 
@@ -96,3 +99,24 @@ def with_also(sql: str, also: Sequence[tuple[str, Sequence[Any]]]) -> str:
 
 def also_params(also: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
     return [p for _, params in also for p in params]
+
+
+class Columns:
+    """A model's columns as a prepared SELECT reads them (`alias.col, …`), and the rows
+    turned back into model instances — what the ORM's compiler and iterator do, minus the
+    compiling: jsonb columns decoded (Django's adapters leave them text), the rest as
+    psycopg loads them (Django's adapters set the time zone)."""
+
+    def __init__(self, model: type[Model], alias: str, *, exclude: Sequence[str] = ()) -> None:
+        self.model = model
+        fields = [f for f in model._meta.concrete_fields if f.attname not in exclude]
+        self.attnames = [f.attname for f in fields]
+        self.json = [i for i, f in enumerate(fields) if f.get_internal_type() == "JSONField"]
+        self.sql = ", ".join(f"{alias}.{f.column}" for f in fields)
+        self.width = len(fields)
+
+    def build(self, row: Sequence[Any], start: int = 0) -> Any:
+        values = list(row[start : start + self.width])
+        for i in self.json:
+            values[i] = loads(values[i])
+        return self.model.from_db(connection.alias, self.attnames, values)

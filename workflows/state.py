@@ -269,9 +269,9 @@ def _write_pg(
     """The run's conditional UPDATE and (durable runs) its snapshot's INSERT, one statement."""
     sets, params = hotsql.assignments(run, values)
     ctes = [f"also{i} AS ({sql})" for i, (sql, _) in enumerate(statements)]
-    update = (
-        f"UPDATE workflows_workflowrun SET {sets} WHERE id = %s AND state_version = %s RETURNING id"
-    )
+    # The columns are the model's, named by the engine (never input); the values are bound.
+    update = f"UPDATE workflows_workflowrun SET {sets} WHERE id = %s"  # noqa: S608
+    update += " AND state_version = %s RETURNING id"
     params = [*hotsql.also_params(statements), *params, run.pk, expected_version]
     if not run.durable:
         sql = ("WITH " + ", ".join(ctes) + " " if ctes else "") + update
@@ -297,7 +297,8 @@ def _write_pg(
     )
     ctes.append(f"u AS ({update})")
     sql = (
-        f"WITH {', '.join(ctes)} INSERT INTO workflows_runsnapshot ({_SNAPSHOT_COLUMNS})"
+        f"WITH {', '.join(ctes)} INSERT INTO workflows_runsnapshot"  # noqa: S608
+        f" ({_SNAPSHOT_COLUMNS})"
         " SELECT id, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s FROM u RETURNING id"
     )
     found = hotsql.rows(
@@ -459,6 +460,45 @@ def update_state(
     raise StaleState(f"run {run.pk}: gave up after {MAX_CAS_RETRIES} conflicting writes")
 
 
+_CHAIN_KEYS = (
+    "version",
+    "conversation",
+    "workspace",
+    "systemic",
+    "parent_digest",
+    "digest",
+    "anchor",
+)
+_CHAIN = (
+    f"SELECT {', '.join(_CHAIN_KEYS)} FROM workflows_runsnapshot"  # noqa: S608 (fixed names)
+    " WHERE run_id = %s AND version >="
+    " COALESCE((SELECT version FROM workflows_runsnapshot WHERE run_id = %s AND anchor"
+    " ORDER BY version DESC LIMIT 1), 1) - 1 ORDER BY version"
+)
+
+
+def _chain_rows(run: WorkflowRun) -> list[dict[str, Any]]:
+    """The snapshots from the version before the last anchor on, in order."""
+    if hotsql.enabled():
+        return [
+            {
+                k: hotsql.loads(v) if k in DIMENSIONS else v
+                for k, v in zip(_CHAIN_KEYS, row, strict=True)
+            }
+            for row in hotsql.rows(_CHAIN, [run.pk, run.pk])
+        ]
+    last_anchor = (
+        RunSnapshot.objects.filter(run=run, anchor=True).order_by("-version").values("version")[:1]
+    )
+    return list(
+        RunSnapshot.objects.filter(
+            run=run, version__gte=Coalesce(Subquery(last_anchor), Value(1)) - 1
+        )
+        .order_by("version")
+        .values(*_CHAIN_KEYS)
+    )
+
+
 def verify_chain(run: WorkflowRun) -> list[str]:
     """Problems with the run's version chain since its last anchor; empty when intact."""
     if not run.durable:
@@ -466,18 +506,7 @@ def verify_chain(run: WorkflowRun) -> list[str]:
     problems: list[str] = []
     # From the version before the last anchor on (the one before it only to see that the
     # anchor follows on): a long run does not read its whole history at every check.
-    last_anchor = (
-        RunSnapshot.objects.filter(run=run, anchor=True).order_by("-version").values("version")[:1]
-    )
-    rows = list(
-        RunSnapshot.objects.filter(
-            run=run, version__gte=Coalesce(Subquery(last_anchor), Value(1)) - 1
-        )
-        .order_by("version")
-        .values(
-            "version", "conversation", "workspace", "systemic", "parent_digest", "digest", "anchor"
-        )
-    )
+    rows = _chain_rows(run)
     if not rows:
         return [] if run.state_version == 0 else [f"no snapshots but state is v{run.state_version}"]
     start = max((i for i, r in enumerate(rows) if r["anchor"]), default=0)

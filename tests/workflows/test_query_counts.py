@@ -10,9 +10,7 @@ from workflows.actions import start_run
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_an_async_steps_claim_and_commit_cost_ten_queries_in_two_transactions(
-    agent, inline_tasks
-):
+def test_an_async_steps_claim_and_commit_cost_ten_queries_in_two_transactions(agent, inline_tasks):
     """gather_a of the fan-out workflow: one effect through the ledger, one state write,
     and siblings still running (so no join in this commit)."""
     start_run(workflow="fan_out", input={})
