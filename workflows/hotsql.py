@@ -23,7 +23,10 @@ from django.db.models import Model
 
 try:  # psycopg 3: the only driver the PostgreSQL setups use.
     import psycopg
+    from psycopg.pq import ExecStatus
     from psycopg.types.json import Jsonb
+
+    _TUPLES = ExecStatus.TUPLES_OK
 except ImportError:  # pragma: no cover - SQLite-only installs
     psycopg = None  # type: ignore[assignment]
 
@@ -55,7 +58,9 @@ def rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     cursor = wrap(raw)  # type: ignore[arg-type]
     with cursor:
         cursor.execute(sql, params)
-        return cursor.fetchall() if raw.description is not None else []
+        # Not `description` (it builds a Column per column, every time): the result's status.
+        result = raw.pgresult
+        return cursor.fetchall() if result is not None and result.status == _TUPLES else []
 
 
 def jsonb(value: Any) -> Any:
