@@ -51,8 +51,11 @@ if psycopg is not None:
 def rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     """Run one prepared statement in the current transaction; its rows (none for a statement
     without RETURNING)."""
+    # What `connection.cursor()` does first: a health check where configured, then connect.
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
-    raw = _PreparedCursor(connection.connection)
+    with connection.wrap_database_errors:
+        raw = _PreparedCursor(connection.connection)
     # Django's wrappers take any DB-API cursor (typed as their own).
     wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
     cursor = wrap(raw)  # type: ignore[arg-type]
