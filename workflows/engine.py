@@ -53,7 +53,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import heartbeat, outbox
+from . import heartbeat, hotsql, outbox
 from .actions import (
     buffered_trace,
     record_trace,
@@ -63,6 +63,7 @@ from .ending import dead_letter, fail_locked, finish_locked
 from .leases import LEASE_MARGIN_SECONDS, lease_seconds, new_owner, stall_seconds
 from .llm import get_model
 from .models import (
+    TERMINAL_RUN_STATUSES,
     Action,
     ActionStatus,
     RunStatus,
@@ -75,7 +76,7 @@ from .models import (
 from .outbox import ADVANCE, RUN_MODEL_STEP, RUN_STEP
 from .outbox import enqueue as outbox_enqueue
 from .outcomes import run_outcome
-from .recovery import RESUME_RUN, attention_resolved, recovery_check, with_effect
+from .recovery import RESUME_RUN, actions_with_effect, attention_resolved, recovery_check
 from .specs import Sleep, UnknownWorkflow, Wait, get_spec
 from .state import StateView, normalise, update_state
 from .step_context import StepContext
@@ -119,6 +120,7 @@ class Claim:
     resumed: bool
     woken: bool
     deadline: datetime | None = None  # the attempt's timeout: its lease never outlives it
+    unsaved: bool = False  # the claim's step row is still to be written (`_end_round`)
 
 
 # --- the drain: runs ready to start, claimed in batches -----------------------------------
@@ -207,13 +209,11 @@ def _claim_ready(
 ) -> list[tuple[uuid.UUID, str]]:
     """Take the leases of up to `batch` ready runs, decided ones first; (id, status) each."""
     now = timezone.now()
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cur:
-            cur.execute(
-                _CLAIM_READY,
-                [now, seen, batch, seen, batch if starts else 0, token, expires, batch],
-            )
-            return [(r[0], r[1]) for r in cur.fetchall()]
+    if hotsql.enabled():
+        found = hotsql.rows(
+            _CLAIM_READY, [now, seen, batch, seen, batch if starts else 0, token, expires, batch]
+        )
+        return [(r[0], r[1]) for r in found]
     # Embedded mode's SQLite (one writer at a time, no SKIP LOCKED): read, then take each
     # lease with a conditional UPDATE; one another drain took first is left to it.
     free = WorkflowRun.objects.filter(lease_owner="").exclude(pk__in=seen)
@@ -321,8 +321,26 @@ class _Coordinate(_Again):
     token: str
 
 
+_RUN_COLUMNS = hotsql.Columns(WorkflowRun, "r")
+_AGENT = WorkflowRun._meta.get_field("agent").related_model
+_AGENT_COLUMNS = hotsql.Columns(_AGENT, "a")
+_LOCK_RUN = (
+    # Column and table names from the models, never from input.
+    f"SELECT {_RUN_COLUMNS.sql}, {_AGENT_COLUMNS.sql} FROM workflows_workflowrun r"  # noqa: S608
+    f" JOIN {_AGENT._meta.db_table} a ON a.id = r.agent_id"
+    " WHERE r.id = %s FOR NO KEY UPDATE OF r"
+)
+
+
 def _lock_run(run_id: uuid.UUID) -> WorkflowRun | None:
     # The agent rides along (steps propose actions as it); only the run's row is locked.
+    if hotsql.enabled():
+        found = hotsql.rows(_LOCK_RUN, [run_id])
+        if not found:
+            return None
+        run: WorkflowRun = _RUN_COLUMNS.build(found[0])
+        run._state.fields_cache["agent"] = _AGENT_COLUMNS.build(found[0], _RUN_COLUMNS.width)
+        return run
     return (
         WorkflowRun.objects.select_for_update(no_key=True, of=("self",))
         .select_related("agent")
@@ -366,6 +384,62 @@ def _relock(run: WorkflowRun) -> WorkflowRun | None:
     for name, value in zip(_MUTABLE_RUN_FIELDS, row, strict=True):
         setattr(run, name, value)
     return run
+
+
+_FENCE = """
+WITH r AS (
+    SELECT {cols} FROM workflows_workflowrun WHERE id = %s FOR NO KEY UPDATE
+), f AS (
+    UPDATE workflows_steprun SET lease_owner = '', lease_expires_at = NULL, error = '', {set}
+    WHERE id = %s AND status = 'running' AND lease_owner = %s AND lease_expires_at > %s
+      AND EXISTS (SELECT 1 FROM r WHERE r.status <> ALL(%s) AND r.attention = '')
+    RETURNING id
+)
+SELECT {cols}, (SELECT count(*) FROM f) FROM r
+"""
+_FENCE_DONE = _FENCE.format(
+    cols=", ".join(_MUTABLE_RUN_FIELDS),
+    set="status = 'succeeded', output = %s, finished_at = %s, waiting_for = NULL",
+)
+_FENCE_WAIT = _FENCE.format(
+    cols=", ".join(_MUTABLE_RUN_FIELDS), set="status = 'waiting', waiting_for = %s"
+)
+_TERMINAL = sorted(str(s) for s in TERMINAL_RUN_STATUSES)
+
+
+def _relock_and_fence(
+    run: WorkflowRun, step_pk: int, token: str, now: datetime, fields: dict[str, Any]
+) -> tuple[WorkflowRun, bool]:
+    """The commit's first statement: lock the run's row and bring `run` up to date (see
+    `_relock`), then — the run neither finished nor held for a person — write the step's
+    result (`fields`) only if this attempt still holds its unexpired lease (the fence). One
+    round trip where it was two (run first, then the step: the lock order). Returns the run
+    and whether the fence let the write through; raises LeaseLost if the run is gone, over
+    or held."""
+    if not hotsql.enabled():
+        locked = _relock(run)
+        if locked is None:
+            raise LeaseLost("the run is gone")
+        if locked.is_terminal or locked.attention:
+            raise LeaseLost(f"the run is {locked.status}")
+        fence = StepRun.objects.filter(
+            pk=step_pk, status=StepStatus.RUNNING, lease_owner=token, lease_expires_at__gt=now
+        )
+        return locked, bool(fence.update(**fields))
+    if fields["status"] == StepStatus.SUCCEEDED:
+        sql, values = _FENCE_DONE, [hotsql.jsonb(fields["output"]), fields["finished_at"]]
+    else:
+        sql, values = _FENCE_WAIT, [hotsql.jsonb(fields["waiting_for"])]
+    found = hotsql.rows(sql, [run.pk, *values, step_pk, token, now, _TERMINAL])
+    if not found:
+        raise LeaseLost("the run is gone")
+    row = found[0]
+    for name, value in zip(_MUTABLE_RUN_FIELDS, row, strict=False):
+        setattr(run, name, value)
+    run.state = hotsql.loads(run.state)
+    if run.is_terminal or run.attention:
+        raise LeaseLost(f"the run is {run.status}")
+    return run, bool(row[-1])
 
 
 def _coordinate(run_id: uuid.UUID, token: str, *, acquire: bool = False) -> Claim | None:
@@ -412,7 +486,7 @@ def _coordinate_locked(
         return None
     # Not the outputs: a round never reads them (a step reads them from the state), and
     # they grow with every step.
-    steps = list(run.steps.select_for_update(no_key=True).defer("output").order_by("position"))
+    steps = _lock_steps(run)
     crashed = _repair(run, steps, now)
     if crashed is None:
         return None
@@ -435,6 +509,28 @@ def _coordinate_locked(
         return None
     _end_round(run, claim, now, pending)
     return claim
+
+
+# A round reads every step but its output (a round never reads them — a step reads them from
+# the state — and they grow with every step).
+_STEP_COLUMNS = hotsql.Columns(StepRun, "s", exclude=("output",))
+_LOCK_STEPS = (
+    f"SELECT {_STEP_COLUMNS.sql} FROM workflows_steprun s"  # noqa: S608 (the model's columns)
+    " WHERE s.run_id = %s ORDER BY s.position FOR NO KEY UPDATE"
+)
+
+
+def _lock_steps(run: WorkflowRun) -> list[StepRun]:
+    """The run's steps in plan order, locked (the caller holds the run's row lock: runs
+    first, then steps), as model instances without their outputs."""
+    if not hotsql.enabled():
+        return list(run.steps.select_for_update(no_key=True).defer("output").order_by("position"))
+    steps = []
+    for row in hotsql.rows(_LOCK_STEPS, [run.pk]):
+        step: StepRun = _STEP_COLUMNS.build(row)
+        step._state.fields_cache["run"] = run
+        steps.append(step)
+    return steps
 
 
 def _may_go_on(run: WorkflowRun, now: datetime, acquired: bool) -> bool:
@@ -590,9 +686,56 @@ def _end_round(
         run.lease_owner, run.lease_expires_at = "", None
     run.updated_at = now
     if pending is not None:
+        # The caller writes the run's fields and the claimed step's row (`_claim_write`).
         pending.extend(f for f in fields if f not in pending)
+        return
+    step = claim.step if claim is not None and claim.unsaved else None
+    if claim is not None:
+        claim.unsaved = False
+    if step is not None:
+        hotsql.rows(_SAVE_CLAIM_AND_RUN, [*_claim_values(step), step.pk, *_round_values(run)])
+    elif hotsql.enabled():
+        hotsql.rows(_SAVE_ROUND, _round_values(run))
     else:
         run.save(update_fields=fields)
+
+
+_SAVE_CLAIM = """UPDATE workflows_steprun SET status = %s, attempts = %s, lease_owner = %s,
+    lease_expires_at = %s, started_at = %s, not_before = NULL WHERE id = %s"""
+_SAVE_ROUND = """UPDATE workflows_workflowrun SET status = %s, wake_at = %s, lease_owner = %s,
+    lease_expires_at = %s, updated_at = %s WHERE id = %s"""
+# A claimed step and the run's round in one statement (the step's row is locked already).
+_SAVE_CLAIM_AND_RUN = f"WITH claimed AS ({_SAVE_CLAIM}) {_SAVE_ROUND}"
+
+
+def _claim_write(claim: Claim | _Again | None) -> list[tuple[str, list[Any]]]:
+    """The claimed step's row, still to be written by the caller of a round that had
+    `pending` (in the statement that writes the run's)."""
+    if not isinstance(claim, Claim) or not claim.unsaved:
+        return []
+    claim.unsaved = False
+    return [(_SAVE_CLAIM, [*_claim_values(claim.step), claim.step.pk])]
+
+
+def _claim_values(step: StepRun) -> list[Any]:
+    return [
+        str(step.status),
+        step.attempts,
+        step.lease_owner,
+        step.lease_expires_at,
+        step.started_at,
+    ]
+
+
+def _round_values(run: WorkflowRun) -> list[Any]:
+    return [
+        str(run.status),
+        run.wake_at,
+        run.lease_owner,
+        run.lease_expires_at,
+        run.updated_at,
+        run.pk,
+    ]
 
 
 def _let_go(run: WorkflowRun, acquired: bool) -> None:
@@ -621,7 +764,7 @@ def _awaited_actions(steps: list[StepRun]) -> dict[str, Action]:
     ]
     if not ids:
         return {}
-    return {str(a.pk): a for a in with_effect(Action.objects.filter(pk__in=ids))}
+    return {str(a.pk): a for a in actions_with_effect(ids)}
 
 
 def _unsettled(action: Action, now: datetime) -> bool:
@@ -644,8 +787,22 @@ def _wait_over(step: StepRun, now: datetime, unsettled: set[str]) -> bool:
     return until is None and not wf.get("events")
 
 
-def _claim(run: WorkflowRun, step: StepRun, token: str, now: datetime) -> Claim | None:
-    """Precondition: run and step rows locked. Counts the attempt before it runs."""
+_CLAIM_FIELDS = (
+    "status",
+    "attempts",
+    "lease_owner",
+    "lease_expires_at",
+    "started_at",
+    "not_before",
+)
+
+
+def _claim(
+    run: WorkflowRun, step: StepRun, token: str, now: datetime, *, save: bool = False
+) -> Claim | None:
+    """Precondition: run and step rows locked. Counts the attempt before it runs. Without
+    `save`, the step's row is written by the round's end (`_end_round`), with the run's, in
+    the same transaction (still committed before the step runs)."""
     resumed = step.status == StepStatus.WAITING or bool(step.waiting_for)
     until = _until(step)
     # Also on a fresh attempt after a crash: a step that already slept is not put back to sleep.
@@ -661,18 +818,18 @@ def _claim(run: WorkflowRun, step: StepRun, token: str, now: datetime) -> Claim 
     step.lease_expires_at = now + timedelta(seconds=heartbeat.first_lease(step.timeout_seconds))
     step.started_at = step.started_at or now
     step.not_before = None
-    step.save(
-        update_fields=[
-            "status",
-            "attempts",
-            "lease_owner",
-            "lease_expires_at",
-            "started_at",
-            "not_before",
-        ]
-    )
+    if save or not hotsql.enabled():
+        step.save(update_fields=list(_CLAIM_FIELDS))
     deadline = now + timedelta(seconds=step.timeout_seconds)
-    return Claim(run=run, step=step, token=token, resumed=resumed, woken=woken, deadline=deadline)
+    return Claim(
+        run=run,
+        step=step,
+        token=token,
+        resumed=resumed,
+        woken=woken,
+        deadline=deadline,
+        unsaved=not save and hotsql.enabled(),
+    )
 
 
 def _requeue_crashed(run: WorkflowRun, step: StepRun) -> bool:
@@ -733,7 +890,7 @@ def _claim_async(run_id: uuid.UUID, step_name: str, token: str) -> Claim | None:
                 return None
             if not recovery_check(run, [], cause="a crash"):
                 return None
-        claim = _claim(run, step, token, now)
+        claim = _claim(run, step, token, now, save=True)
         if claim is not None and run.status == RunStatus.PENDING:
             run.status = RunStatus.RUNNING
             run.save(update_fields=["status"])
@@ -820,13 +977,7 @@ def _commit(
     """Inside the step's transaction: fence, then result + state + follow-ups, all or nothing;
     with `chain`, then the next round of coordination (see `_execute`)."""
     run, step = ctx.run, ctx.step
-    locked = _relock(run)
-    if locked is None:
-        raise LeaseLost("the run is gone")
-    if locked.is_terminal or locked.attention:
-        raise LeaseLost(f"the run is {locked.status}")
     now = timezone.now()
-    fence = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, lease_owner=token)
     fields: dict[str, Any] = {"lease_owner": "", "lease_expires_at": None, "error": ""}
     if isinstance(result, Wait):
         fields |= {"status": StepStatus.WAITING, "waiting_for": result.waiting_for()}
@@ -845,7 +996,9 @@ def _commit(
             "waiting_for": None,
         }
         message = ""
-    if not fence.filter(lease_expires_at__gt=now).update(**fields):
+    locked, fenced = _relock_and_fence(run, step.pk, token, now, fields)
+    if not fenced:
+        fence = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, lease_owner=token)
         if fence.exists():
             raise StepTimedOut(f"timed out after {step.timeout_seconds:g}s (lease expired)")
         raise LeaseLost("another attempt took the step over")
@@ -865,6 +1018,8 @@ def _commit(
         # both the round's fields and the new state. The round recomputes wake_at from every
         # waiting step, this one included.
         nxt = _coordinate_locked(locked, token, took_over=False, pending=pending)
+    # The next step's claim goes out with the run's UPDATE (and snapshot): one round trip.
+    claimed = _claim_write(nxt)
     if changes:
         update_state(
             # The locked run is also the one a chained next step gets: it sees this state.
@@ -876,9 +1031,14 @@ def _commit(
             # The run's row lock is held: no other writer can get between read and write.
             locked=True,
             also=pending,
+            statements=claimed,
         )
+    elif pending and hotsql.enabled():
+        hotsql.save(locked, pending, also=claimed)
     elif pending:
         locked.save(update_fields=pending)
+    elif claimed:
+        hotsql.rows(*claimed[0])
     if chain:
         return nxt
     if isinstance(result, Sleep | Wait) and result.until is not None:

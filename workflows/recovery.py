@@ -3,11 +3,13 @@ a person decides whether it goes on (the engine's own `resume_run` action)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
+from . import hotsql
 from .actions import create_action, execute_action, record_trace
 from .ending import fail_locked
 from .gate import FixedVerdict
@@ -32,6 +34,27 @@ RESUME_RUN = "resume_run"
 def with_effect(actions: QuerySet[Action]) -> list[Action]:
     """Each annotated with whether the ledger holds its effect (what a recovery check asks)."""
     return list(actions.annotate(has_effect=Exists(Effect.objects.filter(action=OuterRef("pk")))))
+
+
+_ACTION_COLUMNS = hotsql.Columns(Action, "a")
+_WITH_EFFECT = (
+    # Column and table names from the models, never from input.
+    f"SELECT {_ACTION_COLUMNS.sql}, EXISTS (SELECT 1 FROM {Effect._meta.db_table} e"  # noqa: S608
+    f" WHERE e.action_id = a.id) FROM {Action._meta.db_table} a WHERE a.id = ANY(%s)"
+)
+
+
+def actions_with_effect(ids: list[Any]) -> list[Action]:
+    """`with_effect` of the actions with these ids, as one prepared statement (the engine's
+    every resume asks it)."""
+    if not hotsql.enabled():
+        return with_effect(Action.objects.filter(pk__in=ids))
+    found = []
+    for row in hotsql.rows(_WITH_EFFECT, [[uuid.UUID(str(i)) for i in ids]]):
+        action = _ACTION_COLUMNS.build(row)
+        action.has_effect = row[-1]
+        found.append(action)
+    return found
 
 
 def _resume_run_effect(payload: dict[str, Any], key: str) -> dict[str, Any]:
@@ -82,7 +105,7 @@ def recovery_check(
         for a in (s.waiting_for or {}).get("actions", [])
     }
     if awaited is None:
-        found = with_effect(Action.objects.filter(pk__in=wanted)) if wanted else []
+        found = actions_with_effect(wanted) if wanted else []
     else:
         found = [awaited[str(a)] for a in dict.fromkeys(wanted) if str(a) in awaited]
     for action in found:

@@ -25,6 +25,7 @@ from django.db.models import Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from . import hotsql
 from .models import RunSnapshot, WorkflowRun
 from .specs import digest
 
@@ -159,6 +160,7 @@ def write_state(
     anchor: bool = False,
     savepoint: bool = True,
     also: Sequence[str] = (),
+    statements: Sequence[tuple[str, Sequence[Any]]] = (),
 ) -> RunSnapshot | None:
     """Write version expected_version + 1, or raise StaleState. Must run inside a transaction.
 
@@ -167,12 +169,45 @@ def write_state(
     no writer can then get in between, and the two round trips of a savepoint buy nothing
     (a snapshot that exists anyway means a broken chain: the error aborts the transaction).
     `also`: more of the run's fields to write in the same UPDATE, from `run`'s attributes.
+    `statements`: more writes (idempotent SQL, with their parameters) for the same round trip.
+
+    On PostgreSQL the run's UPDATE and the snapshot's INSERT are one prepared statement (the
+    snapshot inserted only if the UPDATE found the version it expected).
     """
     validate(new_state)
     version = expected_version + 1
     values: dict[str, Any] = {"updated_at": timezone.now()}
     values |= {f: getattr(run, f) for f in also}
     values |= {"state": new_state, "state_version": version}
+    if hotsql.enabled():
+        parent = "" if anchor or not run.durable else _parent_digest(run, expected_version)
+
+        def write_pg() -> RunSnapshot | None:
+            return _write_pg(
+                run,
+                expected_version,
+                values,
+                statements,
+                parent=parent,
+                changed=changed,
+                step_name=step_name,
+                reason=reason,
+                actor=actor,
+                anchor=anchor,
+            )
+
+        if savepoint and run.durable:
+            try:
+                with transaction.atomic():
+                    snapshot = write_pg()
+            except IntegrityError:
+                raise StaleState(f"run {run.pk} already has state v{version}") from None
+        else:
+            snapshot = write_pg()
+        run.state, run.state_version = new_state, version
+        return snapshot
+    for sql, params in statements:
+        hotsql.rows(sql, params)
     if not run.durable:
         if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
             **values
@@ -209,6 +244,87 @@ def write_state(
     else:
         snapshot = write()
     run.state, run.state_version = new_state, version
+    return snapshot
+
+
+_SNAPSHOT_COLUMNS = (
+    "run_id, version, conversation, workspace, systemic, changed, step_name, reason, actor,"
+    " parent_digest, digest, anchor, created_at"
+)
+
+
+def _write_pg(
+    run: WorkflowRun,
+    expected_version: int,
+    values: dict[str, Any],
+    statements: Sequence[tuple[str, Sequence[Any]]],
+    *,
+    parent: str,
+    changed: list[str],
+    step_name: str,
+    reason: str,
+    actor: str,
+    anchor: bool,
+) -> RunSnapshot | None:
+    """The run's conditional UPDATE and (durable runs) its snapshot's INSERT, one statement."""
+    sets, params = hotsql.assignments(run, values)
+    ctes = [f"also{i} AS ({sql})" for i, (sql, _) in enumerate(statements)]
+    # The columns are the model's, named by the engine (never input); the values are bound.
+    update = f"UPDATE workflows_workflowrun SET {sets} WHERE id = %s"  # noqa: S608
+    update += " AND state_version = %s RETURNING id"
+    params = [*hotsql.also_params(statements), *params, run.pk, expected_version]
+    if not run.durable:
+        sql = ("WITH " + ", ".join(ctes) + " " if ctes else "") + update
+        if not hotsql.rows(sql, params):
+            raise StaleState(f"run {run.pk} state is past v{expected_version}")
+        return None
+    state: State = values["state"]
+    version = expected_version + 1
+    digest = chain_digest(parent, state)
+    snapshot = RunSnapshot(
+        run=run,
+        version=version,
+        conversation=state["conversation"],
+        workspace=state["workspace"],
+        systemic=state["systemic"],
+        changed=changed,
+        step_name=step_name,
+        reason=reason[:300],
+        actor=actor,
+        parent_digest=parent,
+        digest=digest,
+        anchor=anchor,
+    )
+    ctes.append(f"u AS ({update})")
+    sql = (
+        f"WITH {', '.join(ctes)} INSERT INTO workflows_runsnapshot"  # noqa: S608
+        f" ({_SNAPSHOT_COLUMNS})"
+        " SELECT id, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s FROM u RETURNING id"
+    )
+    found = hotsql.rows(
+        sql,
+        [
+            *params,
+            version,
+            hotsql.jsonb(snapshot.conversation),
+            hotsql.jsonb(snapshot.workspace),
+            hotsql.jsonb(snapshot.systemic),
+            hotsql.jsonb(snapshot.changed),
+            snapshot.step_name,
+            snapshot.reason,
+            snapshot.actor,
+            snapshot.parent_digest,
+            snapshot.digest,
+            snapshot.anchor,
+            snapshot.created_at,
+        ],
+    )
+    if not found:
+        raise StaleState(f"run {run.pk} state is past v{expected_version}")
+    snapshot.pk = found[0][0]
+    snapshot._state.adding = False
+    key = (run.pk, version)
+    transaction.on_commit(lambda: _remember_digest(key, digest))
     return snapshot
 
 
@@ -295,6 +411,7 @@ def update_state(
     current: tuple[dict[str, Any], int] | None = None,
     locked: bool = False,
     also: Sequence[str] = (),
+    statements: Sequence[tuple[str, Sequence[Any]]] = (),
 ) -> RunSnapshot | None:
     """Apply change functions to the current state, retrying on a stale read.
 
@@ -303,7 +420,8 @@ def update_state(
     `current`: (state, version) the caller read under the run's row lock in this transaction,
     used for the first attempt instead of reading them again. `locked`: the caller holds that
     lock (see `write_state`'s savepoint). `also`: more of the run's fields to write with the
-    state (see `write_state`), or on their own if the state did not change.
+    state (see `write_state`), or on their own if the state did not change. `statements`:
+    more idempotent writes for the same round trip (see `write_state`).
     """
     for attempt in range(MAX_CAS_RETRIES):
         if attempt == 0 and current is not None:
@@ -315,8 +433,13 @@ def update_state(
         new, changed = apply_changes(state, changes)
         if not changed and attempt == 0 and version > 0:
             run.state, run.state_version = state, version
-            if also:
-                run.save(update_fields=list(also))
+            if also and hotsql.enabled():
+                hotsql.save(run, list(also), also=statements)
+            else:
+                for sql, params in statements:
+                    hotsql.rows(sql, params)
+                if also:
+                    run.save(update_fields=list(also))
             return None
         try:
             # write_state undoes its own partial work on a conflict (its savepoint).
@@ -330,10 +453,50 @@ def update_state(
                 actor=actor,
                 savepoint=not locked,
                 also=also,
+                statements=statements,
             )
         except StaleState:
             log.info("stale state write on run %s (attempt %d); re-reading", run.pk, attempt + 1)
     raise StaleState(f"run {run.pk}: gave up after {MAX_CAS_RETRIES} conflicting writes")
+
+
+_CHAIN_KEYS = (
+    "version",
+    "conversation",
+    "workspace",
+    "systemic",
+    "parent_digest",
+    "digest",
+    "anchor",
+)
+_CHAIN = (
+    f"SELECT {', '.join(_CHAIN_KEYS)} FROM workflows_runsnapshot"  # noqa: S608 (fixed names)
+    " WHERE run_id = %s AND version >="
+    " COALESCE((SELECT version FROM workflows_runsnapshot WHERE run_id = %s AND anchor"
+    " ORDER BY version DESC LIMIT 1), 1) - 1 ORDER BY version"
+)
+
+
+def _chain_rows(run: WorkflowRun) -> list[dict[str, Any]]:
+    """The snapshots from the version before the last anchor on, in order."""
+    if hotsql.enabled():
+        return [
+            {
+                k: hotsql.loads(v) if k in DIMENSIONS else v
+                for k, v in zip(_CHAIN_KEYS, row, strict=True)
+            }
+            for row in hotsql.rows(_CHAIN, [run.pk, run.pk])
+        ]
+    last_anchor = (
+        RunSnapshot.objects.filter(run=run, anchor=True).order_by("-version").values("version")[:1]
+    )
+    return list(
+        RunSnapshot.objects.filter(
+            run=run, version__gte=Coalesce(Subquery(last_anchor), Value(1)) - 1
+        )
+        .order_by("version")
+        .values(*_CHAIN_KEYS)
+    )
 
 
 def verify_chain(run: WorkflowRun) -> list[str]:
@@ -343,18 +506,7 @@ def verify_chain(run: WorkflowRun) -> list[str]:
     problems: list[str] = []
     # From the version before the last anchor on (the one before it only to see that the
     # anchor follows on): a long run does not read its whole history at every check.
-    last_anchor = (
-        RunSnapshot.objects.filter(run=run, anchor=True).order_by("-version").values("version")[:1]
-    )
-    rows = list(
-        RunSnapshot.objects.filter(
-            run=run, version__gte=Coalesce(Subquery(last_anchor), Value(1)) - 1
-        )
-        .order_by("version")
-        .values(
-            "version", "conversation", "workspace", "systemic", "parent_digest", "digest", "anchor"
-        )
-    )
+    rows = _chain_rows(run)
     if not rows:
         return [] if run.state_version == 0 else [f"no snapshots but state is v{run.state_version}"]
     start = max((i for i, r in enumerate(rows) if r["anchor"]), default=0)

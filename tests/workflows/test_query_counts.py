@@ -10,9 +10,7 @@ from workflows.actions import start_run
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_an_async_steps_claim_and_commit_cost_twelve_queries_in_two_transactions(
-    agent, inline_tasks
-):
+def test_an_async_steps_claim_and_commit_cost_ten_queries_in_two_transactions(agent, inline_tasks):
     """gather_a of the fan-out workflow: one effect through the ledger, one state write,
     and siblings still running (so no join in this commit)."""
     start_run(workflow="fan_out", input={})
@@ -35,10 +33,70 @@ def test_an_async_steps_claim_and_commit_cost_twelve_queries_in_two_transactions
         "BEGIN",  # the step runs and commits in one transaction (its ledger rows with it)
         "SELECT workflows_effect",  # the ledger: was this effect applied before?
         "INSERT workflows_effect",  # ... no: the tool was called, its row recorded
-        "SELECT workflows_workflowrun",  # the run again, locked: the fence's precondition
-        "UPDATE workflows_steprun",  # the fence: succeeded only if the lease is still ours
-        "UPDATE workflows_workflowrun",  # state + version, in the same UPDATE
-        "INSERT workflows_runsnapshot",  # the new state version's snapshot
+        # The run again, locked (the fence's precondition), then the fence: the result is
+        # written only if the lease is still ours. One statement.
+        "WITH workflows_workflowrun",
+        # State + version in the run's UPDATE, and the new version's snapshot: one statement.
+        "WITH workflows_workflowrun",
         "SELECT workflows_steprun",  # are the siblings done? (not yet: no join here)
         "COMMIT",
     ]
+
+
+def _peer_policy(outcome: str, workflow: str) -> None:
+    from bench.peers.caliber_flow import ACTION_TYPE
+    from escalations.models import AutonomyPolicy
+    from escalations.policy import clear_cache
+
+    AutonomyPolicy.objects.all().delete()
+    AutonomyPolicy.objects.create(
+        name="peer",
+        workflow=workflow,
+        action_type=ACTION_TYPE,
+        outcome=outcome,
+        min_confidence=0.0,
+        irreversible_requires_review=False,
+    )
+    clear_cache()
+
+
+def test_a_three_step_run_through_the_drain_costs_the_engine_four_statements_a_step(
+    agent, inline_tasks
+):
+    """The peer benchmark's auto run (propose -> gate -> execute, all inline) from one
+    drain: the claim; a first round (run, steps, claim + round); then each step's commit
+    is fence, steps, and one write of the next claim + the run + its snapshot (+ the trace).
+    The step bodies' own statements (the action, the ledger) are theirs, not the engine's."""
+    from bench.peers.caliber_flow import AUTO
+    from workflows import engine
+    from workflows.models import PolicyOutcome, RunStatus
+
+    _peer_policy(PolicyOutcome.AUTO, AUTO)
+    run = start_run(workflow=AUTO, input={"item": "x"})
+    inline_tasks.sent.clear()
+    with CaptureQueriesContext(connection) as captured:
+        assert engine.drain_runs() == 1
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    engine_statements = [
+        s for s in statements(captured) if "workflowrun" in s or "steprun" in s or "snapshot" in s
+    ]
+    assert engine_statements == [
+        "WITH workflows_workflowrun",  # the drain's claim: the run's lease
+        "SELECT workflows_workflowrun",  # round 1: the run, locked, with its agent
+        "SELECT workflows_steprun",  # its steps, locked
+        "WITH workflows_steprun",  # propose claimed + the run's round, one statement
+        # propose committed: fence, steps, gate claimed + run + snapshot
+        "WITH workflows_workflowrun",
+        "SELECT workflows_steprun",
+        "WITH workflows_steprun",
+        # gate committed
+        "WITH workflows_workflowrun",
+        "SELECT workflows_steprun",
+        "WITH workflows_steprun",
+        # execute committed: the run finished with its last state
+        "WITH workflows_workflowrun",
+        "SELECT workflows_steprun",
+        "WITH workflows_workflowrun",
+    ]
+    assert statements(captured).count("COMMIT") == 4

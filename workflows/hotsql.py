@@ -1,0 +1,156 @@
+"""Prepared SQL for the engine's hot path (PostgreSQL only; the ORM everywhere else).
+
+The same few statements run for every step of every run; through the ORM each one is
+compiled again in Python (Django's SQL compiler was ~25-30% of a worker's samples). Here
+they are fixed SQL, sent with server-side binding and prepared once per connection by
+psycopg (`prepare=True`), so the client neither compiles nor quotes and the server neither
+parses nor plans them again.
+
+They go through Django's cursor wrapper all the same: its error translation, its
+`execute_wrapper`s (the query counters of the tests and the benchmark) and, under
+CaptureQueriesContext, its query log see them like any other statement.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import connection
+from django.db.models import Model
+
+try:  # psycopg 3: the only driver the PostgreSQL setups use.
+    import psycopg
+    from psycopg.pq import ExecStatus
+    from psycopg.types.json import Jsonb
+
+    _TUPLES = ExecStatus.TUPLES_OK
+except ImportError:  # pragma: no cover - SQLite-only installs
+    psycopg = None  # type: ignore[assignment]
+
+
+def enabled() -> bool:
+    """Prepared statements here: PostgreSQL through psycopg 3. Elsewhere (embedded mode's
+    SQLite), the callers keep their ORM path."""
+    return psycopg is not None and connection.vendor == "postgresql"
+
+
+if psycopg is not None:
+
+    class _PreparedCursor(psycopg.Cursor):
+        """Server-side binding; every statement prepared (psycopg keeps a per-connection
+        cache of them, so the second execution of a statement skips parse and plan)."""
+
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            kwargs["prepare"] = True
+            return super().execute(query, params, **kwargs)
+
+
+def rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Run one prepared statement in the current transaction; its rows (none for a statement
+    without RETURNING)."""
+    # What `connection.cursor()` does first: a health check where configured, then connect.
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        raw = _PreparedCursor(connection.connection)
+    # Django's wrappers take any DB-API cursor (typed as their own).
+    wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
+    cursor = wrap(raw)  # type: ignore[arg-type]
+    with cursor:
+        cursor.execute(sql, params)
+        # Not `description` (it builds a Column per column, every time): the result's status.
+        result = raw.pgresult
+        return cursor.fetchall() if result is not None and result.status == _TUPLES else []
+
+
+def jsonb(value: Any) -> Any:
+    """A JSON value as a parameter (server-side binding does not guess a dict's type)."""
+    return None if value is None else Jsonb(value)
+
+
+def loads(value: Any) -> Any:
+    """A jsonb column as Django's adapters return it (text) -> the Python value."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def assignments(instance: Model, values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """`col = %s, …` and its parameters for `values` (field name -> value) of `instance`'s
+    model, each value prepared as the ORM would save it."""
+    meta = type(instance)._meta
+    parts, params = [], []
+    for name, value in values.items():
+        f = meta.get_field(name)
+        parts.append(f"{f.column} = %s")  # type: ignore[union-attr]
+        prepped = f.get_db_prep_save(value, connection)  # type: ignore[union-attr]
+        params.append(prepped.value if isinstance(prepped, enum.Enum) else prepped)
+    return ", ".join(parts), params
+
+
+def save(
+    instance: Model, fields: Sequence[str], *, also: Sequence[tuple[str, Sequence[Any]]] = ()
+) -> None:
+    """`instance.save(update_fields=fields)` as one prepared UPDATE by primary key; `also`:
+    more data-modifying statements (idempotent) sent in the same round trip, as CTEs."""
+    sets, params = assignments(instance, {f: getattr(instance, f) for f in fields})
+    sql = f"UPDATE {type(instance)._meta.db_table} SET {sets} WHERE id = %s"  # noqa: S608
+    rows(with_also(sql, also), [*also_params(also), *params, instance.pk])
+
+
+def with_also(sql: str, also: Sequence[tuple[str, Sequence[Any]]]) -> str:
+    if not also:
+        return sql
+    return "WITH " + ", ".join(f"also{i} AS ({s})" for i, (s, _) in enumerate(also)) + " " + sql
+
+
+def also_params(also: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+    return [p for _, params in also for p in params]
+
+
+class Columns:
+    """A model's columns as a prepared SELECT reads them (`alias.col, …`), and the rows
+    turned back into model instances — what the ORM's compiler and iterator do, minus the
+    compiling: jsonb columns decoded (Django's adapters leave them text), the rest as
+    psycopg loads them (Django's adapters set the time zone)."""
+
+    def __init__(self, model: type[Model], alias: str, *, exclude: Sequence[str] = ()) -> None:
+        self.model = model
+        fields = [f for f in model._meta.concrete_fields if f.attname not in exclude]
+        self.attnames = [f.attname for f in fields]
+        self.json = [i for i, f in enumerate(fields) if f.get_internal_type() == "JSONField"]
+        self.sql = ", ".join(f"{alias}.{f.column}" for f in fields)
+        self.width = len(fields)
+
+    def build(self, row: Sequence[Any], start: int = 0) -> Any:
+        values = list(row[start : start + self.width])
+        for i in self.json:
+            values[i] = loads(values[i])
+        return self.model.from_db(connection.alias, self.attnames, values)
+
+
+_INSERT_TRACES = """INSERT INTO workflows_traceevent
+    (run_id, step_name, kind, message, data, actor, created_at)
+    SELECT * FROM UNNEST(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::jsonb[],
+        %s::text[], %s::timestamptz[])"""
+
+
+def insert_traces(events: Sequence[Any]) -> None:
+    """`TraceEvent.objects.bulk_create(events)` as one prepared multi-row INSERT (every round
+    of the engine writes some); the events get no pk, as from a bulk_create they need not."""
+    if not enabled():
+        type(events[0]).objects.bulk_create(events)
+        return
+    rows(
+        _INSERT_TRACES,
+        [
+            [e.run_id for e in events],
+            [e.step_name for e in events],
+            [str(e.kind) for e in events],
+            [e.message for e in events],
+            [Jsonb(e.data) for e in events],
+            [e.actor for e in events],
+            [e.created_at for e in events],
+        ],
+    )
