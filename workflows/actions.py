@@ -49,18 +49,31 @@ _TRACE_BUFFER: ContextVar[list[TraceEvent] | None] = ContextVar("trace_buffer", 
 
 def record_trace(
     *,
-    run: WorkflowRun,
+    run: WorkflowRun | None = None,
     kind: TraceKind,
     message: str,
     step_name: str = "",
     data: dict[str, Any] | None = None,
     actor: str = "",
+    run_id: Any = None,
 ) -> TraceEvent:
     """Write a trace event, or, inside `buffered_trace`, keep it for that block's one INSERT
-    (the event then has no pk until the block ends)."""
+    (the event then has no pk until the block ends). `run_id` instead of `run`: for a
+    caller that has not read the run (and need not)."""
+    if run is not None:
+        run_id = run.pk
+    elif run_id is None:
+        raise ValueError("a trace event belongs to a run")
     event = TraceEvent(
-        run=run, kind=kind, message=message, step_name=step_name, data=data or {}, actor=actor
+        run_id=run_id,
+        kind=kind,
+        message=message,
+        step_name=step_name,
+        data=data or {},
+        actor=actor,
     )
+    if run is not None:
+        event.run = run
     buffer = _TRACE_BUFFER.get()
     if buffer is not None:
         buffer.append(event)

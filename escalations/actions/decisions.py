@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
+from django.http import Http404
 from django.utils import timezone
 
-from workflows import outbox
+from workflows import outbox, rows
 from workflows.actions import record_trace
 from workflows.models import Action, ActionStatus, Effect, TraceKind
-from workflows.settle import record_decision, record_undo
+from workflows.settle import lock_run, record_decision, record_undo, resumes_at_once
 from workflows.tools import ACTION_TYPES, ToolError, get_action_type
 
 from .. import notify
-from ..access import get_escalation_for
+from ..access import escalations_for, get_escalation_for
 from ..models import (
     UNDECIDED_STATUSES,
     Approval,
@@ -53,9 +55,9 @@ def trace_escalation(
 ) -> None:
     """Record `message` on the run of the escalated `action` (if it has a run), the row
     carrying the escalation's id beside `data`."""
-    if action.run is not None:
+    if action.run_id is not None:
         record_trace(
-            run=action.run,
+            run_id=action.run_id,
             kind=kind,
             step_name=action.step_name,
             actor=actor,
@@ -287,28 +289,44 @@ def decide_escalation(
         raise ValidationError({"edited_payload": "The edited payload must be a JSON object."})
 
     with transaction.atomic():
-        escalation = get_escalation_for(user, escalation_id)
-        if agent_id is not None and escalation.action.agent_id == agent_id:
+        escalation = _escalation_to_decide(user, escalation_id)
+        action = escalation.action
+        if agent_id is not None and action.agent_id == agent_id:
             raise OwnEscalation("An agent never decides an escalation of its own action.")
         if verdict == Verdict.RESPOND and escalation.audits_what_ran:
             raise ValidationError({NON_FIELD_ERRORS: "It already ran: judge it right or wrong."})
-        if (
-            verdict == Verdict.APPROVE
-            and escalation.is_undecided
-            and _sla_passed(escalation, timezone.now())
-        ):
+        now = timezone.now()
+        if verdict == Verdict.APPROVE and escalation.is_undecided and _sla_passed(escalation, now):
             raise DeadlinePassed(escalation)
         if verdict == Verdict.APPROVE and edited_payload is not None:
-            edited_payload = _checked_edit(escalation.action, edited_payload)
-        if verdict == Verdict.APPROVE and escalation.needs_quorum:
-            if edited_payload is not None:
-                raise ValidationError(
-                    {
-                        "edited_payload": "This needs several approvals of the same action, so "
-                        "it cannot be edited: reject it and say what should change."
-                    }
+            edited_payload = _checked_edit(action, edited_payload)
+        quorum = verdict == Verdict.APPROVE and escalation.needs_quorum
+        if quorum and edited_payload is not None:
+            raise ValidationError(
+                {
+                    "edited_payload": "This needs several approvals of the same action, so "
+                    "it cannot be edited: reject it and say what should change."
+                }
+            )
+        run = None
+        if action.run_id is not None:
+            # The run's row first, before the escalation's and the action's (see
+            # workflows.settle.lock_run). A decision that will resume it at once marks it
+            # ready in the same statement: anything short of deciding raises, and rolls the
+            # mark back with the rest.
+            mark = (
+                not quorum
+                and not escalation.audits_what_ran
+                and resumes_at_once(
+                    action_type=action.action_type, approved=verdict == Verdict.APPROVE
                 )
-            return _approve_towards_quorum(escalation=escalation, user=user, via=via, reason=reason)
+            )
+            status = lock_run(action.run_id, ready_at=now if mark else None)
+            run = RunLocked(status=status, marked=mark)
+        if quorum:
+            return _approve_towards_quorum(
+                escalation=escalation, user=user, via=via, reason=reason, run=run
+            )
         new_status = (
             EscalationStatus.APPROVED if verdict == Verdict.APPROVE else EscalationStatus.REJECTED
         )
@@ -320,7 +338,34 @@ def decide_escalation(
             reason=reason,
             new_status=new_status,
             edited_payload=edited_payload,
+            run=run,
         )
+
+
+@dataclass(frozen=True)
+class RunLocked:
+    """What the deciding transaction learnt taking the run's row lock (settle.lock_run)."""
+
+    status: str | None
+    # The same statement marked it ready for the drain (if it was waiting).
+    marked: bool = False
+
+
+def lock_run_of(action: Action) -> RunLocked | None:
+    """For a decider that did not take the run's row first (its caller locked nothing of
+    the escalation's before): take it now. None for an action outside a run."""
+    if action.run_id is None:
+        return None
+    return RunLocked(status=lock_run(action.run_id))
+
+
+def _escalation_to_decide(user: User, pk: uuid.UUID | str) -> Escalation:
+    """get_escalation_for, reading only what a decision needs: the action and the team, not
+    the run (its state, plan and input, decoded for nothing) nor the agent (its id will do)."""
+    try:
+        return escalations_for(user).select_related("action", "team").get(pk=pk)
+    except (Escalation.DoesNotExist, ValueError):
+        raise Http404("No such escalation") from None
 
 
 def _checked_edit(action: Action, edited: dict[str, Any]) -> dict[str, Any] | None:
@@ -344,14 +389,21 @@ def finalise_decision(
     edited_payload: dict[str, Any] | None = None,
     actor: str | None = None,
     message: str | None = None,
+    run: RunLocked | None = None,
 ) -> Decision:
     """Write the one Decision, move the action, re-enqueue the run. Inside a transaction.
 
     Raises AlreadyDecided if the escalation is no longer undecided: whoever calls this —
     a person, the last quorum approver, the SLA timer — races through the same conditional
     UPDATE, so exactly one outcome is ever recorded.
+
+    `run`: the caller took the run's row lock first (`lock_run_of`), before any lock on the
+    escalation; without it, it is taken here, which is only safe for a caller that holds
+    no lock of the escalation's or the action's yet.
     """
     now = timezone.now()
+    if run is None:
+        run = lock_run_of(escalation.action)
     undecided = Escalation.objects.filter(pk=escalation.pk, status__in=UNDECIDED_STATUSES)
     if verdict == Verdict.APPROVE and via != Via.SYSTEM:
         # A person's approval loses to the SLA's clock even before the sweep handles it.
@@ -363,22 +415,17 @@ def finalise_decision(
         if escalation.is_undecided and _sla_passed(escalation, now):
             raise DeadlinePassed(escalation)
         raise AlreadyDecided(escalation)
-    try:
-        with transaction.atomic():
-            decision = Decision.objects.create(
-                escalation=escalation,
-                verdict=verdict,
-                decided_by=user,
-                via=via,
-                reason=reason,
-                edited_payload=edited_payload,
-            )
-    except IntegrityError as exc:
-        refused = _refused_decider(exc, user)
-        if refused is not None:
-            raise refused from None
-        escalation.refresh_from_db()
-        raise AlreadyDecided(escalation) from None
+    decision = _insert_decision(
+        Decision(
+            escalation=escalation,
+            verdict=verdict,
+            decided_by=user,
+            via=via,
+            reason=reason,
+            edited_payload=edited_payload,
+        ),
+        user,
+    )
     escalation.status = new_status
     escalation.decided_at = now
     action = escalation.action
@@ -401,11 +448,13 @@ def finalise_decision(
         by=user.get_username(),
         owner=fallback_owner(user, escalation),
         now=now,
+        run_status=run.status if run is not None else None,
+        marked=run is not None and run.marked,
     )
     action.save(update_fields=["status", "approved_payload", *settled])
-    if action.run is not None:
+    if action.run_id is not None:
         record_trace(
-            run=action.run,
+            run_id=action.run_id,
             kind=TraceKind.HUMAN if via != Via.SYSTEM else TraceKind.SYSTEM,
             step_name=action.step_name,
             actor=actor if actor is not None else user.get_username(),
@@ -427,6 +476,46 @@ def finalise_decision(
             },
         )
     notify.escalation_changed(escalation)
+    return decision
+
+
+_INSERT_DECISION = (
+    "INSERT INTO {table} ({columns}) VALUES {row} ON CONFLICT DO NOTHING RETURNING id"
+)
+
+
+def _insert_decision(decision: Decision, user: User) -> Decision:
+    """Write the one Decision: one statement (no savepoint) where the row's unique
+    escalation turns a second writer into AlreadyDecided rather than an aborted
+    transaction; the database's refusal of a service account raises NotAPerson."""
+    escalation = decision.escalation
+    if connection.vendor != "postgresql":
+        try:
+            with transaction.atomic():
+                decision.save(force_insert=True)
+        except IntegrityError as exc:
+            refused = _refused_decider(exc, user)
+            if refused is not None:
+                raise refused from None
+            escalation.refresh_from_db()
+            raise AlreadyDecided(escalation) from None
+        return decision
+    row, params = rows.values(decision)
+    sql = _INSERT_DECISION.format(
+        table=rows.table(Decision), columns=", ".join(rows.columns(Decision)), row=row
+    )
+    try:
+        with connection.cursor() as cur:
+            cur.execute(sql, params)
+            inserted = cur.fetchone()
+    except IntegrityError as exc:
+        # The transaction is aborted: nothing more is read in it (the caller's rolls back).
+        raise _refused_decider(exc, user) or exc from None
+    if inserted is None:
+        escalation.refresh_from_db()
+        raise AlreadyDecided(escalation)
+    decision.pk = inserted[0]
+    rows.saved(decision)
     return decision
 
 
@@ -506,7 +595,7 @@ def undo_approval(
 
 
 def _approve_towards_quorum(
-    *, escalation: Escalation, user: User, via: Via, reason: str
+    *, escalation: Escalation, user: User, via: Via, reason: str, run: RunLocked | None
 ) -> Decision | Approval:
     """One distinct reviewer's approval; the last one needed decides. Inside a transaction.
 
@@ -543,6 +632,7 @@ def _approve_towards_quorum(
             via=via,
             reason=reason,
             new_status=EscalationStatus.APPROVED,
+            run=run,
             message=f"{user.get_username()} approved {action.action_type} via {via}, "
             f"completing the quorum ({', '.join(approvers)}: {len(approvers)} of {required})"
             + (f": {reason}" if reason else ""),
