@@ -38,7 +38,7 @@ def table(model: type[Model]) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
-def saved(obj: Model) -> Model:
+def saved[M: Model](obj: M) -> M:
     """Mark an instance written outside the ORM as loaded from the database."""
     obj._state.adding = False
     obj._state.db = "default"

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from workflows import outbox, rows
 from workflows.actions import record_trace
-from workflows.models import Action, ActionStatus, Effect, TraceKind
+from workflows.models import Action, ActionStatus, Effect, TraceEvent, TraceKind
 from workflows.settle import lock_run, record_decision, record_undo, resumes_at_once
 from workflows.tools import ACTION_TYPES, ToolError, get_action_type
 
@@ -404,119 +404,229 @@ def finalise_decision(
     now = timezone.now()
     if run is None:
         run = lock_run_of(escalation.action)
-    undecided = Escalation.objects.filter(pk=escalation.pk, status__in=UNDECIDED_STATUSES)
-    if verdict == Verdict.APPROVE and via != Via.SYSTEM:
-        # A person's approval loses to the SLA's clock even before the sweep handles it.
-        undecided = undecided.filter(Q(sla_due_at__isnull=True) | Q(sla_due_at__gt=now))
-    # The conditional UPDATE is the race's referee: its row count says who won.
-    won = undecided.update(status=new_status, decided_at=now)
-    if not won:
-        escalation.refresh_from_db()
-        if escalation.is_undecided and _sla_passed(escalation, now):
-            raise DeadlinePassed(escalation)
-        raise AlreadyDecided(escalation)
-    decision = _insert_decision(
-        Decision(
-            escalation=escalation,
-            verdict=verdict,
-            decided_by=user,
-            via=via,
-            reason=reason,
-            edited_payload=edited_payload,
-        ),
-        user,
+    action = escalation.action
+    # Read before the action moves: an audit of an action that already ran alone.
+    ran = escalation.audits_what_ran
+    decision = Decision(
+        escalation=escalation,
+        verdict=verdict,
+        decided_by=user,
+        via=via,
+        reason=reason,
+        edited_payload=edited_payload,
     )
+    # A person's approval loses to the SLA's clock even before the sweep handles it.
+    clock = verdict == Verdict.APPROVE and via != Via.SYSTEM
+    if connection.vendor != "postgresql":
+        _decide_with_the_orm(escalation, decision, new_status, now, clock=clock)
+    trace = None
+    if not ran:
+        action.status = (
+            ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
+        )
+        if verdict == Verdict.APPROVE and edited_payload is not None:
+            action.approved_payload = edited_payload
+        # The engine settles the action on its own, whatever its siblings wait for: it is
+        # told the verdict, the words and who takes the work over if the fallback runs; the
+        # run is marked ready (or its resume sent) in this transaction. Should the decision
+        # lose below, the transaction rolls back (the SLA timer, which commits what it did
+        # instead, may leave a mark or a wake-up that finds nothing to do: harmless).
+        record_decision(
+            action=action,
+            verdict=verdict,
+            approved=verdict == Verdict.APPROVE,
+            text=reason,
+            by=user.get_username(),
+            owner=fallback_owner(user, escalation),
+            now=now,
+            run_status=run.status if run is not None else None,
+            marked=run is not None and run.marked,
+        )
+        if action.run_id is not None:
+            trace = _decision_trace(
+                action,
+                escalation,
+                user,
+                verdict,
+                via,
+                reason,
+                new_status,
+                edited_payload,
+                actor=actor,
+                message=message,
+            )
+    if connection.vendor == "postgresql":
+        _decide_in_one_statement(
+            escalation,
+            decision,
+            new_status,
+            now,
+            clock=clock,
+            action=None if ran else action,
+            trace=trace,
+        )
+    elif not ran:
+        action.save(update_fields=["status", "approved_payload", "feedback", "execute_after"])
+        if trace is not None:
+            trace.save(force_insert=True)
     escalation.status = new_status
     escalation.decided_at = now
-    action = escalation.action
-    if escalation.audits_what_ran:
-        # An audit of an action that already ran alone: the verdict is evidence about it
-        # (the recommender and the drift test read it); the action and its run stay as they are.
-        notify.escalation_changed(escalation)
-        return decision
-    action.status = ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
-    if verdict == Verdict.APPROVE and edited_payload is not None:
-        action.approved_payload = edited_payload
-    # The engine settles the action on its own, whatever its siblings wait for: it is told
-    # the verdict, the words and who takes the work over if the fallback runs; the run's
-    # resume is queued (outbox, the priority queue) in this transaction.
-    settled = record_decision(
-        action=action,
-        verdict=verdict,
-        approved=verdict == Verdict.APPROVE,
-        text=reason,
-        by=user.get_username(),
-        owner=fallback_owner(user, escalation),
-        now=now,
-        run_status=run.status if run is not None else None,
-        marked=run is not None and run.marked,
-    )
-    action.save(update_fields=["status", "approved_payload", *settled])
-    if action.run_id is not None:
-        record_trace(
-            run_id=action.run_id,
-            kind=TraceKind.HUMAN if via != Via.SYSTEM else TraceKind.SYSTEM,
-            step_name=action.step_name,
-            actor=actor if actor is not None else user.get_username(),
-            message=message
-            or (
-                f"{user.get_username()} "
-                + ("answered instead of running" if verdict == Verdict.RESPOND else new_status)
-                + f" {action.action_type} via {via}"
-                + (f": {reason}" if reason else "")
-            ),
-            data={
-                "payload_diff": payload_diff(action.payload, edited_payload)
-                if edited_payload is not None
-                else None,
-                "escalation": str(escalation.pk),
-                "verdict": verdict,
-                "via": via,
-                "edited": edited_payload is not None,
-            },
-        )
+    # An audit of an action that already ran alone: the verdict is evidence about it (the
+    # recommender and the drift test read it); the action and its run stay as they are.
     notify.escalation_changed(escalation)
     return decision
 
 
-_INSERT_DECISION = (
-    "INSERT INTO {table} ({columns}) VALUES {row} ON CONFLICT DO NOTHING RETURNING id"
-)
+def _decision_trace(
+    action: Action,
+    escalation: Escalation,
+    user: User,
+    verdict: Verdict,
+    via: Via,
+    reason: str,
+    new_status: EscalationStatus,
+    edited_payload: dict[str, Any] | None,
+    *,
+    actor: str | None,
+    message: str | None,
+) -> TraceEvent:
+    assert action.run_id is not None
+    return TraceEvent(
+        run_id=action.run_id,
+        kind=TraceKind.HUMAN if via != Via.SYSTEM else TraceKind.SYSTEM,
+        step_name=action.step_name,
+        actor=actor if actor is not None else user.get_username(),
+        message=message
+        or (
+            f"{user.get_username()} "
+            + ("answered instead of running" if verdict == Verdict.RESPOND else new_status)
+            + f" {action.action_type} via {via}"
+            + (f": {reason}" if reason else "")
+        ),
+        data={
+            "payload_diff": payload_diff(action.payload, edited_payload)
+            if edited_payload is not None
+            else None,
+            "escalation": str(escalation.pk),
+            "verdict": verdict,
+            "via": via,
+            "edited": edited_payload is not None,
+        },
+    )
 
 
-def _insert_decision(decision: Decision, user: User) -> Decision:
-    """Write the one Decision: one statement (no savepoint) where the row's unique
-    escalation turns a second writer into AlreadyDecided rather than an aborted
-    transaction; the database's refusal of a service account raises NotAPerson."""
-    escalation = decision.escalation
-    if connection.vendor != "postgresql":
-        try:
-            with transaction.atomic():
-                decision.save(force_insert=True)
-        except IntegrityError as exc:
-            refused = _refused_decider(exc, user)
-            if refused is not None:
-                raise refused from None
-            escalation.refresh_from_db()
-            raise AlreadyDecided(escalation) from None
-        return decision
-    row, params = rows.values(decision)
-    sql = _INSERT_DECISION.format(
-        table=rows.table(Decision), columns=", ".join(rows.columns(Decision)), row=row
+def _lost(escalation: Escalation, now: Any) -> Exception:
+    """Why the conditional UPDATE found the escalation decided (or past its SLA)."""
+    escalation.refresh_from_db()
+    if escalation.is_undecided and _sla_passed(escalation, now):
+        return DeadlinePassed(escalation)
+    return AlreadyDecided(escalation)
+
+
+def _decide_with_the_orm(
+    escalation: Escalation, decision: Decision, new_status: str, now: Any, *, clock: bool
+) -> None:
+    """Embedded mode's SQLite: the conditional UPDATE, then the Decision."""
+    undecided = Escalation.objects.filter(pk=escalation.pk, status__in=UNDECIDED_STATUSES)
+    if clock:
+        undecided = undecided.filter(Q(sla_due_at__isnull=True) | Q(sla_due_at__gt=now))
+    # The conditional UPDATE is the race's referee: its row count says who won.
+    if not undecided.update(status=new_status, decided_at=now):
+        raise _lost(escalation, now)
+    try:
+        with transaction.atomic():
+            decision.save(force_insert=True)
+    except IntegrityError as exc:
+        refused = _refused_decider(exc, decision.decided_by)
+        if refused is not None:
+            raise refused from None
+        escalation.refresh_from_db()
+        raise AlreadyDecided(escalation) from None
+
+
+# Identifiers from the models' metadata only; every value is a parameter. The conditional
+# UPDATE is the race's referee; the rest is written only if it won (FROM won), the action's
+# change and its trace only if the Decision went in (its escalation is unique).
+_DECIDE = """
+WITH won AS (
+    UPDATE {escalations} SET status = %s, decided_at = %s
+    WHERE id = %s AND status = ANY(%s){clock} RETURNING id
+), decision AS (
+    INSERT INTO {decisions} ({decision_columns}) SELECT v.* FROM won, (VALUES {decision_row}) AS v
+    ON CONFLICT DO NOTHING RETURNING id
+){action}{trace}
+SELECT (SELECT count(*) FROM won), (SELECT id FROM decision)
+"""
+_DECIDE_CLOCK = " AND (sla_due_at IS NULL OR sla_due_at > %s)"
+_DECIDE_ACTION = """, action AS (
+    UPDATE {actions} SET status = %s, approved_payload = %s::jsonb, feedback = %s::jsonb,
+        execute_after = %s
+    WHERE id = %s AND EXISTS (SELECT 1 FROM decision)
+)"""
+_DECIDE_TRACE = """, trace AS (
+    INSERT INTO {traces} ({trace_columns}) SELECT v.* FROM decision, (VALUES {trace_row}) AS v
+)"""
+
+
+def _decide_in_one_statement(
+    escalation: Escalation,
+    decision: Decision,
+    new_status: str,
+    now: Any,
+    *,
+    clock: bool,
+    action: Action | None,
+    trace: TraceEvent | None,
+) -> None:
+    """The conditional UPDATE, the Decision, the action's change and its trace: one round
+    trip. Raises AlreadyDecided / DeadlinePassed when it lost, NotAPerson when the
+    database refuses the decider (the transaction is then aborted: nothing more is read)."""
+    decision_row, decision_params = rows.values(decision)
+    params: list[Any] = [new_status, now, escalation.pk, list(UNDECIDED_STATUSES)]
+    if clock:
+        params.append(now)
+    params += decision_params
+    action_sql = trace_sql = ""
+    if action is not None:
+        action_sql = _DECIDE_ACTION.format(actions=rows.table(Action))
+        json = connection.ops.adapt_json_value
+        params += [
+            action.status,
+            json(action.approved_payload, None) if action.approved_payload is not None else None,
+            json(action.feedback, None),
+            action.execute_after,
+            action.pk,
+        ]
+    if trace is not None:
+        trace_row, trace_params = rows.values(trace)
+        trace_sql = _DECIDE_TRACE.format(
+            traces=rows.table(TraceEvent),
+            trace_columns=", ".join(rows.columns(TraceEvent)),
+            trace_row=trace_row,
+        )
+        params += trace_params
+    sql = _DECIDE.format(
+        escalations=rows.table(Escalation),
+        clock=_DECIDE_CLOCK if clock else "",
+        decisions=rows.table(Decision),
+        decision_columns=", ".join(rows.columns(Decision)),
+        decision_row=decision_row,
+        action=action_sql,
+        trace=trace_sql,
     )
     try:
         with connection.cursor() as cur:
             cur.execute(sql, params)
-            inserted = cur.fetchone()
+            won, decided = cur.fetchone()
     except IntegrityError as exc:
-        # The transaction is aborted: nothing more is read in it (the caller's rolls back).
-        raise _refused_decider(exc, user) or exc from None
-    if inserted is None:
+        raise _refused_decider(exc, decision.decided_by) or exc from None
+    if not won:
+        raise _lost(escalation, now)
+    if decided is None:
         escalation.refresh_from_db()
         raise AlreadyDecided(escalation)
-    decision.pk = inserted[0]
+    decision.pk = decided
     rows.saved(decision)
-    return decision
 
 
 def fallback_owner(user: User, escalation: Escalation) -> str:
