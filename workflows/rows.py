@@ -10,6 +10,7 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Model
+from django.db.models.expressions import DatabaseDefault
 
 
 def columns(model: type[Model], *, skip: tuple[str, ...] = ()) -> list[str]:
@@ -29,8 +30,12 @@ def values(obj: Model, *, skip: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
     for f in _fields(type(obj)):
         if _auto(f) or f.attname in skip:
             continue
+        value = f.pre_save(obj, True)
+        if isinstance(value, DatabaseDefault):
+            # A field with a database default only: written by the ORM, not here.
+            raise TypeError(f"{f.model.__name__}.{f.name} has no value to write")
         placeholders.append(f"%s::{f.cast_db_type(connection)}")
-        params.append(f.get_db_prep_save(f.pre_save(obj, True), connection))
+        params.append(f.get_db_prep_save(value, connection))
     return "(" + ", ".join(placeholders) + ")", params
 
 
