@@ -31,8 +31,10 @@ def escalation(policies, ticket, django_capture_on_commit_callbacks) -> Escalati
 
 def _waiting(escalation: Escalation) -> WorkflowRun:
     """The run as the engine leaves it once its step waits for the person."""
-    WorkflowRun.objects.filter(pk=escalation.action.run_id).update(status=RunStatus.WAITING)
-    return WorkflowRun.objects.get(pk=escalation.action.run_id)
+    run_id = escalation.action.run_id
+    assert run_id is not None
+    WorkflowRun.objects.filter(pk=run_id).update(status=RunStatus.WAITING)
+    return WorkflowRun.objects.get(pk=run_id)
 
 
 @pytest.mark.django_db
