@@ -12,9 +12,10 @@ waits with `Wait(each=True)`, the engine resumes it as soon as one is settled, a
 - answered (Respond): returned to the step, whose agent revises its proposal;
 - still with a person, or in its undo window: the step waits again, for those only.
 
-`record_decision` is what the deciding transaction (escalations) calls: it tells the engine
-what the person said, in fields the engine reads without knowing escalations, and sends the
-run on, after commit, on the queue workers serve first.
+`record_decision` is what the deciding transaction (escalations) calls, holding the run's row
+(`lock_run`, its first lock): it tells the engine what the person said, in fields the engine
+reads without knowing escalations, and marks a waiting run ready for the drain of decided
+runs, woken after commit (a flag, not a message per decision).
 """
 
 from __future__ import annotations
