@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -10,10 +11,10 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from . import outbox
+from . import outbox, rows
 from .gate import Verdict, gate
 from .llm import model_label
 from .models import (
@@ -36,7 +37,8 @@ from .models import (
 )
 from .prompts.actions import pin_prompts
 from .specs import InvalidInput, check_input, digest, get_spec
-from .state import normalise, update_state, write_first_state, write_state
+from .state import _remember_digest as remember_digest
+from .state import chain_digest, normalise, update_state, write_first_state, write_state
 from .state import validate as validate_state
 from .tools import ToolError, get_action_type
 
@@ -49,24 +51,66 @@ _TRACE_BUFFER: ContextVar[list[TraceEvent] | None] = ContextVar("trace_buffer", 
 
 def record_trace(
     *,
-    run: WorkflowRun,
+    run: WorkflowRun | None = None,
     kind: TraceKind,
     message: str,
     step_name: str = "",
     data: dict[str, Any] | None = None,
     actor: str = "",
+    run_id: Any = None,
 ) -> TraceEvent:
     """Write a trace event, or, inside `buffered_trace`, keep it for that block's one INSERT
-    (the event then has no pk until the block ends)."""
+    (the event then has no pk until the block ends). `run_id` instead of `run`: for a
+    caller that has not read the run (and need not)."""
+    if run is not None:
+        run_id = run.pk
+    elif run_id is None:
+        raise ValueError("a trace event belongs to a run")
     event = TraceEvent(
-        run=run, kind=kind, message=message, step_name=step_name, data=data or {}, actor=actor
+        run_id=run_id,
+        kind=kind,
+        message=message,
+        step_name=step_name,
+        data=data or {},
+        actor=actor,
     )
+    if run is not None:
+        event.run = run
     buffer = _TRACE_BUFFER.get()
     if buffer is not None:
         buffer.append(event)
     else:
-        event.save(force_insert=True)
+        _insert_traces([event], returning=True)
     return event
+
+
+# Identifiers from the models' metadata only; every value is a parameter.
+_INSERT_TRACES = "INSERT INTO {table} ({columns}) VALUES {rows}{returning}"
+
+
+def _insert_traces(events: list[TraceEvent], *, returning: bool = False) -> None:
+    """One INSERT for `events`, composed here (the ORM's compiler was most of its cost);
+    with `returning`, each event gets its pk."""
+    if connection.vendor != "postgresql":
+        TraceEvent.objects.bulk_create(events)
+        return
+    listed, params = [], []
+    for event in events:
+        row, row_params = rows.values(event)
+        listed.append(row)
+        params += row_params
+    sql = _INSERT_TRACES.format(
+        table=rows.table(TraceEvent),
+        columns=", ".join(rows.columns(TraceEvent)),
+        rows=", ".join(listed),
+        returning=" RETURNING id" if returning else "",
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        if returning:
+            for event, (pk,) in zip(events, cur.fetchall(), strict=True):
+                event.pk = pk
+                rows.saved(event)
 
 
 @contextmanager
@@ -101,90 +145,212 @@ def start_run(
     force_sync: bool = False,
 ) -> WorkflowRun:
     """Create a run with its plan stored (the DAG, one StepRun per planned step, the initial
-    state as version 1), all in one transaction; after commit, the engine's drain is woken
-    (the pending run is what it claims, and what the reconciler finds should none come).
+    state as version 1, the prompt versions it keeps, the trace of its plan), all at once:
+    on PostgreSQL one statement, one round trip. After commit the engine's drain is woken
+    (the pending run is what it claims — the durable wake-up, no outbox row — and what the
+    reconciler finds should no wake-up come).
 
     Raises InvalidInput (nothing created) if the workflow cannot plan this input. With an
     `idempotency_key`, a second call returns the first run.
     """
     spec = get_spec(workflow, version)
-    if idempotency_key:
-        existing = WorkflowRun.objects.filter(idempotency_key=idempotency_key).first()
+    try:
+        check_input(spec.input_schema, input)
+        plan = spec.make_plan(input, force_sync=force_sync)
+    except InvalidInput:
+        existing = _started(idempotency_key)
         if existing is not None:
             return existing
-    check_input(spec.input_schema, input)
-    plan = spec.make_plan(input, force_sync=force_sync)
+        raise
     plan_json = [p.to_json() for p in plan]
     initial = normalise(spec.initial_state(input))
     validate_state(initial)
     now = timezone.now()
+    run = WorkflowRun(
+        workflow=spec.name,
+        workflow_version=spec.version,
+        input=input,
+        plan=plan_json,
+        plan_digest=digest(plan_json),
+        objective_digest=digest(input),
+        model_label=model_label(),
+        parent=parent,
+        idempotency_key=idempotency_key or None,
+        durable=spec.durable,
+        # Version 1 written with the row, and snapshotted with it.
+        state=initial,
+        state_version=1,
+        created_at=now,
+        updated_at=now,
+        deadline_at=now + timedelta(seconds=spec.timeout_seconds) if spec.timeout_seconds else None,
+    )
+    steps = [
+        StepRun(
+            run=run,
+            name=p.name,
+            template=p.template,
+            position=i,
+            mode=p.mode,
+            depends_on=list(p.depends_on),
+            max_attempts=p.max_attempts,
+            timeout_seconds=p.timeout_seconds,
+        )
+        for i, p in enumerate(plan)
+    ]
+    parallel = sum(1 for p in plan if p.mode == "async")
+    trace = TraceEvent(
+        run=run,
+        kind=TraceKind.SYSTEM,
+        message=f"run of {spec.title} v{spec.version} planned: {len(plan)} steps"
+        + (f" ({parallel} in parallel)" if parallel else "")
+        + ": "
+        + ", ".join(p.name for p in plan),
+        data={"plan": plan_json},
+        created_at=now,
+    )
+    changed = [d for d in initial if initial[d]]
+    if connection.vendor != "postgresql":
+        return _start_run_orm(spec, run, steps, trace, changed)
+    snapshot = None
+    if run.durable:
+        snapshot = RunSnapshot(
+            run=run,
+            version=1,
+            conversation=initial["conversation"],
+            workspace=initial["workspace"],
+            systemic=initial["systemic"],
+            changed=changed,
+            reason="initial state",
+            parent_digest="",
+            digest=chain_digest("", initial),
+        )
+    sql, params = _start_sql(spec.agent, run, steps, snapshot, trace)
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        agents, started = cur.fetchone()
+    if not started:
+        existing = _started(idempotency_key)
+        if existing is not None:
+            return existing
+        if not agents:
+            raise _no_profile(spec)
+        raise IntegrityError(f"run {run.pk} was not created")
+    run.agent_id = started
+    if snapshot is not None:
+        key, first = (run.pk, 1), snapshot.digest
+        transaction.on_commit(lambda: remember_digest(key, first))
+    # No message of its own, no outbox row: the pending run is the durable wake-up, claimed
+    # by the drain (one woken for any number of starts); the reconciler's scan is the
+    # safety net. Outside a transaction this runs at once: the statement has committed.
+    transaction.on_commit(outbox.wake_drain, robust=True)
+    return rows.saved(run)
+
+
+def _started(idempotency_key: str | None) -> WorkflowRun | None:
+    if not idempotency_key:
+        return None
+    return WorkflowRun.objects.filter(idempotency_key=idempotency_key).first()
+
+
+def _no_profile(spec: Any) -> InvalidInput:
+    return InvalidInput(
+        f"{spec.name} acts as agent {spec.agent!r}, which has no profile: create it "
+        "in the admin (Agent profiles) with the team that reviews its work"
+    )
+
+
+# Each INSERT takes its rows only if the run's went in (its agent has a profile, its
+# idempotency key is new): `FROM run`.
+_START = """
+WITH agent AS (SELECT id FROM {agents} WHERE name = %s ORDER BY id LIMIT 1),
+run AS (
+    INSERT INTO {runs} ({run_columns}, {agent_column}) SELECT {run_row}, agent.id FROM agent
+    ON CONFLICT ({key_column}) DO NOTHING RETURNING {agent_column}
+),
+pins AS (
+    INSERT INTO {pins} ({pin_columns}) SELECT %s::uuid, coalesce(
+        (SELECT jsonb_object_agg(name, version) FROM {prompts} WHERE status = %s), '{{}}'
+    ) FROM run
+){children}
+SELECT (SELECT count(*) FROM agent), (SELECT {agent_column} FROM run)
+"""
+
+# Identifiers from the models' metadata only; every value is a parameter.
+_START_CHILD = """,
+{name} AS (INSERT INTO {table} ({columns}) SELECT v.* FROM run, (VALUES {rows}) AS v)"""
+
+
+def _start_sql(
+    agent: str,
+    run: WorkflowRun,
+    steps: list[StepRun],
+    snapshot: RunSnapshot | None,
+    trace: TraceEvent,
+) -> tuple[str, list[Any]]:
+    """The one statement that writes a start's rows, and its parameters."""
+    from escalations.models import AgentProfile
+
+    from .prompts.models import PromptStatus, PromptVersion, RunPromptPins
+
+    qn = connection.ops.quote_name
+    run_row, run_params = rows.values(run, skip=("agent_id",))
+    params: list[Any] = [agent, *run_params, run.pk, PromptStatus.ACTIVE]
+    children = ""
+    for name, objs in (("steps", steps), ("snapshot", [snapshot]), ("trace", [trace])):
+        present = [o for o in objs if o is not None]
+        if not present:
+            continue
+        model = type(present[0])
+        listed = []
+        for obj in present:
+            row, row_params = rows.values(obj)
+            listed.append(row)
+            params += row_params
+        children += _START_CHILD.format(
+            name=name,
+            table=rows.table(model),
+            columns=", ".join(rows.columns(model)),
+            rows=", ".join(listed),
+        )
+    pin_columns = ", ".join(rows.columns(RunPromptPins))
+    sql = _START.format(
+        agents=rows.table(AgentProfile),
+        runs=rows.table(WorkflowRun),
+        run_columns=", ".join(rows.columns(WorkflowRun, skip=("agent_id",))),
+        agent_column=qn("agent_id"),
+        key_column=qn("idempotency_key"),
+        run_row=run_row[1:-1],
+        pins=rows.table(RunPromptPins),
+        pin_columns=pin_columns,
+        prompts=rows.table(PromptVersion),
+        children=children,
+    )
+    return sql, params
+
+
+def _start_run_orm(
+    spec: Any, run: WorkflowRun, steps: list[StepRun], trace: TraceEvent, changed: list[str]
+) -> WorkflowRun:
+    """start_run through the ORM, in one transaction: embedded mode's SQLite."""
     # The agent's profile is the layer above's model; the run's foreign key names it.
     profiles: Any = WorkflowRun._meta.get_field("agent").related_model._default_manager
     try:
         with transaction.atomic():
-            # Read in the run's transaction, not one of its own before it.
             agent = profiles.filter(name=spec.agent).first()
             if agent is None:
-                raise InvalidInput(
-                    f"{spec.name} acts as agent {spec.agent!r}, which has no profile: create it "
-                    "in the admin (Agent profiles) with the team that reviews its work"
-                )
-            run = WorkflowRun.objects.create(
-                workflow=spec.name,
-                workflow_version=spec.version,
-                agent=agent,
-                input=input,
-                plan=plan_json,
-                plan_digest=digest(plan_json),
-                objective_digest=digest(input),
-                model_label=model_label(),
-                parent=parent,
-                idempotency_key=idempotency_key or None,
-                durable=spec.durable,
-                # Version 1 written with the row (write_first_state snapshots it below).
-                state=initial,
-                state_version=1,
-                created_at=now,
-                updated_at=now,
-                deadline_at=now + timedelta(seconds=spec.timeout_seconds)
-                if spec.timeout_seconds
-                else None,
-            )
+                raise _no_profile(spec)
+            run.agent = agent
+            run.save(force_insert=True)
             # The run keeps the prompt versions live now, whatever is activated while it runs.
             pin_prompts(run=run, new=True)
-            StepRun.objects.bulk_create(
-                StepRun(
-                    run=run,
-                    name=p.name,
-                    template=p.template,
-                    position=i,
-                    mode=p.mode,
-                    depends_on=list(p.depends_on),
-                    max_attempts=p.max_attempts,
-                    timeout_seconds=p.timeout_seconds,
-                )
-                for i, p in enumerate(plan)
-            )
-            write_first_state(
-                run=run, changed=[d for d in initial if initial[d]], reason="initial state"
-            )
-            parallel = sum(1 for p in plan if p.mode == "async")
-            record_trace(
-                run=run,
-                kind=TraceKind.SYSTEM,
-                message=f"run of {spec.title} v{spec.version} planned: {len(plan)} steps"
-                + (f" ({parallel} in parallel)" if parallel else "")
-                + ": "
-                + ", ".join(p.name for p in plan),
-                data={"plan": plan_json},
-            )
-            # No message of its own, no outbox row: the pending run is the durable wake-up,
-            # claimed by the drain (one woken for any number of starts); the reconciler's
-            # scan is the safety net.
+            StepRun.objects.bulk_create(steps)
+            write_first_state(run=run, changed=changed, reason="initial state")
+            trace.save(force_insert=True)
             transaction.on_commit(outbox.wake_drain, robust=True)
     except IntegrityError:
-        if idempotency_key:
-            return WorkflowRun.objects.get(idempotency_key=idempotency_key)
+        existing = _started(run.idempotency_key)
+        if existing is not None:
+            return existing
         raise
     return run
 
@@ -245,6 +411,7 @@ def create_action(
     force_review_reasons: Sequence[str] = (),
     declared_irreversible: bool = False,
     revision_of: Action | None = None,
+    or_existing: bool = False,
 ) -> Action:
     """The one way an Action comes to exist: engine proposals, API submissions and the
     engine's own "needs attention" alike.
@@ -252,7 +419,9 @@ def create_action(
     Held against the registered gate (unless the caller brings its own `verdict`), written
     once with that verdict, and — when it needs a person — escalated in the same
     transaction. Precondition: inside the caller's transaction; the unique idempotency key
-    refuses a duplicate (IntegrityError), so callers look for an existing action first.
+    refuses a duplicate (IntegrityError), so callers look for an existing action first —
+    or pass `or_existing`: then a duplicate key returns the action that holds it (the
+    INSERT asks, no read before it; on PostgreSQL).
     """
     tool = get_action_type(action_type)
     evaluated = verdict is None
@@ -277,7 +446,7 @@ def create_action(
     )
     # Evaluated before the row exists, so it is written once, with its verdict (the
     # evaluation reads policies only, never the action).
-    action = Action.objects.create(
+    action = Action(
         audit_probability=probability,
         audit_sampled=sampled,
         run=run,
@@ -297,6 +466,8 @@ def create_action(
         revision_of=revision_of,
         revision_round=revision_of.revision_round + 1 if revision_of is not None else 0,
     )
+    if not _insert_action(action, or_existing=or_existing):
+        return Action.objects.get(idempotency_key=idempotency_key)
     if run is not None and evaluated:
         record_trace(
             run=run,
@@ -315,6 +486,32 @@ def create_action(
     elif sampled and (not tool.reversible or declared_irreversible):
         gate().audit(action=action, team_id=verdict.team_id)
     return action
+
+
+def _insert_action(action: Action, *, or_existing: bool) -> bool:
+    """Write a new action's row; False if `or_existing` and its key was taken already."""
+    if connection.vendor != "postgresql":
+        if or_existing and Action.objects.filter(idempotency_key=action.idempotency_key).exists():
+            return False
+        action.save(force_insert=True)
+        return True
+    row, params = rows.values(action)
+    sql = _INSERT_ACTION.format(
+        actions=rows.table(Action),
+        columns=", ".join(rows.columns(Action)),
+        row=row,
+        conflict=" ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1" if or_existing else "",
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        if or_existing and cur.fetchone() is None:
+            return False
+    rows.saved(action)
+    return True
+
+
+# Identifiers from the models' metadata only; every value is a parameter.
+_INSERT_ACTION = "INSERT INTO {actions} ({columns}) VALUES {row}{conflict}"
 
 
 def propose_action(
@@ -337,9 +534,6 @@ def propose_action(
     tool = get_action_type(action_type)
     round_ = revision_of.revision_round + 1 if revision_of is not None else 0
     key = f"{run.pk}:{step_name}:{action_type}" + (f":r{round_}" if round_ else "")
-    existing = Action.objects.filter(idempotency_key=key).first()
-    if existing is not None:
-        return existing
     return create_action(
         run=run,
         step_name=step_name,
@@ -351,6 +545,8 @@ def propose_action(
         idempotency_key=key,
         force_review_reasons=force_review_reasons,
         revision_of=revision_of,
+        # A step attempt again (the last one's commit lost): the action it proposed.
+        or_existing=True,
     )
 
 
@@ -392,10 +588,10 @@ def execute_action(*, action: Action) -> Action:
     """
     if action.status not in (ActionStatus.AUTO_APPROVED, ActionStatus.APPROVED):
         raise ValueError(f"cannot execute an action that is {action.status}")
-    recorded = Effect.objects.filter(key=action.idempotency_key).first()
+    recorded = _recorded_effect(action.idempotency_key)
     if recorded is not None:
-        log.info("effect %s already recorded; not applying again", recorded.key)
-        result = recorded.result
+        log.info("effect %s already recorded; not applying again", action.idempotency_key)
+        result = recorded
     else:
         tool = get_action_type(action.action_type)
         payload = action.payload_to_execute
@@ -413,8 +609,16 @@ def execute_action(*, action: Action) -> Action:
                     message=f"{action.action_type} failed: {exc}",
                 )
             return action
-        # A run's actions are executed under its row lock or by a step attempt its lease
-        # fences; an action outside a run may race another execution of itself.
+        action.status = ActionStatus.EXECUTED
+        action.result = result
+        action.executed_at = timezone.now()
+        if action.run_id is not None and connection.vendor == "postgresql":
+            # A run's actions are executed under its row lock or by a step attempt its
+            # lease fences (a duplicate key fails the attempt, see record_effect): the
+            # ledger row and the action's new status in one statement.
+            _record_executed(action, result)
+            return _executed(action, result)
+        # An action outside a run may race another execution of itself.
         result = record_effect(
             key=action.idempotency_key,
             result=result,
@@ -427,9 +631,64 @@ def execute_action(*, action: Action) -> Action:
     action.result = result
     action.executed_at = timezone.now()
     action.save(update_fields=["status", "result", "executed_at"])
-    if action.run is not None:
+    return _executed(action, result)
+
+
+def _recorded_effect(key: str) -> dict[str, Any] | None:
+    """The result the ledger holds for `key`, if any (asked before applying an effect)."""
+    if connection.vendor != "postgresql":
+        found = Effect.objects.filter(key=key).values_list("result", flat=True).first()
+        return None if found is None else dict(found)
+    with connection.cursor() as cur:
+        cur.execute(_RECORDED_EFFECT, [key])
+        row = cur.fetchone()
+    if row is None:
+        return None
+    value = row[0]
+    return dict(json.loads(value) if isinstance(value, str) else value)
+
+
+def _record_executed(action: Action, result: dict[str, Any]) -> None:
+    effect = Effect(
+        key=action.idempotency_key,
+        action=action,
+        run_id=action.run_id,
+        step_name=action.step_name,
+        result=result,
+    )
+    row, params = rows.values(effect)
+    sql = _RECORD_EXECUTED.format(
+        effects=rows.table(Effect),
+        columns=", ".join(rows.columns(Effect)),
+        row=row,
+        actions=rows.table(Action),
+    )
+    with connection.cursor() as cur:
+        cur.execute(
+            sql,
+            [
+                *params,
+                action.status,
+                connection.ops.adapt_json_value(result, None),
+                action.executed_at,
+                action.pk,
+            ],
+        )
+
+
+_RECORDED_EFFECT = "SELECT result FROM workflows_effect WHERE key = %s"
+# Identifiers from the models' metadata only; every value is a parameter.
+_RECORD_EXECUTED = """
+WITH effect AS (INSERT INTO {effects} ({columns}) VALUES {row})
+UPDATE {actions} SET status = %s, result = %s::jsonb, executed_at = %s WHERE id = %s
+"""
+
+
+def _executed(action: Action, result: dict[str, Any]) -> Action:
+    """After an action's effect is recorded: its trace, its audit if it was drawn."""
+    if action.run_id is not None:
         record_trace(
-            run=action.run,
+            run_id=action.run_id,
             kind=TraceKind.EXECUTED,
             step_name=action.step_name,
             message=f"executed {action.action_type}",

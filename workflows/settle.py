@@ -12,9 +12,10 @@ waits with `Wait(each=True)`, the engine resumes it as soon as one is settled, a
 - answered (Respond): returned to the step, whose agent revises its proposal;
 - still with a person, or in its undo window: the step waits again, for those only.
 
-`record_decision` is what the deciding transaction (escalations) calls: it tells the engine
-what the person said, in fields the engine reads without knowing escalations, and sends the
-run on, after commit, on the queue workers serve first.
+`record_decision` is what the deciding transaction (escalations) calls, holding the run's row
+(`lock_run`, its first lock): it tells the engine what the person said, in fields the engine
+reads without knowing escalations, and marks a waiting run ready for the drain of decided
+runs, woken after commit (a flag, not a message per decision).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from django.utils import timezone
 
 from . import outbox
 from .actions import execute_action
-from .models import Action, ActionStatus, Effect, TraceKind
+from .models import Action, ActionStatus, Effect, RunStatus, TraceKind, WorkflowRun
 from .tools import get_action_type
 
 if TYPE_CHECKING:
@@ -49,6 +50,42 @@ def undo_window_seconds(action_type: str) -> float:
     return float(override if override is not None else tool.undo_seconds)
 
 
+def lock_run(run_id: Any, *, ready_at: datetime | None = None) -> str | None:
+    """The deciding transaction's first lock: the run's row (FOR NO KEY UPDATE, waited
+    for), before the escalation's and the action's — the engine's order too (a round and a
+    step's commit take the run's row, then read the actions afresh under it), so a decision
+    and a round of its run are serialised: whichever commits second sees the other. With
+    `ready_at`, also marks the run ready for the drain if it is waiting (the caller is sure
+    to decide, or to roll back). Returns the run's status (None: no such run)."""
+    if connection.vendor != "postgresql":
+        # Embedded mode's SQLite: one writer at a time, the transaction is the lock.
+        status = WorkflowRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+        if ready_at is not None and status == RunStatus.WAITING:
+            WorkflowRun.objects.filter(pk=run_id).update(ready_at=ready_at)
+        return status
+    with connection.cursor() as cur:
+        if ready_at is None:
+            cur.execute(_LOCK_RUN, [run_id])
+        else:
+            cur.execute(_LOCK_AND_MARK_RUN, [ready_at, run_id])
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+_LOCK_RUN = "SELECT status FROM workflows_workflowrun WHERE id = %s FOR NO KEY UPDATE"
+# One statement: the lock, and the mark that makes the drain claim a waiting run.
+_LOCK_AND_MARK_RUN = """
+UPDATE workflows_workflowrun
+SET ready_at = CASE WHEN status = 'waiting' THEN %s ELSE ready_at END
+WHERE id = %s RETURNING status
+"""
+
+
+def resumes_at_once(*, action_type: str, approved: bool) -> bool:
+    """Whether a decision of this kind sends its run on at once (no undo window to wait out)."""
+    return not (approved and undo_window_seconds(action_type))
+
+
 def record_decision(
     *,
     action: Action,
@@ -58,52 +95,40 @@ def record_decision(
     by: str,
     owner: str,
     now: datetime,
+    run_status: str | None = None,
+    marked: bool = False,
 ) -> list[str]:
     """Precondition: inside the transaction that decides `action` (its status already set by
-    the caller). Sets what the engine reads and returns the fields to save with the status;
-    makes the run go on: at once, a waiting run is marked ready in this transaction and the
-    drain woken after commit; otherwise (a run not waiting, or held; an approved
-    irreversible action, at the end of its undo window) its resume is sent after commit on
-    the priority queue. Never lost: the reconciler finds a decided run that did not
-    resume."""
+    the caller) and, for an action of a run, holding the run's row lock (`lock_run`, taken
+    before the escalation's: `run_status` is what it returned; `marked`: it also marked the
+    run ready). Sets what the engine reads and returns the fields to save with the status;
+    makes the run go on:
+
+    - waiting: marked ready in this transaction (`ready_at`) and the drain woken after
+      commit (one flag, no message per decision): the drain claims it before any start;
+    - not waiting (a step or a round in flight): nothing to send — whatever is in flight
+      coordinates again under the run's row lock, after this commits, and reads the action
+      afresh there;
+    - an approved irreversible action: at the end of its undo window, a resume sent after
+      commit on the priority queue (the database timer, read by the wake-up beat, and the
+      reconciler are the backstops should it be lost)."""
     action.feedback = {"verdict": verdict, "text": text, "by": by, "owner": owner}
     window = undo_window_seconds(action.action_type) if approved and action.run_id else 0.0
     action.execute_after = now + timedelta(seconds=window) if window else None
-    if action.run_id is not None and not window and _ready_to_resume(action.run_id, now):
+    if action.run_id is None:
+        return ["feedback", "execute_after"]
+    if window:
+        # A moment after the window, so the resume finds it over. No outbox row: the
+        # decided action is what the reconciler finds should the send be lost.
+        outbox.send_after_commit(outbox.RESUME, str(action.run_id), countdown=window + 0.2)
+    elif run_status == RunStatus.WAITING:
+        if not marked:
+            WorkflowRun.objects.filter(pk=action.run_id, status=RunStatus.WAITING).update(
+                ready_at=now
+            )
         # Queued in this transaction: the drain claims it, resumes before starts.
         transaction.on_commit(lambda: outbox.wake_drain(outbox.DRAIN_RESUMES), robust=True)
-    elif action.run_id is not None:
-        # A moment after the window, so the resume finds it over (the database timer, read
-        # by the wake-up beat, is the backstop if this message is lost).
-        # No outbox row: the decided action is what the reconciler finds (a waiting run none
-        # of whose actions waits on a person) should the send be lost.
-        outbox.send_after_commit(
-            outbox.RESUME, str(action.run_id), countdown=window + 0.2 if window else 0
-        )
     return ["feedback", "execute_after"]
-
-
-# The run's row only if it is waiting and nobody holds it: never waited for, so the deciding
-# transaction takes no lock out of the engine's order (a step settling its actions holds
-# them, then takes the run's row) and can never deadlock with it.
-_READY_TO_RESUME = """
-UPDATE workflows_workflowrun SET ready_at = %s
-WHERE id = (
-    SELECT id FROM workflows_workflowrun WHERE id = %s AND status = 'waiting'
-    FOR NO KEY UPDATE SKIP LOCKED
-)
-"""
-
-
-def _ready_to_resume(run_id: Any, now: datetime) -> bool:
-    """Mark a waiting run ready for the drain, in the deciding transaction; False if it is
-    not waiting or someone holds its row (a coordinator committing, a cancel): then the
-    resume is sent as a task, and whoever holds the row re-reads the actions under it."""
-    if connection.vendor != "postgresql":
-        return False
-    with connection.cursor() as cur:
-        cur.execute(_READY_TO_RESUME, [now, run_id])
-        return cur.rowcount == 1
 
 
 def record_undo(*, action: Action) -> list[str]:
@@ -136,15 +161,36 @@ class Settled:
 
 def settle_actions(ctx: StepContext, actions: Iterable[Action]) -> Settled:
     """Settle what can be settled now. Precondition: inside the step attempt's transaction
-    (its lease fences the commit). Each action's row is locked first, so an undo racing the
-    end of the window either wins (the action is back with a person) or finds it executed."""
+    (its lease fences the commit). Each decided action's row is locked first, so an undo
+    racing the end of the window either wins (the action is back with a person) or finds it
+    executed.
+
+    An action still with a person is not locked: a decision takes the run's row before the
+    action's, and this attempt takes the run's row only at its commit — holding the
+    action's until then would close a cycle. It is left pending; should a decision commit
+    meanwhile, the commit's round reads it afresh under the run's row and resumes the step."""
     now = timezone.now()
     ids = [a.pk for a in actions]
     out = Settled()
     if not ids:
         return out
-    locked = Action.objects.select_for_update(of=("self",)).filter(pk__in=ids)
-    for action in locked.order_by("created_at"):
+    locked = list(
+        Action.objects.select_for_update(of=("self",))
+        .filter(pk__in=ids)
+        .exclude(status=ActionStatus.ESCALATED)
+        .order_by("created_at")
+    )
+    if len(locked) < len(ids):
+        seen = {a.pk for a in locked}
+        # Read unlocked, whatever it is by now: waited for again, and settled by a later
+        # round of the step, under its lock.
+        out.pending += [
+            a
+            for a in Action.objects.filter(pk__in=[i for i in ids if i not in seen]).order_by(
+                "created_at"
+            )
+        ]
+    for action in locked:
         action.run = ctx.run
         status = action.status
         if status in (ActionStatus.AUTO_APPROVED, ActionStatus.APPROVED):

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
+from django.http import Http404
 from django.utils import timezone
 
-from workflows import outbox
+from workflows import outbox, rows
 from workflows.actions import record_trace
-from workflows.models import Action, ActionStatus, Effect, TraceKind
-from workflows.settle import record_decision, record_undo
+from workflows.models import Action, ActionStatus, Effect, TraceEvent, TraceKind
+from workflows.settle import lock_run, record_decision, record_undo, resumes_at_once
 from workflows.tools import ACTION_TYPES, ToolError, get_action_type
 
 from .. import notify
-from ..access import get_escalation_for
+from ..access import escalations_for, get_escalation_for
 from ..models import (
     UNDECIDED_STATUSES,
     Approval,
@@ -53,9 +55,9 @@ def trace_escalation(
 ) -> None:
     """Record `message` on the run of the escalated `action` (if it has a run), the row
     carrying the escalation's id beside `data`."""
-    if action.run is not None:
+    if action.run_id is not None:
         record_trace(
-            run=action.run,
+            run_id=action.run_id,
             kind=kind,
             step_name=action.step_name,
             actor=actor,
@@ -287,28 +289,44 @@ def decide_escalation(
         raise ValidationError({"edited_payload": "The edited payload must be a JSON object."})
 
     with transaction.atomic():
-        escalation = get_escalation_for(user, escalation_id)
-        if agent_id is not None and escalation.action.agent_id == agent_id:
+        escalation = _escalation_to_decide(user, escalation_id)
+        action = escalation.action
+        if agent_id is not None and action.agent_id == agent_id:
             raise OwnEscalation("An agent never decides an escalation of its own action.")
         if verdict == Verdict.RESPOND and escalation.audits_what_ran:
             raise ValidationError({NON_FIELD_ERRORS: "It already ran: judge it right or wrong."})
-        if (
-            verdict == Verdict.APPROVE
-            and escalation.is_undecided
-            and _sla_passed(escalation, timezone.now())
-        ):
+        now = timezone.now()
+        if verdict == Verdict.APPROVE and escalation.is_undecided and _sla_passed(escalation, now):
             raise DeadlinePassed(escalation)
         if verdict == Verdict.APPROVE and edited_payload is not None:
-            edited_payload = _checked_edit(escalation.action, edited_payload)
-        if verdict == Verdict.APPROVE and escalation.needs_quorum:
-            if edited_payload is not None:
-                raise ValidationError(
-                    {
-                        "edited_payload": "This needs several approvals of the same action, so "
-                        "it cannot be edited: reject it and say what should change."
-                    }
+            edited_payload = _checked_edit(action, edited_payload)
+        quorum = verdict == Verdict.APPROVE and escalation.needs_quorum
+        if quorum and edited_payload is not None:
+            raise ValidationError(
+                {
+                    "edited_payload": "This needs several approvals of the same action, so "
+                    "it cannot be edited: reject it and say what should change."
+                }
+            )
+        run = None
+        if action.run_id is not None:
+            # The run's row first, before the escalation's and the action's (see
+            # workflows.settle.lock_run). A decision that will resume it at once marks it
+            # ready in the same statement: anything short of deciding raises, and rolls the
+            # mark back with the rest.
+            mark = (
+                not quorum
+                and not escalation.audits_what_ran
+                and resumes_at_once(
+                    action_type=action.action_type, approved=verdict == Verdict.APPROVE
                 )
-            return _approve_towards_quorum(escalation=escalation, user=user, via=via, reason=reason)
+            )
+            status = lock_run(action.run_id, ready_at=now if mark else None)
+            run = RunLocked(status=status, marked=mark)
+        if quorum:
+            return _approve_towards_quorum(
+                escalation=escalation, user=user, via=via, reason=reason, run=run
+            )
         new_status = (
             EscalationStatus.APPROVED if verdict == Verdict.APPROVE else EscalationStatus.REJECTED
         )
@@ -320,7 +338,34 @@ def decide_escalation(
             reason=reason,
             new_status=new_status,
             edited_payload=edited_payload,
+            run=run,
         )
+
+
+@dataclass(frozen=True)
+class RunLocked:
+    """What the deciding transaction learnt taking the run's row lock (settle.lock_run)."""
+
+    status: str | None
+    # The same statement marked it ready for the drain (if it was waiting).
+    marked: bool = False
+
+
+def lock_run_of(action: Action) -> RunLocked | None:
+    """For a decider that did not take the run's row first (its caller locked nothing of
+    the escalation's before): take it now. None for an action outside a run."""
+    if action.run_id is None:
+        return None
+    return RunLocked(status=lock_run(action.run_id))
+
+
+def _escalation_to_decide(user: User, pk: uuid.UUID | str) -> Escalation:
+    """get_escalation_for, reading only what a decision needs: the action and the team, not
+    the run (its state, plan and input, decoded for nothing) nor the agent (its id will do)."""
+    try:
+        return escalations_for(user).select_related("action", "team").get(pk=pk)
+    except (Escalation.DoesNotExist, ValueError):
+        raise Http404("No such escalation") from None
 
 
 def _checked_edit(action: Action, edited: dict[str, Any]) -> dict[str, Any] | None:
@@ -344,90 +389,244 @@ def finalise_decision(
     edited_payload: dict[str, Any] | None = None,
     actor: str | None = None,
     message: str | None = None,
+    run: RunLocked | None = None,
 ) -> Decision:
     """Write the one Decision, move the action, re-enqueue the run. Inside a transaction.
 
     Raises AlreadyDecided if the escalation is no longer undecided: whoever calls this —
     a person, the last quorum approver, the SLA timer — races through the same conditional
     UPDATE, so exactly one outcome is ever recorded.
+
+    `run`: the caller took the run's row lock first (`lock_run_of`), before any lock on the
+    escalation; without it, it is taken here, which is only safe for a caller that holds
+    no lock of the escalation's or the action's yet.
     """
     now = timezone.now()
+    if run is None:
+        run = lock_run_of(escalation.action)
+    action = escalation.action
+    # Read before the action moves: an audit of an action that already ran alone.
+    ran = escalation.audits_what_ran
+    decision = Decision(
+        escalation=escalation,
+        verdict=verdict,
+        decided_by=user,
+        via=via,
+        reason=reason,
+        edited_payload=edited_payload,
+    )
+    # A person's approval loses to the SLA's clock even before the sweep handles it.
+    clock = verdict == Verdict.APPROVE and via != Via.SYSTEM
+    if connection.vendor != "postgresql":
+        _decide_with_the_orm(escalation, decision, new_status, now, clock=clock)
+    trace = None
+    if not ran:
+        action.status = (
+            ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
+        )
+        if verdict == Verdict.APPROVE and edited_payload is not None:
+            action.approved_payload = edited_payload
+        # The engine settles the action on its own, whatever its siblings wait for: it is
+        # told the verdict, the words and who takes the work over if the fallback runs; the
+        # run is marked ready (or its resume sent) in this transaction. Should the decision
+        # lose below, the transaction rolls back (the SLA timer, which commits what it did
+        # instead, may leave a mark or a wake-up that finds nothing to do: harmless).
+        record_decision(
+            action=action,
+            verdict=verdict,
+            approved=verdict == Verdict.APPROVE,
+            text=reason,
+            by=user.get_username(),
+            owner=fallback_owner(user, escalation),
+            now=now,
+            run_status=run.status if run is not None else None,
+            marked=run is not None and run.marked,
+        )
+        if action.run_id is not None:
+            trace = _decision_trace(
+                action,
+                escalation,
+                user,
+                verdict,
+                via,
+                reason,
+                new_status,
+                edited_payload,
+                actor=actor,
+                message=message,
+            )
+    if connection.vendor == "postgresql":
+        _decide_in_one_statement(
+            escalation,
+            decision,
+            new_status,
+            now,
+            clock=clock,
+            action=None if ran else action,
+            trace=trace,
+        )
+    elif not ran:
+        action.save(update_fields=["status", "approved_payload", "feedback", "execute_after"])
+        if trace is not None:
+            trace.save(force_insert=True)
+    escalation.status = new_status
+    escalation.decided_at = now
+    # An audit of an action that already ran alone: the verdict is evidence about it (the
+    # recommender and the drift test read it); the action and its run stay as they are.
+    notify.escalation_changed(escalation)
+    return decision
+
+
+def _decision_trace(
+    action: Action,
+    escalation: Escalation,
+    user: User,
+    verdict: Verdict,
+    via: Via,
+    reason: str,
+    new_status: EscalationStatus,
+    edited_payload: dict[str, Any] | None,
+    *,
+    actor: str | None,
+    message: str | None,
+) -> TraceEvent:
+    assert action.run_id is not None
+    return TraceEvent(
+        run_id=action.run_id,
+        kind=TraceKind.HUMAN if via != Via.SYSTEM else TraceKind.SYSTEM,
+        step_name=action.step_name,
+        actor=actor if actor is not None else user.get_username(),
+        message=message
+        or (
+            f"{user.get_username()} "
+            + ("answered instead of running" if verdict == Verdict.RESPOND else new_status)
+            + f" {action.action_type} via {via}"
+            + (f": {reason}" if reason else "")
+        ),
+        data={
+            "payload_diff": payload_diff(action.payload, edited_payload)
+            if edited_payload is not None
+            else None,
+            "escalation": str(escalation.pk),
+            "verdict": verdict,
+            "via": via,
+            "edited": edited_payload is not None,
+        },
+    )
+
+
+def _lost(escalation: Escalation, now: Any) -> Exception:
+    """Why the conditional UPDATE found the escalation decided (or past its SLA)."""
+    escalation.refresh_from_db()
+    if escalation.is_undecided and _sla_passed(escalation, now):
+        return DeadlinePassed(escalation)
+    return AlreadyDecided(escalation)
+
+
+def _decide_with_the_orm(
+    escalation: Escalation, decision: Decision, new_status: str, now: Any, *, clock: bool
+) -> None:
+    """Embedded mode's SQLite: the conditional UPDATE, then the Decision."""
     undecided = Escalation.objects.filter(pk=escalation.pk, status__in=UNDECIDED_STATUSES)
-    if verdict == Verdict.APPROVE and via != Via.SYSTEM:
-        # A person's approval loses to the SLA's clock even before the sweep handles it.
+    if clock:
         undecided = undecided.filter(Q(sla_due_at__isnull=True) | Q(sla_due_at__gt=now))
     # The conditional UPDATE is the race's referee: its row count says who won.
-    won = undecided.update(status=new_status, decided_at=now)
-    if not won:
-        escalation.refresh_from_db()
-        if escalation.is_undecided and _sla_passed(escalation, now):
-            raise DeadlinePassed(escalation)
-        raise AlreadyDecided(escalation)
+    if not undecided.update(status=new_status, decided_at=now):
+        raise _lost(escalation, now)
     try:
         with transaction.atomic():
-            decision = Decision.objects.create(
-                escalation=escalation,
-                verdict=verdict,
-                decided_by=user,
-                via=via,
-                reason=reason,
-                edited_payload=edited_payload,
-            )
+            decision.save(force_insert=True)
     except IntegrityError as exc:
-        refused = _refused_decider(exc, user)
+        refused = _refused_decider(exc, decision.decided_by)
         if refused is not None:
             raise refused from None
         escalation.refresh_from_db()
         raise AlreadyDecided(escalation) from None
-    escalation.status = new_status
-    escalation.decided_at = now
-    action = escalation.action
-    if escalation.audits_what_ran:
-        # An audit of an action that already ran alone: the verdict is evidence about it
-        # (the recommender and the drift test read it); the action and its run stay as they are.
-        notify.escalation_changed(escalation)
-        return decision
-    action.status = ActionStatus.APPROVED if verdict == Verdict.APPROVE else ActionStatus.REJECTED
-    if verdict == Verdict.APPROVE and edited_payload is not None:
-        action.approved_payload = edited_payload
-    # The engine settles the action on its own, whatever its siblings wait for: it is told
-    # the verdict, the words and who takes the work over if the fallback runs; the run's
-    # resume is queued (outbox, the priority queue) in this transaction.
-    settled = record_decision(
-        action=action,
-        verdict=verdict,
-        approved=verdict == Verdict.APPROVE,
-        text=reason,
-        by=user.get_username(),
-        owner=fallback_owner(user, escalation),
-        now=now,
-    )
-    action.save(update_fields=["status", "approved_payload", *settled])
-    if action.run is not None:
-        record_trace(
-            run=action.run,
-            kind=TraceKind.HUMAN if via != Via.SYSTEM else TraceKind.SYSTEM,
-            step_name=action.step_name,
-            actor=actor if actor is not None else user.get_username(),
-            message=message
-            or (
-                f"{user.get_username()} "
-                + ("answered instead of running" if verdict == Verdict.RESPOND else new_status)
-                + f" {action.action_type} via {via}"
-                + (f": {reason}" if reason else "")
-            ),
-            data={
-                "payload_diff": payload_diff(action.payload, edited_payload)
-                if edited_payload is not None
-                else None,
-                "escalation": str(escalation.pk),
-                "verdict": verdict,
-                "via": via,
-                "edited": edited_payload is not None,
-            },
+
+
+# Identifiers from the models' metadata only; every value is a parameter. The conditional
+# UPDATE is the race's referee; the rest is written only if it won (FROM won), the action's
+# change and its trace only if the Decision went in (its escalation is unique).
+_DECIDE = """
+WITH won AS (
+    UPDATE {escalations} SET status = %s, decided_at = %s
+    WHERE id = %s AND status = ANY(%s){clock} RETURNING id
+), decision AS (
+    INSERT INTO {decisions} ({decision_columns}) SELECT v.* FROM won, (VALUES {decision_row}) AS v
+    ON CONFLICT DO NOTHING RETURNING id
+){action}{trace}
+SELECT (SELECT count(*) FROM won), (SELECT id FROM decision)
+"""
+_DECIDE_CLOCK = " AND (sla_due_at IS NULL OR sla_due_at > %s)"
+_DECIDE_ACTION = """, action AS (
+    UPDATE {actions} SET status = %s, approved_payload = %s::jsonb, feedback = %s::jsonb,
+        execute_after = %s
+    WHERE id = %s AND EXISTS (SELECT 1 FROM decision)
+)"""
+_DECIDE_TRACE = """, trace AS (
+    INSERT INTO {traces} ({trace_columns}) SELECT v.* FROM decision, (VALUES {trace_row}) AS v
+)"""
+
+
+def _decide_in_one_statement(
+    escalation: Escalation,
+    decision: Decision,
+    new_status: str,
+    now: Any,
+    *,
+    clock: bool,
+    action: Action | None,
+    trace: TraceEvent | None,
+) -> None:
+    """The conditional UPDATE, the Decision, the action's change and its trace: one round
+    trip. Raises AlreadyDecided / DeadlinePassed when it lost, NotAPerson when the
+    database refuses the decider (the transaction is then aborted: nothing more is read)."""
+    decision_row, decision_params = rows.values(decision)
+    params: list[Any] = [new_status, now, escalation.pk, list(UNDECIDED_STATUSES)]
+    if clock:
+        params.append(now)
+    params += decision_params
+    action_sql = trace_sql = ""
+    if action is not None:
+        action_sql = _DECIDE_ACTION.format(actions=rows.table(Action))
+        json = connection.ops.adapt_json_value
+        params += [
+            action.status,
+            json(action.approved_payload, None) if action.approved_payload is not None else None,
+            json(action.feedback, None),
+            action.execute_after,
+            action.pk,
+        ]
+    if trace is not None:
+        trace_row, trace_params = rows.values(trace)
+        trace_sql = _DECIDE_TRACE.format(
+            traces=rows.table(TraceEvent),
+            trace_columns=", ".join(rows.columns(TraceEvent)),
+            trace_row=trace_row,
         )
-    notify.escalation_changed(escalation)
-    return decision
+        params += trace_params
+    sql = _DECIDE.format(
+        escalations=rows.table(Escalation),
+        clock=_DECIDE_CLOCK if clock else "",
+        decisions=rows.table(Decision),
+        decision_columns=", ".join(rows.columns(Decision)),
+        decision_row=decision_row,
+        action=action_sql,
+        trace=trace_sql,
+    )
+    try:
+        with connection.cursor() as cur:
+            cur.execute(sql, params)
+            won, decided = cur.fetchone()
+    except IntegrityError as exc:
+        raise _refused_decider(exc, decision.decided_by) or exc from None
+    if not won:
+        raise _lost(escalation, now)
+    if decided is None:
+        escalation.refresh_from_db()
+        raise AlreadyDecided(escalation)
+    decision.pk = decided
+    rows.saved(decision)
 
 
 def fallback_owner(user: User, escalation: Escalation) -> str:
@@ -506,7 +705,7 @@ def undo_approval(
 
 
 def _approve_towards_quorum(
-    *, escalation: Escalation, user: User, via: Via, reason: str
+    *, escalation: Escalation, user: User, via: Via, reason: str, run: RunLocked | None
 ) -> Decision | Approval:
     """One distinct reviewer's approval; the last one needed decides. Inside a transaction.
 
@@ -543,6 +742,7 @@ def _approve_towards_quorum(
             via=via,
             reason=reason,
             new_status=EscalationStatus.APPROVED,
+            run=run,
             message=f"{user.get_username()} approved {action.action_type} via {via}, "
             f"completing the quorum ({', '.join(approvers)}: {len(approvers)} of {required})"
             + (f": {reason}" if reason else ""),

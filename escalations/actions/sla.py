@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from workflows.models import TraceKind
+from workflows.settle import lock_run
 
 from .. import notify
 from ..models import (
@@ -30,7 +31,7 @@ from ..models import (
     Verdict,
     Via,
 )
-from .decisions import AlreadyDecided, finalise_decision, trace_escalation
+from .decisions import AlreadyDecided, RunLocked, finalise_decision, trace_escalation
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,14 @@ def handle_sla_breach(*, escalation_id: uuid.UUID | str, now: datetime | None = 
     """
     now = now or timezone.now()
     with transaction.atomic():
+        # The run's row before the escalation's, as every decision takes them (a person's
+        # decision racing this one would otherwise wait on it the other way round).
+        run_id = (
+            Escalation.objects.filter(pk=escalation_id)
+            .values_list("action__run_id", flat=True)
+            .first()
+        )
+        run = RunLocked(status=lock_run(run_id)) if run_id is not None else None
         escalation = (
             Escalation.objects.select_for_update()
             .filter(pk=escalation_id, status__in=UNDECIDED_STATUSES, sla_due_at__lte=now)
@@ -142,6 +151,7 @@ def handle_sla_breach(*, escalation_id: uuid.UUID | str, now: datetime | None = 
                     via=Via.SYSTEM,
                     reason=reason,
                     new_status=EscalationStatus.EXPIRED,
+                    run=run,
                     actor="caliber",
                     message=f"SLA expired at {old_team_name}: {action_type} "
                     f"{'approved' if verdict == Verdict.APPROVE else 'rejected'} "

@@ -10,7 +10,7 @@ from escalations.actions import AlreadyDecided, decide_escalation
 from escalations.models import AgentProfile, Decision, Escalation, EscalationStatus, Verdict, Via
 from workflows.actions import propose_action, start_run
 from workflows.models import Action, ActionStatus, Outbox, RunStatus, WorkflowRun
-from workflows.outbox import RESUME
+from workflows.outbox import DRAIN_RESUMES, RESUME
 
 
 @pytest.fixture
@@ -29,48 +29,82 @@ def escalation(policies, ticket, django_capture_on_commit_callbacks) -> Escalati
     return action.escalation
 
 
+def _waiting(escalation: Escalation) -> WorkflowRun:
+    """The run as the engine leaves it once its step waits for the person."""
+    run_id = escalation.action.run_id
+    assert run_id is not None
+    WorkflowRun.objects.filter(pk=run_id).update(status=RunStatus.WAITING)
+    return WorkflowRun.objects.get(pk=run_id)
+
+
 @pytest.mark.django_db
 def test_approving_records_one_decision_and_approves_the_action(
     escalation, alice, django_capture_on_commit_callbacks
 ):
+    run = _waiting(escalation)
     with django_capture_on_commit_callbacks() as callbacks:
         decision = decide_escalation(
             escalation_id=escalation.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB
         )
     assert decision.decided_by == alice
+    assert Decision.objects.get(escalation=escalation).pk == decision.pk
     escalation.refresh_from_db()
     assert escalation.status == EscalationStatus.APPROVED
     assert Action.objects.get(pk=escalation.action_id).status == ActionStatus.APPROVED
-    # The run's resume is sent (on the priority queue) and every transport told, all only
-    # after commit; no outbox row: the decided run is what the reconciler would find.
+    # The waiting run is marked ready in the deciding transaction: the drain of decided
+    # runs claims it. No resume task, no outbox row: one wake-up flag for the drain,
+    # and every transport told, all only after commit.
+    run.refresh_from_db()
+    assert run.ready_at is not None
     names = [c.__qualname__ for c in callbacks]
-    assert any(n.startswith("send_after_commit") for n in names)
+    assert not any(n.startswith("send_after_commit") for n in names)
     # The live queue, long-polls and the rest hear of it through the events module's
     # one after-commit dispatch.
     assert any(n.startswith("publish") for n in names)
-    assert not Outbox.objects.filter(task=RESUME).exists()
-    run_id = str(escalation.action.run_id)
-    with mock.patch("workflows.outbox.send") as send:
+    assert not Outbox.objects.filter(task__in=[RESUME, DRAIN_RESUMES]).exists()
+    with (
+        mock.patch("workflows.outbox.send") as send,
+        mock.patch("workflows.outbox._broker_client", return_value=None),
+    ):
         for c in callbacks:
-            if c.__qualname__.startswith("send_after_commit"):
+            if c.__qualname__.startswith("record_decision"):
                 c()
-    send.assert_called_once_with(RESUME, [run_id], mock.ANY)
+    send.assert_called_once_with(DRAIN_RESUMES, [], 0)
 
 
 @pytest.mark.django_db
-def test_a_resume_the_broker_refused_is_kept_in_the_outbox_for_beat(
+def test_a_decision_on_a_run_not_waiting_sends_nothing(
     escalation, alice, django_capture_on_commit_callbacks
 ):
+    """The run is not waiting: a step or a round of it is in flight, which coordinates
+    again under the run's row lock once this decision commits, and reads the action there."""
+    with django_capture_on_commit_callbacks() as callbacks:
+        decide_escalation(
+            escalation_id=escalation.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB
+        )
+    run = WorkflowRun.objects.get(pk=escalation.action.run_id)
+    assert run.status == RunStatus.PENDING and run.ready_at is None
+    names = [c.__qualname__ for c in callbacks]
+    assert not any(n.startswith(("send_after_commit", "record_decision")) for n in names)
+
+
+@pytest.mark.django_db
+def test_a_wake_up_the_broker_refused_is_kept_in_the_outbox_for_beat(
+    escalation, alice, django_capture_on_commit_callbacks
+):
+    _waiting(escalation)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         decide_escalation(
             escalation_id=escalation.pk, user=alice, verdict=Verdict.APPROVE, via=Via.WEB
         )
-    with mock.patch("workflows.outbox.send", side_effect=ConnectionError("broker down")):
+    with (
+        mock.patch("workflows.outbox.send", side_effect=ConnectionError("broker down")),
+        mock.patch("workflows.outbox._broker_client", return_value=None),
+    ):
         for c in callbacks:
-            if c.__qualname__.startswith("send_after_commit"):
+            if c.__qualname__.startswith("record_decision"):
                 c()
-    [row] = Outbox.objects.filter(task=RESUME)
-    assert row.args == [str(escalation.action.run_id)]
+    [row] = Outbox.objects.filter(task=DRAIN_RESUMES)
     assert row.attempts == 1 and "broker down" in row.last_error
 
 

@@ -141,47 +141,6 @@ def test_a_decision_marks_the_waiting_run_ready_and_the_drain_resumes_it_first(
     assert decided.ready_at is None
 
 
-def test_a_decision_on_a_run_someone_holds_sends_its_resume_instead(
-    review_peer, inline_tasks, admin_user
-):
-    """The deciding transaction never waits for the run's row (a step settling its actions
-    holds them, then takes the row: waiting would risk a deadlock). Held: a resume task,
-    and the holder re-reads the actions under that lock."""
-    import threading
-
-    from django.db import connection, transaction
-
-    from bench.bench_e2e import approve_open
-    from workflows.outbox import RESUME
-
-    run = _waiting(inline_tasks, review_peer)
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        try:
-            with transaction.atomic():
-                WorkflowRun.objects.select_for_update(no_key=True).get(pk=run.pk)
-                held.set()
-                release.wait(10)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(10)
-        assert approve_open(admin_user) == 1
-    finally:
-        release.set()
-        holder.join(10)
-    run.refresh_from_db()
-    assert run.ready_at is None
-    assert [(t, a) for _, t, a in inline_tasks.sent] == [(RESUME, [str(run.pk)])]
-    inline_tasks.drain()
-    run.refresh_from_db()
-    assert run.status == RunStatus.SUCCEEDED, run.error
-
-
 def test_a_decision_between_the_steps_read_and_its_commit_is_not_lost(
     review_peer, inline_tasks, admin_user
 ):
@@ -217,8 +176,8 @@ def test_a_decision_between_the_steps_read_and_its_commit_is_not_lost(
         mp.setattr(engine, "_commit", commit)
         inline_tasks.drain()
     assert decided == [1]
-    # It found the run running: its resume went as a task (a no-op by then).
-    assert ("workflows.tasks.resume_run", [str(run.pk)]) in inline_tasks.delivered
+    # It found the run running: nothing to send (the step's commit read it under the lock).
+    assert "workflows.tasks.resume_run" not in [t for t, _ in inline_tasks.delivered]
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.trace.filter(message__startswith="waiting").count() == 1

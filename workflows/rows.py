@@ -1,0 +1,58 @@
+"""Rows written as SQL the edges of a run compose themselves (one statement for a start's
+rows; an INSERT … ON CONFLICT for a decision), from model instances built in memory: the
+values are what the ORM would write (defaults, `pre_save`, each field's adaptation), only
+the query compiler — most of the ORM's CPU on a write — is not paid. PostgreSQL only:
+callers keep the ORM for embedded mode's SQLite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connection
+from django.db.models import Model
+from django.db.models.expressions import DatabaseDefault
+
+
+def columns(model: type[Model], *, skip: tuple[str, ...] = ()) -> list[str]:
+    """The quoted columns an INSERT of `model` writes: every concrete field but an
+    auto-incremented primary key and those named in `skip` (attnames)."""
+    return [
+        connection.ops.quote_name(f.column)
+        for f in _fields(model)
+        if not _auto(f) and f.attname not in skip
+    ]
+
+
+def values(obj: Model, *, skip: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
+    """`(%s::type, …)` and its parameters for `obj`, in `columns` order: typed, so the row
+    reads the same in a VALUES list, a SELECT list or under INSERT."""
+    placeholders, params = [], []
+    for f in _fields(type(obj)):
+        if _auto(f) or f.attname in skip:
+            continue
+        value = f.pre_save(obj, True)
+        if isinstance(value, DatabaseDefault):
+            # A field with a database default only: written by the ORM, not here.
+            raise TypeError(f"{f.model.__name__}.{f.name} has no value to write")
+        placeholders.append(f"%s::{f.cast_db_type(connection)}")
+        params.append(f.get_db_prep_save(value, connection))
+    return "(" + ", ".join(placeholders) + ")", params
+
+
+def table(model: type[Model]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def saved[M: Model](obj: M) -> M:
+    """Mark an instance written outside the ORM as loaded from the database."""
+    obj._state.adding = False
+    obj._state.db = "default"
+    return obj
+
+
+def _fields(model: type[Model]) -> list[Any]:
+    return list(model._meta.concrete_fields)
+
+
+def _auto(field: Any) -> bool:
+    return bool(field.primary_key and field.get_internal_type().endswith("AutoField"))
