@@ -9,9 +9,9 @@ writer too (settings.CELERY_BEAT_SCHEDULE), for a wake-up lost with its broker a
 summaries a dead writer held.
 
 The writer claims waiting summaries, oldest first, by pushing their `summary_wanted_at` one
-lease ahead (SKIP LOCKED, committed before the model is asked): a second writer (a
-duplicate wake-up, beat's) skips them, and those of a writer that died come back when the
-lease ends. The model is asked outside any transaction: inline for the offline model (it
+lease ahead (committed before the model is asked): a second writer (a duplicate wake-up,
+beat's) finds nothing to take, and those of a writer that died come back when the lease
+ends. The model is asked outside any transaction: inline for the offline model (it
 answers in microseconds), else in up to settings.SUMMARY_CONCURRENCY threads, topped up as
 calls end, so that seconds-long calls overlap instead of queueing behind each other and a
 summary is written as soon as its own call ends, not the slowest of its batch. What has been
@@ -137,22 +137,32 @@ def _asker(model: ModelClient, width: int) -> Iterator[Callable[[_Summary], Futu
 
 
 def _claim(n: int, lease: timedelta) -> list[_Summary]:
-    """Take up to `n` waiting summaries, oldest first, for `lease`; committed on return."""
+    """Take up to `n` waiting summaries, oldest first, for `lease`; committed on return.
+
+    Not SKIP LOCKED: a row is locked by far more than another writer (a decision, an SLA
+    move, the engine), and one skipped for that would be left to nobody until beat (this
+    writer was the wake-up for it). So the rows are locked waiting, in id order (like every
+    other batch that locks escalations), and one another writer leased in the meantime no
+    longer matches once its lock is let go."""
     now = timezone.now()
     until = now + lease
+    ids = list(
+        Escalation.objects.filter(summary_wanted_at__lte=now)
+        .order_by("summary_wanted_at")
+        .values_list("pk", flat=True)[:n]
+    )
+    if not ids:
+        return []
     with transaction.atomic():
         rows = list(
-            Escalation.objects.select_for_update(skip_locked=True, of=("self",))
+            Escalation.objects.select_for_update(of=("self",))
             .select_related("action__run", "action__agent")
-            .filter(summary_wanted_at__lte=now)
-            .order_by("summary_wanted_at")[:n]
+            .filter(pk__in=ids, summary_wanted_at__lte=now)
+            .order_by("pk")
         )
-        if not rows:
-            return []
-        ids = [e.pk for e in rows]
-        taken = Escalation.objects.filter(pk__in=ids, summary_wanted_at__lte=now).update(
-            summary_wanted_at=until
-        )
+        taken = Escalation.objects.filter(
+            pk__in=[e.pk for e in rows], summary_wanted_at__lte=now
+        ).update(summary_wanted_at=until)
         if taken < len(rows):
             # SQLite (embedded mode) locks no rows: another writer took some since the read.
             mine = set(

@@ -3,12 +3,13 @@ wanting the model's; one writer, woken once for any number of them, writes the m
 summaries after commit, together, and pushes each live."""
 
 import threading
+import time
 from datetime import timedelta
 from unittest import mock
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -166,6 +167,56 @@ def test_a_writer_that_died_leaves_its_summaries_to_the_next_once_its_lease_ends
     dead = summaries._ask(OfflineModel(), dead)
     assert summaries._write([dead]) == 0
     assert summary_calls().count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_summary_whose_row_something_else_holds_locked_is_waited_for_not_skipped(
+    policies, ticket
+):
+    """A decision (or the SLA timer) holding the escalation's row while the writer claims:
+    skipped, the summary would wait for beat, since this writer was its wake-up."""
+    with mock.patch("workflows.outbox.send"):
+        run = start_run(workflow="support_triage", input=ticket)
+        esc = Escalation.objects.get(action=propose_reply(run))
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row():
+        with transaction.atomic():
+            Escalation.objects.select_for_update().get(pk=esc.pk)
+            locked.set()
+            release.wait(30)
+        connections.close_all()
+
+    written = []
+
+    def writer():
+        written.append(write_waiting_summaries())
+        connections.close_all()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    assert locked.wait(30)
+    claimer = threading.Thread(target=writer)
+    claimer.start()
+    # Release only once the writer waits on the row lock (it would have skipped it).
+    for _ in range(600):
+        with connection.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+            if cur.fetchone()[0]:
+                break
+        time.sleep(0.05)
+    else:
+        release.set()
+        raise AssertionError("the writer never waited for the row")
+    release.set()
+    holder.join(30)
+    claimer.join(30)
+    assert written == [1]
+    esc.refresh_from_db()
+    assert not esc.summary.endswith(PENDING_NOTE)
 
 
 def test_the_summary_falls_back_to_the_template_when_the_model_fails(
