@@ -289,6 +289,15 @@ def test_a_remote_models_calls_overlap_in_a_bounded_pool(
     assert summary_calls().filter(ok=True, model="slow-remote").count() == 4
 
 
+def test_the_writer_runs_in_the_model_pool_where_a_model_server_is_configured():
+    from workflows import outbox
+
+    with mock.patch.object(settings, "MODEL_STEPS_ALONE", True):
+        assert outbox._queue_for(WRITE_SUMMARIES) == settings.CELERY_MODEL_QUEUE
+    with mock.patch.object(settings, "MODEL_STEPS_ALONE", False):
+        assert outbox._queue_for(WRITE_SUMMARIES) is None
+
+
 def test_beat_runs_the_writer_as_the_safety_net():
     tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert WRITE_SUMMARIES in tasks
