@@ -405,12 +405,12 @@ def inline_engine() -> Iterator[Callable[[], int]]:
                 engine.drain_runs(starts=False)
             elif task in (outbox.RUN_STEP, outbox.RUN_MODEL_STEP):
                 engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])
-            elif task == "escalations.tasks.write_summary":
-                # A worker writes the model's summary after the escalation commits: part of
+            elif task == "escalations.tasks.write_summaries":
+                # A worker writes the model's summaries after the escalations commit: part of
                 # what a run costs.
-                from escalations.actions.summaries import write_model_summary
+                from escalations.actions.summaries import write_waiting_summaries
 
-                write_model_summary(escalation_id=args[0])
+                write_waiting_summaries()
             else:
                 raise RuntimeError(f"inline engine: no handler for {task}")
         return ran

@@ -429,6 +429,10 @@ class Escalation(models.Model):
     # What its queue row shows that cannot change while it waits (escalations.rendering.
     # queue_card), written when opened: a page reads it instead of the payload and the run.
     card = models.JSONField(default=dict, blank=True)
+    # The row is the durable wake-up of the model's summary (escalations.actions.summaries):
+    # when it is wanted (set when opened), pushed ahead while a writer holds it (its lease),
+    # null once written. Null on everything not opened by escalate_action.
+    summary_wanted_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -454,6 +458,13 @@ class Escalation(models.Model):
                 F("id"),
                 name="esc_undecided_team_due_queue",
                 condition=models.Q(status__in=UNDECIDED_STATUSES),
+            ),
+            # Only the few rows still waiting for the model's summary: the writer's claim
+            # reads this, never the table.
+            models.Index(
+                F("summary_wanted_at"),
+                name="esc_summary_wanted",
+                condition=models.Q(summary_wanted_at__isnull=False),
             ),
         ]
 

@@ -2,21 +2,22 @@
 
 An escalation is created with the template summary, at once: a model call never stands
 inside a transaction (with a real model a slow reply would hold the run's locks for
-minutes). After commit, the outbox sends `escalations.tasks.write_summary`, which asks the
-model (prompt `escalation.summary`, pinned per run like every prompt; the offline model
-fills a deterministic template), writes its summary and pushes it live. If the model fails,
-the template stays and says so.
+minutes). It is created wanting the model's (`Escalation.summary_wanted_at`), and after
+commit wakes the summary writer (escalations.actions.summaries), which asks the model
+(prompt `escalation.summary`, pinned per run like every prompt; the offline model fills a
+deterministic template) for every summary waiting, writes them and pushes them live. If the
+model fails, the template stays and says so.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from workflows.agents import call_model
-from workflows.llm import ModelError, ModelOutputError, get_model
+from workflows.agents import Attempt, ask_model
+from workflows.llm import ModelClient, ModelError, ModelOutputError, RenderedPrompt
 from workflows.models import Action, WorkflowRun
-from workflows.prompts.actions import PromptError
 from workflows.schemas import Summary
 from workflows.specs import UnknownWorkflow, get_spec
 from workflows.tools import get_action_type
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 # Ends the summary an escalation is created with, until the model's replaces it.
 PENDING_NOTE = " (Template summary: the model's is being written.)"
 UNAVAILABLE_NOTE = " (Template summary: the model was unavailable.)"
+PROMPT = "escalation.summary"
+# One repair of an invalid answer, then the template: a reviewer is better served by the
+# template now than by a third wait on the model.
+MAX_REPAIRS = 1
 
 
 def _declared_outputs(run: WorkflowRun | None) -> dict[str, Any]:
@@ -80,21 +85,29 @@ def first_summary(action: Action, reasons: list[str]) -> str:
     return template_summary(facts(action, reasons)) + PENDING_NOTE
 
 
-def summarise(action: Action, reasons: list[str]) -> str:
-    """The model's summary, or the template saying the model was unavailable. Calls the
-    model: never inside a transaction."""
-    known = facts(action, reasons)
+def ask_summary(
+    model: ModelClient,
+    prompt: RenderedPrompt,
+    known: dict[str, str],
+    on_attempt: Callable[[Attempt], None],
+    *,
+    about: object,
+) -> str:
+    """The model's summary, or the template saying the model was unavailable. No database
+    (each call goes to `on_attempt`, to be recorded): the writer runs several in threads."""
     try:
-        out, _ = call_model(
-            model=get_model(),
-            run=action.run,
-            step_name=action.step_name,
-            prompt_name="escalation.summary",
-            variables=known,
+        out, _ = ask_model(
+            model=model,
+            prompt=prompt,
             schema=Summary,
-            max_repairs=1,
+            on_attempt=on_attempt,
+            max_repairs=MAX_REPAIRS,
         )
         return out.summary
-    except (ModelError, ModelOutputError, PromptError) as exc:
-        log.warning("summary for action %s fell back to the template: %s", action.pk, exc)
-        return template_summary(known) + UNAVAILABLE_NOTE
+    except (ModelError, ModelOutputError) as exc:
+        log.warning("summary of %s fell back to the template: %s", about, exc)
+        return unavailable(known)
+
+
+def unavailable(known: dict[str, str]) -> str:
+    return template_summary(known) + UNAVAILABLE_NOTE

@@ -18,9 +18,10 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.utils import timezone
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from escalations.models import AgentProfile, AutonomyPolicy, Team
+from escalations.models import AgentProfile, AutonomyPolicy, Escalation, Team
 from tests.support import processes
 from workflows.models import PolicyOutcome, WorkflowRun
 
@@ -225,11 +226,13 @@ def _no_drain_pending(request: pytest.FixtureRequest, django_db_blocker: Any) ->
     After a transactional test, once the session's worker runs: let a drain the test woke
     finish before the database is flushed. It claims every ready run, a test's scaffolding
     too, and a TRUNCATE racing its transaction can deadlock the teardown."""
+    from escalations.actions.summaries import WRITE_SUMMARIES
     from workflows import outbox
 
     with contextlib.suppress(Exception):
         outbox.drain_woken(outbox.DRAIN)
         outbox.drain_woken(outbox.DRAIN_RESUMES)
+        outbox.drain_woken(WRITE_SUMMARIES)
     yield
     marker = request.node.get_closest_marker("django_db")
     transactional = marker is not None and marker.kwargs.get("transaction", False)
@@ -246,10 +249,14 @@ def _no_drain_pending(request: pytest.FixtureRequest, django_db_blocker: Any) ->
                 (
                     client is not None
                     and client.exists(
-                        outbox._drain_flag(outbox.DRAIN), outbox._drain_flag(outbox.DRAIN_RESUMES)
+                        outbox._drain_flag(outbox.DRAIN),
+                        outbox._drain_flag(outbox.DRAIN_RESUMES),
+                        outbox._drain_flag(WRITE_SUMMARIES),
                     )
                 )
                 or WorkflowRun.objects.exclude(lease_owner="").exists()
+                # A summary writer at work (its claims are leases into the future).
+                or Escalation.objects.filter(summary_wanted_at__gt=timezone.now()).exists()
                 or StepRun.objects.filter(status=StepStatus.RUNNING).exists()
             )
             quiet = 0 if busy else quiet + 1

@@ -18,6 +18,9 @@ OPENAI_LOGPROBS = env_bool("OPENAI_LOGPROBS", default=True)
 # built-in offline model answers in microseconds: its steps stay inline, where a model step
 # sent alone cost a triage run 14 commits, 4.5 Celery messages and ~50 ms of CPU more.
 MODEL_STEPS_ALONE = env_bool("MODEL_STEPS_ALONE", default=bool(OPENAI_API_KEY or OPENAI_BASE_URL))
+# How many escalation summaries one writer asks the model for at once (threads, each waiting
+# on its HTTP call): a batch of seconds-long calls must not queue behind each other.
+SUMMARY_CONCURRENCY = env_int("SUMMARY_CONCURRENCY", 8, minimum=1)
 # USD per million tokens (input, output); a model not listed is recorded with no cost.
 MODEL_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o-mini": (0.15, 0.60),

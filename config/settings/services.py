@@ -167,6 +167,12 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Slack deliveries whose task was lost or whose retry is due; prunes replay nonces.
     "slack-sweep": {"task": "slack.sweep", "schedule": 30.0},
+    # The safety net of the summary writer's wake-ups (escalations.actions.summaries): one
+    # lost with its broker, or a writer that died holding summaries (once their lease ends).
+    "escalation-summaries": {
+        "task": "escalations.tasks.write_summaries",
+        "schedule": float(RECONCILE_EVERY_SECONDS),
+    },
     # Escalations whose SLA passed: move down the chain or apply the declared expiry.
     "escalation-slas": {"task": "escalations.tasks.check_slas", "schedule": 10.0},
     # Degradation alerts: a rate outside its band opens one incident and tells the team.

@@ -14,7 +14,7 @@ from django.db.models import Q
 from django.http import Http404
 from django.utils import timezone
 
-from workflows import outbox, rows
+from workflows import rows
 from workflows.actions import record_trace
 from workflows.models import Action, ActionStatus, Effect, TraceEvent, TraceKind
 from workflows.settle import lock_run, record_decision, record_undo, resumes_at_once
@@ -40,8 +40,7 @@ from ..rendering import card_for_action
 from ..risk import DUE_WITHOUT_SLA, grade_risk
 from ..search import search_text_for_action
 from ..summary import first_summary
-
-WRITE_SUMMARY = "escalations.tasks.write_summary"
+from .summaries import want_summary
 
 
 def trace_escalation(
@@ -219,7 +218,7 @@ def escalate_action(
         routing, due_without_sla_at = _keep_the_customers_place(
             action.revision_of_id, routing, due_without_sla_at, now
         )
-    # The template now; the model's after commit (write_summary), never in here.
+    # The template now; the model's after commit (summaries.want_summary), never in here.
     summary = first_summary(action, list(action.reasons))
     escalation = Escalation.objects.create(
         action=action,
@@ -232,6 +231,7 @@ def escalate_action(
         due_without_sla_at=due_without_sla_at,
         search_text=search_text_for_action(action, summary),
         card=_card(action, kind),
+        summary_wanted_at=now,
         **routing,
     )
     if action.run is not None:
@@ -251,7 +251,7 @@ def escalate_action(
             data={"escalation": str(escalation.pk)},
         )
     notify.escalation_opened(escalation)
-    outbox.enqueue(WRITE_SUMMARY, str(escalation.pk))
+    want_summary()
     return escalation
 
 

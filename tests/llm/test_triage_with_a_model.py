@@ -3,7 +3,7 @@ malformed output never acts, every escalation carries a summary."""
 
 import pytest
 
-from escalations.actions.summaries import write_model_summary
+from escalations.actions.summaries import write_waiting_summaries
 from escalations.models import Decision, Escalation
 from escalations.summary import PENDING_NOTE, UNAVAILABLE_NOTE
 from tests.fakes.openai_server import CANNED, Scripted, schema_name
@@ -46,7 +46,8 @@ def test_a_run_on_the_model_escalates_the_reply_with_a_model_written_summary(
     # Committed with the template; the model's summary is written after commit.
     assert esc.summary.endswith(PENDING_NOTE)
     assert "Summary" not in fake_openai.schemas_asked()
-    assert write_model_summary(escalation_id=esc.pk)
+    # In a thread of the writer's pool (a remote model), recorded and written by the writer.
+    assert write_waiting_summaries() == 1
     esc.refresh_from_db()
     assert esc.summary == CANNED["Summary"]["summary"]
     assert set(fake_openai.schemas_asked()) == {
@@ -73,7 +74,7 @@ def test_the_summary_falls_back_to_a_template_when_the_model_is_down(
     fake_openai.responder = responder
     run = run_triage(ticket)
     esc = Escalation.objects.get(action__run=run)
-    write_model_summary(escalation_id=esc.pk)
+    assert write_waiting_summaries() == 1
     esc.refresh_from_db()
     assert esc.summary.endswith(UNAVAILABLE_NOTE)
     assert "irreversible" in esc.summary

@@ -12,7 +12,7 @@ from unittest import mock
 
 import pytest
 
-from escalations.actions.summaries import write_model_summary
+from escalations.actions.summaries import write_waiting_summaries
 from escalations.models import AgentProfile, Team
 from workflows import engine
 
@@ -42,8 +42,8 @@ class InlineTasks:
             engine.drain_runs(starts=False)
         elif task in ("workflows.tasks.run_step", "workflows.tasks.run_model_step"):
             engine.run_step(run_id=uuid.UUID(args[0]), step_name=args[1])
-        elif task == "escalations.tasks.write_summary":
-            write_model_summary(escalation_id=args[0])
+        elif task == "escalations.tasks.write_summaries":
+            write_waiting_summaries()
         else:
             raise AssertionError(f"unexpected task {task}")
 

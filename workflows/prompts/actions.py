@@ -135,6 +135,25 @@ def version_for_run(run: Any | None, name: str) -> PromptVersion:
     return PromptVersion.objects.get(name=name, version=number)
 
 
+def pinned_versions(runs: list[Any], name: str) -> dict[Any, PromptVersion]:
+    """The versions of `name` that `runs` are pinned to, by run id, in two queries (a batch
+    of model calls, one per run). A run missing from it is not pinned to `name` yet:
+    version_for_run pins it."""
+    pins = RunPromptPins.objects.filter(run__in=[run.pk for run in runs])
+    numbers = {
+        run_id: versions.get(name) for run_id, versions in pins.values_list("run_id", "versions")
+    }
+    wanted = {n for n in numbers.values() if isinstance(n, int)}
+    if not wanted:
+        return {}
+    by_number = {v.version: v for v in PromptVersion.objects.filter(name=name, version__in=wanted)}
+    return {
+        run_id: by_number[number]
+        for run_id, number in numbers.items()
+        if isinstance(number, int) and number in by_number
+    }
+
+
 def cost_usd(model: str, input_tokens: int, output_tokens: int) -> Decimal | None:
     price = settings.MODEL_PRICES.get(model)
     if price is None:
@@ -157,7 +176,39 @@ def record_model_call(
     attempts: int = 1,
     mean_logprob: float | None = None,
 ) -> ModelCall:
-    return ModelCall.objects.create(
+    call = model_call(
+        run=run,
+        step_name=step_name,
+        prompt=prompt,
+        model=model,
+        ok=ok,
+        error=error,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        latency_ms=latency_ms,
+        attempts=attempts,
+        mean_logprob=mean_logprob,
+    )
+    call.save(force_insert=True)
+    return call
+
+
+def model_call(
+    *,
+    run: Any | None,
+    step_name: str,
+    prompt: RenderedPrompt,
+    model: str,
+    ok: bool,
+    error: str = "",
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    latency_ms: float = 0.0,
+    attempts: int = 1,
+    mean_logprob: float | None = None,
+) -> ModelCall:
+    """The row record_model_call writes, unsaved: a batch writes its rows in one INSERT."""
+    return ModelCall(
         run=run,
         step_name=step_name,
         prompt_name=prompt.name,
