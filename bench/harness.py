@@ -335,7 +335,14 @@ def count_costs() -> Iterator[Costs]:
         costs.queries += 1
         head = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
         costs.by_kind[head] = costs.by_kind.get(head, 0) + 1
-        writes = head in _WRITES or "FOR UPDATE" in sql.upper() or "FOR NO KEY" in sql.upper()
+        upper = sql.upper()
+        writes = (
+            head in _WRITES
+            or "FOR UPDATE" in upper
+            or "FOR NO KEY" in upper
+            # A data-modifying CTE (a start, a decision, the engine's prepared writes).
+            or (head == "WITH" and any(f"{w} " in upper for w in ("INSERT", "UPDATE", "DELETE")))
+        )
         if writes:
             if conn.in_atomic_block:
                 dirty[0] = True

@@ -111,15 +111,16 @@ def test_the_peer_workflow_pauses_for_approval_and_its_costs_are_counted(
     # summary written after the escalation commits, the drain the decision woke.
     assert costs.tasks == 3
     # The engine's hot path, pinned (bench-peers measures it): a change here is a change in
-    # what every run costs. Propose + escalate + wait, then resume + execute + finish; each
-    # in three transactions (the first round's claim, then one commit per step); before the
-    # pause, the drain's batch claim (1 statement, its own commit: a run alone is an idle
-    # drain's batch) and the model's summary written by its after-commit task (4
-    # statements, 3 commits).
-    assert (to_pause.queries, to_pause.commits) == (30, 7)
+    # what every run costs. Propose + escalate + wait, then resume + execute + finish; the
+    # first round's transaction, then one commit per step (prepared statements: the round's
+    # locks and reads, the relock-and-fence, the state write with its snapshot); before the
+    # pause, the drain's batch claim (its own commit) and the summary writer's batch (the
+    # claim of its lease, then the model call's row and the summary, fenced). 30 / 7 before
+    # issue 20's hot-path work and the batched summary writer.
+    assert (to_pause.queries, to_pause.commits) == (26, 6)
     # After the decision, the same drain's claim (the decision marked the run ready in its
-    # own transaction: one statement there, and no resume task).
-    assert (to_done.queries, to_done.commits) == (25, 4)
+    # own transaction: one statement there, and no resume task). 25 / 4 before.
+    assert (to_done.queries, to_done.commits) == (18, 4)
 
 
 @pytest.mark.django_db(transaction=True)
