@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from . import outbox, rows
+from . import hotsql, outbox, rows
 from .gate import Verdict, gate
 from .llm import model_label
 from .models import (
@@ -36,6 +36,7 @@ from .models import (
     WorkflowRun,
 )
 from .prompts.actions import pin_prompts
+from .prompts.models import PromptStatus, PromptVersion, RunPromptPins
 from .specs import InvalidInput, check_input, digest, get_spec
 from .state import _remember_digest as remember_digest
 from .state import chain_digest, normalise, update_state, write_first_state, write_state
@@ -130,9 +131,7 @@ def buffered_trace() -> Iterator[None]:
     finally:
         _TRACE_BUFFER.reset(token)
     if events:
-        from .hotsql import insert_traces  # the engine's prepared INSERT: its hot path
-
-        insert_traces(events)
+        hotsql.insert_traces(events)  # the engine's prepared INSERT: its hot path
 
 
 def start_run(
@@ -288,10 +287,8 @@ def _start_sql(
     trace: TraceEvent,
 ) -> tuple[str, list[Any]]:
     """The one statement that writes a start's rows, and its parameters."""
-    from escalations.models import AgentProfile
-
-    from .prompts.models import PromptStatus, PromptVersion, RunPromptPins
-
+    # The agent's profile belongs to escalations (a layer above): its table through the FK.
+    agent_profile = WorkflowRun._meta.get_field("agent").related_model
     qn = connection.ops.quote_name
     run_row, run_params = rows.values(run, skip=("agent_id",))
     params: list[Any] = [agent, *run_params, run.pk, PromptStatus.ACTIVE]
@@ -314,7 +311,7 @@ def _start_sql(
         )
     pin_columns = ", ".join(rows.columns(RunPromptPins))
     sql = _START.format(
-        agents=rows.table(AgentProfile),
+        agents=rows.table(agent_profile),
         runs=rows.table(WorkflowRun),
         run_columns=", ".join(rows.columns(WorkflowRun, skip=("agent_id",))),
         agent_column=qn("agent_id"),
