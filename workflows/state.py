@@ -280,21 +280,10 @@ def _write_pg(
         return None
     state: State = values["state"]
     version = expected_version + 1
-    digest = chain_digest(parent, state)
-    snapshot = RunSnapshot(
-        run=run,
-        version=version,
-        conversation=state["conversation"],
-        workspace=state["workspace"],
-        systemic=state["systemic"],
-        changed=changed,
-        step_name=step_name,
-        reason=reason[:300],
-        actor=actor,
-        parent_digest=parent,
-        digest=digest,
-        anchor=anchor,
+    snapshot = _unsaved_snapshot(
+        run, version, state, changed, parent, step_name, reason, actor, anchor
     )
+    digest = snapshot.digest
     ctes.append(f"u AS ({update})")
     sql = (
         f"WITH {', '.join(ctes)} INSERT INTO workflows_runsnapshot"  # noqa: S608
@@ -328,6 +317,34 @@ def _write_pg(
     return snapshot
 
 
+def _unsaved_snapshot(
+    run: WorkflowRun,
+    version: int,
+    state: State,
+    changed: list[str],
+    parent: str,
+    step_name: str,
+    reason: str,
+    actor: str,
+    anchor: bool,
+) -> RunSnapshot:
+    """Version `version`'s snapshot row, chained to `parent` (its digest computed), unsaved."""
+    return RunSnapshot(
+        run=run,
+        version=version,
+        conversation=state["conversation"],
+        workspace=state["workspace"],
+        systemic=state["systemic"],
+        changed=changed,
+        step_name=step_name,
+        reason=reason[:300],
+        actor=actor,
+        parent_digest=parent,
+        digest=chain_digest(parent, state),
+        anchor=anchor,
+    )
+
+
 def _snapshot(
     *,
     run: WorkflowRun,
@@ -342,21 +359,11 @@ def _snapshot(
 ) -> RunSnapshot:
     """Write version `version`'s snapshot, chained to `parent`; its digest is remembered
     once committed (a rolled-back attempt's snapshot must never be taken as a parent)."""
-    digest = chain_digest(parent, state)
-    snapshot = RunSnapshot.objects.create(
-        run=run,
-        version=version,
-        conversation=state["conversation"],
-        workspace=state["workspace"],
-        systemic=state["systemic"],
-        changed=changed,
-        step_name=step_name,
-        reason=reason[:300],
-        actor=actor,
-        parent_digest=parent,
-        digest=digest,
-        anchor=anchor,
+    snapshot = _unsaved_snapshot(
+        run, version, state, changed, parent, step_name, reason, actor, anchor
     )
+    snapshot.save(force_insert=True)
+    digest = snapshot.digest
     key = (run.pk, version)
     transaction.on_commit(lambda: _remember_digest(key, digest))
     return snapshot
