@@ -81,37 +81,8 @@ def record_trace(
     if buffer is not None:
         buffer.append(event)
     else:
-        _insert_traces([event], returning=True)
+        hotsql.insert_traces([event])
     return event
-
-
-# Identifiers from the models' metadata only; every value is a parameter.
-_INSERT_TRACES = "INSERT INTO {table} ({columns}) VALUES {rows}{returning}"
-
-
-def _insert_traces(events: list[TraceEvent], *, returning: bool = False) -> None:
-    """One INSERT for `events`, composed here (the ORM's compiler was most of its cost);
-    with `returning`, each event gets its pk."""
-    if connection.vendor != "postgresql":
-        TraceEvent.objects.bulk_create(events)
-        return
-    listed, params = [], []
-    for event in events:
-        row, row_params = rows.values(event)
-        listed.append(row)
-        params += row_params
-    sql = _INSERT_TRACES.format(
-        table=rows.table(TraceEvent),
-        columns=", ".join(rows.columns(TraceEvent)),
-        rows=", ".join(listed),
-        returning=" RETURNING id" if returning else "",
-    )
-    with connection.cursor() as cur:
-        cur.execute(sql, params)
-        if returning:
-            for event, (pk,) in zip(events, cur.fetchall(), strict=True):
-                event.pk = pk
-                rows.saved(event)
 
 
 @contextmanager
@@ -131,7 +102,7 @@ def buffered_trace() -> Iterator[None]:
     finally:
         _TRACE_BUFFER.reset(token)
     if events:
-        hotsql.insert_traces(events)  # the engine's prepared INSERT: its hot path
+        hotsql.insert_traces(events)
 
 
 def start_run(

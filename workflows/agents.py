@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from .llm import ModelClient, ModelError, ModelOutputError, ModelResult, RenderedPrompt
 from .models import TraceKind, WorkflowRun
-from .prompts.actions import record_model_call, render, version_for_run
+from .prompts.actions import model_call, render, version_for_run
 from .prompts.models import ModelCall
 from .schemas import ModelOutput
 
@@ -128,9 +128,9 @@ def call_model[T: ModelOutput](
     calls: list[ModelCall] = []
 
     def record(attempt: Attempt) -> None:
-        calls.append(
-            record_model_call(run=run, step_name=step_name, prompt=prompt, **asdict(attempt))
-        )
+        call = model_call(run=run, step_name=step_name, prompt=prompt, **asdict(attempt))
+        call.save(force_insert=True)
+        calls.append(call)
 
     def rejected(attempt: int, problems: str, raw: str) -> None:
         if trace is not None:

@@ -133,16 +133,17 @@ class Columns:
 _INSERT_TRACES = """INSERT INTO workflows_traceevent
     (run_id, step_name, kind, message, data, actor, created_at)
     SELECT * FROM UNNEST(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::jsonb[],
-        %s::text[], %s::timestamptz[])"""
+        %s::text[], %s::timestamptz[])
+    RETURNING id"""
 
 
 def insert_traces(events: Sequence[Any]) -> None:
     """`TraceEvent.objects.bulk_create(events)` as one prepared multi-row INSERT (every round
-    of the engine writes some); the events get no pk, as from a bulk_create they need not."""
+    of the engine writes some, and every lone event): each event gets its pk."""
     if not enabled():
         type(events[0]).objects.bulk_create(events)
         return
-    rows(
+    found = rows(
         _INSERT_TRACES,
         [
             [e.run_id for e in events],
@@ -154,3 +155,7 @@ def insert_traces(events: Sequence[Any]) -> None:
             [e.created_at for e in events],
         ],
     )
+    for event, (pk,) in zip(events, found, strict=True):
+        event.pk = pk
+        event._state.adding = False
+        event._state.db = connection.alias

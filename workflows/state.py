@@ -179,6 +179,7 @@ def write_state(
     values: dict[str, Any] = {"updated_at": timezone.now()}
     values |= {f: getattr(run, f) for f in also}
     values |= {"state": new_state, "state_version": version}
+    write: Callable[[], RunSnapshot | None]
     if hotsql.enabled():
         parent = "" if anchor or not run.durable else _parent_digest(run, expected_version)
 
@@ -196,45 +197,38 @@ def write_state(
                 anchor=anchor,
             )
 
-        if savepoint and run.durable:
-            try:
-                with transaction.atomic():
-                    snapshot = write_pg()
-            except IntegrityError:
-                raise StaleState(f"run {run.pk} already has state v{version}") from None
-        else:
-            snapshot = write_pg()
-        run.state, run.state_version = new_state, version
-        return snapshot
-    for sql, params in statements:
-        hotsql.rows(sql, params)
-    if not run.durable:
-        if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
-            **values
-        ):
-            raise StaleState(f"run {run.pk} state is past v{expected_version}")
-        run.state, run.state_version = new_state, version
-        return None
-    parent = "" if anchor else _parent_digest(run, expected_version)
+        write = write_pg
+    else:
+        for sql, params in statements:
+            hotsql.rows(sql, params)
+        if not run.durable:
+            if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
+                **values
+            ):
+                raise StaleState(f"run {run.pk} state is past v{expected_version}")
+            run.state, run.state_version = new_state, version
+            return None
+        parent = "" if anchor else _parent_digest(run, expected_version)
 
-    def write() -> RunSnapshot:
-        if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
-            **values
-        ):
-            raise StaleState(f"run {run.pk} state is past v{expected_version}")
-        return _snapshot(
-            run=run,
-            version=version,
-            state=new_state,
-            changed=changed,
-            parent=parent,
-            step_name=step_name,
-            reason=reason,
-            actor=actor,
-            anchor=anchor,
-        )
+        def write_orm() -> RunSnapshot:
+            if not WorkflowRun.objects.filter(pk=run.pk, state_version=expected_version).update(
+                **values
+            ):
+                raise StaleState(f"run {run.pk} state is past v{expected_version}")
+            return _snapshot(
+                run=run,
+                version=version,
+                state=new_state,
+                changed=changed,
+                parent=parent,
+                step_name=step_name,
+                reason=reason,
+                actor=actor,
+                anchor=anchor,
+            )
 
-    if savepoint:
+        write = write_orm
+    if savepoint and run.durable:
         try:
             # One savepoint for both rows: a snapshot that already exists undoes the UPDATE.
             with transaction.atomic():

@@ -162,37 +162,6 @@ def cost_usd(model: str, input_tokens: int, output_tokens: int) -> Decimal | Non
     return Decimal(str(round(usd, 6)))
 
 
-def record_model_call(
-    *,
-    run: Any | None,
-    step_name: str,
-    prompt: RenderedPrompt,
-    model: str,
-    ok: bool,
-    error: str = "",
-    input_tokens: int = 0,
-    output_tokens: int = 0,
-    latency_ms: float = 0.0,
-    attempts: int = 1,
-    mean_logprob: float | None = None,
-) -> ModelCall:
-    call = model_call(
-        run=run,
-        step_name=step_name,
-        prompt=prompt,
-        model=model,
-        ok=ok,
-        error=error,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        latency_ms=latency_ms,
-        attempts=attempts,
-        mean_logprob=mean_logprob,
-    )
-    call.save(force_insert=True)
-    return call
-
-
 def model_call(
     *,
     run: Any | None,
@@ -207,7 +176,7 @@ def model_call(
     attempts: int = 1,
     mean_logprob: float | None = None,
 ) -> ModelCall:
-    """The row record_model_call writes, unsaved: a batch writes its rows in one INSERT."""
+    """A model call's row, unsaved: a caller saves it, a batch writes its rows in one INSERT."""
     return ModelCall(
         run=run,
         step_name=step_name,
