@@ -17,6 +17,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import HttpError
@@ -275,7 +276,14 @@ async def get_action(
 
 @sync_to_async
 def _read_action(token: ApiToken, action_id: uuid.UUID) -> dict[str, Any]:
-    return describe_action(get_action_for(token, action_id))
+    try:
+        return describe_action(get_action_for(token, action_id))
+    finally:
+        # A long-poll reads again now and then for up to a minute: its thread gives the
+        # connection back to the web pool (config.asgi) between reads, or every waiting
+        # poll kept a slot no request could have (DB_POOL_MAX polls and the server 503s).
+        if getattr(connection, "pool", None) is not None:
+            connection.close()
 
 
 async def _wait_for_decision(token: ApiToken, action_id: uuid.UUID, wait: float) -> dict[str, Any]:

@@ -132,6 +132,46 @@ def test_the_pool_gets_every_connection_back(small_pool_server, agent, policies,
     assert codes == [200] * len(codes), codes
 
 
+def test_a_waiting_long_poll_holds_no_connection(small_pool_server, agent, policies):
+    """Long-polls hold their request on the event loop and give their connection back
+    between reads: more of them than the pool has connections wait at once, and meanwhile
+    only the health check holds one."""
+    base = f"http://{small_pool_server}"
+    _, raw = create_api_token(agent=agent)
+    headers = {"Authorization": f"Bearer {raw}"}
+    r = httpx.post(
+        f"{base}/api/v1/actions",
+        json={
+            "agent": "triage-agent",
+            "action_type": "send_reply",
+            "payload": REPLY,
+            "confidence": 0.9,
+            "idempotency_key": "k-lp",
+        },
+        headers=headers,
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    action_url = f"{base}/api/v1/actions/{r.json()['id']}"
+
+    async def polls() -> tuple[list[int], list[dict[str, int]]]:
+        async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+            waits = [
+                asyncio.create_task(client.get(action_url, params={"wait": 3}))
+                for _ in range(POOL * 2)
+            ]
+            seen = []
+            for _ in range(4):
+                await asyncio.sleep(0.4)
+                health = (await client.get(f"{base}/healthz")).json()
+                seen.append(health["database_pool"])
+            return [r.status_code for r in await asyncio.gather(*waits)], seen
+
+    codes, seen = asyncio.run(polls())
+    assert codes == [200] * (POOL * 2), codes
+    assert all((p["in_use"], p["waiting"]) == (1, 0) for p in seen), seen
+
+
 async def _abandoned(client: httpx.AsyncClient, url: str, after: float) -> None:
     with contextlib.suppress(httpx.TimeoutException):
         await client.get(url, params={"wait": 30}, timeout=after)
