@@ -34,13 +34,12 @@ mismatch it refuses, and a person decides (a `resume_run` escalation).
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -177,28 +176,20 @@ def drain_runs(
     batch, done = min(2, max_batch), 0
     seen: list[uuid.UUID] = []
     while True:
+        if time.monotonic() - started > seconds:
+            # This worker has had its turn: a fresh task claims what is left.
+            outbox.wake_drain(task)
+            return done
         token = new_owner()
         expires = timezone.now() + timedelta(seconds=lease_seconds())
-        # Resumes first within the batch too (RETURNING keeps no order).
-        rows = sorted(
-            _claim_ready(token, expires, seen, batch, starts=starts),
-            key=lambda r: r[1] != RunStatus.WAITING,
-        )
+        rows = _claim_ready(token, expires, seen, batch, starts=starts)
         ids = [r[0] for r in rows]
         if len(ids) == batch:
             outbox.wake_drain(task)  # a backlog: another worker may as well claim some
         seen += ids
-        for i, (run_id, _status) in enumerate(rows):
-            if time.monotonic() - started > seconds:
-                _hand_back(rows[i:], token, task)
-                return done
-            try:
-                _drive(run_id, token, functools.partial(_coordinate, run_id, token))
-            except Exception:
-                # Set aside, never failing its batch-mates: its lease was let go (`_drive`);
-                # the reconciler sends it on as a task of its own.
-                log.exception("drain: run %s failed; left to the reconciler", run_id)
-            done += 1
+        if ids:
+            _drive_batch(dict.fromkeys(ids, AGAIN), token, until=started + seconds)
+        done += len(ids)
         if len(ids) < batch:
             return done
         batch = min(max_batch, batch * 2)
@@ -237,17 +228,6 @@ def _claim_ready(
     ]
 
 
-def _hand_back(rows: list[tuple[uuid.UUID, str]], token: str, task: str) -> None:
-    """Past its time, a drain lets go of what it claimed and has not begun — resumes marked
-    ready again — and wakes a fresh drain (a fresh task: this worker has had its turn)."""
-    now = timezone.now()
-    for status, ready_at in ((RunStatus.WAITING, now), (RunStatus.PENDING, None)):
-        WorkflowRun.objects.filter(
-            pk__in=[r for r, s in rows if s == status], lease_owner=token
-        ).update(lease_owner="", lease_expires_at=None, ready_at=ready_at)
-    outbox.wake_drain(task)
-
-
 # --- the coordinator ---------------------------------------------------------------------
 
 
@@ -257,41 +237,145 @@ def advance_run(*, run_id: uuid.UUID) -> None:
 
     Sync steps chain: the transaction that commits one step also coordinates the next round
     and claims the next sync step, so a run of n inline steps costs n + 1 transactions."""
-    token = new_owner()
-    _drive(run_id, token, lambda: _coordinate(run_id, token, acquire=True))
+    _drive(run_id, new_owner(), ACQUIRE)
 
 
-def _drive(run_id: uuid.UUID, token: str, first: Callable[[], Claim | None]) -> None:
-    """The coordinator's loop, from its first round (`first`: one that takes the lease, or
-    one under a lease this task already took as `token`)."""
-    # True while this task may hold the run's lease: a round that returns no claim has let
-    # it go in its own transaction (or never had it).
-    held = True
+def _drive(run_id: uuid.UUID, token: str, first: _Again) -> None:
+    """The coordinator's loop for one run, from its first round (ACQUIRE: one that takes the
+    lease; AGAIN: one under a lease this task already took as `token`). Its errors are the
+    caller's (the task's: Celery logs them; the lease was let go)."""
+    _drive_batch({run_id: first}, token, raise_errors=True)
+
+
+def _drive_batch(
+    items: dict[uuid.UUID, Claim | _Again],
+    token: str,
+    *,
+    until: float | None = None,
+    raise_errors: bool = False,
+) -> None:
+    """Drive runs whose leases this task holds as `token` (a drain's batch, or one run) in
+    group rounds: each round is one transaction in which every run, in order of id (the lock
+    order: runs by id, then each run's steps), does what it has next — a claimed step's body
+    and commit (which chains the run's next round and claims its next sync step) or a round
+    of coordination — so a batch of B runs pays one commit per round, not B. Claims are
+    still committed before their bodies run: a claim made in a round runs in the next one.
+
+    A run whose part raises is set aside: the round's transaction rolls back (batch-mates'
+    steps with it: they are run again, under the same claims) and is redone without it; the
+    run goes on alone, in transactions of its own, as before batching (`_execute` records a
+    failed attempt, `_coordinate` lets its lease go). A commit that fails as a whole sends
+    every run of the round alone. A run whose round lets its lease go leaves the batch.
+
+    Past `until` (the drain's time) or after MAX_ROUNDS_PER_TASK rounds, the runs still going
+    finish their claimed steps, claim nothing more, and are handed to fresh tasks."""
+    # The runs whose lease this task may hold (a round that returns None let it go, in its
+    # own transaction, or never had it).
+    held = set(items)
     try:
-        claim = first()
-        held = claim is not None
         for rounds_left in range(MAX_ROUNDS_PER_TASK, 0, -1):
-            if claim is None:
+            if not items:
                 return
-            last = rounds_left == 1
+            last = rounds_left == 1 or (until is not None and time.monotonic() > until)
             # The last round claims nothing more: what it claimed would be left running.
-            nxt = _execute(claim, inline=True, chain=not last)
+            items = _group_round(items, token, chain=not last, raise_errors=raise_errors)
+            held = set(items)
             if last:
                 break
-            claim = _coordinate(run_id, token) if isinstance(nxt, _Again) else nxt
-            held = claim is not None
-        # A long plan: hand the rest to a fresh task rather than hog this worker. Let go in
-        # the same transaction, or the fresh task could find the lease held and only poke.
+        # A long plan, or the drain's time is up: hand the rest to fresh tasks rather than
+        # hog this worker. Let go in the same transaction, or a fresh task could find the
+        # lease held and only poke.
         if held:
             with transaction.atomic():
-                WorkflowRun.objects.filter(pk=run_id, lease_owner=token).update(
+                WorkflowRun.objects.filter(pk__in=held, lease_owner=token).update(
                     lease_owner="", lease_expires_at=None
                 )
-                outbox_enqueue(ADVANCE, str(run_id))
-            held = False
+                for run_id in sorted(held):
+                    outbox_enqueue(ADVANCE, str(run_id))
+            held = set()
     finally:
-        if held:
+        for run_id in held:
             _release_run_lease(run_id, token, quiet=True)
+
+
+class _SetAside(Exception):
+    """A run's part of a group round raised: roll the round back and redo it without the run."""
+
+    def __init__(self, run_id: uuid.UUID) -> None:
+        super().__init__(str(run_id))
+        self.run_id = run_id
+
+
+def _group_round(
+    items: dict[uuid.UUID, Claim | _Again],
+    token: str,
+    *,
+    chain: bool,
+    raise_errors: bool,
+) -> dict[uuid.UUID, Claim | _Again]:
+    """One round of `_drive_batch`: what each run does next, None-valued runs dropped (their
+    lease let go). Without `chain` only claimed steps run (and claim nothing more); runs with
+    nothing claimed are left as they are."""
+    todo = sorted(r for r, nxt in items.items() if chain or isinstance(nxt, Claim))
+    out: dict[uuid.UUID, Claim | _Again | None] = {
+        r: nxt for r, nxt in items.items() if r not in todo
+    }
+    # One run alone gains nothing from a group: its own transactions, as before batching.
+    alone = todo if len(todo) == 1 else []
+    todo = [] if alone else todo
+    while todo:
+        try:
+            done: dict[uuid.UUID, Claim | _Again | None] = {}
+            with transaction.atomic(), buffered_trace():
+                for run_id in todo:
+                    try:
+                        done[run_id] = _in_group(run_id, items[run_id], token, chain=chain)
+                    except Exception as exc:
+                        raise _SetAside(run_id) from exc
+            out |= done
+            todo = []
+        except _SetAside as aside:
+            log.info("run %s set aside from its batch: %r", aside.run_id, aside.__cause__)
+            todo.remove(aside.run_id)
+            alone.append(aside.run_id)
+        except Exception:
+            log.warning(
+                "a batch's commit failed; its %d runs go on alone", len(todo), exc_info=True
+            )
+            alone += todo
+            todo = []
+    for run_id in sorted(alone):
+        out[run_id] = _alone(run_id, items[run_id], token, chain=chain, raise_errors=raise_errors)
+    return {r: nxt for r, nxt in out.items() if nxt is not None}
+
+
+def _in_group(
+    run_id: uuid.UUID, nxt: Claim | _Again, token: str, *, chain: bool
+) -> Claim | _Again | None:
+    """A run's part of a group round, inside the round's transaction; raises on any failure
+    (the round rolls back and the run is set aside)."""
+    if isinstance(nxt, Claim):
+        return _attempt(nxt, inline=True, chain=chain)
+    return _round(run_id, token, acquire=nxt is ACQUIRE)
+
+
+def _alone(
+    run_id: uuid.UUID, nxt: Claim | _Again, token: str, *, chain: bool, raise_errors: bool
+) -> Claim | _Again | None:
+    """A run's part of a round in transactions of its own: a failed attempt is recorded
+    (`_execute`); a failed round lets the run's lease go."""
+    if isinstance(nxt, Claim):
+        return _execute(nxt, inline=True, chain=chain)
+    try:
+        return _coordinate(run_id, token, acquire=nxt is ACQUIRE)
+    except Exception:
+        _release_run_lease(run_id, token, quiet=True)
+        if raise_errors:
+            raise
+        # Set aside, never failing its batch-mates; the reconciler sends it on as a task of
+        # its own.
+        log.exception("run %s: its round failed; left to the reconciler", run_id)
+        return None
 
 
 def _release_run_lease(run_id: uuid.UUID, token: str, *, quiet: bool = False) -> None:
@@ -312,6 +396,13 @@ class _Again:
 
 
 AGAIN = _Again()
+
+
+class _Acquire(_Again):
+    """The run's first round takes its lease (`advance_run`)."""
+
+
+ACQUIRE = _Acquire()
 
 
 @dataclass
@@ -446,21 +537,26 @@ def _coordinate(run_id: uuid.UUID, token: str, *, acquire: bool = False) -> Clai
     """One round in its own transaction; with `acquire`, take the run's lease first (a
     conditional decision under the row lock: free or expired, else poke the holder)."""
     with transaction.atomic(), buffered_trace():
-        run = _lock_run(run_id)
-        if run is None or run.is_terminal:
+        return _round(run_id, token, acquire=acquire)
+
+
+def _round(run_id: uuid.UUID, token: str, *, acquire: bool = False) -> Claim | None:
+    """`_coordinate`'s round, in the caller's transaction."""
+    run = _lock_run(run_id)
+    if run is None or run.is_terminal:
+        return None
+    took_over = False
+    if acquire:
+        if run.has_live_lease:
+            # The holder re-reads the run under this lock before it lets go: the poke is for
+            # a holder between rounds (it looks again rather than stop).
+            WorkflowRun.objects.filter(pk=run_id).update(pokes=F("pokes") + 1)
             return None
-        took_over = False
-        if acquire:
-            if run.has_live_lease:
-                # The holder re-reads the run under this lock before it lets go: the poke is
-                # for a holder between rounds (it looks again rather than stop).
-                WorkflowRun.objects.filter(pk=run_id).update(pokes=F("pokes") + 1)
-                return None
-            took_over = bool(run.lease_owner)
-            if took_over:
-                log.warning("run %s: took over an expired lease", run_id)
-            run.lease_owner = token
-        return _coordinate_locked(run, token, took_over=took_over, acquired=acquire)
+        took_over = bool(run.lease_owner)
+        if took_over:
+            log.warning("run %s: took over an expired lease", run_id)
+        run.lease_owner = token
+    return _coordinate_locked(run, token, took_over=took_over, acquired=acquire)
 
 
 def _coordinate_locked(
@@ -862,7 +958,7 @@ def run_step(*, run_id: uuid.UUID, step_name: str) -> None:
         # This task took the run's free lease in the step's commit: coordinate here, rather
         # than through another task. Should it die first, the lease expires and the
         # reconciler sends the run on (as for a coordinator that died).
-        _drive(run_id, done.token, lambda: _coordinate(run_id, done.token))
+        _drive(run_id, done.token, AGAIN)
 
 
 def _claim_async(run_id: uuid.UUID, step_name: str, token: str) -> Claim | None:
@@ -923,10 +1019,26 @@ def _time_limit(seconds: float) -> Iterator[None]:
 
 
 def _execute(claim: Claim, *, inline: bool, chain: bool = False) -> Claim | _Again | None:
-    """Run one claimed attempt and commit it. With `chain` (the coordinator, inline), the
-    commit's transaction also coordinates the next round: returns the next claimed sync step,
-    or None once nothing more can start now (the lease let go). AGAIN when the attempt failed
-    or was refused, or without `chain`: the caller coordinates in a transaction of its own."""
+    """Run one claimed attempt and commit it, in a transaction of its own. With `chain` (the
+    coordinator, inline), the commit's transaction also coordinates the next round: returns
+    the next claimed sync step, or None once nothing more can start now (the lease let go).
+    AGAIN when the attempt failed or was refused, or without `chain`: the caller coordinates
+    in a transaction of its own."""
+    run, step = claim.run, claim.step
+    try:
+        with transaction.atomic(), buffered_trace():
+            return _attempt(claim, inline=inline, chain=chain)
+    except LeaseLost as exc:
+        log.warning("run %s step %s: %s; its work was rolled back", run.pk, step.name, exc)
+    except Exception as exc:
+        log.warning("run %s step %s attempt %d failed: %s", run.pk, step.name, step.attempts, exc)
+        _fail_attempt(run.pk, step.pk, claim.token, exc)
+    return AGAIN
+
+
+def _attempt(claim: Claim, *, inline: bool, chain: bool) -> Claim | _Again | None:
+    """`_execute`'s attempt — the step's body, then its commit — in the caller's transaction;
+    raises whatever the attempt raised."""
     run, step = claim.run, claim.step
     spec = get_spec(run.workflow, run.workflow_version)
     step_spec = spec.step(step.template or step.name)
@@ -934,36 +1046,26 @@ def _execute(claim: Claim, *, inline: bool, chain: bool = False) -> Claim | _Aga
         (p.get("params", {}) for p in run.plan if p.get("name") == step.name), {}
     )
     deadline = claim.deadline or timezone.now() + timedelta(seconds=step.timeout_seconds)
-    beating = heartbeat.holding(
-        run_id=run.pk, step_id=step.pk, token=claim.token, deadline=deadline
-    )
-    try:
-        with beating, transaction.atomic(), buffered_trace():
-            ctx = StepContext(
-                run=run,
-                step=step,
-                model=get_model(),
-                state=StateView(version=run.state_version, data=normalise(run.state)),
-                params=dict(params),
-                resumed=claim.resumed,
-                woken=claim.woken,
-                deadline=time.monotonic() + step.timeout_seconds,
-            )
-            with _time_limit(step.timeout_seconds):
-                result = step_spec.run(ctx)
-            if isinstance(result, dict) and step_spec.success is not None:
-                why = step_spec.success(result)
-                if why:
-                    raise CriterionFailed(f"success criterion not met: {why}")
-            elif not isinstance(result, dict | Wait | Sleep):
-                raise TypeError(f"step returned {type(result).__name__}, not a dict/Wait/Sleep")
-            return _commit(ctx, result, claim.token, inline=inline, chain=chain)
-    except LeaseLost as exc:
-        log.warning("run %s step %s: %s; its work was rolled back", run.pk, step.name, exc)
-    except Exception as exc:
-        log.warning("run %s step %s attempt %d failed: %s", run.pk, step.name, step.attempts, exc)
-        _fail_attempt(run.pk, step.pk, claim.token, exc)
-    return AGAIN
+    with heartbeat.holding(run_id=run.pk, step_id=step.pk, token=claim.token, deadline=deadline):
+        ctx = StepContext(
+            run=run,
+            step=step,
+            model=get_model(),
+            state=StateView(version=run.state_version, data=normalise(run.state)),
+            params=dict(params),
+            resumed=claim.resumed,
+            woken=claim.woken,
+            deadline=time.monotonic() + step.timeout_seconds,
+        )
+        with _time_limit(step.timeout_seconds):
+            result = step_spec.run(ctx)
+        if isinstance(result, dict) and step_spec.success is not None:
+            why = step_spec.success(result)
+            if why:
+                raise CriterionFailed(f"success criterion not met: {why}")
+        elif not isinstance(result, dict | Wait | Sleep):
+            raise TypeError(f"step returned {type(result).__name__}, not a dict/Wait/Sleep")
+        return _commit(ctx, result, claim.token, inline=inline, chain=chain)
 
 
 def _commit(

@@ -126,16 +126,17 @@ def test_a_decision_marks_the_waiting_run_ready_and_the_drain_resumes_it_first(
     inline_tasks.sent.clear()
     started = start_run(workflow=review_peer, input={"item": "y"})
     order: list = []
-    real = engine._drive
+    real = engine._drive_batch
 
-    def drive(run_id, token, first):
-        order.append(run_id)
-        return real(run_id, token, first)
+    def drive(items, token, **kw):
+        order.append(list(items))
+        return real(items, token, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine, "_drive", drive)
-        assert engine.drain_runs() == 2
-    assert order == [decided.pk, started.pk]  # the person's decision before the start
+        mp.setattr(engine, "_drive_batch", drive)
+        # Batches of one: which is claimed first shows.
+        assert engine.drain_runs(max_batch=1) == 2
+    assert order == [[decided.pk], [started.pk]]  # the person's decision before the start
     decided.refresh_from_db()
     assert decided.status == RunStatus.SUCCEEDED, decided.error
     assert decided.ready_at is None
@@ -196,3 +197,91 @@ def test_the_drain_a_decision_wakes_takes_decided_runs_only(review_peer, inline_
     started.refresh_from_db()
     assert decided.status == RunStatus.SUCCEEDED, decided.error
     assert started.status == RunStatus.PENDING and started.lease_owner == ""
+
+
+# --- group commit: one transaction per round for a whole batch -----------------------------
+
+
+@pytest.fixture
+def auto_peer(agent):
+    from bench.peers.caliber_flow import ACTION_TYPE, AUTO
+    from escalations.models import AutonomyPolicy
+    from workflows.models import PolicyOutcome
+
+    AutonomyPolicy.objects.create(
+        name="peer", workflow=AUTO, action_type=ACTION_TYPE, outcome=PolicyOutcome.AUTO
+    )
+    return AUTO
+
+
+def _commits(monkeypatch) -> list[int]:
+    """Counts the transactions committed on this thread's connection."""
+    from django.db import connections
+
+    count = [0]
+    wrapper = type(connections["default"])
+    real = wrapper.commit
+
+    def commit(self):
+        count[0] += 1
+        return real(self)
+
+    monkeypatch.setattr(wrapper, "commit", commit)
+    return count
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_batch_of_runs_commits_once_per_round_not_once_per_run(
+    auto_peer, inline_tasks, monkeypatch, batch
+):
+    """Two runs of three steps: a round to claim, then one per step — one transaction per
+    round for the pair (4), where runs driven one at a time commit 4 each (8)."""
+    from workflows.models import Effect, TraceEvent
+
+    runs = [start_run(workflow=auto_peer, input={"item": f"i-{i}"}) for i in range(2)]
+    commits = _commits(monkeypatch)
+    assert engine.drain_runs(max_batch=batch) == 2
+    assert commits[0] == 8 // batch
+    for run in runs:
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        assert run.lease_owner == ""
+    assert Effect.objects.count() == 2
+    # The same trace for each, whether the runs went together or not.
+    traces = [sorted(TraceEvent.objects.filter(run=r).values_list("kind", "message")) for r in runs]
+    assert traces[0] == traces[1] and traces[0]
+
+
+def test_a_run_that_fails_is_set_aside_and_never_fails_its_batch_mates(
+    auto_peer, inline_tasks, caplog
+):
+    """The crashing run's step raises inside the batch's round: the round rolls back and is
+    redone without it, and it goes on alone (its failed attempt recorded once); its
+    batch-mates' effects happen once, their traces hold nothing twice."""
+    from workflows.models import Effect, StepRun, TraceEvent
+
+    first = start_run(workflow=auto_peer, input={"item": "a"})
+    crashing = start_run(workflow="always_crashes", input={})
+    last = start_run(workflow=auto_peer, input={"item": "b"})
+    alone = start_run(workflow=auto_peer, input={"item": "c"})
+    inline_tasks.sent.clear()
+    with caplog.at_level("INFO", logger="workflows.engine"):
+        assert engine.drain_runs(max_batch=3) == 4
+    assert f"run {crashing.pk} set aside from its batch" in caplog.text
+    for run in (first, last, alone):
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+    assert Effect.objects.count() == 3
+    lone = sorted(TraceEvent.objects.filter(run=alone).values_list("kind", "message"))
+    for run in (first, last):
+        assert sorted(TraceEvent.objects.filter(run=run).values_list("kind", "message")) == lone
+    boom = StepRun.objects.get(run=crashing)
+    assert boom.attempts == 1 and boom.status == "pending", boom.error
+    failed = TraceEvent.objects.filter(run=crashing, message__startswith="attempt 1/2 failed")
+    assert failed.count() == 1
+    crashing.refresh_from_db()
+    assert crashing.lease_owner == ""
+    # Its retry comes as a task of its own, and fails it for good.
+    inline_tasks.drain()
+    crashing.refresh_from_db()
+    assert crashing.status == RunStatus.FAILED

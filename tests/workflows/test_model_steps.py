@@ -213,14 +213,18 @@ def test_the_model_queue_is_routed_and_every_way_of_starting_workers_serves_it()
 
 def test_inline_a_blocking_model_step_holds_its_batch_mate(agent, inline_tasks, model):
     """Before: the drain runs the step in its batch, and the batch-mate it has claimed waits
-    (whichever of the two it coordinates first, the other is held)."""
+    (both were coordinated in the batch's first round; the round running the model step
+    holds the other's step commit)."""
     runs = [start_run(workflow="model_inline", input={}) for _ in range(2)]
     model.gate.clear()
     drain = _in_thread(engine.drain_runs)
     assert model.entered.wait(BOUNDED)
     held = [r for r in WorkflowRun.objects.filter(pk__in=[r.pk for r in runs]) if r.lease_owner]
     assert len(held) == 2  # both claimed by the one batch
-    assert sorted(r.status for r in held) == [RunStatus.PENDING, RunStatus.RUNNING]
+    assert [r.status for r in held] == [RunStatus.RUNNING] * 2
+    # Both thinks claimed in the round before; one is in the model, the other waits its turn.
+    thinks = StepRun.objects.filter(run__in=held, name="think")
+    assert [s.status for s in thinks] == [StepStatus.RUNNING] * 2
     assert model.calls == 1
     model.gate.set()
     drain.join(BOUNDED)
