@@ -17,7 +17,12 @@ seconds). Instead:
   commits of one run's steps (so a join sees every sibling's result) and does not conflict
   with the key-share locks a running step's inserts take on the run;
 - an inline step's commit is also the next round: under that same lock it claims the next
-  sync step (or lets the lease go), so a sync step costs one transaction, not three.
+  sync step (or lets the lease go), so a sync step costs one transaction, not three;
+- a drain's batch goes in group rounds (`_drive_batch`): one transaction per round for every
+  run of the batch, runs in order of id, so B runs pay one commit per round. Within it a
+  batch-mate's step does hold the row locks of the runs before it until the round commits
+  (milliseconds: a step that calls a model server never runs in a batch, see `_dispatch`);
+  a run whose part raises is set aside and the round redone without it.
 
 Anyone who wants a run advanced while another worker holds its lease bumps `pokes` (a count
 for operators) and leaves it to the holder: the holder only ever lets go in a round, under
@@ -125,8 +130,9 @@ class Claim:
 # --- the drain: runs ready to start, claimed in batches -----------------------------------
 
 # A batch never grows past settings.ENGINE_BATCH_MAX; nor does a drain go on past
-# DRAIN_SECONDS before it hands what it claimed and has not begun to a fresh drain (a step
-# that calls a model for seconds must not keep its batch-mates' leases waiting).
+# DRAIN_SECONDS: then its batch's runs finish the steps they claimed and go to fresh tasks,
+# and a fresh drain claims what is left (a step that calls a model for seconds must not keep
+# its batch-mates waiting: see `_dispatch` for the model steps that never run in a batch).
 DRAIN_SECONDS = 5.0
 
 _CLAIM_READY = """
@@ -160,7 +166,8 @@ def drain_runs(
     settle.record_decision), then a pending run, whose lease is free: its row is the durable
     wake-up (no message per run). Resumes are claimed first. Claims in batches — one UPDATE … WHERE
     id IN (SELECT … FOR NO KEY UPDATE SKIP LOCKED LIMIT B), in autocommit, takes each run's
-    lease before any runs — then coordinates each as `advance_run` would, under that lease.
+    lease before any runs — then drives the batch under those leases, one transaction per
+    round for all of its runs (`_drive_batch`).
 
     B starts at 2 (at most settings.ENGINE_BATCH_MAX) and doubles while batches come back
     full (a full batch also wakes a second drain, so the other workers join in). A batch
