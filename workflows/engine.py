@@ -46,7 +46,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -333,7 +334,7 @@ def _group_round(
     while todo:
         try:
             done: dict[uuid.UUID, Claim | _Again | None] = {}
-            with transaction.atomic(), buffered_trace():
+            with transaction.atomic(), buffered_trace(), _locked_batch(todo, items):
                 for run_id in todo:
                     try:
                         done[run_id] = _in_group(run_id, items[run_id], token, chain=chain)
@@ -354,6 +355,63 @@ def _group_round(
     for run_id in sorted(alone):
         out[run_id] = _alone(run_id, items[run_id], token, chain=chain, raise_errors=raise_errors)
     return {r: nxt for r, nxt in out.items() if nxt is not None}
+
+
+# A group round's runs and their steps, locked and read up front in two statements (runs by
+# id, then their steps: the lock order) where each run's rounds would read them one by one.
+# Only within that round's transaction; a run's steps there are as the round started, bar
+# what its own commit writes (`_locked_steps_after`).
+_BATCH: ContextVar[_Batch | None] = ContextVar("engine_batch", default=None)
+
+
+@dataclass
+class _Batch:
+    runs: dict[uuid.UUID, WorkflowRun]
+    steps: dict[uuid.UUID, list[StepRun]]
+    # The rounds' ends (`_end_round`), written for all the runs in one statement at the
+    # round's end: (claimed step's values + its id) and the run's values.
+    claims: list[list[Any]] = field(default_factory=list)
+    ends: list[list[Any]] = field(default_factory=list)
+
+
+@contextmanager
+def _locked_batch(
+    run_ids: list[uuid.UUID], items: dict[uuid.UUID, Claim | _Again]
+) -> Iterator[None]:
+    if not hotsql.enabled():
+        yield
+        return
+    runs: dict[uuid.UUID, WorkflowRun] = {}
+    for row in hotsql.rows(_LOCK_RUNS, [run_ids]):
+        # A claimed step's run is in memory already (its commit's fence reads it afresh).
+        if not isinstance(items.get(row[0]), Claim):
+            run: WorkflowRun = _RUN_COLUMNS.build(row)
+            run._state.fields_cache["agent"] = _AGENT_COLUMNS.build(row, _RUN_COLUMNS.width)
+            runs[run.pk] = run
+    steps: dict[uuid.UUID, list[StepRun]] = {r: [] for r in run_ids}
+    for row in hotsql.rows(_LOCK_BATCH_STEPS, [run_ids]):
+        step: StepRun = _STEP_COLUMNS.build(row)
+        steps[step.run_id].append(step)
+    batch = _Batch(runs=runs, steps=steps)
+    token = _BATCH.set(batch)
+    try:
+        yield
+        if batch.ends:
+            # Columns, as arrays (psycopg sends a tuple as a record).
+            claims = [list(c) for c in zip(*batch.claims, strict=True)] or [[]] * 6
+            ends = [list(c) for c in zip(*batch.ends, strict=True)]
+            hotsql.rows(_SAVE_ENDS, [*claims, *ends])
+    finally:
+        _BATCH.reset(token)
+
+
+def _locked_steps_after(run_id: uuid.UUID, step_pk: int, fields: dict[str, Any]) -> None:
+    """A step's commit wrote `fields` to its row: the batch's copy follows."""
+    batch = _BATCH.get()
+    for step in batch.steps.get(run_id, []) if batch is not None else []:
+        if step.pk == step_pk:
+            for name, value in fields.items():
+                setattr(step, name, value)
 
 
 def _in_group(
@@ -432,6 +490,9 @@ _LOCK_RUN = (
 
 def _lock_run(run_id: uuid.UUID) -> WorkflowRun | None:
     # The agent rides along (steps propose actions as it); only the run's row is locked.
+    batch = _BATCH.get()
+    if batch is not None and run_id in batch.runs:
+        return batch.runs.pop(run_id)  # locked by the group round (read once)
     if hotsql.enabled():
         found = hotsql.rows(_LOCK_RUN, [run_id])
         if not found:
@@ -621,11 +682,29 @@ _LOCK_STEPS = (
     f"SELECT {_STEP_COLUMNS.sql} FROM workflows_steprun s"  # noqa: S608 (the model's columns)
     " WHERE s.run_id = %s ORDER BY s.position FOR NO KEY UPDATE"
 )
+# A group round's (see _locked_batch).
+_LOCK_RUNS = (
+    f"SELECT {_RUN_COLUMNS.sql}, {_AGENT_COLUMNS.sql} FROM workflows_workflowrun r"  # noqa: S608
+    f" JOIN {_AGENT._meta.db_table} a ON a.id = r.agent_id"
+    " WHERE r.id = ANY(%s) ORDER BY r.id FOR NO KEY UPDATE OF r"
+)
+_LOCK_BATCH_STEPS = (
+    f"SELECT {_STEP_COLUMNS.sql} FROM workflows_steprun s"  # noqa: S608 (the model's columns)
+    " WHERE s.run_id = ANY(%s) ORDER BY s.run_id, s.position FOR NO KEY UPDATE"
+)
 
 
 def _lock_steps(run: WorkflowRun) -> list[StepRun]:
     """The run's steps in plan order, locked (the caller holds the run's row lock: runs
     first, then steps), as model instances without their outputs."""
+    batch = _BATCH.get()
+    if batch is not None and run.pk in batch.steps:
+        # Locked by the group round, and as they are now (see _locked_steps_after); read
+        # once: a later round of the run's reads them afresh.
+        locked = batch.steps.pop(run.pk)
+        for each in locked:
+            each._state.fields_cache["run"] = run
+        return locked
     if not hotsql.enabled():
         return list(run.steps.select_for_update(no_key=True).defer("output").order_by("position"))
     steps = []
@@ -795,6 +874,14 @@ def _end_round(
     step = claim.step if claim is not None and claim.unsaved else None
     if claim is not None:
         claim.unsaved = False
+    batch = _BATCH.get()
+    if batch is not None:
+        # A group round's: written with its batch-mates' at the round's end (the rows are
+        # locked; nothing in the round reads them again).
+        if step is not None:
+            batch.claims.append([*_claim_values(step), step.pk])
+        batch.ends.append(_round_values(run))
+        return
     if step is not None:
         hotsql.rows(_SAVE_CLAIM_AND_RUN, [*_claim_values(step), step.pk, *_round_values(run)])
     elif hotsql.enabled():
@@ -809,6 +896,20 @@ _SAVE_ROUND = """UPDATE workflows_workflowrun SET status = %s, wake_at = %s, lea
     lease_expires_at = %s, updated_at = %s WHERE id = %s"""
 # A claimed step and the run's round in one statement (the step's row is locked already).
 _SAVE_CLAIM_AND_RUN = f"WITH claimed AS ({_SAVE_CLAIM}) {_SAVE_ROUND}"
+# A group round's ends, every run's at once (see `_Batch`).
+_SAVE_ENDS = """WITH claimed AS (
+    UPDATE workflows_steprun s SET status = v.status, attempts = v.attempts,
+        lease_owner = v.lease_owner, lease_expires_at = v.lease_expires_at,
+        started_at = v.started_at, not_before = NULL
+    FROM UNNEST(%s::text[], %s::int[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+        %s::bigint[]) AS v(status, attempts, lease_owner, lease_expires_at, started_at, id)
+    WHERE s.id = v.id
+)
+UPDATE workflows_workflowrun r SET status = v.status, wake_at = v.wake_at,
+    lease_owner = v.lease_owner, lease_expires_at = v.lease_expires_at, updated_at = v.updated_at
+FROM UNNEST(%s::text[], %s::timestamptz[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+    %s::uuid[]) AS v(status, wake_at, lease_owner, lease_expires_at, updated_at, id)
+WHERE r.id = v.id"""
 
 
 def _claim_write(claim: Claim | _Again | None) -> list[tuple[str, list[Any]]]:
@@ -1111,6 +1212,7 @@ def _commit(
         if fence.exists():
             raise StepTimedOut(f"timed out after {step.timeout_seconds:g}s (lease expired)")
         raise LeaseLost("another attempt took the step over")
+    _locked_steps_after(run.pk, step.pk, fields)
     changes = list(ctx.state.changes)
     if isinstance(result, dict):
         name = step.name

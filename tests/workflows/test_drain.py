@@ -236,12 +236,22 @@ def test_a_batch_of_runs_commits_once_per_round_not_once_per_run(
 ):
     """Two runs of three steps: a round to claim, then one per step — one transaction per
     round for the pair (4), where runs driven one at a time commit 4 each (8)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
     from workflows.models import Effect, TraceEvent
 
     runs = [start_run(workflow=auto_peer, input={"item": f"i-{i}"}) for i in range(2)]
     commits = _commits(monkeypatch)
-    assert engine.drain_runs(max_batch=batch) == 2
+    with CaptureQueriesContext(connection) as queries:
+        assert engine.drain_runs(max_batch=batch) == 2
     assert commits[0] == 8 // batch
+    # Together, the runs and their steps are locked and read once per round for both.
+    statements = [q["sql"] for q in queries.captured_queries]
+    steps_read = [q for q in statements if "FROM workflows_steprun s WHERE s.run_id = " in q]
+    together = [q for q in steps_read if "s.run_id = ANY(" in q]
+    one_by_one = [q for q in steps_read if q not in together]
+    assert (len(one_by_one), len(together)) == ((8, 0) if batch == 1 else (0, 4))
     for run in runs:
         run.refresh_from_db()
         assert run.status == RunStatus.SUCCEEDED, run.error
