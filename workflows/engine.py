@@ -851,11 +851,24 @@ def _settle_status(
     return True
 
 
+# What a round's end writes of the run.
+_ROUND_FIELDS = ("status", "wake_at", "lease_owner", "lease_expires_at", "updated_at")
+
+
+def _end_in_batch(batch: _Batch, run: WorkflowRun, step: StepRun | None) -> None:
+    """A group round's end (the run's round fields, and the step it claimed): written with
+    its batch-mates' at the round's end (the rows are locked; nothing in the round reads
+    them again)."""
+    if step is not None:
+        batch.claims.append([*_claim_values(step), step.pk])
+    batch.ends.append(_round_values(run))
+
+
 def _end_round(
     run: WorkflowRun, claim: Claim | None, now: datetime, pending: list[str] | None
 ) -> None:
     """Extend the lease for the claimed step, or let it go; save (or leave to `pending`)."""
-    fields = ["status", "wake_at", "lease_owner", "lease_expires_at", "updated_at"]
+    fields = list(_ROUND_FIELDS)
     if claim is not None:
         lease = (
             lease_seconds()  # renewed with the step's by the heartbeat
@@ -876,11 +889,7 @@ def _end_round(
         claim.unsaved = False
     batch = _BATCH.get()
     if batch is not None:
-        # A group round's: written with its batch-mates' at the round's end (the rows are
-        # locked; nothing in the round reads them again).
-        if step is not None:
-            batch.claims.append([*_claim_values(step), step.pk])
-        batch.ends.append(_round_values(run))
+        _end_in_batch(batch, run, step)
         return
     if step is not None:
         hotsql.rows(_SAVE_CLAIM_AND_RUN, [*_claim_values(step), step.pk, *_round_values(run)])
@@ -1229,6 +1238,13 @@ def _commit(
         # both the round's fields and the new state. The round recomputes wake_at from every
         # waiting step, this one included.
         nxt = _coordinate_locked(locked, token, took_over=False, pending=pending)
+    batch = _BATCH.get()
+    if batch is not None and not changes and pending and set(pending) <= set(_ROUND_FIELDS):
+        # Only the round's end to write (no new state): with the batch's, at the round's end.
+        _end_in_batch(batch, locked, nxt.step if isinstance(nxt, Claim) and nxt.unsaved else None)
+        if isinstance(nxt, Claim):
+            nxt.unsaved = False
+        pending = []
     # The next step's claim goes out with the run's UPDATE (and snapshot): one round trip.
     claimed = _claim_write(nxt)
     if changes:
