@@ -165,7 +165,11 @@ class WorkflowRun(models.Model):
 
 
 class StepRun(models.Model):
-    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
+    # Looked up by run through one_step_per_name (run, name): an index of the run alone would
+    # be one more entry to write with every row (migration 0009).
+    run = models.ForeignKey(
+        WorkflowRun, on_delete=models.CASCADE, related_name="steps", db_index=False
+    )
     name = models.CharField(max_length=100)
     template = models.CharField(max_length=100, blank=True)
     position = models.PositiveIntegerField()
@@ -219,7 +223,10 @@ class RunSnapshot(models.Model):
     the chain, which recovery checks before a run resumes.
     """
 
-    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="snapshots")
+    # Looked up by run through one_snapshot_per_version (run, version), as the steps are.
+    run = models.ForeignKey(
+        WorkflowRun, on_delete=models.CASCADE, related_name="snapshots", db_index=False
+    )
     version = models.PositiveIntegerField()
     conversation = models.JSONField(default=dict)
     workspace = models.JSONField(default=dict)
