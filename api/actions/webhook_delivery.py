@@ -13,6 +13,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from escalations.actions import read_along_value
 from escalations.models import Escalation
 from workflows import outbox
 from workflows.models import Action
@@ -50,6 +51,10 @@ def queue_decision_webhook(escalation: Escalation) -> WebhookDelivery | None:
     if escalation.is_undecided:
         return None
     action = escalation.action
+    known, webhook_id = read_along_value(escalation, WEBHOOK_READ_ALONG)
+    if known and webhook_id is None:
+        # The decision's own read found none: nothing to ask the database.
+        return None
     webhook = AgentWebhook.objects.filter(agent_id=action.agent_id, enabled=True).first()
     if webhook is None:
         return None
@@ -80,6 +85,24 @@ def queue_decision_webhook(escalation: Escalation) -> WebhookDelivery | None:
     except IntegrityError:
         return None
     return delivery
+
+
+# What the read starting each decision carries for us (registered in api.apps): the
+# agent's enabled webhook, if any, so that a decision for an agent without one (nearly
+# all of them) spends no statement here.
+WEBHOOK_READ_ALONG = "api_webhook"
+
+
+def webhook_read_along_sql() -> str:
+    """The expression over the decided action's agent (`found.agent_id`) read along with
+    each decision."""
+    meta = AgentWebhook._meta
+    agent = meta.get_field("agent").column
+    enabled = meta.get_field("enabled").column
+    return (
+        f"SELECT w.id FROM {meta.db_table} w "  # noqa: S608
+        f"WHERE w.{agent} = found.agent_id AND w.{enabled} LIMIT 1"
+    )
 
 
 def resend_delivery(*, delivery: WebhookDelivery) -> WebhookDelivery:

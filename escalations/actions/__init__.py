@@ -13,6 +13,8 @@ from .decisions import (
     TooLateToUndo,
     decide_escalation,
     escalate_action,
+    read_along,
+    read_along_value,
     undo_approval,
 )
 from .policies import restore_policy_version, save_policy
@@ -32,6 +34,8 @@ __all__ = [
     "handle_sla_breach",
     "hold_for_audit",
     "irreversible_among",
+    "read_along",
+    "read_along_value",
     "reassign_escalation",
     "release_escalation",
     "restore_policy_version",

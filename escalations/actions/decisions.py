@@ -14,14 +14,22 @@ from django.db.models import Q
 from django.http import Http404
 from django.utils import timezone
 
-from workflows import rows
+from workflows import hotsql, rows
 from workflows.actions import record_trace
-from workflows.models import Action, ActionStatus, Effect, TraceEvent, TraceKind
+from workflows.models import (
+    Action,
+    ActionStatus,
+    Effect,
+    RunStatus,
+    TraceEvent,
+    TraceKind,
+    WorkflowRun,
+)
 from workflows.settle import lock_run, record_decision, record_undo, resumes_at_once
 from workflows.tools import ACTION_TYPES, ToolError, get_action_type
 
 from .. import notify
-from ..access import escalations_for, get_escalation_for
+from ..access import escalations_for, get_escalation_for, sees_everything
 from ..models import (
     UNDECIDED_STATUSES,
     Approval,
@@ -289,7 +297,7 @@ def decide_escalation(
         raise ValidationError({"edited_payload": "The edited payload must be a JSON object."})
 
     with transaction.atomic():
-        escalation = _escalation_to_decide(user, escalation_id)
+        escalation, run_status = _escalation_to_decide(user, escalation_id)
         action = escalation.action
         if agent_id is not None and action.agent_id == agent_id:
             raise OwnEscalation("An agent never decides an escalation of its own action.")
@@ -309,7 +317,11 @@ def decide_escalation(
                 }
             )
         run = None
-        if action.run_id is not None:
+        if action.run_id is not None and hotsql.enabled():
+            # The read above took the run's row (FOR NO KEY UPDATE), before the
+            # escalation's and the action's; the deciding statement marks it ready.
+            run = RunLocked(status=run_status)
+        elif action.run_id is not None:
             # The run's row first, before the escalation's and the action's (see
             # workflows.settle.lock_run). A decision that will resume it at once marks it
             # ready in the same statement: anything short of deciding raises, and rolls the
@@ -359,13 +371,93 @@ def lock_run_of(action: Action) -> RunLocked | None:
     return RunLocked(status=lock_run(action.run_id))
 
 
-def _escalation_to_decide(user: User, pk: uuid.UUID | str) -> Escalation:
+def _escalation_to_decide(user: User, pk: uuid.UUID | str) -> tuple[Escalation, str | None]:
     """get_escalation_for, reading only what a decision needs: the action and the team, not
-    the run (its state, plan and input, decoded for nothing) nor the agent (its id will do)."""
+    the run (its state, plan and input, decoded for nothing) nor the agent (its id will do).
+
+    On PostgreSQL the same statement takes the run's row lock (the decision's first lock,
+    see workflows.settle.lock_run) and returns its status, and carries what other apps asked
+    to read along (`read_along`); elsewhere the status is None, the caller locks the run."""
+    if not hotsql.enabled():
+        try:
+            return escalations_for(user).select_related("action", "team").get(pk=pk), None
+        except (Escalation.DoesNotExist, ValueError):
+            raise Http404("No such escalation") from None
     try:
-        return escalations_for(user).select_related("action", "team").get(pk=pk)
-    except (Escalation.DoesNotExist, ValueError):
+        pk = uuid.UUID(str(pk))
+    except ValueError:
         raise Http404("No such escalation") from None
+    everything = sees_everything(user)
+    # A reviewer's teams are asked in the same statement (user None: nobody's, none).
+    found = hotsql.rows(
+        _read_to_decide_sql(visible_to_all=everything),
+        [pk] if everything else [pk, user.pk if user.is_authenticated else None],
+    )
+    if not found:
+        raise Http404("No such escalation")
+    row = found[0]
+    escalation = _ESCALATION.build(row)
+    start = _ESCALATION.width
+    escalation.action = _ACTION.build(row, start)
+    start += _ACTION.width
+    escalation.team = _TEAM.build(row, start)
+    start += _TEAM.width
+    setattr(escalation, _READ_ALONG_ATTR, dict(zip(_READ_ALONG, row[start + 1 :], strict=True)))
+    return escalation, row[start]
+
+
+# Columns of the other apps' rows a decision's first read carries: name -> an SQL expression
+# over `found.agent_id`, the escalated action's agent (constant text, from code).
+_READ_ALONG: dict[str, str] = {}
+_READ_ALONG_ATTR = "_decision_read_along"
+_ESCALATION = hotsql.Columns(Escalation, "e")
+_ACTION = hotsql.Columns(Action, "a")
+_TEAM = hotsql.Columns(Team, "t")
+
+
+def read_along(name: str, expression: str) -> None:
+    """Have the read that starts every decision also return `expression` (SQL over
+    `found.agent_id`, the escalated action's agent) as `name`, for an in-transaction
+    subscriber of another
+    app that would otherwise spend a statement of its own on it (the agent API: does the
+    agent have a webhook?). Registered at app start; PostgreSQL only."""
+    _READ_ALONG[name] = expression
+
+
+def read_along_value(escalation: Escalation, name: str) -> tuple[bool, Any]:
+    """(True, what the decision's read found for `name`), or (False, None) when this
+    escalation was not read that way (another caller, SQLite): ask the database."""
+    values = getattr(escalation, _READ_ALONG_ATTR, None)
+    if values is None or name not in values:
+        return False, None
+    return True, values[name]
+
+
+# The escalation with its action and team; the run's row locked (FOR NO KEY UPDATE, waited
+# for) in the same statement, the escalation's not at all: the deciding UPDATE that follows
+# is the race's referee. Identifiers from the models' metadata only.
+def _read_to_decide_sql(*, visible_to_all: bool) -> str:
+    members = Team.members.through._meta
+    also = "".join(f", ({sql}) AS {name}" for name, sql in _READ_ALONG.items())
+    team, user = members.get_field("team").column, members.get_field("user").column
+    where = (
+        ""
+        if visible_to_all
+        else f" AND e.team_id IN (SELECT m.{team} FROM {members.db_table} m WHERE m.{user} = %s)"  # noqa: S608
+    )
+    return f"""
+WITH found AS (
+    SELECT {_ESCALATION.sql}, {_ACTION.sql}, {_TEAM.sql}
+    FROM {Escalation._meta.db_table} e
+    JOIN {Action._meta.db_table} a ON a.id = e.action_id
+    JOIN {Team._meta.db_table} t ON t.id = e.team_id
+    WHERE e.id = %s{where}
+), run AS (
+    SELECT status FROM {WorkflowRun._meta.db_table}
+    WHERE id = (SELECT run_id FROM found) FOR NO KEY UPDATE
+)
+SELECT found.*, (SELECT status FROM run){also} FROM found
+"""  # noqa: S608
 
 
 def _checked_edit(action: Action, edited: dict[str, Any]) -> dict[str, Any] | None:
@@ -419,6 +511,9 @@ def finalise_decision(
     clock = verdict == Verdict.APPROVE and via != Via.SYSTEM
     if connection.vendor != "postgresql":
         _decide_with_the_orm(escalation, decision, new_status, now, clock=clock)
+    # On PostgreSQL the deciding statement marks a waiting run ready itself (record_decision
+    # is told it is marked), when record_decision would: no undo window to wait out.
+    folds_mark = connection.vendor == "postgresql" and run is not None and not run.marked
     trace = None
     if not ran:
         action.status = (
@@ -440,7 +535,7 @@ def finalise_decision(
             owner=fallback_owner(user, escalation),
             now=now,
             run_status=run.status if run is not None else None,
-            marked=run is not None and run.marked,
+            marked=run is not None and (run.marked or folds_mark),
         )
         if action.run_id is not None:
             trace = _decision_trace(
@@ -464,6 +559,13 @@ def finalise_decision(
             clock=clock,
             action=None if ran else action,
             trace=trace,
+            ready_run=action.run_id
+            if folds_mark
+            and not ran
+            and run is not None
+            and run.status == RunStatus.WAITING
+            and action.execute_after is None
+            else None,
         )
     elif not ran:
         action.save(update_fields=["status", "approved_payload", "feedback", "execute_after"])
@@ -566,6 +668,11 @@ _DECIDE_ACTION = """, action AS (
 _DECIDE_TRACE = """, trace AS (
     INSERT INTO {traces} ({trace_columns}) SELECT v.* FROM decision, (VALUES {trace_row}) AS v
 )"""
+# The run's row is already locked (the decision's first lock): marked ready for the drain.
+_DECIDE_READY = """, ready AS (
+    UPDATE {runs} SET ready_at = %s
+    WHERE id = %s AND status = 'waiting' AND EXISTS (SELECT 1 FROM decision)
+)"""
 
 
 def _decide_in_one_statement(
@@ -577,9 +684,11 @@ def _decide_in_one_statement(
     clock: bool,
     action: Action | None,
     trace: TraceEvent | None,
+    ready_run: Any = None,
 ) -> None:
-    """The conditional UPDATE, the Decision, the action's change and its trace: one round
-    trip. Raises AlreadyDecided / DeadlinePassed when it lost, NotAPerson when the
+    """The conditional UPDATE, the Decision, the action's change, its trace and the mark
+    that makes the drain claim the waiting run `ready_run` (if given): one round trip.
+    Raises AlreadyDecided / DeadlinePassed when it lost, NotAPerson when the
     database refuses the decider (the transaction is then aborted: nothing more is read)."""
     decision_row, decision_params = rows.values(decision)
     params: list[Any] = [new_status, now, escalation.pk, list(UNDECIDED_STATUSES)]
@@ -605,6 +714,10 @@ def _decide_in_one_statement(
             trace_row=trace_row,
         )
         params += trace_params
+    ready_sql = ""
+    if ready_run is not None:
+        ready_sql = _DECIDE_READY.format(runs=rows.table(WorkflowRun))
+        params += [now, ready_run]
     sql = _DECIDE.format(
         escalations=rows.table(Escalation),
         clock=_DECIDE_CLOCK if clock else "",
@@ -612,7 +725,7 @@ def _decide_in_one_statement(
         decision_columns=", ".join(rows.columns(Decision)),
         decision_row=decision_row,
         action=action_sql,
-        trace=trace_sql,
+        trace=trace_sql + ready_sql,
     )
     try:
         with connection.cursor() as cur:
