@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from workflows.gate import Guard
 from workflows.models import Action, ActionStatus, WorkflowRun
 
 from . import notify
@@ -15,6 +17,7 @@ from .actions.audits import audit_after_execution, hold_for_audit
 from .audit import draw
 from .models import UNDECIDED_STATUSES, Escalation, EscalationKind, EscalationStatus
 from .policy import PolicyDecision, evaluate
+from .policy.compiled import STAMP_UNMOVED, cached_policy_set
 
 
 class PolicyGate:
@@ -27,15 +30,22 @@ class PolicyGate:
         confidence: float,
         payload: dict[str, Any],
         declared_irreversible: bool = False,
+        fresh: bool = True,
     ) -> PolicyDecision:
-        return evaluate(
+        cached = None if fresh else cached_policy_set()
+        decision = evaluate(
             agent=agent,
             workflow=workflow,
             action_type=action_type,
             confidence=confidence,
             payload=payload,
             declared_irreversible=declared_irreversible,
+            policy_set=cached[1] if cached is not None else None,
         )
+        if cached is None:
+            return decision
+        # Not asked whether the cache is current (a statement): the action's INSERT asks.
+        return replace(decision, guard=Guard(STAMP_UNMOVED, (cached[0],)))
 
     def escalate(self, *, action: Action, team_id: int) -> None:
         escalate_action(action=action, team_id=team_id)

@@ -15,7 +15,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from . import hotsql, outbox, rows
-from .gate import Verdict, gate
+from .gate import Guard, Verdict, gate
 from .llm import model_label
 from .models import (
     Action,
@@ -393,49 +393,44 @@ def create_action(
     """
     tool = get_action_type(action_type)
     evaluated = verdict is None
-    if verdict is None:
-        verdict = gate().evaluate(
+    # On PostgreSQL the gate may answer from its cache unchecked: the INSERT checks it.
+    fresh = not hotsql.enabled()
+    while True:
+        if evaluated:
+            verdict = gate().evaluate(
+                agent=agent,
+                workflow=run.workflow if run is not None else workflow,
+                action_type=tool.name,
+                confidence=confidence,
+                payload=payload,
+                declared_irreversible=declared_irreversible,
+                fresh=fresh,
+            )
+        assert verdict is not None
+        action = _action_with_verdict(
+            verdict,
+            force_review_reasons=force_review_reasons,
+            run=run,
+            step_name=step_name,
             agent=agent,
-            workflow=run.workflow if run is not None else workflow,
-            action_type=tool.name,
-            confidence=confidence,
+            tool=tool,
             payload=payload,
-            declared_irreversible=declared_irreversible,
+            confidence=confidence,
+            rationale=rationale,
+            idempotency_key=idempotency_key,
+            revision_of=revision_of,
         )
-    outcome, reasons = PolicyOutcome(verdict.outcome), list(verdict.reasons)
-    if force_review_reasons and outcome == PolicyOutcome.AUTO:
-        # A failed verification never silently passes: the action goes to a person, with
-        # the failure first among the reasons.
-        outcome, reasons = PolicyOutcome.REVIEW, [*force_review_reasons]
-    elif force_review_reasons:
-        reasons = [*force_review_reasons, *reasons]
-    probability, sampled = (
-        gate().draw_audit(verdict=verdict) if outcome == PolicyOutcome.AUTO else (None, False)
-    )
-    # Evaluated before the row exists, so it is written once, with its verdict (the
-    # evaluation reads policies only, never the action).
-    action = Action(
-        audit_probability=probability,
-        audit_sampled=sampled,
-        run=run,
-        step_name=step_name,
-        agent=agent,
-        action_type=tool.name,
-        payload=payload,
-        confidence=confidence,
-        rationale=rationale,
-        idempotency_key=idempotency_key,
-        payload_digest=digest(payload),
-        outcome=outcome,
-        reasons=reasons,
-        policy_id=verdict.policy_id,
-        policy_version=verdict.policy_version,
-        status=status_for(outcome),
-        revision_of=revision_of,
-        revision_round=revision_of.revision_round + 1 if revision_of is not None else 0,
-    )
-    if not _insert_action(action, or_existing=or_existing):
+        # A fresh verdict carries no guard (the gate's contract); never asked a third time.
+        guard = None if fresh else verdict.guard
+        written = _insert_action(action, or_existing=or_existing, guard=guard)
+        if written is not None:
+            break
+        # The gate's cache was stale (a policy or an agent changed): ask it afresh.
+        fresh = True
+    if not written:
         return Action.objects.get(idempotency_key=idempotency_key)
+    outcome, reasons = PolicyOutcome(action.outcome), list(action.reasons)
+    sampled = action.audit_sampled
     if run is not None and evaluated:
         record_trace(
             run=run,
@@ -456,30 +451,100 @@ def create_action(
     return action
 
 
-def _insert_action(action: Action, *, or_existing: bool) -> bool:
-    """Write a new action's row; False if `or_existing` and its key was taken already."""
+def _action_with_verdict(
+    verdict: Verdict,
+    *,
+    force_review_reasons: Sequence[str],
+    run: WorkflowRun | None,
+    step_name: str,
+    agent: Any,
+    tool: Any,
+    payload: dict[str, Any],
+    confidence: float,
+    rationale: str,
+    idempotency_key: str,
+    revision_of: Action | None,
+) -> Action:
+    """The unsaved action, with the gate's verdict (and a failed verification's reasons)."""
+    outcome, reasons = PolicyOutcome(verdict.outcome), list(verdict.reasons)
+    if force_review_reasons and outcome == PolicyOutcome.AUTO:
+        # A failed verification never silently passes: the action goes to a person, with
+        # the failure first among the reasons.
+        outcome, reasons = PolicyOutcome.REVIEW, [*force_review_reasons]
+    elif force_review_reasons:
+        reasons = [*force_review_reasons, *reasons]
+    probability, sampled = (
+        gate().draw_audit(verdict=verdict) if outcome == PolicyOutcome.AUTO else (None, False)
+    )
+    # Evaluated before the row exists, so it is written once, with its verdict (the
+    # evaluation reads policies only, never the action).
+    return Action(
+        audit_probability=probability,
+        audit_sampled=sampled,
+        run=run,
+        step_name=step_name,
+        agent=agent,
+        action_type=tool.name,
+        payload=payload,
+        confidence=confidence,
+        rationale=rationale,
+        idempotency_key=idempotency_key,
+        payload_digest=digest(payload),
+        outcome=outcome,
+        reasons=reasons,
+        policy_id=verdict.policy_id,
+        policy_version=verdict.policy_version,
+        status=status_for(outcome),
+        revision_of=revision_of,
+        revision_round=revision_of.revision_round + 1 if revision_of is not None else 0,
+    )
+
+
+def _insert_action(action: Action, *, or_existing: bool, guard: Guard | None = None) -> bool | None:
+    """Write a new action's row; False if `or_existing` and its key was taken already; None
+    (nothing written) if its verdict's `guard` no longer holds."""
     if connection.vendor != "postgresql":
         if or_existing and Action.objects.filter(idempotency_key=action.idempotency_key).exists():
             return False
         action.save(force_insert=True)
         return True
     row, params = rows.values(action)
+    conflict = " ON CONFLICT (idempotency_key) DO NOTHING" if or_existing else ""
+    if guard is None:
+        source, extra = f"VALUES {row}", []
+    else:
+        # The guard's SQL is the gate's constant text; its values are parameters.
+        source = f"SELECT v.* FROM (VALUES {row}) AS v WHERE {guard.sql}"  # noqa: S608
+        extra = [*guard.params]
     sql = _INSERT_ACTION.format(
-        actions=rows.table(Action),
-        columns=", ".join(rows.columns(Action)),
-        row=row,
-        conflict=" ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1" if or_existing else "",
+        actions=rows.table(Action), columns=", ".join(rows.columns(Action)), source=source
     )
     with connection.cursor() as cur:
-        cur.execute(sql, params)
-        if or_existing and cur.fetchone() is None:
-            return False
+        if guard is not None and or_existing:
+            # Nothing written: a taken key, or a stale verdict? The guard says which (the
+            # same snapshot answers it twice).
+            cur.execute(
+                f"WITH written AS ({sql}{conflict} RETURNING 1) "  # noqa: S608
+                f"SELECT EXISTS (SELECT 1 FROM written), {guard.sql}",
+                [*params, *extra, *extra],
+            )
+            inserted, held = cur.fetchone()
+            if not inserted:
+                return False if held else None
+        elif guard is not None:
+            cur.execute(f"{sql} RETURNING 1", [*params, *extra])
+            if cur.fetchone() is None:
+                return None
+        else:
+            cur.execute(sql + conflict + (" RETURNING 1" if or_existing else ""), params)
+            if or_existing and cur.fetchone() is None:
+                return False
     rows.saved(action)
     return True
 
 
 # Identifiers from the models' metadata only; every value is a parameter.
-_INSERT_ACTION = "INSERT INTO {actions} ({columns}) VALUES {row}{conflict}"
+_INSERT_ACTION = "INSERT INTO {actions} ({columns}) {source}"
 
 
 def propose_action(

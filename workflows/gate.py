@@ -21,6 +21,17 @@ if TYPE_CHECKING:
     from .models import Action, WorkflowRun
 
 
+@dataclass(frozen=True)
+class Guard:
+    """A condition (SQL, constant text, and its parameters) under which a verdict reached
+    from the gate's cache is still the gate's answer: the action is written with it in the
+    same statement, and where it no longer holds nothing is written and the gate is asked
+    again with `fresh=True`. Saves the freshness check its own round trip."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
 class Verdict(Protocol):
     """What the gate says of one proposed action."""
 
@@ -35,6 +46,11 @@ class Verdict(Protocol):
     @property
     def team_id(self) -> int: ...
 
+    @property
+    def guard(self) -> Guard | None:
+        """None: the verdict is current as it stands."""
+        ...
+
 
 @dataclass(frozen=True)
 class FixedVerdict:
@@ -45,6 +61,7 @@ class FixedVerdict:
     team_id: int
     policy_id: int | None = None
     policy_version: int | None = None
+    guard: Guard | None = None
 
 
 class ActionGate(Protocol):
@@ -57,9 +74,11 @@ class ActionGate(Protocol):
         confidence: float,
         payload: dict[str, Any],
         declared_irreversible: bool = False,
+        fresh: bool = True,
     ) -> Verdict:
         """May this action run alone? `declared_irreversible`: the agent said so itself (it
-        can only make the verdict stricter)."""
+        can only make the verdict stricter). `fresh=False`: the caller writes the action
+        under the verdict's `guard`, so the gate may answer from its cache unchecked."""
         ...
 
     def escalate(self, *, action: Action, team_id: int) -> None:

@@ -228,7 +228,7 @@ def escalate_action(
         )
     # The template now; the model's after commit (summaries.want_summary), never in here.
     summary = first_summary(action, list(action.reasons))
-    escalation = Escalation.objects.create(
+    escalation = Escalation(
         action=action,
         team_id=team_id,
         kind=kind,
@@ -242,6 +242,7 @@ def escalate_action(
         summary_wanted_at=now,
         **routing,
     )
+    _insert_escalation(escalation)
     if action.run is not None:
         extras = []
         if escalation.sla_minutes:
@@ -261,6 +262,36 @@ def escalate_action(
     notify.escalation_opened(escalation)
     want_summary()
     return escalation
+
+
+def _insert_escalation(escalation: Escalation) -> None:
+    """`escalation.save(force_insert=True)`; on PostgreSQL its team is read in the same
+    statement (the trace names it, the Slack transport posts to its channel)."""
+    if not hotsql.enabled():
+        escalation.save(force_insert=True)
+        return
+    row, params = rows.values(escalation)
+    found = hotsql.rows(
+        _INSERT_ESCALATION.format(
+            escalations=rows.table(Escalation),
+            columns=", ".join(rows.columns(Escalation)),
+            row=row,
+            team=_TEAM.sql,
+            teams=rows.table(Team),
+        ),
+        [*params, escalation.team_id],
+    )
+    rows.saved(escalation)
+    if found:
+        escalation.team = _TEAM.build(found[0])
+
+
+# Identifiers from the models' metadata only; every value is a parameter. The INSERT runs
+# whether or not the SELECT reads it (a data-modifying CTE always does).
+_INSERT_ESCALATION = """
+WITH escalation AS (INSERT INTO {escalations} ({columns}) VALUES {row})
+SELECT {team} FROM {teams} t WHERE t.id = %s
+"""
 
 
 def decide_escalation(

@@ -224,6 +224,19 @@ def current_policy_set() -> PolicySet:
     return policy_set
 
 
+# True while the database stamp is still `%s`: the guard of a verdict reached from the cache
+# unchecked (workflows.gate.Guard), checked in the statement that writes the action.
+STAMP_UNMOVED = "EXISTS (SELECT 1 FROM escalations_policycachestamp WHERE id = 1 AND stamp = %s)"
+
+
+def cached_policy_set() -> tuple[str, PolicySet] | None:
+    """The compiled set this process holds and the stamp it was compiled at, without asking
+    the database whether it is current: only for a caller that checks `STAMP_UNMOVED` with
+    that stamp where it writes what it decided, and asks again if it moved. None: nothing
+    cached yet."""
+    return _cache.get(connection.alias)
+
+
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()

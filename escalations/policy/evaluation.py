@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from workflows.gate import Guard
 from workflows.models import Action, PolicyOutcome
 from workflows.tools import ActionType, get_action_type
 
@@ -39,6 +40,8 @@ class PolicyDecision:
     policies_considered: int = 0
     # The chance an action allowed to run alone is sampled for a person to judge (audit).
     audit_rate: float = 0.0
+    # Reached from the cached policies unchecked: holds while they are current.
+    guard: Guard | None = None
 
 
 def amount_of(tool: ActionType, payload: dict[str, Any]) -> Decimal | None:
