@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -519,26 +518,25 @@ def _insert_action(action: Action, *, or_existing: bool, guard: Guard | None = N
     sql = _INSERT_ACTION.format(
         actions=rows.table(Action), columns=", ".join(rows.columns(Action)), source=source
     )
-    with connection.cursor() as cur:
-        if guard is not None and or_existing:
-            # Nothing written: a taken key, or a stale verdict? The guard says which (the
-            # same snapshot answers it twice).
-            cur.execute(
-                f"WITH written AS ({sql}{conflict} RETURNING 1) "  # noqa: S608
-                f"SELECT EXISTS (SELECT 1 FROM written), {guard.sql}",
-                [*params, *extra, *extra],
-            )
-            inserted, held = cur.fetchone()
-            if not inserted:
-                return False if held else None
-        elif guard is not None:
-            cur.execute(f"{sql} RETURNING 1", [*params, *extra])
-            if cur.fetchone() is None:
-                return None
-        else:
-            cur.execute(sql + conflict + (" RETURNING 1" if or_existing else ""), params)
-            if or_existing and cur.fetchone() is None:
-                return False
+    # Prepared: the same few texts for every proposal.
+    if guard is not None and or_existing:
+        # Nothing written: a taken key, or a stale verdict? The guard says which (the same
+        # snapshot answers it twice).
+        [(inserted, held)] = hotsql.rows(
+            f"WITH written AS ({sql}{conflict} RETURNING 1) "  # noqa: S608
+            f"SELECT EXISTS (SELECT 1 FROM written), {guard.sql}",
+            [*params, *extra, *extra],
+        )
+        if not inserted:
+            return False if held else None
+    elif guard is not None:
+        if not hotsql.rows(f"{sql} RETURNING 1", [*params, *extra]):
+            return None
+    elif or_existing:
+        if not hotsql.rows(f"{sql}{conflict} RETURNING 1", params):
+            return False
+    else:
+        hotsql.rows(sql, params)
     rows.saved(action)
     return True
 
@@ -672,13 +670,8 @@ def _recorded_effect(key: str) -> dict[str, Any] | None:
     if connection.vendor != "postgresql":
         found = Effect.objects.filter(key=key).values_list("result", flat=True).first()
         return None if found is None else dict(found)
-    with connection.cursor() as cur:
-        cur.execute(_RECORDED_EFFECT, [key])
-        row = cur.fetchone()
-    if row is None:
-        return None
-    value = row[0]
-    return dict(json.loads(value) if isinstance(value, str) else value)
+    found = hotsql.rows(_RECORDED_EFFECT, [key])
+    return dict(hotsql.loads(found[0][0])) if found else None
 
 
 def _record_executed(action: Action, result: dict[str, Any]) -> None:
@@ -696,17 +689,16 @@ def _record_executed(action: Action, result: dict[str, Any]) -> None:
         row=row,
         actions=rows.table(Action),
     )
-    with connection.cursor() as cur:
-        cur.execute(
-            sql,
-            [
-                *params,
-                action.status,
-                connection.ops.adapt_json_value(result, None),
-                action.executed_at,
-                action.pk,
-            ],
-        )
+    hotsql.rows(
+        sql,
+        [
+            *params,
+            action.status,
+            connection.ops.adapt_json_value(result, None),
+            action.executed_at,
+            action.pk,
+        ],
+    )
 
 
 _RECORDED_EFFECT = "SELECT result FROM workflows_effect WHERE key = %s"

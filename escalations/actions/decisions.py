@@ -759,9 +759,7 @@ def _decide_in_one_statement(
         trace=trace_sql + ready_sql,
     )
     try:
-        with connection.cursor() as cur:
-            cur.execute(sql, params)
-            won, decided = cur.fetchone()
+        [(won, decided)] = hotsql.rows(sql, params)
     except IntegrityError as exc:
         raise _refused_decider(exc, decision.decided_by) or exc from None
     if not won:
