@@ -101,7 +101,8 @@ def record_decision(
     """Precondition: inside the transaction that decides `action` (its status already set by
     the caller) and, for an action of a run, holding the run's row lock (`lock_run`, taken
     before the escalation's: `run_status` is what it returned; `marked`: it also marked the
-    run ready). Sets what the engine reads and returns the fields to save with the status;
+    run ready, or the caller's deciding statement will, exactly when this would — waiting,
+    no undo window). Sets what the engine reads and returns the fields to save with the status;
     makes the run go on:
 
     - waiting: marked ready in this transaction (`ready_at`) and the drain woken after

@@ -449,9 +449,10 @@ _TEAM = hotsql.Columns(Team, "t")
 def read_along(name: str, expression: str) -> None:
     """Have the read that starts every decision also return `expression` (SQL over
     `found.agent_id`, the escalated action's agent) as `name`, for an in-transaction
-    subscriber of another
-    app that would otherwise spend a statement of its own on it (the agent API: does the
-    agent have a webhook?). Registered at app start; PostgreSQL only."""
+    subscriber of another app that would otherwise spend a statement of its own on it (the
+    agent API: does the agent have a webhook?). Registered at app start; PostgreSQL only.
+    The layers still point one way: the other app hands its SQL here, this one never
+    names its tables."""
     _READ_ALONG[name] = expression
 
 
@@ -471,11 +472,8 @@ def _read_to_decide_sql(*, visible_to_all: bool) -> str:
     members = Team.members.through._meta
     also = "".join(f", ({sql}) AS {name}" for name, sql in _READ_ALONG.items())
     team, user = members.get_field("team").column, members.get_field("user").column
-    where = (
-        ""
-        if visible_to_all
-        else f" AND e.team_id IN (SELECT m.{team} FROM {members.db_table} m WHERE m.{user} = %s)"  # noqa: S608
-    )
+    mine = f"SELECT m.{team} FROM {members.db_table} m WHERE m.{user} = %s"  # noqa: S608
+    where = "" if visible_to_all else f" AND e.team_id IN ({mine})"
     return f"""
 WITH found AS (
     SELECT {_ESCALATION.sql}, {_ACTION.sql}, {_TEAM.sql}
