@@ -5,9 +5,11 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import Http404
+from django.test.utils import CaptureQueriesContext
 
 from escalations.actions import AlreadyDecided, decide_escalation
 from escalations.models import AgentProfile, Decision, Escalation, EscalationStatus, Verdict, Via
+from tests.support.queries import statements
 from workflows.actions import propose_action, start_run
 from workflows.models import Action, ActionStatus, Outbox, RunStatus, WorkflowRun
 from workflows.outbox import DRAIN_RESUMES, RESUME
@@ -223,3 +225,33 @@ def test_two_tabs_deciding_at_once_record_exactly_one_decision(
     loser = next(u for u, v in outcomes.items() if v != "won")
     assert f"by {decision.decided_by.username} via web" in outcomes[loser]
     assert WorkflowRun.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_teammate_decides_in_two_statements_and_an_outsider_finds_nothing(
+    escalation, alice, bob, django_capture_on_commit_callbacks
+):
+    """The reviewer's teams, the escalation with its action and team, the run's row lock and
+    the agent's webhook: one read. Then the one deciding statement (the run marked ready)."""
+    run = _waiting(escalation)
+    with CaptureQueriesContext(connection) as ctx, pytest.raises(Http404):
+        decide_escalation(
+            escalation_id=escalation.pk, user=bob, verdict=Verdict.APPROVE, via=Via.WEB
+        )
+    assert statements(ctx) == ["WITH escalations_escalation"]  # bob is in billing: nothing
+    assert Escalation.objects.get(pk=escalation.pk).status == EscalationStatus.OPEN
+    with (
+        django_capture_on_commit_callbacks(execute=False),
+        CaptureQueriesContext(connection) as ctx,
+    ):
+        decide_escalation(
+            escalation_id=escalation.pk,
+            user=alice,
+            verdict=Verdict.REJECT,
+            via=Via.WEB,
+            reason="not like this",
+        )
+    assert statements(ctx) == ["WITH escalations_escalation", "WITH escalations_escalation"]
+    run.refresh_from_db()
+    assert run.ready_at is not None
+    assert Escalation.objects.get(pk=escalation.pk).status == EscalationStatus.REJECTED
