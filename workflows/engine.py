@@ -372,6 +372,9 @@ class _Batch:
     # round's end: (claimed step's values + its id) and the run's values.
     claims: list[list[Any]] = field(default_factory=list)
     ends: list[list[Any]] = field(default_factory=list)
+    # The actions the waiting steps of the runs coordinating this round (no step of theirs
+    # runs before their round reads these) wait for, with their ledger flag, by id.
+    awaited: dict[str, Action] = field(default_factory=dict)
 
 
 @contextmanager
@@ -393,6 +396,9 @@ def _locked_batch(
         step: StepRun = _STEP_COLUMNS.build(row)
         steps[step.run_id].append(step)
     batch = _Batch(runs=runs, steps=steps)
+    coordinating = [s for r, listed in steps.items() if r in runs for s in listed]
+    if ids := _awaited_ids(coordinating):
+        batch.awaited = {str(a.pk): a for a in actions_with_effect(ids)}
     token = _BATCH.set(batch)
     try:
         yield
@@ -969,15 +975,23 @@ def _awaited_actions(steps: list[StepRun]) -> dict[str, Action]:
     """The actions the waiting steps wait for, by id, each annotated with whether the ledger
     holds its effect (what a recovery check asks): one query for all of them, none when
     nothing waits on an action."""
-    ids = [
+    ids = _awaited_ids(steps)
+    if not ids:
+        return {}
+    batch = _BATCH.get()
+    if batch is not None and all(str(i) in batch.awaited for i in ids):
+        # Read by the group round, under the run's lock, before any of its steps ran.
+        return {i: batch.awaited.pop(i) for i in dict.fromkeys(str(i) for i in ids)}
+    return {str(a.pk): a for a in actions_with_effect(ids)}
+
+
+def _awaited_ids(steps: list[StepRun]) -> list[Any]:
+    return [
         a
         for s in steps
         if s.status == StepStatus.WAITING
         for a in (s.waiting_for or {}).get("actions") or []
     ]
-    if not ids:
-        return {}
-    return {str(a.pk): a for a in actions_with_effect(ids)}
 
 
 def _unsettled(action: Action, now: datetime) -> bool:

@@ -295,3 +295,29 @@ def test_a_run_that_fails_is_set_aside_and_never_fails_its_batch_mates(
     inline_tasks.drain()
     crashing.refresh_from_db()
     assert crashing.status == RunStatus.FAILED
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_decided_runs_resumed_together_read_what_they_waited_for_at_once(
+    review_peer, inline_tasks, admin_user, batch
+):
+    """The actions two resumed runs waited for (and whether the ledger holds their effect)
+    are read in one statement for the round, under the runs' locks, not one per run."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from bench.bench_e2e import approve_open
+    from workflows.models import Effect
+
+    runs = [start_run(workflow=review_peer, input={"item": f"i-{i}"}) for i in range(2)]
+    inline_tasks.drain()
+    assert approve_open(admin_user) == 2
+    inline_tasks.sent.clear()
+    with CaptureQueriesContext(connection) as queries:
+        assert engine.drain_runs(starts=False, max_batch=batch) == 2
+    awaited = [q for q in queries.captured_queries if "FROM workflows_effect e" in q["sql"]]
+    assert len(awaited) == (2 if batch == 1 else 1)
+    for run in runs:
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+    assert Effect.objects.count() == 2
