@@ -48,12 +48,10 @@ def _session_cookie(user: Any) -> str:
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
-def test_the_pool_gets_every_connection_back(small_pool_server, agent, policies, alice):
-    host = small_pool_server
-    base = f"http://{host}"
+def _escalated_action(base: str, agent: Any, key: str) -> tuple[dict[str, str], str]:
+    """An API token's headers, and the URL of an action it proposed that went to a person."""
     _, raw = create_api_token(agent=agent)
     headers = {"Authorization": f"Bearer {raw}"}
-    cookie = _session_cookie(alice)
     r = httpx.post(
         f"{base}/api/v1/actions",
         json={
@@ -61,7 +59,7 @@ def test_the_pool_gets_every_connection_back(small_pool_server, agent, policies,
             "action_type": "send_reply",
             "payload": REPLY,
             "confidence": 0.9,
-            "idempotency_key": "k-1",
+            "idempotency_key": key,
         },
         headers=headers,
         timeout=10,
@@ -69,7 +67,14 @@ def test_the_pool_gets_every_connection_back(small_pool_server, agent, policies,
     assert r.status_code == 201, r.text
     action = r.json()
     assert action["status"] == "escalated", action
-    action_url = f"{base}/api/v1/actions/{action['id']}"
+    return headers, f"{base}/api/v1/actions/{action['id']}"
+
+
+def test_the_pool_gets_every_connection_back(small_pool_server, agent, policies, alice):
+    host = small_pool_server
+    base = f"http://{host}"
+    headers, action_url = _escalated_action(base, agent, "k-1")
+    cookie = _session_cookie(alice)
 
     async def churn() -> None:
         ws_headers = {"Cookie": cookie, "Origin": base}
@@ -137,22 +142,7 @@ def test_a_waiting_long_poll_holds_no_connection(small_pool_server, agent, polic
     between reads: more of them than the pool has connections wait at once, and meanwhile
     only the health check holds one."""
     base = f"http://{small_pool_server}"
-    _, raw = create_api_token(agent=agent)
-    headers = {"Authorization": f"Bearer {raw}"}
-    r = httpx.post(
-        f"{base}/api/v1/actions",
-        json={
-            "agent": "triage-agent",
-            "action_type": "send_reply",
-            "payload": REPLY,
-            "confidence": 0.9,
-            "idempotency_key": "k-lp",
-        },
-        headers=headers,
-        timeout=10,
-    )
-    assert r.status_code == 201, r.text
-    action_url = f"{base}/api/v1/actions/{r.json()['id']}"
+    headers, action_url = _escalated_action(base, agent, "k-lp")
 
     async def polls() -> tuple[list[int], list[dict[str, int]]]:
         async with httpx.AsyncClient(headers=headers, timeout=30) as client:
