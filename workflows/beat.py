@@ -16,7 +16,7 @@ from django.utils import timezone
 from . import leases
 from .gate import gate
 from .models import RunStatus, StepRun, StepStatus, WorkflowRun
-from .outbox import ADVANCE, RESUME, RUN_STEP
+from .outbox import ADVANCE, RESUME, step_task
 from .outbox import enqueue as outbox_enqueue
 from .outbox import enqueue_many as outbox_enqueue_many
 
@@ -126,13 +126,9 @@ def resend_lost(*, before: datetime, limit: int = 2000) -> int:
         )
     )
     with transaction.atomic():
-        steps = list(
-            StepRun.objects.select_for_update(skip_locked=True, no_key=True)
-            .filter(status=StepStatus.QUEUED, dispatched_at__lt=before)
-            .only("pk", "run_id", "name")[:limit]
-        )
+        steps = _queued_before(before, limit)
         StepRun.objects.filter(pk__in=[s.pk for s in steps]).update(dispatched_at=now)
-        sends: list[tuple[str, list[Any]]] = [(RUN_STEP, [str(s.run_id), s.name]) for s in steps]
+        sends: list[tuple[str, list[Any]]] = [_run_step(s) for s in steps]
         runs = set(
             WorkflowRun.objects.filter(
                 no_live_lease,
@@ -172,6 +168,21 @@ def resend_lost(*, before: datetime, limit: int = 2000) -> int:
     return len(steps) + len(runs) + len(moving) + _resend_skipped_steps(before, limit)
 
 
+def _queued_before(before: datetime, limit: int) -> list[StepRun]:
+    """Queued steps dispatched before `before` that no transaction holds, locked, with their
+    run's plan (which task runs each: `_run_step`)."""
+    return list(
+        StepRun.objects.select_for_update(skip_locked=True, no_key=True, of=("self",))
+        .select_related("run")
+        .filter(status=StepStatus.QUEUED, dispatched_at__lt=before)
+        .only("pk", "run_id", "name", "run__plan")[:limit]
+    )
+
+
+def _run_step(step: StepRun) -> tuple[str, list[Any]]:
+    return (step_task(step.run.plan, step.name), [str(step.run_id), step.name])
+
+
 def _resend_skipped_steps(before: datetime, limit: int, *, within: float = 3.0) -> int:
     """Queued steps resend_lost skipped because a transaction held them (a worker's
     advance_run locks a run's steps): once it lets go, a step still queued from before the
@@ -184,15 +195,11 @@ def _resend_skipped_steps(before: datetime, limit: int, *, within: float = 3.0) 
             break
         time.sleep(0.2)
         with transaction.atomic():
-            steps = list(
-                StepRun.objects.select_for_update(skip_locked=True, no_key=True)
-                .filter(status=StepStatus.QUEUED, dispatched_at__lt=before)
-                .only("pk", "run_id", "name")[:limit]
-            )
+            steps = _queued_before(before, limit)
             StepRun.objects.filter(pk__in=[s.pk for s in steps]).update(
                 dispatched_at=timezone.now()
             )
-            outbox_enqueue_many([(RUN_STEP, [str(s.run_id), s.name]) for s in steps])
+            outbox_enqueue_many([_run_step(s) for s in steps])
         sent += len(steps)
     if sent:
         log.warning("broker restarted empty: re-sent %s step(s) a transaction held", sent)

@@ -751,7 +751,7 @@ def _repair(run: WorkflowRun, steps: list[StepRun], now: datetime) -> list[StepR
             # Its message never reached a worker (broker restarted empty): send again.
             s.dispatched_at = now
             s.save(update_fields=["dispatched_at"])
-            outbox_enqueue(RUN_STEP, str(run.pk), s.name)
+            outbox_enqueue(outbox.step_task(run.plan, s.name), str(run.pk), s.name)
     return crashed
 
 

@@ -36,9 +36,22 @@ RUN_STEP = "workflows.tasks.run_step"
 # run_step for a step that calls a model (specs.StepSpec.calls_model), routed
 # (settings.CELERY_TASK_ROUTES) to the model queue, `<queue>-model`: in scale-out mode a pool
 # of its own serves it, so a model's seconds never hold a batch worker's child, let alone a
-# drain's batch. (Re-sends of a lost message — engine._repair, beat.resend_lost — go as
-# RUN_STEP, to the default queue: the step still runs once, only not in its own pool.)
+# drain's batch. Re-sends of a lost message (engine._repair, beat.resend_lost) go the same
+# way: `step_task`.
 RUN_MODEL_STEP = "workflows.tasks.run_model_step"
+
+
+def step_task(plan: list[dict[str, Any]], name: str) -> str:
+    """The task that runs the queued step `name` of a run with this plan: RUN_MODEL_STEP for
+    one that calls a model where such steps run alone (settings.MODEL_STEPS_ALONE)."""
+    from django.conf import settings
+
+    alone = settings.MODEL_STEPS_ALONE and any(
+        p.get("name") == name and p.get("calls_model") for p in plan
+    )
+    return RUN_MODEL_STEP if alone else RUN_STEP
+
+
 # Written into the broker once; gone means the broker lost its data (restarted empty), and
 # with it every message sent before: see broker_restarted.
 EPOCH_KEY = "caliber:broker-epoch"

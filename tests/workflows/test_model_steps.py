@@ -360,3 +360,28 @@ def test_a_triage_run_sends_each_model_step_to_the_model_pool(policies, ticket, 
     assert run.status in (RunStatus.WAITING, RunStatus.SUCCEEDED), run.error
     sent = [a[1] for t, a in inline_tasks.delivered if t == RUN_MODEL_STEP]
     assert sent[:3] == ["classify", "draft_reply", "propose_actions"]
+
+
+def test_a_lost_model_step_is_sent_again_to_the_model_pool(agent, inline_tasks, model):
+    """Its message lost (the broker restarted empty, or it stalled): beat's resend and a
+    round's repair send it again to the model queue, not to a batch worker's."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    run = start_run(workflow="model_alone", input={})
+    inline_tasks.sent.clear()
+    assert engine.drain_runs() == 1
+    assert _sent(inline_tasks, RUN_MODEL_STEP) == [[str(run.pk), "think"]]
+    long_ago = timezone.now() - timedelta(hours=1)
+    StepRun.objects.filter(run=run, name="think").update(dispatched_at=long_ago)
+    inline_tasks.sent.clear()
+    engine.resend_lost(before=timezone.now())
+    assert _sent(inline_tasks, RUN_MODEL_STEP) == [[str(run.pk), "think"]]
+    assert _sent(inline_tasks, "workflows.tasks.run_step") == []
+
+    StepRun.objects.filter(run=run, name="think").update(dispatched_at=long_ago)
+    inline_tasks.sent.clear()
+    engine.advance_run(run_id=run.pk)
+    assert _sent(inline_tasks, RUN_MODEL_STEP) == [[str(run.pk), "think"]]
+    assert _sent(inline_tasks, "workflows.tasks.run_step") == []
