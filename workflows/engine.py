@@ -44,7 +44,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -388,9 +388,7 @@ def _locked_batch(
     for row in hotsql.rows(_LOCK_RUNS, [run_ids]):
         # A claimed step's run is in memory already (its commit's fence reads it afresh).
         if not isinstance(items.get(row[0]), Claim):
-            run: WorkflowRun = _RUN_COLUMNS.build(row)
-            run._state.fields_cache["agent"] = _AGENT_COLUMNS.build(row, _RUN_COLUMNS.width)
-            runs[run.pk] = run
+            runs[row[0]] = _run_with_agent(row)
     steps: dict[uuid.UUID, list[StepRun]] = {r: [] for r in run_ids}
     for row in hotsql.rows(_LOCK_BATCH_STEPS, [run_ids]):
         step: StepRun = _STEP_COLUMNS.build(row)
@@ -486,12 +484,21 @@ class _Coordinate(_Again):
 _RUN_COLUMNS = hotsql.Columns(WorkflowRun, "r")
 _AGENT = WorkflowRun._meta.get_field("agent").related_model
 _AGENT_COLUMNS = hotsql.Columns(_AGENT, "a")
-_LOCK_RUN = (
-    # Column and table names from the models, never from input.
+# A run with its agent; only the run's row is locked. Column and table names from the
+# models, never from input.
+_SELECT_RUN = (
     f"SELECT {_RUN_COLUMNS.sql}, {_AGENT_COLUMNS.sql} FROM workflows_workflowrun r"  # noqa: S608
     f" JOIN {_AGENT._meta.db_table} a ON a.id = r.agent_id"
-    " WHERE r.id = %s FOR NO KEY UPDATE OF r"
 )
+_LOCK_RUN = f"{_SELECT_RUN} WHERE r.id = %s FOR NO KEY UPDATE OF r"
+# A group round's, in the lock order (see _locked_batch).
+_LOCK_RUNS = f"{_SELECT_RUN} WHERE r.id = ANY(%s) ORDER BY r.id FOR NO KEY UPDATE OF r"
+
+
+def _run_with_agent(row: Sequence[Any]) -> WorkflowRun:
+    run: WorkflowRun = _RUN_COLUMNS.build(row)
+    run._state.fields_cache["agent"] = _AGENT_COLUMNS.build(row, _RUN_COLUMNS.width)
+    return run
 
 
 def _lock_run(run_id: uuid.UUID) -> WorkflowRun | None:
@@ -501,11 +508,7 @@ def _lock_run(run_id: uuid.UUID) -> WorkflowRun | None:
         return batch.runs.pop(run_id)  # locked by the group round (read once)
     if hotsql.enabled():
         found = hotsql.rows(_LOCK_RUN, [run_id])
-        if not found:
-            return None
-        run: WorkflowRun = _RUN_COLUMNS.build(found[0])
-        run._state.fields_cache["agent"] = _AGENT_COLUMNS.build(found[0], _RUN_COLUMNS.width)
-        return run
+        return _run_with_agent(found[0]) if found else None
     return (
         WorkflowRun.objects.select_for_update(no_key=True, of=("self",))
         .select_related("agent")
@@ -684,19 +687,11 @@ def _coordinate_locked(
 # A round reads every step but its output (a round never reads them — a step reads them from
 # the state — and they grow with every step).
 _STEP_COLUMNS = hotsql.Columns(StepRun, "s", exclude=("output",))
-_LOCK_STEPS = (
-    f"SELECT {_STEP_COLUMNS.sql} FROM workflows_steprun s"  # noqa: S608 (the model's columns)
-    " WHERE s.run_id = %s ORDER BY s.position FOR NO KEY UPDATE"
-)
+_SELECT_STEPS = f"SELECT {_STEP_COLUMNS.sql} FROM workflows_steprun s"  # noqa: S608 (the model's columns)
+_LOCK_STEPS = f"{_SELECT_STEPS} WHERE s.run_id = %s ORDER BY s.position FOR NO KEY UPDATE"
 # A group round's (see _locked_batch).
-_LOCK_RUNS = (
-    f"SELECT {_RUN_COLUMNS.sql}, {_AGENT_COLUMNS.sql} FROM workflows_workflowrun r"  # noqa: S608
-    f" JOIN {_AGENT._meta.db_table} a ON a.id = r.agent_id"
-    " WHERE r.id = ANY(%s) ORDER BY r.id FOR NO KEY UPDATE OF r"
-)
 _LOCK_BATCH_STEPS = (
-    f"SELECT {_STEP_COLUMNS.sql} FROM workflows_steprun s"  # noqa: S608 (the model's columns)
-    " WHERE s.run_id = ANY(%s) ORDER BY s.run_id, s.position FOR NO KEY UPDATE"
+    f"{_SELECT_STEPS} WHERE s.run_id = ANY(%s) ORDER BY s.run_id, s.position FOR NO KEY UPDATE"
 )
 
 
@@ -861,11 +856,19 @@ def _settle_status(
 _ROUND_FIELDS = ("status", "wake_at", "lease_owner", "lease_expires_at", "updated_at")
 
 
-def _end_in_batch(batch: _Batch, run: WorkflowRun, step: StepRun | None) -> None:
+def _unsaved_step(claim: Claim | _Again | None) -> StepRun | None:
+    """The claimed step whose row is still to be written, now left to the caller to write."""
+    if not isinstance(claim, Claim) or not claim.unsaved:
+        return None
+    claim.unsaved = False
+    return claim.step
+
+
+def _end_in_batch(batch: _Batch, run: WorkflowRun, claim: Claim | _Again | None) -> None:
     """A group round's end (the run's round fields, and the step it claimed): written with
     its batch-mates' at the round's end (the rows are locked; nothing in the round reads
     them again)."""
-    if step is not None:
+    if (step := _unsaved_step(claim)) is not None:
         batch.claims.append([*_claim_values(step), step.pk])
     batch.ends.append(_round_values(run))
 
@@ -890,13 +893,11 @@ def _end_round(
         # The caller writes the run's fields and the claimed step's row (`_claim_write`).
         pending.extend(f for f in fields if f not in pending)
         return
-    step = claim.step if claim is not None and claim.unsaved else None
-    if claim is not None:
-        claim.unsaved = False
     batch = _BATCH.get()
     if batch is not None:
-        _end_in_batch(batch, run, step)
+        _end_in_batch(batch, run, claim)
         return
+    step = _unsaved_step(claim)
     if step is not None:
         hotsql.rows(_SAVE_CLAIM_AND_RUN, [*_claim_values(step), step.pk, *_round_values(run)])
     elif hotsql.enabled():
@@ -930,10 +931,8 @@ WHERE r.id = v.id"""
 def _claim_write(claim: Claim | _Again | None) -> list[tuple[str, list[Any]]]:
     """The claimed step's row, still to be written by the caller of a round that had
     `pending` (in the statement that writes the run's)."""
-    if not isinstance(claim, Claim) or not claim.unsaved:
-        return []
-    claim.unsaved = False
-    return [(_SAVE_CLAIM, [*_claim_values(claim.step), claim.step.pk])]
+    step = _unsaved_step(claim)
+    return [] if step is None else [(_SAVE_CLAIM, [*_claim_values(step), step.pk])]
 
 
 def _claim_values(step: StepRun) -> list[Any]:
@@ -1255,9 +1254,7 @@ def _commit(
     batch = _BATCH.get()
     if batch is not None and not changes and pending and set(pending) <= set(_ROUND_FIELDS):
         # Only the round's end to write (no new state): with the batch's, at the round's end.
-        _end_in_batch(batch, locked, nxt.step if isinstance(nxt, Claim) and nxt.unsaved else None)
-        if isinstance(nxt, Claim):
-            nxt.unsaved = False
+        _end_in_batch(batch, locked, nxt)
         pending = []
     # The next step's claim goes out with the run's UPDATE (and snapshot): one round trip.
     claimed = _claim_write(nxt)
