@@ -375,6 +375,9 @@ class _Batch:
     # The actions the waiting steps of the runs coordinating this round (no step of theirs
     # runs before their round reads these) wait for, with their ledger flag, by id.
     awaited: dict[str, Action] = field(default_factory=dict)
+    # The runs whose claimed step runs this round, as locked (read before any step ran: a
+    # step's body never sees these objects), for the step's commit (`_fence_in_batch`).
+    fresh: dict[uuid.UUID, WorkflowRun] = field(default_factory=dict)
 
 
 @contextmanager
@@ -385,15 +388,16 @@ def _locked_batch(
         yield
         return
     runs: dict[uuid.UUID, WorkflowRun] = {}
+    fresh: dict[uuid.UUID, WorkflowRun] = {}
     for row in hotsql.rows(_LOCK_RUNS, [run_ids]):
-        # A claimed step's run is in memory already (its commit's fence reads it afresh).
-        if not isinstance(items.get(row[0]), Claim):
-            runs[row[0]] = _run_with_agent(row)
+        # A claimed step's run is in memory already: its commit takes what may have changed
+        # from this row (`_fence_in_batch`).
+        (fresh if isinstance(items.get(row[0]), Claim) else runs)[row[0]] = _run_with_agent(row)
     steps: dict[uuid.UUID, list[StepRun]] = {r: [] for r in run_ids}
     for row in hotsql.rows(_LOCK_BATCH_STEPS, [run_ids]):
         step: StepRun = _STEP_COLUMNS.build(row)
         steps[step.run_id].append(step)
-    batch = _Batch(runs=runs, steps=steps)
+    batch = _Batch(runs=runs, steps=steps, fresh=fresh)
     coordinating = [s for r, listed in steps.items() if r in runs for s in listed]
     if ids := _awaited_ids(coordinating):
         batch.awaited = {str(a.pk): a for a in actions_with_effect(ids)}
@@ -610,6 +614,38 @@ def _relock_and_fence(
     return run, bool(row[-1])
 
 
+# A step's output, in a group round (see `_fence_in_batch`): the fence was checked on the
+# row the round locked.
+_STEP_DONE = """UPDATE workflows_steprun SET lease_owner = '', lease_expires_at = NULL,
+    error = '', status = 'succeeded', output = %s, finished_at = %s, waiting_for = NULL
+    WHERE id = %s"""
+
+
+def _fence_in_batch(
+    batch: _Batch, run: WorkflowRun, step_pk: int, token: str, now: datetime
+) -> WorkflowRun:
+    """`_relock_and_fence` without a round trip, for a step of a group round: the round
+    locked the run's row and its steps' before any step ran and holds those locks, so what
+    it read then is what the rows hold now — but for what this transaction wrote itself, and
+    a step's body writes its run's row and its own step's row only through its result. So
+    the run is brought up to date from that read (a fresh object: the body never saw it) and
+    the lease is checked on it; the caller writes the output with the state (`_STEP_DONE`).
+    Raises as the fence would (the round then sets the run aside, and it goes on alone)."""
+    fresh = batch.fresh.pop(run.pk)
+    for name in _MUTABLE_RUN_FIELDS:
+        setattr(run, name, getattr(fresh, name))
+    if run.is_terminal or run.attention:
+        raise LeaseLost(f"the run is {run.status}")
+    step = next((s for s in batch.steps.get(run.pk, []) if s.pk == step_pk), None)
+    if step is None:
+        raise LeaseLost("the step is gone")
+    if step.status != StepStatus.RUNNING or step.lease_owner != token:
+        raise LeaseLost("another attempt took the step over")
+    if step.lease_expires_at is None or step.lease_expires_at <= now:
+        raise StepTimedOut(f"timed out after {step.timeout_seconds:g}s (lease expired)")
+    return run
+
+
 def _coordinate(run_id: uuid.UUID, token: str, *, acquire: bool = False) -> Claim | None:
     """One round in its own transaction; with `acquire`, take the run's lease first (a
     conditional decision under the row lock: free or expired, else poke the holder)."""
@@ -643,6 +679,7 @@ def _coordinate_locked(
     took_over: bool,
     acquired: bool = False,
     pending: list[str] | None = None,
+    unwritten: dict[str, dict[str, Any]] | None = None,
 ) -> Claim | None:
     """One round under the run's row lock (held by the caller, in its transaction): repair,
     check, dispatch async steps, claim the next sync step. Returns the claimed sync step, or
@@ -651,7 +688,9 @@ def _coordinate_locked(
     is lost) or was never ours.
 
     With `pending`, the run's fields this round changed at its end are added to it, not
-    saved: the caller saves them in this transaction (with the state it writes)."""
+    saved: the caller saves them in this transaction (with the state it writes). With
+    `unwritten`, outputs (by step name) of steps that this transaction writes only after the
+    round: what the run's outcome reads for them."""
     if run.lease_owner != token or run.is_terminal:
         return None
     now = timezone.now()
@@ -675,10 +714,12 @@ def _coordinate_locked(
         )
         if not recovery_check(run, resumable, cause=cause, awaited=awaited):
             return None
-    claim = _dispatch(run, work, token, now)
+    claim = _dispatch(run, steps, work, token, now)
     if run.is_terminal:
         return None
-    if not _settle_status(run, steps, work, claim, pending, awaited=awaited, now=now):
+    if not _settle_status(
+        run, steps, work, claim, pending, awaited=awaited, now=now, unwritten=unwritten
+    ):
         return None
     _end_round(run, claim, now, pending)
     return claim
@@ -774,7 +815,9 @@ def _due_work(
     return resumable, sorted(resumable + ready, key=lambda s: s.position)
 
 
-def _dispatch(run: WorkflowRun, work: list[StepRun], token: str, now: datetime) -> Claim | None:
+def _dispatch(
+    run: WorkflowRun, steps: list[StepRun], work: list[StepRun], token: str, now: datetime
+) -> Claim | None:
     """Queue the async steps of `work` (through the outbox) and claim its first sync step.
 
     A step that calls a model (`calls_model` in the plan; settings.MODEL_STEPS_ALONE, on with a
@@ -791,12 +834,13 @@ def _dispatch(run: WorkflowRun, work: list[StepRun], token: str, now: datetime) 
         else set()
     )
     sync = next((s for s in work if s.mode == StepMode.SYNC), None)
+    busy = (StepStatus.QUEUED, StepStatus.RUNNING)
+    # The locked steps as they are now (a step committed in this transaction may not be
+    # written yet: see `_fence_in_batch`).
     if (
         sync is not None
         and alone
-        and run.steps.filter(
-            mode=StepMode.SYNC, status__in=(StepStatus.QUEUED, StepStatus.RUNNING)
-        ).exists()
+        and any(s.mode == StepMode.SYNC and s.status in busy for s in steps)
     ):
         sync = None
     for s in work:
@@ -826,6 +870,7 @@ def _settle_status(
     *,
     awaited: dict[str, Action],
     now: datetime,
+    unwritten: dict[str, dict[str, Any]] | None = None,
 ) -> bool:
     """The run's status after this round: running, waiting (until when), or finished —
     then False, the round is over."""
@@ -837,7 +882,7 @@ def _settle_status(
             run.status = RunStatus.RUNNING
         run.wake_at = None
     elif all(s.is_done for s in steps):
-        status, reason = run_outcome(run)
+        status, reason = run_outcome(run, unwritten)
         finish_locked(run, status, reason, all_done=True, pending=pending)
         return False
     else:
@@ -1228,12 +1273,21 @@ def _commit(
             "waiting_for": None,
         }
         message = ""
-    locked, fenced = _relock_and_fence(run, step.pk, token, now, fields)
-    if not fenced:
-        fence = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, lease_owner=token)
-        if fence.exists():
-            raise StepTimedOut(f"timed out after {step.timeout_seconds:g}s (lease expired)")
-        raise LeaseLost("another attempt took the step over")
+    batch = _BATCH.get()
+    # A group round's output write goes with the state's (a dict always changes the state).
+    written: list[tuple[str, list[Any]]] = []
+    unwritten: dict[str, dict[str, Any]] | None = None
+    if batch is not None and isinstance(result, dict) and run.pk in batch.fresh:
+        locked = _fence_in_batch(batch, run, step.pk, token, now)
+        written = [(_STEP_DONE, [hotsql.jsonb(result), now, step.pk])]
+        unwritten = {step.name: result}
+    else:
+        locked, fenced = _relock_and_fence(run, step.pk, token, now, fields)
+        if not fenced:
+            fence = StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, lease_owner=token)
+            if fence.exists():
+                raise StepTimedOut(f"timed out after {step.timeout_seconds:g}s (lease expired)")
+            raise LeaseLost("another attempt took the step over")
     _locked_steps_after(run.pk, step.pk, fields)
     changes = list(ctx.state.changes)
     if isinstance(result, dict):
@@ -1250,14 +1304,15 @@ def _commit(
         # as they were, consistent for a recovery check), then one UPDATE of the run row for
         # both the round's fields and the new state. The round recomputes wake_at from every
         # waiting step, this one included.
-        nxt = _coordinate_locked(locked, token, took_over=False, pending=pending)
-    batch = _BATCH.get()
+        nxt = _coordinate_locked(
+            locked, token, took_over=False, pending=pending, unwritten=unwritten
+        )
     if batch is not None and not changes and pending and set(pending) <= set(_ROUND_FIELDS):
         # Only the round's end to write (no new state): with the batch's, at the round's end.
         _end_in_batch(batch, locked, nxt)
         pending = []
     # The next step's claim goes out with the run's UPDATE (and snapshot): one round trip.
-    claimed = _claim_write(nxt)
+    claimed = written + _claim_write(nxt)
     if changes:
         update_state(
             # The locked run is also the one a chained next step gets: it sees this state.
@@ -1275,8 +1330,9 @@ def _commit(
         hotsql.save(locked, pending, also=claimed)
     elif pending:
         locked.save(update_fields=pending)
-    elif claimed:
-        hotsql.rows(*claimed[0])
+    else:
+        for sql, params in claimed:
+            hotsql.rows(sql, params)
     if chain:
         return nxt
     if isinstance(result, Sleep | Wait) and result.until is not None:

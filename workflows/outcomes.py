@@ -20,9 +20,12 @@ _STATUSES = {
 }
 
 
-def run_outcome(run: WorkflowRun) -> tuple[RunStatus, str]:
-    """Precondition: every step of `run` is done (its last output written). One query, and
-    only for a workflow that declares an outcome."""
+def run_outcome(
+    run: WorkflowRun, unwritten: dict[str, dict[str, Any]] | None = None
+) -> tuple[RunStatus, str]:
+    """Precondition: every step of `run` is done (its last output written, or in
+    `unwritten`: outputs by step name this transaction writes later). One query, and only
+    for a workflow that declares an outcome."""
     try:
         spec = get_spec(run.workflow, run.workflow_version)
     except UnknownWorkflow:
@@ -33,6 +36,7 @@ def run_outcome(run: WorkflowRun) -> tuple[RunStatus, str]:
         name: output if isinstance(output, dict) else {}
         for name, output in StepRun.objects.filter(run=run).values_list("name", "output")
     }
+    outputs |= unwritten or {}
     status, reason = spec.outcome(outputs)
     if status not in _STATUSES:
         raise ValueError(f"{spec.name}: outcome {status!r} is not one of {sorted(_STATUSES)}")

@@ -332,3 +332,26 @@ LONG_STEP = register(
         ),
     )
 )
+
+
+def _judged_outcome(outputs: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    if outputs.get("verdict", {}).get("ok"):
+        return "succeeded", ""
+    return "handed_off", "the verdict said no"
+
+
+# Whether the run succeeded is its last step's output: what the outcome reads must include
+# the output committed in the same transaction as the run's end.
+JUDGED = register(
+    WorkflowSpec(
+        name="judged",
+        version=1,
+        title="Ends as its last step says",
+        agent="triage-agent",
+        steps=(
+            StepSpec("first", "First", lambda ctx: {"first": True}),
+            StepSpec("verdict", "Verdict", lambda ctx: {"ok": bool(ctx.run.input.get("ok"))}),
+        ),
+        outcome=_judged_outcome,
+    )
+)

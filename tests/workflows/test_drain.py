@@ -321,3 +321,55 @@ def test_decided_runs_resumed_together_read_what_they_waited_for_at_once(
         run.refresh_from_db()
         assert run.status == RunStatus.SUCCEEDED, run.error
     assert Effect.objects.count() == 2
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_run_ends_as_the_output_committed_with_its_end_says(agent, inline_tasks, batch):
+    """In a group round a step's output is written with the run's state, after the round
+    that ends the run: the outcome still judges by it."""
+    from workflows.models import StepRun
+
+    good = start_run(workflow="judged", input={"ok": True})
+    bad = start_run(workflow="judged", input={"ok": False})
+    assert engine.drain_runs(max_batch=batch) == 2
+    good.refresh_from_db()
+    bad.refresh_from_db()
+    assert good.status == RunStatus.SUCCEEDED, good.error
+    assert (bad.status, bad.error) == (RunStatus.HANDED_OFF, "the verdict said no")
+    verdict = StepRun.objects.get(run=bad, name="verdict")
+    assert (verdict.status, verdict.output, verdict.lease_owner) == ("succeeded", {"ok": False}, "")
+    assert verdict.finished_at is not None
+
+
+def test_in_a_group_only_what_a_step_writes_through_its_state_view_is_committed(
+    agent, inline_tasks
+):
+    """The commit takes the run from what the round locked, not the objects the step saw."""
+    from workflows.state import verify_chain
+
+    runs = [start_run(workflow="scribbler", input={}) for _ in range(2)]
+    assert engine.drain_runs(max_batch=2) == 2
+    for run in runs:
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        assert run.state["workspace"]["written"] is True
+        assert "scribbled" not in run.state["workspace"]
+        assert run.state["workspace"]["outputs"]["look"] == {"saw_scribble": False}
+        assert verify_chain(run) == []
+
+
+def test_in_a_group_a_step_past_its_lease_cannot_commit(auto_peer, inline_tasks, caplog):
+    """The lease is checked on the step row the round locked: a step that outlived it is set
+    aside and goes alone, where the fence refuses it again; its batch-mate is not held up."""
+    from workflows.models import StepRun
+
+    slow = start_run(workflow="too_slow", input={"sleep": 0.8})
+    quick = start_run(workflow=auto_peer, input={"item": "q"})
+    with caplog.at_level("INFO", logger="workflows.engine"):
+        assert engine.drain_runs(max_batch=2) == 2
+    assert f"run {slow.pk} set aside from its batch" in caplog.text
+    quick.refresh_from_db()
+    assert quick.status == RunStatus.SUCCEEDED, quick.error
+    step = StepRun.objects.get(run=slow)
+    assert step.output is None and step.attempts == 1
+    assert "timed out after 0.5s (lease expired)" in step.error
