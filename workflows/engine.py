@@ -84,6 +84,7 @@ from .outcomes import run_outcome
 from .recovery import RESUME_RUN, actions_with_effect, attention_resolved, recovery_check
 from .specs import Sleep, UnknownWorkflow, Wait, get_spec
 from .state import StateView, normalise, update_state
+from .state import chains as state_chains
 from .step_context import StepContext
 
 log = logging.getLogger(__name__)
@@ -378,6 +379,9 @@ class _Batch:
     # The runs whose claimed step runs this round, as locked (read before any step ran: a
     # step's body never sees these objects), for the step's commit (`_fence_in_batch`).
     fresh: dict[uuid.UUID, WorkflowRun] = field(default_factory=dict)
+    # The state chains of the waiting runs coordinating this round (what a resume's recovery
+    # check verifies), by run.
+    chains: dict[uuid.UUID, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 @contextmanager
@@ -401,6 +405,8 @@ def _locked_batch(
     coordinating = [s for r, listed in steps.items() if r in runs for s in listed]
     if ids := _awaited_ids(coordinating):
         batch.awaited = {str(a.pk): a for a in actions_with_effect(ids)}
+    if waiting := [r for r, run in runs.items() if run.status == RunStatus.WAITING and run.durable]:
+        batch.chains = state_chains(waiting)
     token = _BATCH.set(batch)
     try:
         yield
@@ -712,7 +718,9 @@ def _coordinate_locked(
             if any((s.waiting_for or {}).get("until") for s in resumable)
             else "a decision"
         )
-        if not recovery_check(run, resumable, cause=cause, awaited=awaited):
+        batch = _BATCH.get()
+        chain = batch.chains.pop(run.pk, None) if batch is not None else None
+        if not recovery_check(run, resumable, cause=cause, awaited=awaited, chain=chain):
             return None
     claim = _dispatch(run, steps, work, token, now)
     if run.is_terminal:

@@ -82,13 +82,15 @@ def recovery_check(
     *,
     cause: str,
     awaited: dict[str, Action] | None = None,
+    chain: list[dict[str, Any]] | None = None,
 ) -> bool:
     """Verify the run may go on; record the check in the trace. Precondition: run row locked.
 
     On a mismatch the run waits for a person (a resume_run escalation) and False is returned.
-    `awaited`: the waiting steps' actions as `_awaited_actions` read them under this lock.
+    `awaited`: the waiting steps' actions as `_awaited_actions` read them under this lock;
+    `chain`: the run's state chain as `state.chains` read it under this lock.
     """
-    problems = list(verify_chain(run))
+    problems = list(verify_chain(run, chain))
     checks = [f"state chain intact up to v{run.state_version}"] if not problems else []
     if digest(run.input) != run.objective_digest:
         problems.append("the run's objective (its input) changed since it started")

@@ -384,7 +384,9 @@ _DIGESTS_MAX = 4096
 
 def _remember_digest(key: tuple[Any, int], digest: str) -> None:
     if len(_DIGESTS) >= _DIGESTS_MAX:
-        _DIGESTS.clear()
+        # The oldest first (a dict keeps insertion order): the runs still going are the
+        # recent ones.
+        del _DIGESTS[next(iter(_DIGESTS))]
     _DIGESTS[key] = digest
 
 
@@ -478,16 +480,39 @@ _CHAIN = (
 )
 
 
+# The same, for many runs at once (a group round's resumes: `chains`).
+_CHAINS = (
+    f"SELECT s.run_id, {', '.join('s.' + k for k in _CHAIN_KEYS)}"  # noqa: S608 (fixed names)
+    " FROM workflows_runsnapshot s WHERE s.run_id = ANY(%s) AND s.version >="
+    " COALESCE((SELECT max(a.version) FROM workflows_runsnapshot a WHERE a.run_id = s.run_id"
+    " AND a.anchor), 1) - 1 ORDER BY s.run_id, s.version"
+)
+
+
+def _chain_row(values: Sequence[Any]) -> dict[str, Any]:
+    return {
+        k: hotsql.loads(v) if k in DIMENSIONS else v
+        for k, v in zip(_CHAIN_KEYS, values, strict=True)
+    }
+
+
+def chains(run_ids: Sequence[Any]) -> dict[Any, list[dict[str, Any]]]:
+    """What `verify_chain` reads, for every run of `run_ids`, in one statement (PostgreSQL):
+    for a caller that checks many runs under locks it already holds."""
+    found: dict[Any, list[dict[str, Any]]] = {r: [] for r in run_ids}
+    for row in hotsql.rows(_CHAINS, [list(run_ids)]):
+        found[row[0]].append(_chain_row(row[1:]))
+    for run_id, rows in found.items():
+        if rows:
+            # Committed: the next write's parent, not read again.
+            _remember_digest((run_id, rows[-1]["version"]), rows[-1]["digest"])
+    return found
+
+
 def _chain_rows(run: WorkflowRun) -> list[dict[str, Any]]:
     """The snapshots from the version before the last anchor on, in order."""
     if hotsql.enabled():
-        return [
-            {
-                k: hotsql.loads(v) if k in DIMENSIONS else v
-                for k, v in zip(_CHAIN_KEYS, row, strict=True)
-            }
-            for row in hotsql.rows(_CHAIN, [run.pk, run.pk])
-        ]
+        return [_chain_row(row) for row in hotsql.rows(_CHAIN, [run.pk, run.pk])]
     last_anchor = (
         RunSnapshot.objects.filter(run=run, anchor=True).order_by("-version").values("version")[:1]
     )
@@ -500,14 +525,16 @@ def _chain_rows(run: WorkflowRun) -> list[dict[str, Any]]:
     )
 
 
-def verify_chain(run: WorkflowRun) -> list[str]:
-    """Problems with the run's version chain since its last anchor; empty when intact."""
+def verify_chain(run: WorkflowRun, rows: list[dict[str, Any]] | None = None) -> list[str]:
+    """Problems with the run's version chain since its last anchor; empty when intact.
+    `rows`: the chain as `chains` read it, under the run's lock, for this check."""
     if not run.durable:
         return []
     problems: list[str] = []
     # From the version before the last anchor on (the one before it only to see that the
     # anchor follows on): a long run does not read its whole history at every check.
-    rows = _chain_rows(run)
+    if rows is None:
+        rows = _chain_rows(run)
     if not rows:
         return [] if run.state_version == 0 else [f"no snapshots but state is v{run.state_version}"]
     start = max((i for i, r in enumerate(rows) if r["anchor"]), default=0)

@@ -317,9 +317,17 @@ def test_decided_runs_resumed_together_read_what_they_waited_for_at_once(
         assert engine.drain_runs(starts=False, max_batch=batch) == 2
     awaited = [q for q in queries.captured_queries if "FROM workflows_effect e" in q["sql"]]
     assert len(awaited) == (2 if batch == 1 else 1)
+    # So are their state chains, which each resume's recovery check verifies.
+    chains = [
+        q["sql"] for q in queries.captured_queries if "FROM workflows_runsnapshot" in q["sql"]
+    ]
+    together = [q for q in chains if "s.run_id = ANY(" in q]
+    assert (len(chains) - len(together), len(together)) == ((2, 0) if batch == 1 else (0, 1))
     for run in runs:
         run.refresh_from_db()
         assert run.status == RunStatus.SUCCEEDED, run.error
+        check = run.trace.get(kind="recovery")
+        assert check.data["ok"] and check.data["checks"][0].startswith("state chain intact")
     assert Effect.objects.count() == 2
 
 
@@ -373,3 +381,21 @@ def test_in_a_group_a_step_past_its_lease_cannot_commit(auto_peer, inline_tasks,
     step = StepRun.objects.get(run=slow)
     assert step.output is None and step.attempts == 1
     assert "timed out after 0.5s (lease expired)" in step.error
+
+
+def test_a_resume_in_a_group_still_refuses_a_forged_state(review_peer, inline_tasks, admin_user):
+    """The chains a group round reads for its resumes are checked as each run's own read:
+    the forged one is held for a person, its batch-mate goes on."""
+    from bench.bench_e2e import approve_open
+    from workflows.models import Effect, RunSnapshot
+
+    forged, fine = (start_run(workflow=review_peer, input={"item": f"i-{i}"}) for i in range(2))
+    inline_tasks.drain()
+    assert approve_open(admin_user) == 2
+    RunSnapshot.objects.filter(run=forged, version=2).update(workspace={"forged": True})
+    assert engine.drain_runs(starts=False, max_batch=2) == 2
+    forged.refresh_from_db()
+    fine.refresh_from_db()
+    assert fine.status == RunStatus.SUCCEEDED, fine.error
+    assert "v2 was altered after it was written" in forged.attention
+    assert not Effect.objects.filter(run=forged).exists()

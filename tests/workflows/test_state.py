@@ -168,6 +168,27 @@ def test_the_chain_is_checked_from_its_last_anchor_on(agent, inline_tasks):
     assert "version v2 is missing" in verify_chain(run)
 
 
+def test_many_runs_chains_read_at_once_are_what_each_would_read(agent, inline_tasks):
+    """`chains` (a group round's resumes) reads from each run's last anchor on, as
+    verify_chain does for one run."""
+    from workflows.state import chains
+
+    runs = [start_run(workflow="fan_out", input={}) for _ in range(3)]
+    inline_tasks.drain()
+    for run in runs:
+        run.refresh_from_db()
+    anchored, forged, intact = runs
+    RunSnapshot.objects.filter(run=anchored, version=3).update(anchor=True)
+    RunSnapshot.objects.filter(run=anchored, version=1).update(conversation={"intent": "x"})
+    RunSnapshot.objects.filter(run=forged, version=2).update(conversation={"intent": "x"})
+    read = chains([r.pk for r in runs])
+    assert read[anchored.pk][0]["version"] == 2
+    for run in runs:
+        assert verify_chain(run, read[run.pk]) == verify_chain(run)
+    assert verify_chain(forged, read[forged.pk]) == ["v2 was altered after it was written"]
+    assert verify_chain(intact, read[intact.pk]) == []
+
+
 def test_rollback_restores_the_snapshot_and_records_the_audit_event(
     agent, policies, ticket, inline_tasks
 ):
