@@ -376,9 +376,10 @@ class _Batch:
     # The actions the waiting steps of the runs coordinating this round (no step of theirs
     # runs before their round reads these) wait for, with their ledger flag, by id.
     awaited: dict[str, Action] = field(default_factory=dict)
-    # The runs whose claimed step runs this round, as locked (read before any step ran: a
-    # step's body never sees these objects), for the step's commit (`_fence_in_batch`).
-    fresh: dict[uuid.UUID, WorkflowRun] = field(default_factory=dict)
+    # The runs whose claimed step runs this round: what may have changed of them, as locked
+    # (read before any step ran: a step's body never sees these), for the step's commit
+    # (`_fence_in_batch`).
+    fresh: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
     # The state chains of the waiting runs coordinating this round (what a resume's recovery
     # check verifies), by run.
     chains: dict[uuid.UUID, list[dict[str, Any]]] = field(default_factory=dict)
@@ -392,11 +393,14 @@ def _locked_batch(
         yield
         return
     runs: dict[uuid.UUID, WorkflowRun] = {}
-    fresh: dict[uuid.UUID, WorkflowRun] = {}
+    fresh: dict[uuid.UUID, dict[str, Any]] = {}
     for row in hotsql.rows(_LOCK_RUNS, [run_ids]):
-        # A claimed step's run is in memory already: its commit takes what may have changed
-        # from this row (`_fence_in_batch`).
-        (fresh if isinstance(items.get(row[0]), Claim) else runs)[row[0]] = _run_with_agent(row)
+        if isinstance(items.get(row[0]), Claim):
+            # Its run is in memory already: its commit takes what may have changed from here.
+            fresh[row[0]] = {f: row[i] for f, i in _MUTABLE_AT.items()}
+            fresh[row[0]]["state"] = hotsql.loads(fresh[row[0]]["state"])
+        else:
+            runs[row[0]] = _run_with_agent(row)
     steps: dict[uuid.UUID, list[StepRun]] = {r: [] for r in run_ids}
     for row in hotsql.rows(_LOCK_BATCH_STEPS, [run_ids]):
         step: StepRun = _STEP_COLUMNS.build(row)
@@ -545,6 +549,10 @@ _MUTABLE_RUN_FIELDS = (
 )
 
 
+# Where `_LOCK_RUNS` reads each of them.
+_MUTABLE_AT = {f: _RUN_COLUMNS.attnames.index(f) for f in _MUTABLE_RUN_FIELDS}
+
+
 def _relock(run: WorkflowRun) -> WorkflowRun | None:
     """Lock the row of a run this task already holds in memory and bring the in-memory one
     up to date, reading only what can have changed (every step's commit: the run row is not
@@ -637,9 +645,8 @@ def _fence_in_batch(
     the run is brought up to date from that read (a fresh object: the body never saw it) and
     the lease is checked on it; the caller writes the output with the state (`_STEP_DONE`).
     Raises as the fence would (the round then sets the run aside, and it goes on alone)."""
-    fresh = batch.fresh.pop(run.pk)
-    for name in _MUTABLE_RUN_FIELDS:
-        setattr(run, name, getattr(fresh, name))
+    for name, value in batch.fresh.pop(run.pk).items():
+        setattr(run, name, value)
     if run.is_terminal or run.attention:
         raise LeaseLost(f"the run is {run.status}")
     step = next((s for s in batch.steps.get(run.pk, []) if s.pk == step_pk), None)

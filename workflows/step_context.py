@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import hotsql
 from .actions import record_effect, record_trace
 from .llm import ModelClient
-from .models import Effect, StepRun, TraceKind, WorkflowRun
+from .models import Action, Effect, StepRun, TraceKind, WorkflowRun
 from .state import StateView
 
 log = logging.getLogger(__name__)
+
+_ACTION_COLUMNS = hotsql.Columns(Action, "a")
+# Column and table names from the model, never from input.
+_READ_ACTION = (
+    f"SELECT {_ACTION_COLUMNS.sql} FROM {Action._meta.db_table} a"  # noqa: S608
+    " WHERE a.id = %s AND a.run_id = %s"
+)
 
 
 @dataclass
@@ -28,6 +37,19 @@ class StepContext:
 
     def trace(self, kind: TraceKind, message: str, **data: Any) -> None:
         record_trace(run=self.run, kind=kind, message=message, step_name=self.step.name, data=data)
+
+    def action(self, action_id: Any) -> Action:
+        """An action this run proposed, as it is now: `self.run.actions.get(pk=action_id)`,
+        as one prepared statement on PostgreSQL (a step that waits on an action reads it at
+        every resume). Raises Action.DoesNotExist if this run proposed no such action."""
+        if not hotsql.enabled():
+            return self.run.actions.get(pk=action_id)
+        rows = hotsql.rows(_READ_ACTION, [uuid.UUID(str(action_id)), self.run.pk])
+        if not rows:
+            raise Action.DoesNotExist(f"run {self.run.pk} proposed no action {action_id}")
+        action: Action = _ACTION_COLUMNS.build(rows[0])
+        action._state.fields_cache["run"] = self.run
+        return action
 
     def output_of(self, step_name: str) -> dict[str, Any]:
         outputs = self.state.workspace.get("outputs", {})

@@ -52,15 +52,15 @@ def propose(ctx: StepContext) -> StepResult:
 
 def gate(ctx: StepContext) -> StepResult:
     action_id = ctx.output_of("propose")["action"]
-    status = ctx.run.actions.filter(pk=action_id).values_list("status", flat=True).get()
+    status = ctx.action(action_id).status
     if status == ActionStatus.ESCALATED:
         return Wait("awaiting approval", actions=(action_id,))
     return {"status": status}
 
 
 def execute(ctx: StepContext) -> StepResult:
-    # Through the run's manager: the action's run is this one, not loaded again.
-    action = ctx.run.actions.get(pk=ctx.output_of("propose")["action"])
+    # The action's run is this one, not loaded again.
+    action = ctx.action(ctx.output_of("propose")["action"])
     if action.status in (ActionStatus.AUTO_APPROVED, ActionStatus.APPROVED):
         action = execute_action(action=action)
     return {"status": action.status, "result": action.result}

@@ -399,3 +399,23 @@ def test_a_resume_in_a_group_still_refuses_a_forged_state(review_peer, inline_ta
     assert fine.status == RunStatus.SUCCEEDED, fine.error
     assert "v2 was altered after it was written" in forged.attention
     assert not Effect.objects.filter(run=forged).exists()
+
+
+def test_a_step_reads_only_its_own_runs_actions(auto_peer, inline_tasks):
+    """`ctx.action` (what the peer flow's gate and execute read) is the run's own action as
+    it is now, and refuses another run's."""
+    from workflows.models import Action, StepRun
+    from workflows.step_context import StepContext
+
+    mine, other = (start_run(workflow=auto_peer, input={"item": i}) for i in "ab")
+    inline_tasks.drain()
+    action = Action.objects.get(run=mine)
+    Action.objects.filter(pk=action.pk).update(rationale="changed since")
+    ctx = StepContext(
+        run=mine, step=StepRun.objects.get(run=mine, name="execute"), model=None, state=None
+    )  # type: ignore[arg-type]
+    read = ctx.action(str(action.pk))
+    assert (read.pk, read.status, read.rationale) == (action.pk, "executed", "changed since")
+    assert read.run is mine
+    with pytest.raises(Action.DoesNotExist):
+        ctx.action(Action.objects.get(run=other).pk)
