@@ -39,12 +39,13 @@ mismatch it refuses, and a person decides (a `resume_run` escalation).
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -178,27 +179,47 @@ def drain_runs(
     `starts`, decided runs only (the drain a decision wakes, on the priority queue).
     Returns how many runs it coordinated."""
     task = outbox.DRAIN if starts else outbox.DRAIN_RESUMES
+    # What a start wakes, and a decision: this drain claims both, or decided runs only.
+    wakes = (outbox.DRAIN, outbox.DRAIN_RESUMES) if starts else (outbox.DRAIN_RESUMES,)
     outbox.drain_woken(task)  # first: what commits from now on sends a fresh wake-up
     started = time.monotonic()
     if max_batch is None:
         max_batch = settings.ENGINE_BATCH_MAX
     batch, done = min(2, max_batch), 0
     seen: list[uuid.UUID] = []
+
+    def claim(token: str, n: int) -> list[uuid.UUID]:
+        nonlocal done
+        expires = timezone.now() + timedelta(seconds=lease_seconds())
+        ids = [r[0] for r in _claim_ready(token, expires, seen, n, starts=starts)]
+        if ids and len(ids) == n:
+            outbox.wake_drain(task)  # a backlog: another worker may as well claim some
+        seen.extend(ids)
+        done += len(ids)
+        return ids
+
     while True:
         if time.monotonic() - started > seconds:
             # This worker has had its turn: a fresh task claims what is left.
             outbox.wake_drain(task)
             return done
         token = new_owner()
-        expires = timezone.now() + timedelta(seconds=lease_seconds())
-        rows = _claim_ready(token, expires, seen, batch, starts=starts)
-        ids = [r[0] for r in rows]
-        if len(ids) == batch:
-            outbox.wake_drain(task)  # a backlog: another worker may as well claim some
-        seen += ids
+        ids = claim(token, batch)
         if ids:
-            _drive_batch(dict.fromkeys(ids, AGAIN), token, until=started + seconds)
-        done += len(ids)
+            _drive_batch(
+                dict.fromkeys(ids, AGAIN),
+                token,
+                until=started + seconds,
+                # What became ready meanwhile joins the batch at its next round, in the
+                # first half of the drain's time (the batch's runs then have the rest to
+                # reach a pause rather than be handed on).
+                refill=Refill(
+                    claim=functools.partial(claim, token),
+                    most=max_batch,
+                    until=started + seconds / 2,
+                    wanted=functools.partial(outbox.drain_wanted, *wakes),
+                ),
+            )
         if len(ids) < batch:
             return done
         batch = min(max_batch, batch * 2)
@@ -256,12 +277,32 @@ def _drive(run_id: uuid.UUID, token: str, first: _Again) -> None:
     _drive_batch({run_id: first}, token, raise_errors=True)
 
 
+@dataclass(frozen=True)
+class Refill:
+    """How a drain's batch takes in runs that became ready while it ran (`_drive_batch`):
+    `claim(n)` takes the leases of up to n more (as the batch's token) and returns their ids;
+    the batch holds at most `most` runs, and takes none in after `until` (time.monotonic).
+    `wanted()`: whether anything became ready since (a wake-up flag is up): else no claim is
+    tried (an idle engine's lone run pays no statement per round for it)."""
+
+    claim: Callable[[int], list[uuid.UUID]]
+    most: int
+    until: float
+    wanted: Callable[[], bool]
+
+
+# A batch takes in no more runs once fewer rounds than this are left to it: those it took
+# would be handed on rather than paused.
+REFILL_ROUNDS_LEFT = 10
+
+
 def _drive_batch(
     items: dict[uuid.UUID, Claim | _Again],
     token: str,
     *,
     until: float | None = None,
     raise_errors: bool = False,
+    refill: Refill | None = None,
 ) -> None:
     """Drive runs whose leases this task holds as `token` (a drain's batch, or one run) in
     group rounds: each round is one transaction in which every run, in order of id (the lock
@@ -277,12 +318,27 @@ def _drive_batch(
     every run of the round alone. A run whose round lets its lease go leaves the batch.
 
     Past `until` (the drain's time) or after MAX_ROUNDS_PER_TASK rounds, the runs still going
-    finish their claimed steps, claim nothing more, and are handed to fresh tasks."""
+    finish their claimed steps, claim nothing more, and are handed to fresh tasks.
+
+    With `refill`, runs that became ready meanwhile join the batch before each of its rounds
+    (continuous batching): a round's commit is shared by as many runs as are ready, not only
+    by those ready when the batch was claimed."""
     # The runs whose lease this task may hold (a round that returns None let it go, in its
     # own transaction, or never had it).
     held = set(items)
     try:
         for rounds_left in range(MAX_ROUNDS_PER_TASK, 0, -1):
+            if (
+                refill is not None
+                and rounds_left < MAX_ROUNDS_PER_TASK
+                and rounds_left > REFILL_ROUNDS_LEFT
+                and len(items) < refill.most
+                and time.monotonic() < refill.until
+                and refill.wanted()
+            ):
+                joined = refill.claim(refill.most - len(items))
+                items |= dict.fromkeys(joined, AGAIN)
+                held |= set(joined)
             if not items:
                 return
             last = rounds_left == 1 or (until is not None and time.monotonic() > until)

@@ -240,6 +240,17 @@ def drain_woken(task: str = DRAIN) -> None:
         _flag(client, lambda: client.delete(key))
 
 
+def drain_wanted(*tasks: str) -> bool:
+    """Whether work committed since the last drain of any of `tasks` cleared its flag (the
+    wake-up is on its way): what a running drain asks before it looks for more. False where
+    there is no flag (embedded mode)."""
+    client = _broker_client()
+    if client is None:
+        return False
+    keys = [_drain_flag(task) for task in tasks]
+    return bool(_flag(client, lambda: client.exists(*keys)))
+
+
 def send(task: str, args: list[Any], countdown: float = 0) -> None:
     app.send_task(
         task, args=args, countdown=countdown if countdown > 0 else None, queue=_queue_for(task)

@@ -126,17 +126,20 @@ def test_a_decision_marks_the_waiting_run_ready_and_the_drain_resumes_it_first(
     inline_tasks.sent.clear()
     started = start_run(workflow=review_peer, input={"item": "y"})
     order: list = []
-    real = engine._drive_batch
+    real = engine._claim_ready
 
-    def drive(items, token, **kw):
-        order.append(list(items))
-        return real(items, token, **kw)
+    def claim(*args, **kw):
+        claimed = real(*args, **kw)
+        order.append([run_id for run_id, _ in claimed])
+        return claimed
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine, "_drive_batch", drive)
+        mp.setattr(engine, "_claim_ready", claim)
         # Batches of one: which is claimed first shows.
         assert engine.drain_runs(max_batch=1) == 2
-    assert order == [[decided.pk], [started.pk]]  # the person's decision before the start
+    # The person's decision before the start (which joins the batch once the decided run
+    # has finished and left it).
+    assert [ids for ids in order if ids][:2] == [[decided.pk], [started.pk]]
     decided.refresh_from_db()
     assert decided.status == RunStatus.SUCCEEDED, decided.error
     assert decided.ready_at is None
@@ -419,3 +422,36 @@ def test_a_step_reads_only_its_own_runs_actions(auto_peer, inline_tasks):
     assert read.run is mine
     with pytest.raises(Action.DoesNotExist):
         ctx.action(Action.objects.get(run=other).pk)
+
+
+def test_a_run_started_while_a_batch_runs_joins_it_at_its_next_round(auto_peer, inline_tasks):
+    """Continuous batching: what becomes ready while a drain's batch is in its rounds joins
+    the batch (its wake-up flag is up), rather than wait for the batch to end or for another
+    worker; with no flag up nothing is looked for."""
+    first = start_run(workflow=auto_peer, input={"item": "first"})
+    inline_tasks.sent.clear()
+    drives, joined = [], []
+    real_drive, real_round = engine._drive_batch, engine._group_round
+
+    def drive(items, token, **kw):
+        drives.append(list(items))
+        return real_drive(items, token, **kw)
+
+    def group_round(items, token, **kw):
+        if not joined:
+            joined.append(start_run(workflow=auto_peer, input={"item": "joined"}))
+        else:
+            assert joined[0].pk in items  # in the batch from its second round on
+        return real_round(items, token, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "_drive_batch", drive)
+        mp.setattr(engine, "_group_round", group_round)
+        assert engine.drain_runs() == 2
+    assert drives == [[first.pk]]
+    for run in (first, joined[0]):
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+    # Its wake-up was sent all the same (never lost); the drain it starts finds nothing.
+    assert _sent(inline_tasks) == [DRAIN]
+    assert engine.drain_runs() == 0
