@@ -2,7 +2,8 @@
 
 An escalation opens with the template summary, wanting the model's (`summary_wanted_at`,
 set by escalate_action), and after commit wakes the writer (`want_summary`) through
-outbox.wake_drain: at most one wake-up message waits however many escalations open, and the
+outbox.wake_after_commit (once per transaction, however many it opens) and wake_drain: at
+most one wake-up message waits however many escalations open, and the
 writer clears its flag before it claims anything, so what commits after the clear sends a
 fresh one and none is lost. The row is the durable wake-up, not the message: beat runs the
 writer too (settings.CELERY_BEAT_SCHEDULE), for a wake-up lost with its broker and for
@@ -69,7 +70,7 @@ LEASE_MARGIN_SECONDS = 60.0
 def want_summary() -> None:
     """Wake the writer after commit. Precondition: inside the transaction that opened an
     escalation with `summary_wanted_at` set: its row is what the writer looks for."""
-    transaction.on_commit(lambda: outbox.wake_drain(WRITE_SUMMARIES), robust=True)
+    outbox.wake_after_commit(WRITE_SUMMARIES)
 
 
 @dataclass

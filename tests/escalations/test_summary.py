@@ -130,6 +130,29 @@ def test_escalations_opened_one_after_another_wake_one_writer_which_writes_them_
     assert len(three.captured_queries) == len(one.captured_queries)
 
 
+def test_escalations_opened_in_one_transaction_wake_the_writer_once(
+    policies, ticket, django_capture_on_commit_callbacks
+):
+    """A group round of the engine opens many escalations in one transaction: one wake-up
+    after its commit, not one each (a Redis round trip each for the same flag)."""
+    with django_capture_on_commit_callbacks(execute=False):
+        runs = [
+            start_run(workflow="support_triage", input={**ticket, "subject": f"#{i}"})
+            for i in range(3)
+        ]
+    with (
+        mock.patch("workflows.outbox.wake_drain") as wake,
+        django_capture_on_commit_callbacks(execute=True),
+        transaction.atomic(),
+    ):
+        for run in runs:
+            propose_reply(run)
+    assert Escalation.objects.filter(summary_wanted_at__isnull=False).count() == 3
+    assert [c for c in wake.call_args_list if c == mock.call(WRITE_SUMMARIES)] == [
+        mock.call(WRITE_SUMMARIES)
+    ]
+
+
 def test_what_commits_after_the_writer_woke_wakes_it_again(
     triage_run, policies, ticket, django_capture_on_commit_callbacks
 ):
