@@ -17,7 +17,7 @@ from escalations.actions import summaries
 from escalations.actions.summaries import WRITE_SUMMARIES, write_waiting_summaries
 from escalations.models import Escalation
 from escalations.summary import PENDING_NOTE, UNAVAILABLE_NOTE, facts
-from workflows import events
+from workflows import events, hotsql
 from workflows.actions import propose_action, start_run
 from workflows.llm import ModelError, ModelResult, OfflineModel
 from workflows.prompts.actions import PromptError
@@ -174,6 +174,42 @@ def test_a_summary_another_writer_holds_is_left_to_it(
     assert summaries._write([summaries._ask(OfflineModel(), held)]) == 1
     esc.refresh_from_db()
     assert not esc.summary.endswith(PENDING_NOTE)
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["postgresql", "orm"])
+def test_only_summaries_still_held_are_written_and_pushed_as_the_rows_now_are(
+    prepared, policies, ticket, billing, django_capture_on_commit_callbacks
+):
+    """The write's fence, in its prepared statement and through the ORM (embedded mode):
+    a summary whose lease another writer holds now is not written; one whose escalation
+    moved since it was claimed is pushed to the team it is with now."""
+    open_escalations(2, ticket, django_capture_on_commit_callbacks)
+    moved, taken = summaries._claim(5, timedelta(seconds=60))
+    Escalation.objects.filter(pk=moved.escalation.pk).update(team=billing)
+    later = timezone.now() + timedelta(minutes=5)
+    Escalation.objects.filter(pk=taken.escalation.pk).update(summary_wanted_at=later)
+    done = [summaries._ask(OfflineModel(), s) for s in summaries._prepare([moved, taken])]
+    heard = []
+    events.subscribe("escalation.summarised", heard.append)
+    try:
+        with (
+            mock.patch.object(hotsql, "enabled", return_value=prepared),
+            django_capture_on_commit_callbacks(execute=True),
+        ):
+            assert summaries._write(done) == 1
+    finally:
+        events._subscribers[("escalation.summarised", "after_commit")].remove(heard.append)
+    assert [(e.ids["escalation_id"], e.ids["team_id"]) for e in heard] == [
+        (str(moved.escalation.pk), billing.pk)
+    ]
+    moved.escalation.refresh_from_db()
+    assert moved.escalation.summary == moved.text and moved.escalation.summary_wanted_at is None
+    assert moved.text.split()[0].lower() in moved.escalation.search_text
+    taken.escalation.refresh_from_db()
+    assert taken.escalation.summary.endswith(PENDING_NOTE)
+    assert taken.escalation.summary_wanted_at == later
+    # Both calls were made: both are recorded.
+    assert summary_calls().count() == 2
 
 
 def test_a_writer_that_died_leaves_its_summaries_to_the_next_once_its_lease_ends(
