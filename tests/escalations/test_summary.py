@@ -2,12 +2,15 @@
 wanting the model's; one writer, woken once for any number of them, writes the model's
 summaries after commit, together, and pushes each live."""
 
+import asyncio
+import contextlib
 import threading
 import time
 from datetime import timedelta
 from unittest import mock
 
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
@@ -17,6 +20,7 @@ from escalations.actions import summaries
 from escalations.actions.summaries import WRITE_SUMMARIES, write_waiting_summaries
 from escalations.models import Escalation
 from escalations.summary import PENDING_NOTE, UNAVAILABLE_NOTE, facts
+from review import live
 from workflows import events, hotsql
 from workflows.actions import propose_action, start_run
 from workflows.llm import ModelError, ModelResult, OfflineModel
@@ -375,3 +379,48 @@ def test_summary_facts_come_from_the_steps_the_workflow_declares(triage_run):
     }
     action = propose_reply(run)
     assert facts(action, [])["unsure"] == "which plan they are on; the refund window"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_writers_summaries_reach_an_open_queue_each_in_the_order_written(policies, ticket):
+    """Through the Redis layer, as a daphne process's hub hears them: the writer's batch is
+    pushed as one burst after its commit, and the hub hands each change to its pages."""
+    with mock.patch("workflows.outbox.send"):
+        opened = sorted(
+            Escalation.objects.get(
+                action=propose_reply(
+                    start_run(workflow="support_triage", input={**ticket, "subject": f"#{i}"})
+                )
+            ).pk
+            for i in range(3)
+        )
+    assert live._publisher().wait(5), "the escalations' own pushes went first"
+    heard: list[dict] = []
+
+    class Page:
+        def deliver(self, message):
+            heard.append(message)
+
+    async def scenario():
+        hub = live.QueueHub()
+        await hub.join(Page())
+        assert await sync_to_async(write_and_close, thread_sensitive=False)() == 3
+        for _ in range(100):
+            if len(heard) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)  # nothing more comes
+        hub._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hub._task
+
+    def write_and_close():
+        try:
+            return write_waiting_summaries()
+        finally:
+            connections.close_all()
+
+    async_to_sync(scenario)()
+    assert [m["id"] for m in heard] == [str(pk) for pk in opened]
+    assert all(m["type"] == "escalation.changed" and m["teams"] for m in heard)
+    assert len({m["seq"] for m in heard}) == 3
