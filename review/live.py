@@ -24,6 +24,7 @@ import threading
 import uuid
 from typing import Any, Protocol
 
+from celery.signals import worker_process_shutdown
 from channels.layers import get_channel_layer
 from django.conf import settings
 
@@ -326,7 +327,12 @@ def _publisher() -> _Publisher:
 
 
 @atexit.register
-def _flush_at_exit() -> None:
+def _flush_at_exit(**_: Any) -> None:
     publisher = _publisher_instance
     if publisher is not None and publisher.pid == os.getpid():
         publisher.wait(_Publisher.TIMEOUT)
+
+
+# A Celery pool process (the engine's drains, the summary writer) ends with os._exit, past
+# atexit: its last pushes are waited for when the pool tells it to stop.
+worker_process_shutdown.connect(_flush_at_exit, weak=False, dispatch_uid="review-live-flush")
