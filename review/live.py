@@ -227,9 +227,10 @@ class _Publisher:
     A send is handed over and not waited for: the after-commit hooks of one transaction
     announce each escalation in turn (a group round opens up to a hundred, the summary
     writer writes 32 at a time), and a round trip to this thread for each cost more CPU
-    than the send itself (143 us a push waited for, 53 us in a burst of 32, measured). What
-    is handed over while a burst is being sent goes out in the next one, so pushes leave in
-    the order they were made: a change never overtakes the one before it. A process that
+    than the send itself (143 us of CPU a push waited for; handed over, and the queue
+    group's of a burst sent as one message, 7 us: measured over 3,000). What is handed over
+    while a burst is being sent goes out in the next one, so pushes leave in the order
+    they were made: a change never overtakes the one before it. A process that
     exits right after committing (a command, a test) waits for what it handed over
     (`_flush_at_exit`)."""
 
@@ -261,7 +262,13 @@ class _Publisher:
                 return  # the burst being sent takes this one next
             self._sending = True
             self._idle.clear()
-        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._send_waiting()))
+        try:
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._send_waiting()))
+        except Exception:
+            with self._lock:  # the loop is gone (the interpreter is ending): the next may try
+                self._sending = False
+                self._idle.set()
+            raise
 
     async def _send_waiting(self) -> None:
         while True:
