@@ -211,7 +211,7 @@ def start_run(
     # No message of its own, no outbox row: the pending run is the durable wake-up, claimed
     # by the drain (one woken for any number of starts); the reconciler's scan is the
     # safety net. Outside a transaction this runs at once: the statement has committed.
-    transaction.on_commit(outbox.wake_drain, robust=True)
+    outbox.wake_after_commit(outbox.DRAIN)
     return rows.saved(run)
 
 
@@ -313,7 +313,7 @@ def _start_run_orm(
             StepRun.objects.bulk_create(steps)
             write_first_state(run=run, changed=changed, reason="initial state")
             trace.save(force_insert=True)
-            transaction.on_commit(outbox.wake_drain, robust=True)
+            outbox.wake_after_commit(outbox.DRAIN)
     except IntegrityError:
         existing = _started(run.idempotency_key)
         if existing is not None:

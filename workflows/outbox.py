@@ -232,6 +232,51 @@ def wake_drain(task: str = DRAIN) -> None:
         )
 
 
+class _Wake:
+    """The after-commit hook of wake_after_commit, recognisable among a transaction's hooks.
+    `wake_drain` is looked up when it runs (tests replace it)."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        # A hook that ran still sits in the list where a test ran it without a commit
+        # (captureOnCommitCallbacks): the next wake-up asked for must register anew.
+        self.ran = False
+
+    def __call__(self) -> None:
+        self.ran = True
+        wake_drain(self.task)
+
+    def __repr__(self) -> str:  # what Django's log of a failed hook names
+        return f"wake_after_commit({self.task!r})"
+
+
+def wake_after_commit(task: str = DRAIN) -> None:
+    """wake_drain(task) after commit, registered at most once per transaction: a group round
+    opens up to a hundred escalations in one, and each asked for the same wake-up (a Redis
+    round trip each, after commit, for one flag). Outside a transaction it wakes at once.
+    Precondition: inside the transaction whose commit makes the drain necessary.
+
+    A hook already registered counts only if every savepoint it was registered in is still
+    open around this call: a rollback that drops it (Django drops a hook with its savepoint)
+    then rolls this call's work back too, which then needs no wake-up. (One from a savepoint
+    since released would do as well, but telling the two apart is left to Django: the cost
+    of not relying on it is one more wake-up, never a lost one.)"""
+    conn = transaction.get_connection()
+    if conn.in_atomic_block:
+        open_savepoints = set(conn.savepoint_ids)
+        for savepoints, hook, _robust in conn.run_on_commit:
+            if (
+                isinstance(hook, _Wake)
+                and hook.task == task
+                and not hook.ran
+                and savepoints <= open_savepoints
+            ):
+                return
+    # robust: the change is committed by then; a wake-up that fails (its fallback row not
+    # written either) is the reconciler's, and must never turn it into an error.
+    transaction.on_commit(_Wake(task), robust=True)
+
+
 def drain_woken(task: str = DRAIN) -> None:
     """The drain's first act: clear the flag, so whatever commits from now on wakes again."""
     client = _broker_client()

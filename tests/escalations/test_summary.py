@@ -2,12 +2,15 @@
 wanting the model's; one writer, woken once for any number of them, writes the model's
 summaries after commit, together, and pushes each live."""
 
+import asyncio
+import contextlib
 import threading
 import time
 from datetime import timedelta
 from unittest import mock
 
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
@@ -17,7 +20,8 @@ from escalations.actions import summaries
 from escalations.actions.summaries import WRITE_SUMMARIES, write_waiting_summaries
 from escalations.models import Escalation
 from escalations.summary import PENDING_NOTE, UNAVAILABLE_NOTE, facts
-from workflows import events
+from review import live
+from workflows import events, hotsql
 from workflows.actions import propose_action, start_run
 from workflows.llm import ModelError, ModelResult, OfflineModel
 from workflows.prompts.actions import PromptError
@@ -130,6 +134,29 @@ def test_escalations_opened_one_after_another_wake_one_writer_which_writes_them_
     assert len(three.captured_queries) == len(one.captured_queries)
 
 
+def test_escalations_opened_in_one_transaction_wake_the_writer_once(
+    policies, ticket, django_capture_on_commit_callbacks
+):
+    """A group round of the engine opens many escalations in one transaction: one wake-up
+    after its commit, not one each (a Redis round trip each for the same flag)."""
+    with django_capture_on_commit_callbacks(execute=False):
+        runs = [
+            start_run(workflow="support_triage", input={**ticket, "subject": f"#{i}"})
+            for i in range(3)
+        ]
+    with (
+        mock.patch("workflows.outbox.wake_drain") as wake,
+        django_capture_on_commit_callbacks(execute=True),
+        transaction.atomic(),
+    ):
+        for run in runs:
+            propose_reply(run)
+    assert Escalation.objects.filter(summary_wanted_at__isnull=False).count() == 3
+    assert [c for c in wake.call_args_list if c == mock.call(WRITE_SUMMARIES)] == [
+        mock.call(WRITE_SUMMARIES)
+    ]
+
+
 def test_what_commits_after_the_writer_woke_wakes_it_again(
     triage_run, policies, ticket, django_capture_on_commit_callbacks
 ):
@@ -151,6 +178,42 @@ def test_a_summary_another_writer_holds_is_left_to_it(
     assert summaries._write([summaries._ask(OfflineModel(), held)]) == 1
     esc.refresh_from_db()
     assert not esc.summary.endswith(PENDING_NOTE)
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["postgresql", "orm"])
+def test_only_summaries_still_held_are_written_and_pushed_as_the_rows_now_are(
+    prepared, policies, ticket, billing, django_capture_on_commit_callbacks
+):
+    """The write's fence, in its prepared statement and through the ORM (embedded mode):
+    a summary whose lease another writer holds now is not written; one whose escalation
+    moved since it was claimed is pushed to the team it is with now."""
+    open_escalations(2, ticket, django_capture_on_commit_callbacks)
+    moved, taken = summaries._claim(5, timedelta(seconds=60))
+    Escalation.objects.filter(pk=moved.escalation.pk).update(team=billing)
+    later = timezone.now() + timedelta(minutes=5)
+    Escalation.objects.filter(pk=taken.escalation.pk).update(summary_wanted_at=later)
+    done = [summaries._ask(OfflineModel(), s) for s in summaries._prepare([moved, taken])]
+    heard = []
+    events.subscribe("escalation.summarised", heard.append)
+    try:
+        with (
+            mock.patch.object(hotsql, "enabled", return_value=prepared),
+            django_capture_on_commit_callbacks(execute=True),
+        ):
+            assert summaries._write(done) == 1
+    finally:
+        events._subscribers[("escalation.summarised", "after_commit")].remove(heard.append)
+    assert [(e.ids["escalation_id"], e.ids["team_id"]) for e in heard] == [
+        (str(moved.escalation.pk), billing.pk)
+    ]
+    moved.escalation.refresh_from_db()
+    assert moved.escalation.summary == moved.text and moved.escalation.summary_wanted_at is None
+    assert moved.text.split()[0].lower() in moved.escalation.search_text
+    taken.escalation.refresh_from_db()
+    assert taken.escalation.summary.endswith(PENDING_NOTE)
+    assert taken.escalation.summary_wanted_at == later
+    # Both calls were made: both are recorded.
+    assert summary_calls().count() == 2
 
 
 def test_a_writer_that_died_leaves_its_summaries_to_the_next_once_its_lease_ends(
@@ -316,3 +379,48 @@ def test_summary_facts_come_from_the_steps_the_workflow_declares(triage_run):
     }
     action = propose_reply(run)
     assert facts(action, [])["unsure"] == "which plan they are on; the refund window"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_writers_summaries_reach_an_open_queue_each_in_the_order_written(policies, ticket):
+    """Through the Redis layer, as a daphne process's hub hears them: the writer's batch is
+    pushed as one burst after its commit, and the hub hands each change to its pages."""
+    with mock.patch("workflows.outbox.send"):
+        opened = sorted(
+            Escalation.objects.get(
+                action=propose_reply(
+                    start_run(workflow="support_triage", input={**ticket, "subject": f"#{i}"})
+                )
+            ).pk
+            for i in range(3)
+        )
+    assert live._publisher().wait(5), "the escalations' own pushes went first"
+    heard: list[dict] = []
+
+    class Page:
+        def deliver(self, message):
+            heard.append(message)
+
+    async def scenario():
+        hub = live.QueueHub()
+        await hub.join(Page())
+        assert await sync_to_async(write_and_close, thread_sensitive=False)() == 3
+        for _ in range(100):
+            if len(heard) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)  # nothing more comes
+        hub._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hub._task
+
+    def write_and_close():
+        try:
+            return write_waiting_summaries()
+        finally:
+            connections.close_all()
+
+    async_to_sync(scenario)()
+    assert [m["id"] for m in heard] == [str(pk) for pk in opened]
+    assert all(m["type"] == "escalation.changed" and m["teams"] for m in heard)
+    assert len({m["seq"] for m in heard}) == 3
