@@ -278,16 +278,15 @@ class _Publisher:
                     self._sending = False
                     self._idle.set()
                     return
-            sends = [layer.group_send(group, message) for layer, group, message in _merged(burst)]
-            try:
-                # In order all the same: channels_redis publishes under a (FIFO) lock per
-                # Redis host.
-                results = await asyncio.wait_for(
-                    asyncio.gather(*sends, return_exceptions=True), timeout=self.TIMEOUT
-                )
-            except Exception as exc:  # the layer did not answer in time: none of them went
-                results = [exc] * len(sends)
-            failed = [r for r in results if isinstance(r, BaseException)]
+            sends = _merged(burst)
+            failed: list[BaseException] = []
+            for layer, group, message in sends:
+                # One after the other, in the order they were made: a change to a group never
+                # overtakes the one before it.
+                try:
+                    await asyncio.wait_for(layer.group_send(group, message), timeout=self.TIMEOUT)
+                except Exception as exc:
+                    failed.append(exc)
             if failed:
                 # A lost push costs a reviewer a refresh, never a decision: the queue
                 # re-syncs on (re)connect from the database, which is the truth.

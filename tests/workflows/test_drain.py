@@ -414,9 +414,8 @@ def test_a_step_reads_only_its_own_runs_actions(auto_peer, inline_tasks):
     inline_tasks.drain()
     action = Action.objects.get(run=mine)
     Action.objects.filter(pk=action.pk).update(rationale="changed since")
-    ctx = StepContext(
-        run=mine, step=StepRun.objects.get(run=mine, name="execute"), model=None, state=None
-    )  # type: ignore[arg-type]
+    step = StepRun.objects.get(run=mine, name="execute")
+    ctx = StepContext(run=mine, step=step, model=None, state=None)
     read = ctx.action(str(action.pk))
     assert (read.pk, read.status, read.rationale) == (action.pk, "executed", "changed since")
     assert read.run is mine
