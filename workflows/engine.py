@@ -84,7 +84,7 @@ from .outbox import enqueue as outbox_enqueue
 from .outcomes import run_outcome
 from .recovery import RESUME_RUN, actions_with_effect, attention_resolved, recovery_check
 from .specs import Sleep, UnknownWorkflow, Wait, get_spec
-from .state import StateView, normalise, update_state
+from .state import StateView, normalise, remember_digest, update_state
 from .state import chains as state_chains
 from .step_context import StepContext
 
@@ -326,6 +326,9 @@ def _drive_batch(
     # The runs whose lease this task may hold (a round that returns None let it go, in its
     # own transaction, or never had it).
     held = set(items)
+    # Whether the last look for more found some: under load, the next round looks again
+    # whatever the flags say (a drain woken meanwhile may have cleared them).
+    busy = False
     try:
         for rounds_left in range(MAX_ROUNDS_PER_TASK, 0, -1):
             if (
@@ -334,11 +337,12 @@ def _drive_batch(
                 and rounds_left > REFILL_ROUNDS_LEFT
                 and len(items) < refill.most
                 and time.monotonic() < refill.until
-                and refill.wanted()
+                and (busy or refill.wanted())
             ):
                 joined = refill.claim(refill.most - len(items))
                 items |= dict.fromkeys(joined, AGAIN)
                 held |= set(joined)
+                busy = bool(joined)
             if not items:
                 return
             last = rounds_left == 1 or (until is not None and time.monotonic() > until)
@@ -454,6 +458,7 @@ def _locked_batch(
         if isinstance(items.get(row[0]), Claim):
             # Its run is in memory already: its commit takes what may have changed from here.
             fresh[row[0]] = {f: row[i] for f, i in _MUTABLE_AT.items()}
+            _remember_parent(row)
             fresh[row[0]]["state"] = hotsql.loads(fresh[row[0]]["state"])
         else:
             runs[row[0]] = _run_with_agent(row)
@@ -556,9 +561,13 @@ _AGENT = WorkflowRun._meta.get_field("agent").related_model
 _AGENT_COLUMNS = hotsql.Columns(_AGENT, "a")
 # A run with its agent; only the run's row is locked. Column and table names from the
 # models, never from input.
+# With the digest of the run's current state's snapshot: the parent of the next one this
+# process writes (`state.remember_digest`), which a worker that did not write it would
+# otherwise read in a statement of its own.
 _SELECT_RUN = (
-    f"SELECT {_RUN_COLUMNS.sql}, {_AGENT_COLUMNS.sql} FROM workflows_workflowrun r"  # noqa: S608
-    f" JOIN {_AGENT._meta.db_table} a ON a.id = r.agent_id"
+    f"SELECT {_RUN_COLUMNS.sql}, {_AGENT_COLUMNS.sql}, sn.digest"  # noqa: S608 (the models')
+    f" FROM workflows_workflowrun r JOIN {_AGENT._meta.db_table} a ON a.id = r.agent_id"
+    " LEFT JOIN workflows_runsnapshot sn ON sn.run_id = r.id AND sn.version = r.state_version"
 )
 _LOCK_RUN = f"{_SELECT_RUN} WHERE r.id = %s FOR NO KEY UPDATE OF r"
 # A group round's, in the lock order (see _locked_batch).
@@ -568,7 +577,14 @@ _LOCK_RUNS = f"{_SELECT_RUN} WHERE r.id = ANY(%s) ORDER BY r.id FOR NO KEY UPDAT
 def _run_with_agent(row: Sequence[Any]) -> WorkflowRun:
     run: WorkflowRun = _RUN_COLUMNS.build(row)
     run._state.fields_cache["agent"] = _AGENT_COLUMNS.build(row, _RUN_COLUMNS.width)
+    _remember_parent(row)
     return run
+
+
+def _remember_parent(row: Sequence[Any]) -> None:
+    """The digest `_SELECT_RUN` read with the run (committed: it cannot change)."""
+    if row[-1]:
+        remember_digest(row[0], row[_MUTABLE_AT["state_version"]], row[-1])
 
 
 def _lock_run(run_id: uuid.UUID) -> WorkflowRun | None:

@@ -382,6 +382,12 @@ _DIGESTS: dict[tuple[Any, int], str] = {}
 _DIGESTS_MAX = 4096
 
 
+def remember_digest(run_id: Any, version: int, digest: str) -> None:
+    """The digest of the run's committed snapshot of `version` (read by a caller anyway):
+    the next write of the run in this process need not read it back."""
+    _remember_digest((run_id, version), digest)
+
+
 def _remember_digest(key: tuple[Any, int], digest: str) -> None:
     if len(_DIGESTS) >= _DIGESTS_MAX:
         # The oldest first (a dict keeps insertion order): the runs still going are the

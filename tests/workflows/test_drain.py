@@ -454,3 +454,27 @@ def test_a_run_started_while_a_batch_runs_joins_it_at_its_next_round(auto_peer, 
     # Its wake-up was sent all the same (never lost); the drain it starts finds nothing.
     assert _sent(inline_tasks) == [DRAIN]
     assert engine.drain_runs() == 0
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_worker_that_did_not_write_a_runs_last_state_does_not_read_its_digest_apart(
+    auto_peer, inline_tasks, batch
+):
+    """The parent of the next snapshot comes with the run's locked row: a worker other than
+    the one that wrote the state (here: a forgotten cache) reads no snapshot for it."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from workflows import state
+    from workflows.state import verify_chain
+
+    runs = [start_run(workflow=auto_peer, input={"item": f"i-{i}"}) for i in range(2)]
+    state._DIGESTS.clear()
+    with CaptureQueriesContext(connection) as queries:
+        assert engine.drain_runs(max_batch=batch) == 2
+    read = [q for q in queries.captured_queries if '"workflows_runsnapshot"."digest"' in q["sql"]]
+    assert read == []
+    for run in runs:
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        assert verify_chain(run) == []
