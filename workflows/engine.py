@@ -433,6 +433,7 @@ class _Batch:
     # round's end: (claimed step's values + its id) and the run's values.
     claims: list[list[Any]] = field(default_factory=list)
     ends: list[list[Any]] = field(default_factory=list)
+    waits: list[list[Any]] = field(default_factory=list)  # steps' waits (`_STEP_WAITED`)
     # The actions the waiting steps of the runs coordinating this round (no step of theirs
     # runs before their round reads these) wait for, with their ledger flag, by id.
     awaited: dict[str, Action] = field(default_factory=dict)
@@ -478,8 +479,9 @@ def _locked_batch(
         if batch.ends:
             # Columns, as arrays (psycopg sends a tuple as a record).
             claims = [list(c) for c in zip(*batch.claims, strict=True)] or [[]] * 6
+            waits = [list(c) for c in zip(*batch.waits, strict=True)] or [[]] * 3
             ends = [list(c) for c in zip(*batch.ends, strict=True)]
-            hotsql.rows(_SAVE_ENDS, [*claims, *ends])
+            hotsql.rows(_SAVE_ENDS, [*claims, *waits, *ends])
     finally:
         _BATCH.reset(token)
 
@@ -705,6 +707,9 @@ def _relock_and_fence(
 _STEP_DONE = """UPDATE workflows_steprun SET lease_owner = '', lease_expires_at = NULL,
     error = '', status = 'succeeded', output = %s, finished_at = %s, waiting_for = NULL
     WHERE id = %s"""
+# A step's wait (or sleep), likewise; cancelled instead if its round ended the run.
+_STEP_WAITED = """UPDATE workflows_steprun SET status = %s, waiting_for = %s, lease_owner = '',
+    lease_expires_at = NULL, error = '' WHERE id = %s"""
 
 
 def _fence_in_batch(
@@ -996,12 +1001,16 @@ def _unsaved_step(claim: Claim | _Again | None) -> StepRun | None:
     return claim.step
 
 
-def _end_in_batch(batch: _Batch, run: WorkflowRun, claim: Claim | _Again | None) -> None:
-    """A group round's end (the run's round fields, and the step it claimed): written with
-    its batch-mates' at the round's end (the rows are locked; nothing in the round reads
-    them again)."""
+def _end_in_batch(
+    batch: _Batch, run: WorkflowRun, claim: Claim | _Again | None, waited: Sequence[Any] = ()
+) -> None:
+    """A group round's end (the run's round fields, the step it claimed, and `waited`: the
+    values of a step's wait, `_STEP_WAITED`'s, of another step): written with its
+    batch-mates' at the round's end (the rows are locked; nothing in the round reads them
+    again)."""
     if (step := _unsaved_step(claim)) is not None:
         batch.claims.append([*_claim_values(step), step.pk])
+    batch.waits.extend(list(w) for w in waited)
     batch.ends.append(_round_values(run))
 
 
@@ -1051,6 +1060,11 @@ _SAVE_ENDS = """WITH claimed AS (
         started_at = v.started_at, not_before = NULL
     FROM UNNEST(%s::text[], %s::int[], %s::text[], %s::timestamptz[], %s::timestamptz[],
         %s::bigint[]) AS v(status, attempts, lease_owner, lease_expires_at, started_at, id)
+    WHERE s.id = v.id
+), waited AS (
+    UPDATE workflows_steprun s SET status = v.status, waiting_for = v.waiting_for,
+        lease_owner = '', lease_expires_at = NULL, error = ''
+    FROM UNNEST(%s::text[], %s::jsonb[], %s::bigint[]) AS v(status, waiting_for, id)
     WHERE s.id = v.id
 )
 UPDATE workflows_workflowrun r SET status = v.status, wake_at = v.wake_at,
@@ -1364,10 +1378,15 @@ def _commit(
     # A group round's output write goes with the state's (a dict always changes the state).
     written: list[tuple[str, list[Any]]] = []
     unwritten: dict[str, dict[str, Any]] | None = None
-    if batch is not None and isinstance(result, dict) and run.pk in batch.fresh:
+    # A group round's wait, written once its round is known (`_STEP_WAITED`).
+    waited: list[Any] | None = None
+    if batch is not None and run.pk in batch.fresh:
         locked = _fence_in_batch(batch, run, step.pk, token, now)
-        written = [(_STEP_DONE, [hotsql.jsonb(result), now, step.pk])]
-        unwritten = {step.name: result}
+        if isinstance(result, dict):
+            written = [(_STEP_DONE, [hotsql.jsonb(result), now, step.pk])]
+            unwritten = {step.name: result}
+        else:
+            waited = [str(StepStatus.WAITING), hotsql.jsonb(fields["waiting_for"]), step.pk]
     else:
         locked, fenced = _relock_and_fence(run, step.pk, token, now, fields)
         if not fenced:
@@ -1394,10 +1413,21 @@ def _commit(
         nxt = _coordinate_locked(
             locked, token, took_over=False, pending=pending, unwritten=unwritten
         )
+    if waited is not None:
+        if locked.is_terminal:
+            # The round ended the run: finish_locked cancelled the steps the database had
+            # waiting, which this one is not yet.
+            waited[0] = str(StepStatus.CANCELLED)
+        if isinstance(nxt, Claim) and nxt.step.pk == step.pk:
+            # Resumed at once: the wait is written first, on its own (the claim's write is of
+            # the same row).
+            hotsql.rows(_STEP_WAITED, waited)
+        else:
+            written = [(_STEP_WAITED, waited)]
     if batch is not None and not changes and pending and set(pending) <= set(_ROUND_FIELDS):
         # Only the round's end to write (no new state): with the batch's, at the round's end.
-        _end_in_batch(batch, locked, nxt)
-        pending = []
+        _end_in_batch(batch, locked, nxt, [values for _, values in written])
+        pending, written = [], []
     # The next step's claim goes out with the run's UPDATE (and snapshot): one round trip.
     claimed = written + _claim_write(nxt)
     if changes:

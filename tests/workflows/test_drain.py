@@ -478,3 +478,54 @@ def test_a_worker_that_did_not_write_a_runs_last_state_does_not_read_its_digest_
         run.refresh_from_db()
         assert run.status == RunStatus.SUCCEEDED, run.error
         assert verify_chain(run) == []
+
+
+def test_in_a_group_a_wait_over_at_once_is_written_before_its_step_runs_again(agent, inline_tasks):
+    """A sleep already due when it commits: the round that follows claims the same step
+    again, so its wait is written on its own first, not with the claim (one row)."""
+    from workflows.models import StepRun
+
+    runs = [start_run(workflow="sleeper", input={"seconds": 0}) for _ in range(2)]
+    assert engine.drain_runs(max_batch=2) == 2
+    for run in runs:
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        nap = StepRun.objects.get(run=run, name="nap")
+        assert (nap.status, nap.output, nap.waiting_for, nap.lease_owner) == (
+            "succeeded",
+            {"woke": True},
+            None,
+            "",
+        )
+        assert run.trace.filter(message__startswith="sleeping until").count() == 1
+
+
+def test_in_a_group_a_wait_whose_round_ends_the_run_is_cancelled_with_it(
+    review_peer, inline_tasks, monkeypatch
+):
+    """The round after a step's wait fails the run (here: its deadline): the step's wait,
+    written after that round, is written cancelled, as the run's other waiting steps are."""
+    from workflows.ending import fail_locked
+    from workflows.models import StepRun
+
+    doomed, fine = (start_run(workflow=review_peer, input={"item": i}) for i in "ab")
+    real = engine._may_go_on
+
+    def may_go_on(run, now, acquired):
+        batch = engine._BATCH.get()
+        steps = batch.steps.get(run.pk, []) if batch is not None else []
+        if run.pk == doomed.pk and any(s.name == "gate" and s.status == "waiting" for s in steps):
+            fail_locked(run, "run timed out (deadline)")
+            return False
+        return real(run, now, acquired)
+
+    monkeypatch.setattr(engine, "_may_go_on", may_go_on)
+    assert engine.drain_runs(max_batch=2) == 2
+    doomed.refresh_from_db()
+    fine.refresh_from_db()
+    assert (doomed.status, doomed.error) == (RunStatus.FAILED, "run timed out (deadline)")
+    gate = StepRun.objects.get(run=doomed, name="gate")
+    assert (gate.status, gate.lease_owner) == ("cancelled", "")
+    assert gate.waiting_for["actions"]
+    assert fine.status == RunStatus.WAITING
+    assert StepRun.objects.get(run=fine, name="gate").status == "waiting"
