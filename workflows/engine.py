@@ -1387,6 +1387,11 @@ def _commit(
             unwritten = {step.name: result}
         else:
             waited = [str(StepStatus.WAITING), hotsql.jsonb(fields["waiting_for"]), step.pk]
+            # What it waits for, as the step read it in this attempt (`StepContext.action`),
+            # is what the round that follows reads of it: not read again.
+            awaited = [str(i) for i in (fields["waiting_for"] or {}).get("actions") or []]
+            if awaited and all(i in ctx.read for i in awaited):
+                batch.awaited.update({i: ctx.read[i] for i in awaited})
     else:
         locked, fenced = _relock_and_fence(run, step.pk, token, now, fields)
         if not fenced:

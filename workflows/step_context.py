@@ -17,9 +17,11 @@ from .state import StateView
 log = logging.getLogger(__name__)
 
 _ACTION_COLUMNS = hotsql.Columns(Action, "a")
-# Column and table names from the model, never from input.
+# Column and table names from the models, never from input. With whether the ledger holds
+# its effect: what the engine's round asks of an action a step then waits for.
 _READ_ACTION = (
-    f"SELECT {_ACTION_COLUMNS.sql} FROM {Action._meta.db_table} a"  # noqa: S608
+    f"SELECT {_ACTION_COLUMNS.sql}, EXISTS (SELECT 1 FROM {Effect._meta.db_table} e"  # noqa: S608
+    f" WHERE e.action_id = a.id) FROM {Action._meta.db_table} a"
     " WHERE a.id = %s AND a.run_id = %s"
 )
 
@@ -34,6 +36,9 @@ class StepContext:
     resumed: bool = False  # the step waited (for a person or a wake-up) and runs again
     woken: bool = False  # ... and it is the wake-up it asked for
     deadline: float = float("inf")  # time.monotonic() by which the attempt must finish
+    # The actions `action` read in this attempt, by id, with their ledger flag (under the
+    # run's row lock, which the engine holds: only this attempt can have changed them since).
+    read: dict[str, Action] = field(default_factory=dict, repr=False)
 
     def trace(self, kind: TraceKind, message: str, **data: Any) -> None:
         record_trace(run=self.run, kind=kind, message=message, step_name=self.step.name, data=data)
@@ -47,8 +52,10 @@ class StepContext:
         rows = hotsql.rows(_READ_ACTION, [uuid.UUID(str(action_id)), self.run.pk])
         if not rows:
             raise Action.DoesNotExist(f"run {self.run.pk} proposed no action {action_id}")
-        action: Action = _ACTION_COLUMNS.build(rows[0])
+        action = _ACTION_COLUMNS.build(rows[0])
+        action.has_effect = rows[0][-1]
         action._state.fields_cache["run"] = self.run
+        self.read[str(action.pk)] = action
         return action
 
     def output_of(self, step_name: str) -> dict[str, Any]:

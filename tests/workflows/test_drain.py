@@ -318,7 +318,7 @@ def test_decided_runs_resumed_together_read_what_they_waited_for_at_once(
     inline_tasks.sent.clear()
     with CaptureQueriesContext(connection) as queries:
         assert engine.drain_runs(starts=False, max_batch=batch) == 2
-    awaited = [q for q in queries.captured_queries if "FROM workflows_effect e" in q["sql"]]
+    awaited = [q for q in queries.captured_queries if "WHERE a.id = ANY(" in q["sql"]]
     assert len(awaited) == (2 if batch == 1 else 1)
     # So are their state chains, which each resume's recovery check verifies.
     chains = [
@@ -529,3 +529,30 @@ def test_in_a_group_a_wait_whose_round_ends_the_run_is_cancelled_with_it(
     assert gate.waiting_for["actions"]
     assert fine.status == RunStatus.WAITING
     assert StepRun.objects.get(run=fine, name="gate").status == "waiting"
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_in_a_group_what_a_step_read_and_waits_for_is_not_read_again(
+    review_peer, inline_tasks, admin_user, batch
+):
+    """The gate read its action (`ctx.action`) and waits for it: the round that follows, in
+    the same transaction and under the same lock, takes that read rather than its own."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from bench.bench_e2e import approve_open
+
+    runs = [start_run(workflow=review_peer, input={"item": f"i-{i}"}) for i in range(2)]
+    inline_tasks.sent.clear()
+    with CaptureQueriesContext(connection) as queries:
+        assert engine.drain_runs(max_batch=batch) == 2
+    awaited = [q for q in queries.captured_queries if "WHERE a.id = ANY(" in q["sql"]]
+    assert len(awaited) == (2 if batch == 1 else 0)
+    for run in runs:
+        run.refresh_from_db()
+        assert run.status == RunStatus.WAITING, run.error
+    assert approve_open(admin_user) == 2
+    inline_tasks.drain()
+    for run in runs:
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, run.error
