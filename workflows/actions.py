@@ -610,6 +610,12 @@ def record_effect(
     return result
 
 
+# An Action read with what the ledger held for its key, under a lock its execution still
+# holds (StepContext.action in a group round): that result (None: nothing), in its __dict__
+# under this name; execute_action takes it rather than ask the ledger again.
+LEDGER_READ = "_ledger_read"
+
+
 def execute_action(*, action: Action) -> Action:
     """Apply an approved action's effect exactly once.
 
@@ -619,7 +625,10 @@ def execute_action(*, action: Action) -> Action:
     """
     if action.status not in (ActionStatus.AUTO_APPROVED, ActionStatus.APPROVED):
         raise ValueError(f"cannot execute an action that is {action.status}")
-    recorded = _recorded_effect(action.idempotency_key)
+    if LEDGER_READ in action.__dict__:
+        recorded = action.__dict__.pop(LEDGER_READ)
+    else:
+        recorded = _recorded_effect(action.idempotency_key)
     if recorded is not None:
         log.info("effect %s already recorded; not applying again", action.idempotency_key)
         result = recorded

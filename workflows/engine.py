@@ -1332,6 +1332,8 @@ def _attempt(claim: Claim, *, inline: bool, chain: bool) -> Claim | _Again | Non
             resumed=claim.resumed,
             woken=claim.woken,
             deadline=time.monotonic() + step.timeout_seconds,
+            # A group round locked the run's row before this body (see `_fence_in_batch`).
+            locked=(batch := _BATCH.get()) is not None and run.pk in batch.fresh,
         )
         with _time_limit(step.timeout_seconds):
             result = step_spec.run(ctx)

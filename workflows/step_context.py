@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import hotsql
-from .actions import record_effect, record_trace
+from .actions import LEDGER_READ, record_effect, record_trace
 from .llm import ModelClient
 from .models import Action, Effect, StepRun, TraceKind, WorkflowRun
 from .state import StateView
@@ -18,10 +18,12 @@ log = logging.getLogger(__name__)
 
 _ACTION_COLUMNS = hotsql.Columns(Action, "a")
 # Column and table names from the models, never from input. With whether the ledger holds
-# its effect: what the engine's round asks of an action a step then waits for.
+# its effect (what the engine's round asks of an action a step then waits for), and what the
+# ledger holds for its key (what executing it asks).
 _READ_ACTION = (
     f"SELECT {_ACTION_COLUMNS.sql}, EXISTS (SELECT 1 FROM {Effect._meta.db_table} e"  # noqa: S608
-    f" WHERE e.action_id = a.id) FROM {Action._meta.db_table} a"
+    f" WHERE e.action_id = a.id), (SELECT k.result FROM {Effect._meta.db_table} k"
+    f" WHERE k.key = a.idempotency_key) FROM {Action._meta.db_table} a"
     " WHERE a.id = %s AND a.run_id = %s"
 )
 
@@ -39,6 +41,10 @@ class StepContext:
     # The actions `action` read in this attempt, by id, with their ledger flag (under the
     # run's row lock, which the engine holds: only this attempt can have changed them since).
     read: dict[str, Action] = field(default_factory=dict, repr=False)
+    # The run's row and its steps' are locked for the whole attempt (a group round's): what
+    # `action` reads of the ledger cannot change before the step commits (every execution
+    # of a run's action holds that lock, or fences on it), so executing it asks no more.
+    locked: bool = False
 
     def trace(self, kind: TraceKind, message: str, **data: Any) -> None:
         record_trace(run=self.run, kind=kind, message=message, step_name=self.step.name, data=data)
@@ -53,7 +59,10 @@ class StepContext:
         if not rows:
             raise Action.DoesNotExist(f"run {self.run.pk} proposed no action {action_id}")
         action = _ACTION_COLUMNS.build(rows[0])
-        action.has_effect = rows[0][-1]
+        action.has_effect, recorded = rows[0][-2], rows[0][-1]
+        if self.locked:
+            ledger = None if recorded is None else dict(hotsql.loads(recorded))
+            action.__dict__[LEDGER_READ] = ledger
         action._state.fields_cache["run"] = self.run
         self.read[str(action.pk)] = action
         return action

@@ -556,3 +556,57 @@ def test_in_a_group_what_a_step_read_and_waits_for_is_not_read_again(
     for run in runs:
         run.refresh_from_db()
         assert run.status == RunStatus.SUCCEEDED, run.error
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_in_a_group_the_ledger_read_with_the_action_is_the_one_execution_asks(
+    auto_peer, inline_tasks, monkeypatch, batch
+):
+    """Under a group round's lock, what `ctx.action` read of the ledger is what executing the
+    action takes (no second read); an effect it found recorded is not applied again."""
+    import dataclasses
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from bench.peers.caliber_flow import ACTION_TYPE
+    from workflows.models import Action, Effect, StepRun
+    from workflows.tools import ACTION_TYPES
+
+    applied: list[str] = []
+    real = ACTION_TYPES[ACTION_TYPE]
+
+    def counted(payload, key):
+        applied.append(key)
+        return real.execute(payload, key)
+
+    monkeypatch.setitem(ACTION_TYPES, ACTION_TYPE, dataclasses.replace(real, execute=counted))
+    runs = [start_run(workflow=auto_peer, input={"item": f"i-{i}"}) for i in range(2)]
+    recorded_for = runs[0]
+    real_round = engine._group_round
+
+    def group_round(items, token, **kw):
+        # Once the first run's execute is claimed, its effect is found in the ledger (as if
+        # applied by an attempt that died after its commit).
+        claimed = StepRun.objects.filter(run=recorded_for, name="execute", status="running")
+        action = Action.objects.filter(run=recorded_for).first()
+        if claimed.exists() and action and not Effect.objects.filter(action=action).exists():
+            Effect.objects.create(
+                key=action.idempotency_key,
+                action=action,
+                run=recorded_for,
+                step_name="execute",
+                result={"done": "earlier"},
+            )
+        return real_round(items, token, **kw)
+
+    monkeypatch.setattr(engine, "_group_round", group_round)
+    with CaptureQueriesContext(connection) as queries:
+        assert engine.drain_runs(max_batch=batch) == 2
+    asked = [q for q in queries.captured_queries if "FROM workflows_effect WHERE key" in q["sql"]]
+    assert len(asked) == (2 if batch == 1 else 0)
+    for run in runs:
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+    assert len(applied) == 1  # the second run's only
+    assert Action.objects.get(run=recorded_for).result == {"done": "earlier"}
