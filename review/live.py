@@ -280,11 +280,16 @@ class _Publisher:
                     return
             sends = _merged(burst)
             failed: list[BaseException] = []
+            # One deadline for the burst, as when its sends went together: a layer that does
+            # not answer holds the publisher TIMEOUT per burst, not per push.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.TIMEOUT
             for layer, group, message in sends:
                 # One after the other, in the order they were made: a change to a group never
                 # overtakes the one before it.
                 try:
-                    await asyncio.wait_for(layer.group_send(group, message), timeout=self.TIMEOUT)
+                    left = max(deadline - loop.time(), 0.0)
+                    await asyncio.wait_for(layer.group_send(group, message), timeout=left)
                 except Exception as exc:
                     failed.append(exc)
             if failed:

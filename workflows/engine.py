@@ -458,9 +458,10 @@ def _locked_batch(
     for row in hotsql.rows(_LOCK_RUNS, [run_ids]):
         if isinstance(items.get(row[0]), Claim):
             # Its run is in memory already: its commit takes what may have changed from here.
-            fresh[row[0]] = {f: row[i] for f, i in _MUTABLE_AT.items()}
+            changed = {f: row[i] for f, i in _MUTABLE_AT.items()}
+            changed["state"] = hotsql.loads(changed["state"])
+            fresh[row[0]] = changed
             _remember_parent(row)
-            fresh[row[0]]["state"] = hotsql.loads(fresh[row[0]]["state"])
         else:
             runs[row[0]] = _run_with_agent(row)
     steps: dict[uuid.UUID, list[StepRun]] = {r: [] for r in run_ids}
@@ -1002,7 +1003,7 @@ def _unsaved_step(claim: Claim | _Again | None) -> StepRun | None:
 
 
 def _end_in_batch(
-    batch: _Batch, run: WorkflowRun, claim: Claim | _Again | None, waited: Sequence[Any] = ()
+    batch: _Batch, run: WorkflowRun, claim: Claim | _Again | None, waited: list[Any] | None = None
 ) -> None:
     """A group round's end (the run's round fields, the step it claimed, and `waited`: the
     values of a step's wait, `_STEP_WAITED`'s, of another step): written with its
@@ -1010,7 +1011,8 @@ def _end_in_batch(
     again)."""
     if (step := _unsaved_step(claim)) is not None:
         batch.claims.append([*_claim_values(step), step.pk])
-    batch.waits.extend(list(w) for w in waited)
+    if waited is not None:
+        batch.waits.append(waited)
     batch.ends.append(_round_values(run))
 
 
@@ -1429,12 +1431,13 @@ def _commit(
             # Resumed at once: the wait is written first, on its own (the claim's write is of
             # the same row).
             hotsql.rows(_STEP_WAITED, waited)
-        else:
-            written = [(_STEP_WAITED, waited)]
+            waited = None
     if batch is not None and not changes and pending and set(pending) <= set(_ROUND_FIELDS):
         # Only the round's end to write (no new state): with the batch's, at the round's end.
-        _end_in_batch(batch, locked, nxt, [values for _, values in written])
-        pending, written = [], []
+        _end_in_batch(batch, locked, nxt, waited)
+        pending, waited = [], None
+    if waited is not None:
+        written = [(_STEP_WAITED, waited)]
     # The next step's claim goes out with the run's UPDATE (and snapshot): one round trip.
     claimed = written + _claim_write(nxt)
     if changes:

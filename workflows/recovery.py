@@ -4,6 +4,7 @@ a person decides whether it goes on (the engine's own `resume_run` action)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from django.db.models import Exists, OuterRef, QuerySet
@@ -37,11 +38,23 @@ def with_effect(actions: QuerySet[Action]) -> list[Action]:
 
 
 _ACTION_COLUMNS = hotsql.Columns(Action, "a")
-_WITH_EFFECT = (
-    # Column and table names from the models, never from input.
-    f"SELECT {_ACTION_COLUMNS.sql}, EXISTS (SELECT 1 FROM {Effect._meta.db_table} e"  # noqa: S608
-    f" WHERE e.action_id = a.id) FROM {Action._meta.db_table} a WHERE a.id = ANY(%s)"
+# An action's columns (alias a) and whether the ledger holds its effect: `action_with_effect`
+# builds the row back. Column and table names from the models, never from input.
+ACTION_WITH_EFFECT = (
+    f"{_ACTION_COLUMNS.sql}, EXISTS (SELECT 1 FROM {Effect._meta.db_table} e"  # noqa: S608
+    " WHERE e.action_id = a.id)"
 )
+_WITH_EFFECT = (
+    f"SELECT {ACTION_WITH_EFFECT} FROM {Action._meta.db_table} a"  # noqa: S608
+    " WHERE a.id = ANY(%s)"
+)
+
+
+def action_with_effect(row: Sequence[Any]) -> Action:
+    """An action from a row that starts with `ACTION_WITH_EFFECT`, `has_effect` set."""
+    action: Any = _ACTION_COLUMNS.build(row)
+    action.has_effect = row[_ACTION_COLUMNS.width]
+    return action
 
 
 def actions_with_effect(ids: list[Any]) -> list[Action]:
@@ -49,12 +62,8 @@ def actions_with_effect(ids: list[Any]) -> list[Action]:
     every resume asks it)."""
     if not hotsql.enabled():
         return with_effect(Action.objects.filter(pk__in=ids))
-    found = []
-    for row in hotsql.rows(_WITH_EFFECT, [[uuid.UUID(str(i)) for i in ids]]):
-        action = _ACTION_COLUMNS.build(row)
-        action.has_effect = row[-1]
-        found.append(action)
-    return found
+    rows = hotsql.rows(_WITH_EFFECT, [[uuid.UUID(str(i)) for i in ids]])
+    return [action_with_effect(row) for row in rows]
 
 
 def _resume_run_effect(payload: dict[str, Any], key: str) -> dict[str, Any]:

@@ -478,21 +478,16 @@ _CHAIN_KEYS = (
     "digest",
     "anchor",
 )
-_CHAIN = (
-    f"SELECT {', '.join(_CHAIN_KEYS)} FROM workflows_runsnapshot"  # noqa: S608 (fixed names)
-    " WHERE run_id = %s AND version >="
-    " COALESCE((SELECT version FROM workflows_runsnapshot WHERE run_id = %s AND anchor"
-    " ORDER BY version DESC LIMIT 1), 1) - 1 ORDER BY version"
-)
-
-
-# The same, for many runs at once (a group round's resumes: `chains`).
-_CHAINS = (
+# One run's chain (`{runs}`: "= %s"), or many runs' at once ("= ANY(%s)": a group round's
+# resumes, `chains`), each row with its run's id first.
+_CHAIN_OF = (
     f"SELECT s.run_id, {', '.join('s.' + k for k in _CHAIN_KEYS)}"  # noqa: S608 (fixed names)
-    " FROM workflows_runsnapshot s WHERE s.run_id = ANY(%s) AND s.version >="
+    " FROM workflows_runsnapshot s WHERE s.run_id {runs} AND s.version >="
     " COALESCE((SELECT max(a.version) FROM workflows_runsnapshot a WHERE a.run_id = s.run_id"
     " AND a.anchor), 1) - 1 ORDER BY s.run_id, s.version"
 )
+_CHAIN = _CHAIN_OF.format(runs="= %s")
+_CHAINS = _CHAIN_OF.format(runs="= ANY(%s)")
 
 
 def _chain_row(values: Sequence[Any]) -> dict[str, Any]:
@@ -518,7 +513,7 @@ def chains(run_ids: Sequence[Any]) -> dict[Any, list[dict[str, Any]]]:
 def _chain_rows(run: WorkflowRun) -> list[dict[str, Any]]:
     """The snapshots from the version before the last anchor on, in order."""
     if hotsql.enabled():
-        return [_chain_row(row) for row in hotsql.rows(_CHAIN, [run.pk, run.pk])]
+        return [_chain_row(row[1:]) for row in hotsql.rows(_CHAIN, [run.pk])]
     last_anchor = (
         RunSnapshot.objects.filter(run=run, anchor=True).order_by("-version").values("version")[:1]
     )

@@ -12,17 +12,16 @@ from . import hotsql
 from .actions import LEDGER_READ, record_effect, record_trace
 from .llm import ModelClient
 from .models import Action, Effect, StepRun, TraceKind, WorkflowRun
+from .recovery import ACTION_WITH_EFFECT, action_with_effect
 from .state import StateView
 
 log = logging.getLogger(__name__)
 
-_ACTION_COLUMNS = hotsql.Columns(Action, "a")
-# Column and table names from the models, never from input. With whether the ledger holds
-# its effect (what the engine's round asks of an action a step then waits for), and what the
-# ledger holds for its key (what executing it asks).
+# With whether the ledger holds its effect (what the engine's round asks of an action a step
+# then waits for), and what the ledger holds for its key (what executing it asks). Column and
+# table names from the models, never from input.
 _READ_ACTION = (
-    f"SELECT {_ACTION_COLUMNS.sql}, EXISTS (SELECT 1 FROM {Effect._meta.db_table} e"  # noqa: S608
-    f" WHERE e.action_id = a.id), (SELECT k.result FROM {Effect._meta.db_table} k"
+    f"SELECT {ACTION_WITH_EFFECT}, (SELECT k.result FROM {Effect._meta.db_table} k"  # noqa: S608
     f" WHERE k.key = a.idempotency_key) FROM {Action._meta.db_table} a"
     " WHERE a.id = %s AND a.run_id = %s"
 )
@@ -58,8 +57,8 @@ class StepContext:
         rows = hotsql.rows(_READ_ACTION, [uuid.UUID(str(action_id)), self.run.pk])
         if not rows:
             raise Action.DoesNotExist(f"run {self.run.pk} proposed no action {action_id}")
-        action = _ACTION_COLUMNS.build(rows[0])
-        action.has_effect, recorded = rows[0][-2], rows[0][-1]
+        action = action_with_effect(rows[0])
+        recorded = rows[0][-1]
         if self.locked:
             ledger = None if recorded is None else dict(hotsql.loads(recorded))
             action.__dict__[LEDGER_READ] = ledger
