@@ -4,7 +4,9 @@ The same few statements run for every step of every run; through the ORM each on
 compiled again in Python (Django's SQL compiler was ~25-30% of a worker's samples). Here
 they are fixed SQL, sent with server-side binding and prepared once per connection by
 psycopg (`prepare=True`), so the client neither compiles nor quotes and the server neither
-parses nor plans them again.
+parses nor plans them again. That needs the connection's `prepare_threshold` set
+(config.settings.services): Django leaves it None, and psycopg then prepares nothing, not
+even with `prepare=True` (tests/workflows/test_query_counts.py checks it is).
 
 They go through Django's cursor wrapper all the same: its error translation, its
 `execute_wrapper`s (the query counters of the tests and the benchmark) and, under
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import connection
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import Model
 
 try:  # psycopg 3: the only driver the PostgreSQL setups use.
@@ -48,6 +51,15 @@ if psycopg is not None:
             return super().execute(query, params, **kwargs)
 
 
+class _SqlAsSent(CursorDebugWrapper):
+    """Django's debug wrapper (the query log of tests and DEBUG), logging the statement as
+    sent: what psycopg records of a prepared one (`last_executed_query`) is not its SQL."""
+
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        with self.debug_sql(sql, params):
+            return self._execute_with_wrappers(sql, params, many=False, executor=self._execute)
+
+
 def rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     """Run one prepared statement in the current transaction; its rows (none for a statement
     without RETURNING)."""
@@ -57,8 +69,11 @@ def rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     with connection.wrap_database_errors:
         raw = _PreparedCursor(connection.connection)
     # Django's wrappers take any DB-API cursor (typed as their own).
-    wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
-    cursor = wrap(raw)  # type: ignore[arg-type]
+    cursor: CursorWrapper
+    if connection.queries_logged:
+        cursor = _SqlAsSent(raw, connection)
+    else:
+        cursor = connection.make_cursor(raw)  # type: ignore[arg-type]
     with cursor:
         cursor.execute(sql, params)
         # Not `description` (it builds a Column per column, every time): the result's status.

@@ -35,6 +35,10 @@ if DATABASE_URL:
         _db["OPTIONS"] = {
             **_db.get("OPTIONS", {}),
             "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 3, minimum=1),
+            # Django turns psycopg's prepared statements off (None). Its own queries bind on
+            # the client and are never prepared either way; only the engine's hot path
+            # (workflows.hotsql, server-side binding, prepare=True) is, once per connection.
+            "prepare_threshold": 5,
         }
 else:
     VAR_DIR.mkdir(exist_ok=True)

@@ -100,3 +100,40 @@ def test_a_three_step_run_through_the_drain_costs_the_engine_four_statements_a_s
         "WITH workflows_workflowrun",
     ]
     assert statements(captured).count("COMMIT") == 4
+
+
+def test_the_engines_statements_are_prepared_once_per_connection(agent, inline_tasks):
+    """workflows.hotsql's statements are parsed once per connection, then only bound and
+    executed: another run of the same workflow prepares nothing new, and each prepared
+    statement it used was executed again from the server's copy. (Django turns psycopg's
+    prepared statements off unless the connection's prepare_threshold is set: they were
+    silently parsed and planned again every time, a third of PostgreSQL's CPU per run.)"""
+    from bench.peers.caliber_flow import AUTO
+    from workflows import engine
+    from workflows.models import PolicyOutcome, RunStatus
+
+    def prepared() -> dict[str, int]:
+        with connection.cursor() as cur:
+            cur.execute(
+                "SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements"
+            )
+            return dict(cur.fetchall())
+
+    _peer_policy(PolicyOutcome.AUTO, AUTO)
+    # The first run also prepares what only a first run sends (the policy set's stamp).
+    runs = [start_run(workflow=AUTO, input={"item": "first"})]
+    assert engine.drain_runs() == 1
+    runs.append(start_run(workflow=AUTO, input={"item": "second"}))
+    assert engine.drain_runs() == 1
+    before = prepared()
+    assert any("workflows_steprun" in sql for sql in before), before
+
+    runs.append(start_run(workflow=AUTO, input={"item": "third"}))
+    assert engine.drain_runs() == 1
+    after = prepared()
+    for run in runs:
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, run.error
+    assert after.keys() == before.keys()
+    reused = [sql for sql, n in after.items() if n > before[sql]]
+    assert len(reused) >= 5, reused
