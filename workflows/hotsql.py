@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import Model
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 
 try:  # psycopg 3: the only driver the PostgreSQL setups use.
     import psycopg
@@ -42,9 +45,10 @@ def enabled() -> bool:
 
 if psycopg is not None:
 
-    class _PreparedCursor(psycopg.Cursor):
+    class _PreparedCursor(psycopg.RawCursor):
         """Server-side binding; every statement prepared (psycopg keeps a per-connection
-        cache of them, so the second execution of a statement skips parse and plan)."""
+        cache of them, so the second execution of a statement skips parse and plan).
+        Statements come with PostgreSQL's own placeholders (`_native`)."""
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
             kwargs["prepare"] = True
@@ -63,22 +67,49 @@ class _SqlAsSent(CursorDebugWrapper):
 def rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     """Run one prepared statement in the current transaction; its rows (none for a statement
     without RETURNING)."""
+    db = connections[DEFAULT_DB_ALIAS]  # once: each `connection.x` looks it up again
     # What `connection.cursor()` does first: a health check where configured, then connect.
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        raw = _PreparedCursor(connection.connection)
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    with db.wrap_database_errors:
+        raw = _PreparedCursor(db.connection)
     # Django's wrappers take any DB-API cursor (typed as their own).
-    cursor: CursorWrapper
-    if connection.queries_logged:
-        cursor = _SqlAsSent(raw, connection)
-    else:
-        cursor = connection.make_cursor(raw)  # type: ignore[arg-type]
+    plain: CursorWrapper = db.make_cursor(raw)  # type: ignore[arg-type]
+    cursor = _SqlAsSent(raw, db) if db.queries_logged else plain
     with cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_native(sql), params)
         # Not `description` (it builds a Column per column, every time): the result's status.
         result = raw.pgresult
         return cursor.fetchall() if result is not None and result.status == _TUPLES else []
+
+
+_NATIVE: dict[str, str] = {}
+_NATIVE_MAX = 512  # texts kept; the engine's hot path has a few dozen
+_PLACEHOLDER = re.compile(r"%(.)", re.DOTALL)
+
+
+def _native(sql: str) -> str:
+    """`sql` with PostgreSQL's placeholders (`$1`, `$2`, …) for `%s`, converted once per
+    text: psycopg converts every execution's, and does not even cache the conversion of a
+    statement of more than 50 parameters (a run's start has over a hundred)."""
+    found = _NATIVE.get(sql)
+    if found is None:
+        number = 0
+
+        def placeholder(m: re.Match[str]) -> str:
+            nonlocal number
+            if m[1] == "%":
+                return "%"
+            if m[1] != "s":
+                raise ValueError(f"only %s placeholders in prepared SQL, not %{m[1]}")
+            number += 1
+            return f"${number}"
+
+        found = _PLACEHOLDER.sub(placeholder, sql)
+        if len(_NATIVE) >= _NATIVE_MAX:
+            _NATIVE.clear()
+        _NATIVE[sql] = found
+    return found
 
 
 def jsonb(value: Any) -> Any:
@@ -142,7 +173,19 @@ class Columns:
         values = list(row[start : start + self.width])
         for i in self.json:
             values[i] = loads(values[i])
-        return self.model.from_db(connection.alias, self.attnames, values)
+        model = self.model
+        if pre_init.has_listeners(model) or post_init.has_listeners(model):
+            return model.from_db(DEFAULT_DB_ALIAS, self.attnames, values)
+        # What from_db's Model.__init__ leaves, without its per-field setattr and signals
+        # (nothing listens): the columns in the instance's dict, a column not read left
+        # deferred (loaded on first use, as from_db leaves it), and a state that says the
+        # row came from the database.
+        instance = model.__new__(model)
+        instance.__dict__.update(zip(self.attnames, values, strict=True))
+        state = instance._state = ModelState()
+        state.adding = False
+        state.db = DEFAULT_DB_ALIAS
+        return instance
 
 
 _INSERT_TRACES = """INSERT INTO workflows_traceevent

@@ -29,6 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -38,11 +39,12 @@ from django.utils import timezone
 from workflows import hotsql, outbox
 from workflows.agents import Attempt
 from workflows.llm import ModelClient, RenderedPrompt, get_model
+from workflows.models import Action, WorkflowRun
 from workflows.prompts.actions import model_call, pinned_versions, render, version_for_run
 from workflows.prompts.models import ModelCall
 
 from .. import notify
-from ..models import Escalation
+from ..models import AgentProfile, Escalation
 from ..search import search_text_for_action
 from ..summary import (
     MAX_REPAIRS,
@@ -146,6 +148,9 @@ def _claim(n: int, lease: timedelta) -> list[_Summary]:
     longer matches once its lock is let go."""
     now = timezone.now()
     until = now + lease
+    if hotsql.enabled():
+        rows = [_claimed(row) for row in hotsql.rows(_CLAIM, [now, n, now, until])]
+        return [_Summary(escalation=e, lease=until) for e in rows]
     ids = list(
         Escalation.objects.filter(summary_wanted_at__lte=now)
         .order_by("summary_wanted_at")
@@ -174,6 +179,48 @@ def _claim(n: int, lease: timedelta) -> list[_Summary]:
     for e in rows:
         e.summary_wanted_at = until
     return [_Summary(escalation=e, lease=until) for e in rows]
+
+
+_ESCALATION = hotsql.Columns(Escalation, "e")
+_ACTION = hotsql.Columns(Action, "a")
+_RUN = hotsql.Columns(WorkflowRun, "r")
+_AGENT = hotsql.Columns(AgentProfile, "g")
+# _claim's pick, lock and lease as one prepared statement (it was three, and the ORM built
+# four models per row): the oldest wanted, locked in id order (ORDER BY before the locking
+# clause; one whose lease moved while this waited for its lock is re-checked and left out),
+# their lease pushed, and each with its action, run (none for an action sent via API) and
+# agent, as the facts and the prompt need them. Table and column names from the models.
+_CLAIM = f"""
+WITH wanted AS (
+    SELECT id FROM {Escalation._meta.db_table} WHERE summary_wanted_at <= %s
+    ORDER BY summary_wanted_at LIMIT %s
+), held AS (
+    SELECT e.id FROM {Escalation._meta.db_table} e
+    WHERE e.id IN (SELECT id FROM wanted) AND e.summary_wanted_at <= %s
+    ORDER BY e.id FOR UPDATE OF e
+), e AS (
+    UPDATE {Escalation._meta.db_table} t SET summary_wanted_at = %s
+    FROM held WHERE t.id = held.id
+    RETURNING t.*
+)
+SELECT {_ESCALATION.sql}, {_ACTION.sql}, {_AGENT.sql}, {_RUN.sql}
+FROM e JOIN {Action._meta.db_table} a ON a.id = e.action_id
+JOIN {AgentProfile._meta.db_table} g ON g.id = a.agent_id
+LEFT JOIN {WorkflowRun._meta.db_table} r ON r.id = a.run_id
+ORDER BY e.id
+"""  # noqa: S608
+
+
+def _claimed(row: tuple[Any, ...]) -> Escalation:
+    escalation: Escalation = _ESCALATION.build(row)
+    at = _ESCALATION.width
+    action: Action = _ACTION.build(row, at)
+    at += _ACTION.width
+    action._state.fields_cache["agent"] = _AGENT.build(row, at)
+    at += _AGENT.width
+    action._state.fields_cache["run"] = _RUN.build(row, at) if row[at] is not None else None
+    escalation._state.fields_cache["action"] = action
+    return escalation
 
 
 def _prepare(claimed: list[_Summary]) -> list[_Summary]:

@@ -424,3 +424,33 @@ def test_the_writers_summaries_reach_an_open_queue_each_in_the_order_written(pol
     assert [m["id"] for m in heard] == [str(pk) for pk in opened]
     assert all(m["type"] == "escalation.changed" and m["teams"] for m in heard)
     assert len({m["seq"] for m in heard}) == 3
+
+
+def test_an_escalation_sent_through_the_api_without_a_run_is_summarised(
+    policies, agent, django_capture_on_commit_callbacks
+):
+    """Its action has no run: the writer reads it all the same (the run is optional in the
+    claim's read) and its facts say where the request came from."""
+    from api.actions import create_api_token, submit_action
+
+    token, _ = create_api_token(agent=agent)
+    with django_capture_on_commit_callbacks(execute=False):
+        action, _ = submit_action(
+            token=token,
+            action_type="send_reply",
+            payload=REPLY,
+            confidence=0.9,
+            idempotency_key="k",
+        )
+    esc = Escalation.objects.get(action=action)
+    assert action.run_id is None and esc.summary_wanted_at is not None
+    seen = []
+    real_facts = summaries.facts
+    with mock.patch.object(
+        summaries, "facts", side_effect=lambda a, r: seen.append(real_facts(a, r)) or seen[-1]
+    ):
+        assert write(django_capture_on_commit_callbacks) == (1, [str(esc.pk)])
+    assert [f["doing"] for f in seen] == ["a request sent via API"]
+    esc.refresh_from_db()
+    assert not esc.summary.endswith(PENDING_NOTE) and esc.summary_wanted_at is None
+    assert summary_calls().filter(ok=True, run=None).count() == 1
