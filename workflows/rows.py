@@ -9,14 +9,16 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
 from django.db.models.expressions import DatabaseDefault
 
 
+@functools.cache
 def columns(model: type[Model], *, skip: tuple[str, ...] = ()) -> list[str]:
     """The quoted columns an INSERT of `model` writes: every concrete field but an
-    auto-incremented primary key and those named in `skip` (attnames)."""
+    auto-incremented primary key and those named in `skip` (attnames). Worked out once
+    (don't change the list returned)."""
     return [
         connection.ops.quote_name(f.column)
         for f in _fields(model)
@@ -28,7 +30,8 @@ def values(obj: Model, *, skip: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
     """`(%s::type, …)` and its parameters for `obj`, in `columns` order: typed, so the row
     reads the same in a VALUES list, a SELECT list or under INSERT."""
     placeholders, params = [], []
-    for f, placeholder in _written(type(obj), connection.vendor):
+    db = connections[DEFAULT_DB_ALIAS]  # once: each use of `connection` looks it up again
+    for f, placeholder in _written(type(obj), db.vendor):
         if f.attname in skip:
             continue
         value = f.pre_save(obj, True)
@@ -36,7 +39,7 @@ def values(obj: Model, *, skip: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
             # A field with a database default only: written by the ORM, not here.
             raise TypeError(f"{f.model.__name__}.{f.name} has no value to write")
         placeholders.append(placeholder)
-        params.append(f.get_db_prep_save(value, connection))
+        params.append(f.get_db_prep_save(value, db))
     return "(" + ", ".join(placeholders) + ")", params
 
 

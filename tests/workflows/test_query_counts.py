@@ -137,3 +137,35 @@ def test_the_engines_statements_are_prepared_once_per_connection(agent, inline_t
     assert after.keys() == before.keys()
     reused = [sql for sql, n in after.items() if n > before[sql]]
     assert len(reused) >= 5, reused
+
+
+def test_prepared_sql_gets_postgresqls_placeholders_once_per_text():
+    from workflows import hotsql
+
+    sql = "SELECT %s::int + %s::int, '100%%' WHERE %s"
+    assert hotsql._native(sql) == "SELECT $1::int + $2::int, '100%' WHERE $3"
+    assert hotsql._native(sql) is hotsql._native(sql)  # converted once
+    with pytest.raises(ValueError, match="only %s placeholders"):
+        hotsql._native("SELECT %(name)s")
+
+
+def test_a_row_read_by_prepared_sql_is_a_model_instance_as_the_orm_builds_it(agent):
+    """Built without Model.__init__: loaded state, values as read, a column not read left
+    deferred (loaded on first use), and related objects cached as the ORM caches them."""
+    from workflows import hotsql
+    from workflows.models import WorkflowRun
+
+    run = start_run(workflow="fan_out", input={"subject": "s"})
+    columns = hotsql.Columns(WorkflowRun, "r", exclude=("plan",))
+    [row] = hotsql.rows(
+        f"SELECT {columns.sql} FROM workflows_workflowrun r WHERE r.id = %s", [run.pk]
+    )
+    built = columns.build(row)
+    assert type(built) is WorkflowRun
+    assert (built.pk, built.input, built.agent_id) == (run.pk, {"subject": "s"}, run.agent_id)
+    assert not built._state.adding and built._state.db == "default"
+    assert "plan" in built.get_deferred_fields()
+    with CaptureQueriesContext(connection) as loaded:
+        assert built.plan == WorkflowRun.objects.get(pk=run.pk).plan
+    assert len(loaded) == 2  # the deferred column, then the check's own read
+    assert built.agent == run.agent
