@@ -74,8 +74,11 @@ def rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     with db.wrap_database_errors:
         raw = _PreparedCursor(db.connection)
     # Django's wrappers take any DB-API cursor (typed as their own).
-    plain: CursorWrapper = db.make_cursor(raw)  # type: ignore[arg-type]
-    cursor = _SqlAsSent(raw, db) if db.queries_logged else plain
+    cursor: CursorWrapper
+    if db.queries_logged:  # noqa: SIM108 - a ternary would hide which branch the ignore is for
+        cursor = _SqlAsSent(raw, db)
+    else:
+        cursor = db.make_cursor(raw)  # type: ignore[arg-type]
     with cursor:
         cursor.execute(_native(sql), params)
         # Not `description` (it builds a Column per column, every time): the result's status.
