@@ -15,15 +15,14 @@ from django.db.models.expressions import DatabaseDefault
 
 
 @functools.cache
-def columns(model: type[Model], *, skip: tuple[str, ...] = ()) -> list[str]:
+def columns(model: type[Model], *, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The quoted columns an INSERT of `model` writes: every concrete field but an
-    auto-incremented primary key and those named in `skip` (attnames). Worked out once
-    (don't change the list returned)."""
-    return [
+    auto-incremented primary key and those named in `skip` (attnames). Worked out once."""
+    return tuple(
         connection.ops.quote_name(f.column)
         for f in _fields(model)
         if not _auto(f) and f.attname not in skip
-    ]
+    )
 
 
 def values(obj: Model, *, skip: tuple[str, ...] = ()) -> tuple[str, list[Any]]:

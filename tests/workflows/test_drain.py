@@ -4,12 +4,22 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from workflows import engine, outbox
 from workflows.actions import start_run
 from workflows.models import RunStatus, WorkflowRun
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _drained(batch: int, *, starts: bool = True) -> list[str]:
+    """Drain the two ready runs, at most `batch` at a time; the SQL of every statement sent."""
+    with CaptureQueriesContext(connection) as queries:
+        assert engine.drain_runs(starts=starts, max_batch=batch) == 2
+    return [q["sql"] for q in queries.captured_queries]
+
 
 DRAIN = "workflows.tasks.drain_runs"
 
@@ -239,18 +249,13 @@ def test_a_batch_of_runs_commits_once_per_round_not_once_per_run(
 ):
     """Two runs of three steps: a round to claim, then one per step — one transaction per
     round for the pair (4), where runs driven one at a time commit 4 each (8)."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     from workflows.models import Effect, TraceEvent
 
     runs = [start_run(workflow=auto_peer, input={"item": f"i-{i}"}) for i in range(2)]
     commits = _commits(monkeypatch)
-    with CaptureQueriesContext(connection) as queries:
-        assert engine.drain_runs(max_batch=batch) == 2
+    statements = _drained(batch)
     assert commits[0] == 8 // batch
     # Together, the runs and their steps are locked and read once per round for both.
-    statements = [q["sql"] for q in queries.captured_queries]
     steps_read = [q for q in statements if "FROM workflows_steprun s WHERE s.run_id = " in q]
     together = [q for q in steps_read if "s.run_id = ANY(" in q]
     one_by_one = [q for q in steps_read if q not in together]
@@ -306,9 +311,6 @@ def test_decided_runs_resumed_together_read_what_they_waited_for_at_once(
 ):
     """The actions two resumed runs waited for (and whether the ledger holds their effect)
     are read in one statement for the round, under the runs' locks, not one per run."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     from bench.bench_e2e import approve_open
     from workflows.models import Effect
 
@@ -316,14 +318,11 @@ def test_decided_runs_resumed_together_read_what_they_waited_for_at_once(
     inline_tasks.drain()
     assert approve_open(admin_user) == 2
     inline_tasks.sent.clear()
-    with CaptureQueriesContext(connection) as queries:
-        assert engine.drain_runs(starts=False, max_batch=batch) == 2
-    awaited = [q for q in queries.captured_queries if "WHERE a.id = ANY(" in q["sql"]]
+    statements = _drained(batch, starts=False)
+    awaited = [q for q in statements if "WHERE a.id = ANY(" in q]
     assert len(awaited) == (2 if batch == 1 else 1)
     # So are their state chains, which each resume's recovery check verifies.
-    chains = [
-        q["sql"] for q in queries.captured_queries if "FROM workflows_runsnapshot" in q["sql"]
-    ]
+    chains = [q for q in statements if "FROM workflows_runsnapshot" in q]
     together = [q for q in chains if "s.run_id = ANY(" in q]
     assert (len(chains) - len(together), len(together)) == ((2, 0) if batch == 1 else (0, 1))
     for run in runs:
@@ -462,17 +461,12 @@ def test_a_worker_that_did_not_write_a_runs_last_state_does_not_read_its_digest_
 ):
     """The parent of the next snapshot comes with the run's locked row: a worker other than
     the one that wrote the state (here: a forgotten cache) reads no snapshot for it."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     from workflows import state
     from workflows.state import verify_chain
 
     runs = [start_run(workflow=auto_peer, input={"item": f"i-{i}"}) for i in range(2)]
     state._DIGESTS.clear()
-    with CaptureQueriesContext(connection) as queries:
-        assert engine.drain_runs(max_batch=batch) == 2
-    read = [q for q in queries.captured_queries if '"workflows_runsnapshot"."digest"' in q["sql"]]
+    read = [q for q in _drained(batch) if '"workflows_runsnapshot"."digest"' in q]
     assert read == []
     for run in runs:
         run.refresh_from_db()
@@ -537,16 +531,11 @@ def test_in_a_group_what_a_step_read_and_waits_for_is_not_read_again(
 ):
     """The gate read its action (`ctx.action`) and waits for it: the round that follows, in
     the same transaction and under the same lock, takes that read rather than its own."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     from bench.bench_e2e import approve_open
 
     runs = [start_run(workflow=review_peer, input={"item": f"i-{i}"}) for i in range(2)]
     inline_tasks.sent.clear()
-    with CaptureQueriesContext(connection) as queries:
-        assert engine.drain_runs(max_batch=batch) == 2
-    awaited = [q for q in queries.captured_queries if "WHERE a.id = ANY(" in q["sql"]]
+    awaited = [q for q in _drained(batch) if "WHERE a.id = ANY(" in q]
     assert len(awaited) == (2 if batch == 1 else 0)
     for run in runs:
         run.refresh_from_db()
@@ -565,9 +554,6 @@ def test_in_a_group_the_ledger_read_with_the_action_is_the_one_execution_asks(
     """Under a group round's lock, what `ctx.action` read of the ledger is what executing the
     action takes (no second read); an effect it found recorded is not applied again."""
     import dataclasses
-
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
 
     from bench.peers.caliber_flow import ACTION_TYPE
     from workflows.models import Action, Effect, StepRun
@@ -601,9 +587,7 @@ def test_in_a_group_the_ledger_read_with_the_action_is_the_one_execution_asks(
         return real_round(items, token, **kw)
 
     monkeypatch.setattr(engine, "_group_round", group_round)
-    with CaptureQueriesContext(connection) as queries:
-        assert engine.drain_runs(max_batch=batch) == 2
-    asked = [q for q in queries.captured_queries if "FROM workflows_effect WHERE key" in q["sql"]]
+    asked = [q for q in _drained(batch) if "FROM workflows_effect WHERE key" in q]
     assert len(asked) == (2 if batch == 1 else 0)
     for run in runs:
         run.refresh_from_db()
