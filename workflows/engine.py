@@ -386,8 +386,9 @@ def _group_round(
     lease let go). Without `chain` only claimed steps run (and claim nothing more); runs with
     nothing claimed are left as they are."""
     todo = sorted(r for r, nxt in items.items() if chain or isinstance(nxt, Claim))
+    going = set(todo)  # a batch holds up to a hundred runs: no list scan per run
     out: dict[uuid.UUID, Claim | _Again | None] = {
-        r: nxt for r, nxt in items.items() if r not in todo
+        r: nxt for r, nxt in items.items() if r not in going
     }
     # One run alone gains nothing from a group: its own transactions, as before batching.
     alone = todo if len(todo) == 1 else []

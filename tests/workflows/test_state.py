@@ -31,6 +31,7 @@ from workflows.models import (
 from workflows.state import (
     InvalidState,
     StaleState,
+    apply_changes,
     normalise,
     update_state,
     verify_chain,
@@ -44,6 +45,30 @@ def _auto_policies(policies):
     policies[1].irreversible_requires_review = False
     policies[1].min_confidence = 0.1
     policies[1].save()
+
+
+@pytest.mark.django_db(transaction=False)
+def test_a_change_works_on_a_copy_and_the_state_it_was_given_is_left_as_it_was():
+    state = {
+        "conversation": {"messages": [{"from": "customer", "tags": ["late"]}]},
+        "workspace": {"outputs": {"draft": {"score": 0.5}}},
+        "systemic": {},
+    }
+    given = {"conversation": {"messages": [{"from": "customer", "tags": ["late"]}]}}
+
+    def edit_in_place(conversation):
+        conversation["messages"][0]["tags"].append("refund")
+        return conversation
+
+    new, changed = apply_changes(state, [("conversation", edit_in_place)])
+
+    assert changed == ["conversation"]
+    assert new["conversation"]["messages"][0]["tags"] == ["late", "refund"]
+    assert state["conversation"] == given["conversation"]  # nested list untouched
+    # The unchanged dimension is a copy too: a later in-place edit of one never shows in the
+    # other.
+    new["workspace"]["outputs"]["draft"]["score"] = 0.9
+    assert state["workspace"]["outputs"]["draft"]["score"] == 0.5
 
 
 def test_only_what_a_step_writes_through_its_state_view_is_committed(agent, inline_tasks):
