@@ -66,7 +66,8 @@ def record_trace(
         run_id = run.pk
     elif run_id is None:
         raise ValueError("a trace event belongs to a run")
-    event = TraceEvent(
+    event = rows.new(
+        TraceEvent,
         run_id=run_id,
         kind=kind,
         message=message,
@@ -135,7 +136,8 @@ def start_run(
     initial = normalise(spec.initial_state(input))
     validate_state(initial)
     now = timezone.now()
-    run = WorkflowRun(
+    run = rows.new(
+        WorkflowRun,
         workflow=spec.name,
         workflow_version=spec.version,
         input=input,
@@ -154,7 +156,8 @@ def start_run(
         deadline_at=now + timedelta(seconds=spec.timeout_seconds) if spec.timeout_seconds else None,
     )
     steps = [
-        StepRun(
+        rows.new(
+            StepRun,
             run=run,
             name=p.name,
             template=p.template,
@@ -167,7 +170,8 @@ def start_run(
         for i, p in enumerate(plan)
     ]
     parallel = sum(1 for p in plan if p.mode == "async")
-    trace = TraceEvent(
+    trace = rows.new(
+        TraceEvent,
         run=run,
         kind=TraceKind.SYSTEM,
         message=f"run of {spec.title} v{spec.version} planned: {len(plan)} steps"
@@ -182,7 +186,8 @@ def start_run(
         return _start_run_orm(spec, run, steps, trace, changed)
     snapshot = None
     if run.durable:
-        snapshot = RunSnapshot(
+        snapshot = rows.new(
+            RunSnapshot,
             run=run,
             version=1,
             conversation=initial["conversation"],
@@ -477,7 +482,8 @@ def _action_with_verdict(
     )
     # Evaluated before the row exists, so it is written once, with its verdict (the
     # evaluation reads policies only, never the action).
-    return Action(
+    return rows.new(
+        Action,
         audit_probability=probability,
         audit_sampled=sampled,
         run=run,
@@ -684,7 +690,8 @@ def _recorded_effect(key: str) -> dict[str, Any] | None:
 
 
 def _record_executed(action: Action, result: dict[str, Any]) -> None:
-    effect = Effect(
+    effect = rows.new(
+        Effect,
         key=action.idempotency_key,
         action=action,
         run_id=action.run_id,

@@ -7,11 +7,14 @@ callers keep the ORM for embedded mode's SQLite."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
+from django.db.models.base import ModelState
 from django.db.models.expressions import DatabaseDefault
+from django.db.models.signals import post_init, pre_init
 
 
 @functools.cache
@@ -47,6 +50,41 @@ def _written(model: type[Model], vendor: str) -> list[tuple[Any, str]]:
     """The fields an INSERT writes and each one's typed placeholder: worked out once per
     model (a field's database type took a fifth of a start's CPU, asked for every row)."""
     return [(f, f"%s::{f.cast_db_type(connection)}") for f in _fields(model) if not _auto(f)]
+
+
+def new[M: Model](model: type[M], **kwargs: Any) -> M:
+    """`model(**kwargs)`, the unsaved instance the engine writes a row from, built without
+    Model.__init__'s per-field work (its checks and descriptors cost more than the row's
+    INSERT on the engine's hot path: a trace event, a snapshot, an action, an effect, a
+    decision). Keyword arguments name fields by name or attname; a relation given as an
+    instance sets its id and is cached, as the ORM's descriptor does; every other field gets
+    its default. Through Model.__init__ while a pre_init/post_init receiver listens for the
+    model, so signals behave as ever."""
+    if pre_init.has_listeners(model) or post_init.has_listeners(model):
+        return model(**kwargs)
+    obj = model.__new__(model)
+    obj._state = ModelState()
+    attrs = obj.__dict__
+    for f, relation, default in _init_fields(model):
+        if f.attname in kwargs:
+            attrs[f.attname] = kwargs.pop(f.attname)
+        elif relation and f.name in kwargs:
+            setattr(obj, f.name, kwargs.pop(f.name))  # id and cache, as the ORM sets them
+        else:
+            attrs[f.attname] = default()
+    if kwargs:
+        raise TypeError(f"{model.__name__}() got unexpected keyword arguments: {sorted(kwargs)}")
+    return obj
+
+
+@functools.cache
+def _init_fields(model: type[Model]) -> tuple[tuple[Any, bool, Callable[[], Any]], ...]:
+    """Each concrete field, whether it is a relation, and what makes its default: the
+    field's own maker (what Field.get_default calls), a relation's get_default itself."""
+    return tuple(
+        (f, f.is_relation, f.get_default if f.is_relation else f._get_default)  # type: ignore[attr-defined]
+        for f in model._meta.concrete_fields
+    )
 
 
 def table(model: type[Model]) -> str:

@@ -25,7 +25,7 @@ from django.db.models import Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import hotsql
+from . import hotsql, rows
 from .models import RunSnapshot, WorkflowRun
 from .specs import digest
 
@@ -336,7 +336,8 @@ def _unsaved_snapshot(
     anchor: bool,
 ) -> RunSnapshot:
     """Version `version`'s snapshot row, chained to `parent` (its digest computed), unsaved."""
-    return RunSnapshot(
+    return rows.new(
+        RunSnapshot,
         run=run,
         version=version,
         conversation=state["conversation"],
@@ -516,10 +517,10 @@ def chains(run_ids: Sequence[Any]) -> dict[Any, list[dict[str, Any]]]:
     found: dict[Any, list[dict[str, Any]]] = {r: [] for r in run_ids}
     for row in hotsql.rows(_CHAINS, [list(run_ids)]):
         found[row[0]].append(_chain_row(row[1:]))
-    for run_id, rows in found.items():
-        if rows:
+    for run_id, chain in found.items():
+        if chain:
             # Committed: the next write's parent, not read again.
-            _remember_digest((run_id, rows[-1]["version"]), rows[-1]["digest"])
+            _remember_digest((run_id, chain[-1]["version"]), chain[-1]["digest"])
     return found
 
 

@@ -528,7 +528,8 @@ def finalise_decision(
     action = escalation.action
     # Read before the action moves: an audit of an action that already ran alone.
     ran = escalation.audits_what_ran
-    decision = Decision(
+    decision = rows.new(
+        Decision,
         escalation=escalation,
         verdict=verdict,
         decided_by=user,
@@ -622,7 +623,8 @@ def _decision_trace(
     message: str | None,
 ) -> TraceEvent:
     assert action.run_id is not None
-    return TraceEvent(
+    return rows.new(
+        TraceEvent,
         run_id=action.run_id,
         kind=TraceKind.HUMAN if via != Via.SYSTEM else TraceKind.SYSTEM,
         step_name=action.step_name,

@@ -169,3 +169,59 @@ def test_a_row_read_by_prepared_sql_is_a_model_instance_as_the_orm_builds_it(age
         assert built.plan == WorkflowRun.objects.get(pk=run.pk).plan
     assert len(loaded) == 2  # the deferred column, then the check's own read
     assert built.agent == run.agent
+
+
+def test_an_instance_built_for_a_write_is_the_one_model_init_builds(agent):
+    """rows.new: the same values and INSERT parameters as Model(**kwargs), defaults filled,
+    a relation given as an instance cached; a wrong keyword refused; through Model.__init__
+    while something listens to its signals."""
+    from django.db.models.signals import post_init
+
+    from workflows import rows
+    from workflows.models import Action, TraceEvent, TraceKind
+
+    run = start_run(workflow="fan_out", input={"subject": "s"})
+    fields = {
+        "run": run,
+        "step_name": "draft",
+        "agent": run.agent,
+        "action_type": "reply",
+        "payload": {"body": "hi"},
+        "confidence": 0.5,
+        "rationale": "r",
+        "idempotency_key": "k",
+    }
+    built, inited = rows.new(Action, **fields), Action(**fields)
+    assert built._state.adding
+    assert built._state.db == inited._state.db  # the related instance's, as its setter sets
+    assert built.pk is not None and built.pk != inited.pk  # each its own default uuid4
+    built.pk, built.created_at = inited.pk, inited.created_at
+
+    def written(obj):
+        sql, params = rows.values(obj)
+        return sql, [getattr(p, "obj", p) for p in params]  # a Jsonb holds its value as .obj
+
+    assert written(built) == written(inited)
+    assert (built.run_id, built.agent_id, built.status) == (run.pk, run.agent_id, "proposed")
+    with CaptureQueriesContext(connection) as read:
+        assert built.run is run and built.agent is run.agent
+    assert len(read) == 0
+
+    event = rows.new(TraceEvent, run_id=run.pk, kind=TraceKind.SYSTEM, message="m")
+    assert (event.data, event.actor, event.step_name) == ({}, "", "")
+    assert event.created_at is not None
+
+    with pytest.raises(TypeError, match="colour"):
+        rows.new(TraceEvent, run_id=run.pk, kind=TraceKind.SYSTEM, message="m", colour="red")
+
+    seen = []
+
+    def listener(sender, instance, **kwargs):
+        seen.append(instance)
+
+    post_init.connect(listener, sender=TraceEvent)
+    try:
+        listened = rows.new(TraceEvent, run_id=run.pk, kind=TraceKind.SYSTEM, message="m")
+    finally:
+        post_init.disconnect(listener, sender=TraceEvent)
+    assert seen == [listened]
