@@ -147,7 +147,7 @@ WITH resumes AS (
 ), starts AS (
     SELECT id FROM workflows_workflowrun
     WHERE status = 'pending' AND lease_owner = '' AND NOT (id = ANY(%s::uuid[]))
-    ORDER BY updated_at LIMIT %s FOR NO KEY UPDATE SKIP LOCKED
+    ORDER BY created_at LIMIT %s FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE workflows_workflowrun SET lease_owner = %s, lease_expires_at = %s, ready_at = NULL
 WHERE id IN (
@@ -246,7 +246,7 @@ def _claim_ready(
     if starts:
         ready += list(
             free.filter(status=RunStatus.PENDING)
-            .order_by("updated_at")
+            .order_by("created_at")
             .values_list("pk", "status")[: batch - len(ready)]
         )
     return [

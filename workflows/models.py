@@ -110,7 +110,9 @@ class WorkflowRun(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [
-            models.Index(fields=["status", "updated_at"], name="run_status_updated"),
+            # Not updated_at: each write of the engine moves it, and no update would be HOT
+            # (migration 0010).
+            models.Index(fields=["status", "created_at"], name="run_status_created"),
             models.Index(
                 fields=["wake_at"], name="run_wake_at", condition=models.Q(wake_at__isnull=False)
             ),

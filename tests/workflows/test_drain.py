@@ -65,6 +65,50 @@ def test_a_run_someone_holds_is_not_claimed(agent, inline_tasks):
     assert free.status == RunStatus.RUNNING
 
 
+def test_pending_runs_are_claimed_oldest_first_by_creation_not_by_last_write(agent, inline_tasks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    older = start_run(workflow="fan_out", input={})
+    newer = start_run(workflow="fan_out", input={})
+    # Written to since (an admin's edit, a poke): its place in the queue stays its own.
+    WorkflowRun.objects.filter(pk=older.pk).update(updated_at=timezone.now() + timedelta(hours=1))
+    expires = timezone.now() + timedelta(minutes=5)
+    assert engine._claim_ready("first", expires, [], 1) == [(older.pk, RunStatus.PENDING)]
+    assert engine._claim_ready("second", expires, [], 1) == [(newer.pk, RunStatus.PENDING)]
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_a_write_of_a_runs_lease_and_clock_rewrites_no_index(agent, inline_tasks):
+    """What the engine writes most (lease, state, updated_at) is in no index: with room on
+    the page (fillfactor), PostgreSQL updates the row HOT, with no index entry written."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    run = start_run(workflow="fan_out", input={})
+
+    def hot_updates() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_stat_get_xact_tuples_hot_updated('workflows_workflowrun'::regclass)"
+            )
+            return int(cursor.fetchone()[0])
+
+    with transaction.atomic():
+        before = hot_updates()
+        WorkflowRun.objects.filter(pk=run.pk).update(
+            lease_owner="token", lease_expires_at=timezone.now(), updated_at=timezone.now()
+        )
+        assert hot_updates() == before + 1
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reloptions FROM pg_class WHERE relname IN"
+            " ('workflows_workflowrun', 'workflows_steprun')"
+        )
+        assert [r[0] for r in cursor.fetchall()] == [["fillfactor=70"]] * 2
+
+
 def test_past_its_time_a_drain_hands_the_rest_back_and_wakes_another(agent, inline_tasks):
     runs = [start_run(workflow="fan_out", input={}) for _ in range(3)]
     inline_tasks.sent.clear()
