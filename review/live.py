@@ -5,12 +5,13 @@ the worker runs in threads; asyncio queues are not thread-safe, so sends from ot
 are handed to that loop with run_coroutine_threadsafe instead of a loop of their own.
 
 With Redis, sends from synchronous code (workers, views, the bench's producers) go through
-one long-lived event loop per process (`_Publisher`). `async_to_sync` would start a thread
-and a fresh event loop for every send, and channels_redis keeps its connection pool per
-loop, so every push paid for a new thread, a new loop and a new Redis connection: in the
-review bench, on-commit hook to group_send done took 77 ms (p50); with one loop, 11 ms.
+one long-lived publisher thread per process (`_Publisher`). `async_to_sync` would start a
+thread and a fresh event loop for every send, and channels_redis keeps its connection pool
+per loop, so every push paid for a new thread, a new loop and a new Redis connection: in
+the review bench, on-commit hook to group_send done took 77 ms (p50); with one loop, 11 ms.
 Those sends are handed over, not waited for (see `_Publisher`): a commit that announces a
-batch (a group round's escalations, the summary writer's) goes out as one burst.
+batch (a group round's escalations, the summary writer's) goes out as one burst, and a
+burst for the pub/sub layer as one pipeline of PUBLISH on a plain Redis client.
 """
 
 from __future__ import annotations
