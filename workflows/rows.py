@@ -7,10 +7,11 @@ callers keep the ORM for embedded mode's SQLite."""
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from django.db.models import Model
 from django.db.models.base import ModelState
 from django.db.models.expressions import DatabaseDefault
@@ -33,23 +34,58 @@ def values(obj: Model, *, skip: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
     reads the same in a VALUES list, a SELECT list or under INSERT."""
     placeholders, params = [], []
     db = connections[DEFAULT_DB_ALIAS]  # once: each use of `connection` looks it up again
-    for f, placeholder in _written(type(obj), db.vendor):
+    attrs = obj.__dict__
+    for f, placeholder, plain in _written(type(obj), db.vendor):
         if f.attname in skip:
             continue
+        placeholders.append(placeholder)
+        if plain is not None:
+            value = attrs.get(f.attname, _UNREAD)
+            if value is None or type(value) is plain:
+                # What pre_save and get_db_prep_save return for it, unchanged (`_plain`).
+                params.append(value)
+                continue
         value = f.pre_save(obj, True)
         if isinstance(value, DatabaseDefault):
             # A field with a database default only: written by the ORM, not here.
             raise TypeError(f"{f.model.__name__}.{f.name} has no value to write")
-        placeholders.append(placeholder)
         params.append(f.get_db_prep_save(value, db))
     return "(" + ", ".join(placeholders) + ")", params
 
 
+_UNREAD = object()  # a deferred column: not in the instance's dict
+
+
 @functools.cache
-def _written(model: type[Model], vendor: str) -> list[tuple[Any, str]]:
-    """The fields an INSERT writes and each one's typed placeholder: worked out once per
-    model (a field's database type took a fifth of a start's CPU, asked for every row)."""
-    return [(f, f"%s::{f.cast_db_type(connection)}") for f in _fields(model) if not _auto(f)]
+def _written(model: type[Model], vendor: str) -> list[tuple[Any, str, type | None]]:
+    """The fields an INSERT writes, each one's typed placeholder and `_plain` type: worked
+    out once per model (a field's database type took a fifth of a start's CPU, asked for
+    every row)."""
+    return [
+        (f, f"%s::{f.cast_db_type(connection)}", _plain(f, vendor))
+        for f in _fields(model)
+        if not _auto(f)
+    ]
+
+
+def _plain(field: Any, vendor: str) -> type | None:
+    """The type of value the field writes as it is: for a value of exactly that type (or
+    None), Django's pre_save is the attribute itself and get_db_prep_save returns it
+    unchanged — a char or text field's str, a boolean's bool, on PostgreSQL a UUID field's
+    (or a foreign key to one) uuid.UUID. Only for these exact field classes: a subclass may
+    prepare its value otherwise. None: always through the field's own methods."""
+    kind = type(field)
+    if kind is models.ForeignKey:
+        field, kind = field.target_field, type(field.target_field)
+        if kind is not models.UUIDField:
+            return None
+    if kind in (models.CharField, models.TextField):
+        return str
+    if kind is models.BooleanField:
+        return bool
+    if kind is models.UUIDField and vendor == "postgresql":
+        return uuid.UUID
+    return None
 
 
 def new[M: Model](model: type[M], **kwargs: Any) -> M:

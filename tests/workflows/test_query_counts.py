@@ -225,3 +225,44 @@ def test_an_instance_built_for_a_write_is_the_one_model_init_builds(agent):
     finally:
         post_init.disconnect(listener, sender=TraceEvent)
     assert seen == [listened]
+
+
+def test_a_rows_values_are_what_each_fields_own_methods_make_of_it(agent):
+    """rows.values passes a str, bool or UUID through as it is where the field's pre_save
+    and get_db_prep_save would (exact field classes only); every other value goes through
+    them. The parameters are the same either way, for each model the engine writes."""
+    from django.db import connection as db
+
+    from workflows import rows
+    from workflows.models import Action, RunSnapshot, StepRun, TraceEvent, TraceKind, WorkflowRun
+
+    run = WorkflowRun.objects.get(pk=start_run(workflow="fan_out", input={"subject": "s"}).pk)
+    instances = [
+        run,
+        *StepRun.objects.filter(run=run),
+        *RunSnapshot.objects.filter(run=run),
+        rows.new(TraceEvent, run=run, kind=TraceKind.SYSTEM, message="m", actor="alice"),
+        rows.new(
+            Action,
+            run=run,
+            step_name="s",
+            agent=run.agent,
+            action_type="reply",
+            payload={"body": "hi"},
+            confidence=0.5,
+            rationale="r",
+            idempotency_key="k",
+            audit_sampled=True,
+        ),
+    ]
+    for obj in instances:
+        _, params = rows.values(obj)
+        own = [
+            f.get_db_prep_save(f.pre_save(obj, True), db)
+            for f, _, _ in rows._written(type(obj), db.vendor)
+        ]
+        unwrapped = [[getattr(p, "obj", p) for p in ps] for ps in (params, own)]
+        assert unwrapped[0] == unwrapped[1], type(obj).__name__
+    plain = {f.name for f, _, kind in rows._written(Action, db.vendor) if kind is not None}
+    assert {"id", "run", "step_name", "rationale", "audit_sampled"} <= plain
+    assert not {"agent", "payload", "confidence", "created_at"} & plain  # bigint, JSON, float, time
