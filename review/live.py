@@ -297,7 +297,6 @@ class _Publisher:
         # not answer holds the publisher TIMEOUT per burst, not per push.
         deadline = time.monotonic() + self.TIMEOUT
         pipelines: dict[int, Any] = {}
-        counts: dict[int, int] = {}
         target = _pubsub_target
         for layer, group, message in sends:
             if target is not None and layer is target.layer:
@@ -307,7 +306,6 @@ class _Publisher:
                     pipelines[host] = self._client(target, host).pipeline(transaction=False)
                 # In the order made: one host's pushes (a group's, all of them) keep it.
                 pipelines[host].publish(channel, layer.serialize(message))
-                counts[host] = counts.get(host, 0) + 1
                 continue
             try:
                 left = max(deadline - time.monotonic(), 0.0)
@@ -316,11 +314,11 @@ class _Publisher:
                 )
             except Exception as exc:
                 failed += [exc]
-        for host, pipeline in pipelines.items():
+        for pipeline in pipelines.values():
             try:
                 pipeline.execute()
             except Exception as exc:
-                failed += [exc] * counts[host]
+                failed += [exc] * len(pipeline)  # its pushes, all lost
         if failed:
             # A lost push costs a reviewer a refresh, never a decision: the queue
             # re-syncs on (re)connect from the database, which is the truth.

@@ -25,7 +25,8 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import Model
 from django.db.models.base import ModelState
-from django.db.models.signals import post_init, pre_init
+
+from .rows import init_listened
 
 try:  # psycopg 3: the only driver the PostgreSQL setups use.
     import psycopg
@@ -177,7 +178,7 @@ class Columns:
         for i in self.json:
             values[i] = loads(values[i])
         model = self.model
-        if pre_init.has_listeners(model) or post_init.has_listeners(model):
+        if init_listened(model):
             return model.from_db(DEFAULT_DB_ALIAS, self.attnames, values)
         # What from_db's Model.__init__ leaves, without its per-field setattr and signals
         # (nothing listens): the columns in the instance's dict, a column not read left

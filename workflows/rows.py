@@ -76,7 +76,7 @@ def _plain(field: Any, vendor: str) -> type | None:
     prepare its value otherwise. None: always through the field's own methods."""
     kind = type(field)
     if kind is models.ForeignKey:
-        field, kind = field.target_field, type(field.target_field)
+        kind = type(field.target_field)
         if kind is not models.UUIDField:
             return None
     if kind in (models.CharField, models.TextField):
@@ -96,7 +96,7 @@ def new[M: Model](model: type[M], **kwargs: Any) -> M:
     instance sets its id and is cached, as the ORM's descriptor does; every other field gets
     its default. Through Model.__init__ while a pre_init/post_init receiver listens for the
     model, so signals behave as ever."""
-    if pre_init.has_listeners(model) or post_init.has_listeners(model):
+    if init_listened(model):
         return model(**kwargs)
     obj = model.__new__(model)
     obj._state = ModelState()
@@ -111,6 +111,12 @@ def new[M: Model](model: type[M], **kwargs: Any) -> M:
     if kwargs:
         raise TypeError(f"{model.__name__}() got unexpected keyword arguments: {sorted(kwargs)}")
     return obj
+
+
+def init_listened(model: type[Model]) -> bool:
+    """Whether a pre_init/post_init receiver listens for `model`: then an instance must be
+    built through Model.__init__ (here, and where hotsql builds one from a row read)."""
+    return pre_init.has_listeners(model) or post_init.has_listeners(model)
 
 
 @functools.cache
