@@ -18,7 +18,9 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
@@ -80,11 +82,113 @@ def rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         cursor = _SqlAsSent(raw, db)
     else:
         cursor = db.make_cursor(raw)  # type: ignore[arg-type]
+    # A list goes as an array literal built here where its elements allow (`_arrays`).
+    params = [_array(p) if type(p) is list else p for p in params]
     with cursor:
         cursor.execute(_native(sql), params)
         # Not `description` (it builds a Column per column, every time): the result's status.
         result = raw.pgresult
         return cursor.fetchall() if result is not None and result.status == _TUPLES else []
+
+
+# --- arrays ---------------------------------------------------------------------------------
+#
+# The engine's batched statements pass columns as arrays (UNNEST of a round's rows, ANY of a
+# batch's ids): ~20 arrays of up to a hundred elements per round. psycopg dumps a list element
+# by element in Python (a dumper looked up, a regex searched and a token appended for each):
+# 0.27 ms per approval run, 4% of the engine's CPU. A list whose elements are all of one of
+# the types below (or None) is sent instead as PostgreSQL's array literal, built with one
+# join, under the array type psycopg itself would have sent it as; any other list is left to
+# psycopg.
+
+
+class _Array:
+    """An array parameter, as its text literal."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _quoted(value: str) -> str:
+    # Inside double quotes only `"` and `\` are special (PostgreSQL's array input).
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _element_text(kind: type) -> Callable[[Any], str] | None:
+    if kind is uuid.UUID or kind is int:
+        return str  # no character an array literal treats specially
+    if kind is str:
+        return _quoted
+    if kind is datetime:
+        return lambda v: _quoted(v.isoformat())
+    if psycopg is not None and kind is Jsonb:
+        return lambda v: _quoted((v.dumps or json.dumps)(v.obj))
+    return None
+
+
+_ARRAY_TYPES: dict[type, type[_Array]] = {}
+_ELEMENT_TEXT: dict[type, Callable[[Any], str]] = {}
+_ARRAY_KINDS: set[type] = set()
+_NONE = type(None)
+_INT8_MIN, _INT8_MAX = -(2**63), 2**63 - 1
+
+
+def _array(values: list[Any]) -> Any:
+    """`values` as an array literal of its element type, or as it is (psycopg's own dumping)."""
+    kinds = {type(v) for v in values}
+    kinds.discard(_NONE)
+    if len(kinds) > 1 or (kinds and not kinds <= _ARRAY_KINDS):
+        # A str subclass (a TextChoices member) is sent as its str, as psycopg does.
+        kinds = {str if issubclass(k, str) else k for k in kinds}
+    if len(kinds) != 1:
+        return values  # empty, all NULL or mixed: psycopg decides
+    (kind,) = kinds
+    array = _ARRAY_TYPES.get(kind)
+    if array is None:
+        return values
+    if kind is datetime and any(v is not None and v.tzinfo is None for v in values):
+        return values  # a naive datetime is a timestamp, not a timestamptz
+    if kind is int and any(v is not None and not _INT8_MIN <= v <= _INT8_MAX for v in values):
+        return values  # past int8: numeric
+    text = _ELEMENT_TEXT[kind]
+    return array("{" + ",".join("NULL" if v is None else text(v) for v in values) + "}")
+
+
+def _register_arrays() -> None:
+    from psycopg.adapt import Dumper
+    from psycopg.postgres import types as pg_types
+
+    def dumper(oid: int) -> type[Dumper]:
+        class ArrayDumper(Dumper):
+            def dump(self, obj: _Array) -> bytes:
+                return obj.text.encode()
+
+        ArrayDumper.oid = oid
+        return ArrayDumper
+
+    # The array type psycopg sends each as (an int list: int8[], as for any int over 32 bits).
+    for kind, name in (
+        (uuid.UUID, "uuid"),
+        (str, "text"),
+        (int, "int8"),
+        (datetime, "timestamptz"),
+        (Jsonb, "jsonb"),
+    ):
+        info = pg_types.get(name)
+        assert info is not None
+        array = type(f"_{name.capitalize()}Array", (_Array,), {"__slots__": ()})
+        psycopg.adapters.register_dumper(array, dumper(info.array_oid))
+        element = _element_text(kind)
+        assert element is not None
+        _ARRAY_TYPES[kind] = array
+        _ARRAY_KINDS.add(kind)
+        _ELEMENT_TEXT[kind] = element
+
+
+if psycopg is not None:
+    _register_arrays()
 
 
 _NATIVE: dict[str, str] = {}

@@ -149,6 +149,49 @@ def test_prepared_sql_gets_postgresqls_placeholders_once_per_text():
         hotsql._native("SELECT %(name)s")
 
 
+def test_a_list_parameter_reads_back_as_psycopgs_own_dumping_of_it():
+    """hotsql sends a list of one element type as an array literal it builds itself: what
+    PostgreSQL reads from it is what it reads from psycopg's own dumping of the same list —
+    quotes, backslashes, braces, commas, spaces, the word NULL and None elements included —
+    and a list it cannot build (mixed, naive datetimes, past int8) is psycopg's."""
+    import uuid
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from psycopg.types.json import Jsonb
+
+    from workflows import hotsql
+    from workflows.models import StepStatus
+
+    tricky = ['a "quoted" word', "back\\slash", "{braces}", "a,b", " padded ", "NULL", "", "é"]
+    cases = [
+        ("uuid", [uuid.uuid4(), None, uuid.uuid4()], True),
+        ("text", [*tricky, None], True),
+        ("text", [StepStatus.SUCCEEDED, "waiting", None], True),
+        ("int8", [0, -(2**63), 2**63 - 1, None], True),
+        (
+            "timestamptz",
+            [
+                datetime(2026, 12, 7, 1, 2, 3, 456789, tzinfo=UTC),
+                None,
+                datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=-5))),
+            ],
+            True,
+        ),
+        ("jsonb", [Jsonb({"k": tricky, "n": [1, 2.5, None]}), None, Jsonb("x")], True),
+        ("numeric", [2**70, 1], False),
+        ("timestamp", [datetime(2026, 12, 7, 1, 2, 3)], False),
+        ("text", [], False),
+    ]
+    for pg_type, values, built in cases:
+        assert isinstance(hotsql._array(values), hotsql._Array) is built, (pg_type, values)
+        sql = f"SELECT %s::{pg_type}[]::text, %s::{pg_type}[] = %s::{pg_type}[]"
+        [(text, _)] = hotsql.rows(sql, [values, values, values])
+        with connection.cursor() as cursor:  # psycopg's own dumping, client-side binding
+            cursor.execute(f"SELECT %s::{pg_type}[]::text", [values])
+            [(expected,)] = cursor.fetchall()
+        assert text == expected, pg_type
+
+
 def test_a_row_read_by_prepared_sql_is_a_model_instance_as_the_orm_builds_it(agent):
     """Built without Model.__init__: loaded state, values as read, a column not read left
     deferred (loaded on first use), and related objects cached as the ORM caches them."""
