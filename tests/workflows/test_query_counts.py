@@ -3,6 +3,8 @@
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.queries import statements
 from workflows.actions import start_run
@@ -190,6 +192,50 @@ def test_a_list_parameter_reads_back_as_psycopgs_own_dumping_of_it():
             cursor.execute(f"SELECT %s::{pg_type}[]::text", [values])
             [(expected,)] = cursor.fetchall()
         assert text == expected, pg_type
+
+
+_JSON_TEXTS = [
+    "123456789012345678901234567890",  # past 64 bits: orjson would give a float
+    "-9999999999999999999",
+    "18446744073709551615",
+    "9223372036854775807",
+    "1" + "0" * 400,  # how PostgreSQL's jsonb writes 1e400 back
+    "1e400",
+    '"\\ud800"',  # a lone surrogate
+    '{"a": 1.0, "b": [1, 2.5e-7, -0.0, true, null], "c": "é\\n\\"q\\""}',
+    '{"digits": "0123456789012345678901"}',
+    "0.1234567890123456789",
+]
+
+
+def test_a_jsonb_value_reads_as_json_reads_it():
+    """hotsql.loads goes through orjson where that gives json's value and to json where it
+    would not (big integers, texts orjson refuses): the same value and the same types."""
+    import json
+
+    from workflows import hotsql
+
+    for text in _JSON_TEXTS:
+        assert json.dumps(hotsql.loads(text)) == json.dumps(json.loads(text)), text
+    assert hotsql.loads(b'{"a": 1}') == {"a": 1}
+    assert hotsql.loads({"already": "decoded"}) == {"already": "decoded"}
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=20,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_any_json_value_reads_back_as_json_reads_it(value):
+    import json
+
+    from workflows import hotsql
+
+    text = json.dumps(value)
+    assert json.dumps(hotsql.loads(text)) == json.dumps(json.loads(text))
 
 
 def test_a_row_read_by_prepared_sql_is_a_model_instance_as_the_orm_builds_it(agent):
