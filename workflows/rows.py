@@ -115,7 +115,11 @@ def new[M: Model](model: type[M], **kwargs: Any) -> M:
 
 def init_listened(model: type[Model]) -> bool:
     """Whether a pre_init/post_init receiver listens for `model`: then an instance must be
-    built through Model.__init__ (here, and where hotsql builds one from a row read)."""
+    built through Model.__init__ (here, and where hotsql builds one from a row read). With
+    no receiver connected at all (this app's case: an ImageField would connect one) the
+    answer is read off the signals' receiver lists, not looked up per model and sender."""
+    if not pre_init.receivers and not post_init.receivers:
+        return False
     return pre_init.has_listeners(model) or post_init.has_listeners(model)
 
 
