@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models
@@ -41,7 +42,7 @@ def values(obj: Model, *, skip: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
         placeholders.append(placeholder)
         if plain is not None:
             value = attrs.get(f.attname, _UNREAD)
-            if value is None or type(value) is plain:
+            if value is None or (type(value) is plain and (plain is not datetime or _aware(value))):
                 # What pre_save and get_db_prep_save return for it, unchanged (`_plain`).
                 params.append(value)
                 continue
@@ -54,6 +55,10 @@ def values(obj: Model, *, skip: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
 
 
 _UNREAD = object()  # a deferred column: not in the instance's dict
+
+
+def _aware(value: Any) -> bool:
+    return value.tzinfo is not None
 
 
 @functools.cache
@@ -72,8 +77,11 @@ def _plain(field: Any, vendor: str) -> type | None:
     """The type of value the field writes as it is: for a value of exactly that type (or
     None), Django's pre_save is the attribute itself and get_db_prep_save returns it
     unchanged — a char or text field's str, a boolean's bool, on PostgreSQL a UUID field's
-    (or a foreign key to one) uuid.UUID. Only for these exact field classes: a subclass may
-    prepare its value otherwise. None: always through the field's own methods."""
+    (or a foreign key to one) uuid.UUID and a datetime field's aware datetime (a naive one
+    goes through the field, which warns and makes it aware; a field with auto_now or
+    auto_now_add sets its own value in pre_save). Only for these exact field classes: a
+    subclass may prepare its value otherwise. None: always through the field's own
+    methods."""
     kind = type(field)
     if kind is models.ForeignKey:
         kind = type(field.target_field)
@@ -85,6 +93,12 @@ def _plain(field: Any, vendor: str) -> type | None:
         return bool
     if kind is models.UUIDField and vendor == "postgresql":
         return uuid.UUID
+    if (
+        kind is models.DateTimeField
+        and vendor == "postgresql"
+        and not (field.auto_now or field.auto_now_add)
+    ):
+        return datetime
     return None
 
 

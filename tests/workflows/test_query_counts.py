@@ -317,9 +317,11 @@ def test_an_instance_built_for_a_write_is_the_one_model_init_builds(agent):
 
 
 def test_a_rows_values_are_what_each_fields_own_methods_make_of_it(agent):
-    """rows.values passes a str, bool or UUID through as it is where the field's pre_save
-    and get_db_prep_save would (exact field classes only); every other value goes through
-    them. The parameters are the same either way, for each model the engine writes."""
+    """rows.values passes a str, bool, UUID or aware datetime through as it is where the
+    field's pre_save and get_db_prep_save would (exact field classes only); every other value
+    goes through them. The parameters are the same either way, for each model the engine writes."""
+    from datetime import datetime
+
     from django.db import connection as db
 
     from workflows import rows
@@ -353,5 +355,12 @@ def test_a_rows_values_are_what_each_fields_own_methods_make_of_it(agent):
         unwrapped = [[getattr(p, "obj", p) for p in ps] for ps in (params, own)]
         assert unwrapped[0] == unwrapped[1], type(obj).__name__
     plain = {f.name for f, _, kind in rows._written(Action, db.vendor) if kind is not None}
-    assert {"id", "run", "step_name", "rationale", "audit_sampled"} <= plain
-    assert not {"agent", "payload", "confidence", "created_at"} & plain  # bigint, JSON, float, time
+    assert {"id", "run", "step_name", "rationale", "audit_sampled", "created_at"} <= plain
+    assert not {"agent", "payload", "confidence"} & plain  # bigint, JSON, float
+    # A naive datetime is no datetime field's plain value: the field warns and makes it aware.
+    naive = rows.new(TraceEvent, run=run, kind=TraceKind.SYSTEM, message="m", actor="a")
+    naive.created_at = datetime(2026, 12, 7, 12, 0)
+    with pytest.warns(RuntimeWarning, match="naive datetime"):
+        _, params = rows.values(naive)
+    [written] = [p for p in params if isinstance(p, datetime)]
+    assert written.tzinfo is not None
