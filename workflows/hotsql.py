@@ -16,6 +16,7 @@ CaptureQueriesContext, its query log see them like any other statement.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
 import uuid
@@ -29,7 +30,7 @@ from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import Model
 from django.db.models.base import ModelState
 
-from .rows import init_listened
+from .rows import as_is, init_listened, plain_type
 
 try:  # psycopg 3: the only driver the PostgreSQL setups use.
     import psycopg
@@ -249,14 +250,24 @@ _LONG_DIGITS = re.compile(r"[0-9]{19}")
 def assignments(instance: Model, values: dict[str, Any]) -> tuple[str, list[Any]]:
     """`col = %s, …` and its parameters for `values` (field name -> value) of `instance`'s
     model, each value prepared as the ORM would save it."""
-    meta = type(instance)._meta
+    db = connections[DEFAULT_DB_ALIAS]  # once: each `connection.x` looks it up again
+    model = type(instance)
     parts, params = [], []
     for name, value in values.items():
-        f = meta.get_field(name)
-        parts.append(f"{f.column} = %s")  # type: ignore[union-attr]
-        prepped = f.get_db_prep_save(value, connection)  # type: ignore[union-attr]
+        f, assignment, plain = _assigned(model, name, db.vendor)
+        parts.append(assignment)
+        if plain is not None and as_is(value, plain):
+            params.append(value)  # what the field's get_db_prep_save returns for it
+            continue
+        prepped = f.get_db_prep_save(value, db)
         params.append(prepped.value if isinstance(prepped, enum.Enum) else prepped)
     return ", ".join(parts), params
+
+
+@functools.cache
+def _assigned(model: type[Model], name: str, vendor: str) -> tuple[Any, str, type | None]:
+    f = model._meta.get_field(name)
+    return f, f"{f.column} = %s", plain_type(f, vendor)  # type: ignore[union-attr]
 
 
 def save(

@@ -10,7 +10,7 @@ import functools
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from django.db.models import Model
@@ -42,8 +42,8 @@ def values(obj: Model, *, skip: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
         placeholders.append(placeholder)
         if plain is not None:
             value = attrs.get(f.attname, _UNREAD)
-            if value is None or (type(value) is plain and (plain is not datetime or _aware(value))):
-                # What pre_save and get_db_prep_save return for it, unchanged (`_plain`).
+            if as_is(value, plain):
+                # What pre_save and get_db_prep_save return for it, unchanged (`plain_type`).
                 params.append(value)
                 continue
         value = f.pre_save(obj, True)
@@ -57,23 +57,28 @@ def values(obj: Model, *, skip: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
 _UNREAD = object()  # a deferred column: not in the instance's dict
 
 
-def _aware(value: Any) -> bool:
-    return value.tzinfo is not None
+def as_is(value: Any, plain: type) -> bool:
+    """Whether `value` is written as it is to a field of `plain_type` `plain` (not None)."""
+    if value is None:
+        return True
+    if type(value) is not plain:
+        return False
+    return plain is not datetime or cast(datetime, value).tzinfo is not None
 
 
 @functools.cache
 def _written(model: type[Model], vendor: str) -> list[tuple[Any, str, type | None]]:
-    """The fields an INSERT writes, each one's typed placeholder and `_plain` type: worked
+    """The fields an INSERT writes, each one's typed placeholder and `plain_type`: worked
     out once per model (a field's database type took a fifth of a start's CPU, asked for
     every row)."""
     return [
-        (f, f"%s::{f.cast_db_type(connection)}", _plain(f, vendor))
+        (f, f"%s::{f.cast_db_type(connection)}", plain_type(f, vendor))
         for f in _fields(model)
         if not _auto(f)
     ]
 
 
-def _plain(field: Any, vendor: str) -> type | None:
+def plain_type(field: Any, vendor: str) -> type | None:
     """The type of value the field writes as it is: for a value of exactly that type (or
     None), Django's pre_save is the attribute itself and get_db_prep_save returns it
     unchanged — a char or text field's str, a boolean's bool, on PostgreSQL a UUID field's

@@ -316,6 +316,42 @@ def test_an_instance_built_for_a_write_is_the_one_model_init_builds(agent):
     assert seen == [listened]
 
 
+def test_an_updates_assignments_are_what_each_fields_own_methods_make_of_it(agent):
+    """hotsql.assignments (a run's state write, hotsql.save) passes the same values through
+    as rows.values does, and prepares every other one with the field's get_db_prep_save."""
+    from datetime import UTC, datetime
+
+    from django.db import connection as db
+    from django.utils import timezone
+
+    from workflows import hotsql
+    from workflows.models import RunStatus, WorkflowRun
+
+    run = start_run(workflow="fan_out", input={"subject": "s"})
+    values = {
+        "updated_at": timezone.now(),
+        "finished_at": None,
+        "state": {"conversation": {}, "workspace": {"n": 1}, "systemic": {}},
+        "state_version": 7,
+        "status": RunStatus.RUNNING,
+        "lease_owner": "owner",
+        "lease_expires_at": datetime(2026, 12, 7, 12, 0),  # naive: made aware, with a warning
+        "agent_id": run.agent_id,
+        "id": run.pk,
+    }
+    with pytest.warns(RuntimeWarning, match="naive datetime"):
+        sets, params = hotsql.assignments(run, values)
+    assert sets.split(", ")[0] == "updated_at = %s" and "agent_id = %s" in sets
+    with pytest.warns(RuntimeWarning, match="naive datetime"):
+        own = [
+            WorkflowRun._meta.get_field(name).get_db_prep_save(value, db)
+            for name, value in values.items()
+        ]
+    own = [getattr(p, "value", p) for p in own]  # an enum member is sent as its value
+    assert [getattr(p, "obj", p) for p in params] == [getattr(p, "obj", p) for p in own]
+    assert params[6] == datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
 def test_a_rows_values_are_what_each_fields_own_methods_make_of_it(agent):
     """rows.values passes a str, bool, UUID or aware datetime through as it is where the
     field's pre_save and get_db_prep_save would (exact field classes only); every other value
