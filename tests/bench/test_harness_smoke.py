@@ -115,12 +115,13 @@ def test_the_peer_workflow_pauses_for_approval_and_its_costs_are_counted(
     # first round's transaction, then one commit per step (prepared statements: the round's
     # locks and reads, the relock-and-fence, the state write with its snapshot); before the
     # pause, the drain's batch claim (its own commit) and the summary writer's batch (the
-    # claim of its lease, then the model call's row and the summary, fenced). 30 / 7 before
+    # claim of its lease, then the model call's row and the summary, fenced, in one). 30 / 7 before
     # issue 20's hot-path work and the batched summary writer; 26 / 6 before the proposal's
     # policy-freshness check rode on the action's INSERT and the escalation's team on its own;
     # 24 / 6 before the summary writer's lock, lease check and write became one statement;
-    # 23 / 6 before its claim (pick, lock, lease, and the rows it reads) became one too.
-    assert (to_pause.queries, to_pause.commits) == (21, 6)
+    # 23 / 6 before its claim (pick, lock, lease, and the rows it reads) became one too;
+    # 21 / 6 before the model call's row went into the summary's statement.
+    assert (to_pause.queries, to_pause.commits) == (20, 6)
     # After the decision, the same drain's claim (the decision marked the run ready in its
     # own transaction: one statement there, and no resume task). 25 / 4 before.
     assert (to_done.queries, to_done.commits) == (18, 4)

@@ -107,6 +107,12 @@ def test_the_models_summary_appears_later_and_is_pushed_live(
     assert not esc.summary.endswith(PENDING_NOTE)
     assert esc.summary_wanted_at is None
     assert summary_calls().filter(ok=True, run=triage_run).count() == 1
+    # Written with the summaries' UPDATE in one statement: every column as the model's row.
+    [call] = summary_calls()
+    assert call.step_name == esc.action.step_name and call.prompt_version >= 1
+    assert call.model and not call.error and call.attempts == 1
+    assert call.input_tokens > 0 and call.output_tokens > 0 and call.latency_ms >= 0
+    assert call.created_at is not None and call.created_at <= timezone.now()
     # Woken twice (a duplicate wake-up, beat's run): nothing left to write, no model call.
     assert write(django_capture_on_commit_callbacks) == (0, [])
     assert summary_calls().count() == 1
