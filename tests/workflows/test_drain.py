@@ -425,7 +425,9 @@ def test_in_a_group_a_step_past_its_lease_cannot_commit(auto_peer, inline_tasks,
     quick.refresh_from_db()
     assert quick.status == RunStatus.SUCCEEDED, quick.error
     step = StepRun.objects.get(run=slow)
-    assert step.output is None and step.attempts == 1
+    # Its retry falls due 0.1 s after the refusal: on a loaded machine the run's next round
+    # comes later than that and takes it in the same drain, to be refused the same way.
+    assert step.output is None and step.attempts in (1, 2)
     assert "timed out after 0.5s (lease expired)" in step.error
 
 
