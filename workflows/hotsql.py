@@ -118,43 +118,33 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _element_text(kind: type) -> Callable[[Any], str] | None:
-    if kind is uuid.UUID or kind is int:
-        return str  # no character an array literal treats specially
-    if kind is str:
-        return _quoted
-    if kind is datetime:
-        return lambda v: _quoted(v.isoformat())
-    if psycopg is not None and kind is Jsonb:
-        return lambda v: _quoted((v.dumps or json.dumps)(v.obj))
-    return None
+def _jsonb_text(value: Any) -> str:
+    return _quoted((value.dumps or json.dumps)(value.obj))
 
 
-_ARRAY_TYPES: dict[type, type[_Array]] = {}
-_ELEMENT_TEXT: dict[type, Callable[[Any], str]] = {}
-_ARRAY_KINDS: set[type] = set()
+# An element type -> its array parameter's class and an element's text in the literal.
+# Filled by _register_arrays (psycopg installed).
+_ARRAYS: dict[type, tuple[type[_Array], Callable[[Any], str]]] = {}
 _NONE = type(None)
 _INT8_MIN, _INT8_MAX = -(2**63), 2**63 - 1
 
 
 def _array(values: list[Any]) -> Any:
     """`values` as an array literal of its element type, or as it is (psycopg's own dumping)."""
-    kinds = {type(v) for v in values}
+    # A str subclass (a TextChoices member) is sent as its str, as psycopg does.
+    kinds = {str if issubclass(k, str) else k for k in {type(v) for v in values}}
     kinds.discard(_NONE)
-    if len(kinds) > 1 or (kinds and not kinds <= _ARRAY_KINDS):
-        # A str subclass (a TextChoices member) is sent as its str, as psycopg does.
-        kinds = {str if issubclass(k, str) else k for k in kinds}
     if len(kinds) != 1:
         return values  # empty, all NULL or mixed: psycopg decides
     (kind,) = kinds
-    array = _ARRAY_TYPES.get(kind)
-    if array is None:
+    found = _ARRAYS.get(kind)
+    if found is None:
         return values
     if kind is datetime and any(v is not None and v.tzinfo is None for v in values):
         return values  # a naive datetime is a timestamp, not a timestamptz
     if kind is int and any(v is not None and not _INT8_MIN <= v <= _INT8_MAX for v in values):
         return values  # past int8: numeric
-    text = _ELEMENT_TEXT[kind]
+    array, text = found
     return array("{" + ",".join("NULL" if v is None else text(v) for v in values) + "}")
 
 
@@ -170,23 +160,21 @@ def _register_arrays() -> None:
         ArrayDumper.oid = oid
         return ArrayDumper
 
-    # The array type psycopg sends each as (an int list: int8[], as for any int over 32 bits).
-    for kind, name in (
-        (uuid.UUID, "uuid"),
-        (str, "text"),
-        (int, "int8"),
-        (datetime, "timestamptz"),
-        (Jsonb, "jsonb"),
-    ):
+    # The array type psycopg sends each as (an int list: int8[], as for any int over 32 bits);
+    # a uuid's or an int's text has no character an array literal treats specially.
+    elements: tuple[tuple[type, str, Callable[[Any], str]], ...] = (
+        (uuid.UUID, "uuid", str),
+        (int, "int8", str),
+        (str, "text", _quoted),
+        (datetime, "timestamptz", lambda v: _quoted(v.isoformat())),
+        (Jsonb, "jsonb", _jsonb_text),
+    )
+    for kind, name, text in elements:
         info = pg_types.get(name)
         assert info is not None
         array = type(f"_{name.capitalize()}Array", (_Array,), {"__slots__": ()})
         psycopg.adapters.register_dumper(array, dumper(info.array_oid))
-        element = _element_text(kind)
-        assert element is not None
-        _ARRAY_TYPES[kind] = array
-        _ARRAY_KINDS.add(kind)
-        _ELEMENT_TEXT[kind] = element
+        _ARRAYS[kind] = (array, text)
 
 
 if psycopg is not None:

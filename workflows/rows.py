@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -55,6 +55,22 @@ def values(obj: Model, *, skip: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
 
 
 _UNREAD = object()  # a deferred column: not in the instance's dict
+
+
+@functools.cache
+def unnest(model: type[Model]) -> str:
+    """`SELECT * FROM UNNEST(%s::type[], …)`: rows of `model` for a multi-row INSERT into
+    `columns(model)`, one array parameter per column (`by_column`), so the statement's text
+    is the same for any number of rows."""
+    arrays = ", ".join(f"{placeholder}[]" for _, placeholder, _ in _written(model, "postgresql"))
+    return f"SELECT * FROM UNNEST({arrays})"  # noqa: S608 - the model's own types
+
+
+def by_column(model: type[Model], objs: Sequence[Model]) -> list[list[Any]]:
+    """`values` of the `model` instances `objs`, one list per column (for `unnest`)."""
+    if not objs:
+        return [[] for _ in columns(model)]
+    return [list(column) for column in zip(*(values(obj)[1] for obj in objs), strict=True)]
 
 
 def as_is(value: Any, plain: type) -> bool:

@@ -22,6 +22,7 @@ then one live push each (notify), as the single-summary task did.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Case, TextField, Value, When
 from django.utils import timezone
 
-from workflows import hotsql, outbox
+from workflows import hotsql, outbox, rows
 from workflows.agents import Attempt
 from workflows.llm import ModelClient, RenderedPrompt, get_model
 from workflows.models import Action, WorkflowRun
@@ -320,28 +321,11 @@ def _write_together(done: list[_Summary]) -> int:
 # decided or moved escalation's status and team come back for the live push. Through the
 # ORM, the CASE WHEN per row was compiled in Python every time (a filter resolved per WHEN):
 # most of the write's CPU in the engine benchmark's profile.
-_CALL_COLUMNS = (
-    ("run_id", "uuid"),
-    ("step_name", "text"),
-    ("prompt_name", "text"),
-    ("prompt_version", "int"),
-    ("model", "text"),
-    ("ok", "bool"),
-    ("error", "text"),
-    ("input_tokens", "int"),
-    ("output_tokens", "int"),
-    ("cost_usd", "numeric"),
-    ("latency_ms", "float8"),
-    ("attempts", "int"),
-    ("mean_logprob", "float8"),
-    ("created_at", "timestamptz"),
-)
 # The model calls are inserted by the same statement (a data-modifying CTE runs whether or
 # not it is read), as one multi-row INSERT: one round trip per batch, not two.
 _WRITE_HELD = f"""
 WITH calls AS (
-    INSERT INTO {ModelCall._meta.db_table} ({", ".join(c for c, _ in _CALL_COLUMNS)})
-    SELECT * FROM UNNEST({", ".join(f"%s::{t}[]" for _, t in _CALL_COLUMNS)})
+    INSERT INTO {ModelCall._meta.db_table} ({{columns}}) {{rows}}
 ), written (id, lease, summary, search_text) AS (
     SELECT * FROM UNNEST(%s::uuid[], %s::timestamptz[], %s::text[], %s::text[])
 ), held AS (
@@ -357,6 +341,16 @@ RETURNING e.id, e.status, e.team_id
 """  # noqa: S608
 
 
+@functools.cache
+def _write_held_sql() -> str:
+    # The calls' columns and types are the model's (rows.unnest), read once PostgreSQL is
+    # known to be the database.
+    return _WRITE_HELD.format(
+        columns=", ".join(rows.columns(ModelCall)),
+        rows=rows.unnest(ModelCall),
+    )
+
+
 def _write_held(done: list[_Summary], calls: list[ModelCall]) -> list[_Summary]:
     """PostgreSQL: the summaries of `done` still this writer's, written, and `calls`
     inserted (see _WRITE_HELD)."""
@@ -364,9 +358,9 @@ def _write_held(done: list[_Summary], calls: list[ModelCall]) -> list[_Summary]:
     searchable = [search_text_for_action(s.escalation.action, s.text) for s in done]
     by_pk = {s.escalation.pk: (s, text) for s, text in zip(done, searchable, strict=True)}
     written = hotsql.rows(
-        _WRITE_HELD,
+        _write_held_sql(),
         [
-            *([getattr(c, column) for c in calls] for column, _ in _CALL_COLUMNS),
+            *rows.by_column(ModelCall, calls),
             [s.escalation.pk for s in done],
             [s.lease for s in done],
             [s.text for s in done],
